@@ -73,7 +73,7 @@ def _keyed(df: pd.DataFrame) -> pd.DataFrame:
     return df if "workdir" in df else df.assign(workdir="")
 
 
-def _healthy(df: pd.DataFrame) -> pd.DataFrame:
+def healthy(df: pd.DataFrame) -> pd.DataFrame:
     """Rows of models that never diverged (non-finite models are reported, never fitted)."""
     if "diverged" not in df:
         return df
@@ -90,7 +90,7 @@ def final(df: pd.DataFrame) -> pd.DataFrame:
 
 def final_validity(df: pd.DataFrame) -> pd.DataFrame:
     """Long table of final validity: one row per (workdir, model, level) with P and seed."""
-    last = final(_healthy(_keyed(df)))
+    last = final(healthy(_keyed(df)))
     ids = [c for c in ("workdir", "model", "P", "seed", *GRAMMAR_KEYS) if c in last]
     long = last.melt(id_vars=ids, value_vars=[f"validity_l{l}" for l in levels(df)],
                      var_name="level", value_name="validity")
@@ -307,7 +307,7 @@ def _epoch_of(g: pd.DataFrame, step: float) -> float:
 
 def learning_times(df: pd.DataFrame, level_value: float = 0.5) -> pd.DataFrame:
     """Per model and level: first step (and epoch) at which validity crosses ``level_value``."""
-    df = _healthy(_keyed(df)).sort_values("step")
+    df = healthy(_keyed(df)).sort_values("step")
     rows = []
     for (workdir, model), g in df.groupby(["workdir", "model"]):
         for level in levels(df):
@@ -319,7 +319,7 @@ def learning_times(df: pd.DataFrame, level_value: float = 0.5) -> pd.DataFrame:
 
 def memorization_onset(df: pd.DataFrame, copy_level: float = 0.1) -> pd.DataFrame:
     """Per model: first step (and epoch) at which the copy fraction crosses ``copy_level``."""
-    df = _healthy(_keyed(df)).sort_values("step")
+    df = healthy(_keyed(df)).sort_values("step")
     rows = []
     for (workdir, model), g in df.groupby(["workdir", "model"]):
         step = crossing_time(g["step"], g["copy"], copy_level)
@@ -330,7 +330,7 @@ def memorization_onset(df: pd.DataFrame, copy_level: float = 0.1) -> pd.DataFram
 
 def creativity(df: pd.DataFrame) -> pd.DataFrame:
     """Per model at its last evaluation: valid, copy, novel_valid and novel share of valid ones."""
-    last = final(_healthy(_keyed(df)))
+    last = final(healthy(_keyed(df)))
     out = last[["workdir", "model", "P", "seed", "valid", "copy", "novel_valid"]].copy()
     with np.errstate(invalid="ignore", divide="ignore"):
         out["novel_share"] = np.where(out["valid"] > 0, out["novel_valid"] / out["valid"], np.nan)

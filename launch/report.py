@@ -1,0 +1,19 @@
+"""Figures and report.md from work directories: python -m launch.report --workdir DIR [DIR ...] [--out OUTDIR]."""
+import argparse
+
+from rhm_jax import report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--workdir", nargs="+", required=True, help="one or more work directories")
+    parser.add_argument("--out", default=None, help="output folder (default: <first workdir>/report)")
+    parser.add_argument("--method", default="sigmoid", choices=("sigmoid", "interp"),
+                        help="threshold estimate: logistic fit in log P, or monotone interpolation")
+    args = parser.parse_args(argv)
+    paths = report.make_report(args.workdir, args.out, args.method)
+    print(f"wrote {len(paths['figures'])} figures and {paths['report'][0]}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""The report writes every figure and a report.md whose numbers match the analysis."""
+import os
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from launch import report as launch_report
+from rhm_jax import analysis, report
+from test_analysis import synthetic_metrics, write_workdir
+
+
+@pytest.fixture(scope="module")
+def two_workdirs(tmp_path_factory):
+    """Synthetic m=3 and m=2 runs with c = 1 and a time column for the wall clock."""
+    base = tmp_path_factory.mktemp("runs")
+    a = synthetic_metrics(m=3, c=1.0, seeds=(0, 1), num_P=8).assign(time=lambda d: 1000.0 + d["step"] / 10)
+    b = synthetic_metrics(m=2, c=1.0, seeds=(0, 1), num_P=8)
+    return write_workdir(base / "m3", a, m=3), write_workdir(base / "m2", b, m=2)
+
+
+@pytest.fixture(scope="module")
+def written(two_workdirs, tmp_path_factory):
+    """The report of both runs, written once for the tests that read it."""
+    out = str(tmp_path_factory.mktemp("report"))
+    return out, report.make_report(list(two_workdirs), out)
+
+
+def test_report_writes_all_figures_and_markdown(written):
+    out, paths = written
+    names = sorted(os.listdir(out))
+    for stem in ("validity_vs_P", "collapse", "time_0_m3", "time_1_m2", "windows_0_m3", "windows_1_m2"):
+        for fmt in ("png", "pdf"):
+            assert f"{stem}.{fmt}" in names
+            assert os.path.getsize(os.path.join(out, f"{stem}.{fmt}")) > 1000
+    with open(os.path.join(out, "validity_vs_P.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert paths["report"] == [os.path.join(out, "report.md")]
+    text = open(paths["report"][0]).read()
+    for heading in ("Thresholds", "Ratios", "Constant c", "Learning time", "Memorization", "Creativity"):
+        assert heading in text
+    assert "deadbeef" in text and "jax 0.12" in text
+    # wall time of the m3 run comes from its time column: 4096 steps / 10 = 409.6 s
+    assert "wall time: 410 s" in text
+
+
+def test_report_constant_matches_analysis(two_workdirs, written):
+    text = open(written[1]["report"][0]).read()
+    c_text = float(re.search(r"c = ([0-9.e+-]+);", text).group(1))
+    summary = analysis.threshold_summary(analysis.thresholds(analysis.load(list(two_workdirs))))
+    assert c_text == pytest.approx(analysis.fit_constant(summary)["c"], rel=0.01)
+    assert c_text == pytest.approx(1.0, rel=0.1)  # the synthetic runs were built with c = 1
+
+
+def test_launch_report_cli_defaults_out_to_workdir(two_workdirs, capsys):
+    launch_report.main(["--workdir", two_workdirs[1]])
+    assert os.path.exists(os.path.join(two_workdirs[1], "report", "report.md"))
+    assert os.path.exists(os.path.join(two_workdirs[1], "report", "time.pdf"))
+    assert "report.md" in capsys.readouterr().out
+
+
+def test_markdown_table_formats_and_marks_missing():
+    table = report.markdown_table(pd.DataFrame({"level": [1, 2], "P_star": [123.456, np.nan]}))
+    assert table.splitlines() == ["| level | P_star |", "| --- | --- |", "| 1 | 123 |", "| 2 | - |"]
+    assert report.markdown_table(pd.DataFrame()) == "_(none)_\n"
+
+
+def test_wall_time_prefers_provenance_then_timestamps():
+    df = pd.DataFrame({"time": ["2025-01-01T00:00:00", "2025-01-01T00:01:30"]})
+    assert report.wall_time({"provenance": {"wall_time_s": 12.5}}, df) == 12.5
+    assert report.wall_time({}, df) == 90.0
+    assert np.isnan(report.wall_time({}, pd.DataFrame({"step": [1]})))
+
+
+def test_make_report_rejects_empty_workdirs():
+    with pytest.raises(ValueError, match="workdirs"):
+        report.make_report([])
