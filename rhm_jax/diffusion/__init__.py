@@ -1,0 +1,110 @@
+"""Discrete diffusion processes: ``uniform`` (D3PM, the paper's grammar runs) and ``masked`` (MD4).
+
+``make(process_config, v)`` validates the config (ValueError before any compilation) and returns a
+frozen, hashable Process. Every process exposes ``v``, ``input_vocab``, ``loss``,
+``window_losses``, ``sample``, ``corrupt``, ``leaf_likelihood`` and ``alphabar`` with the
+signatures of docs/architecture.md; ``apply_fn(params, x_t_BxD, t_B) -> logits_BxDxV`` predicts x0.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Any, Union
+
+import ml_collections
+import numpy as np
+
+from rhm_jax.diffusion.base import field
+from rhm_jax.diffusion.masked import SCHEDULES, MaskedProcess
+from rhm_jax.diffusion.uniform import UniformProcess
+
+Process = Union[UniformProcess, MaskedProcess]
+NAMES = ("uniform", "masked")
+
+__all__ = ["MaskedProcess", "NAMES", "Process", "UniformProcess", "default_config", "make",
+           "validate"]
+
+
+def default_config(name: str = "uniform") -> ml_collections.ConfigDict:
+    """The SPEC defaults for ``process``; the fields of the other process are kept, unused."""
+    return ml_collections.ConfigDict(dict(
+        name=name,
+        T=200,             # uniform: number of steps (and its default sampler steps)
+        beta1=1e-3,        # uniform: beta at step 0
+        beta2=0.1,         # uniform: beta at step T
+        schedule="linear",  # masked: 'linear' | 'cosine' | 'poly'
+        power=1.0,         # masked: exponent of the 'poly' schedule
+        eps=1e-4,          # masked: alpha(t) stays within [eps, 1 - eps]
+        sampler_steps=200,  # masked: default number of sampling steps
+    ))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def _check_uniform(config: Any) -> None:
+    beta1, beta2 = field(config, "beta1", 1e-3), field(config, "beta2", 0.1)
+    for name, value in (("beta1", beta1), ("beta2", beta2)):
+        if not _is_real(value):
+            raise ValueError(f"process.{name}={value!r} must be a finite number")
+    if beta1 <= 0:
+        raise ValueError(f"process.beta1={beta1} must be > 0")
+    if beta2 <= beta1:
+        raise ValueError(f"process.beta2={beta2} must be > beta1={beta1}")
+    if beta2 >= 1:
+        raise ValueError(f"process.beta2={beta2} must be < 1")
+
+
+def _check_masked(config: Any) -> None:
+    schedule = field(config, "schedule", "linear")
+    power, eps = field(config, "power", 1.0), field(config, "eps", 1e-4)
+    if schedule not in SCHEDULES:
+        raise ValueError(f"process.schedule={schedule!r} must be one of {SCHEDULES}")
+    if not _is_real(eps) or not 0 < eps < 0.5:
+        raise ValueError(f"process.eps={eps!r} must be in (0, 0.5)")
+    if schedule == "poly" and (not _is_real(power) or power <= 0):
+        raise ValueError(f"process.power={power!r} must be > 0 for the 'poly' schedule")
+
+
+def validate(process_config: Any) -> None:
+    """Raise ValueError naming the parameter and its bound if ``process_config`` is unusable."""
+    name = field(process_config, "name", None)
+    if name not in NAMES:
+        raise ValueError(f"process.name={name!r} must be one of {NAMES}")
+    T = field(process_config, "T", 200)  # masked uses it only as the default sampler_steps
+    if not _is_int(T) or T < 1:
+        raise ValueError(f"process.T={T!r} must be an integer >= 1")
+    steps = field(process_config, "sampler_steps", None)
+    if steps is not None and (not _is_int(steps) or steps < 1):
+        raise ValueError(f"process.sampler_steps={steps!r} must be an integer >= 1")
+    if name == "uniform":
+        _check_uniform(process_config)
+    else:
+        _check_masked(process_config)
+
+
+def make(process_config: Any, v: int, d: int | None = None) -> Process:
+    """The Process named by ``process_config`` over ``v`` tokens; ``d`` is the sampler's length.
+
+    ``d`` is optional here (it may be passed to ``sample`` instead).
+    """
+    validate(process_config)
+    if not _is_int(v) or v < 2:
+        raise ValueError(f"vocabulary v={v!r} must be an integer >= 2")
+    if d is not None and (not _is_int(d) or d < 1):
+        raise ValueError(f"sequence length d={d!r} must be an integer >= 1")
+    d = None if d is None else int(d)
+    if field(process_config, "name") == "uniform":
+        return UniformProcess(v=int(v), T=int(field(process_config, "T", 200)),
+                              beta1=float(field(process_config, "beta1", 1e-3)),
+                              beta2=float(field(process_config, "beta2", 0.1)), d=d)
+    steps = field(process_config, "sampler_steps", None)
+    return MaskedProcess(v=int(v), schedule=str(field(process_config, "schedule", "linear")),
+                         power=float(field(process_config, "power", 1.0)),
+                         eps=float(field(process_config, "eps", 1e-4)),
+                         sampler_steps=int(field(process_config, "T", 200) if steps is None else steps),
+                         d=d)

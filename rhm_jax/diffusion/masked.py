@@ -1,0 +1,152 @@
+"""Masked (absorbing) discrete diffusion in continuous time, as in google-deepmind/md4.
+
+Conventions (MD4's ``MaskingSchedule`` and continuous-time loss):
+
+- Token ``v`` is the mask, so the network sees ``v + 1`` ids but returns ``v`` logits (x0 only):
+  the mask can never be sampled.
+- Keep probability ``alpha(t) = (1 - 2 eps) * a(t) + eps`` with a(t) = 1 - t (linear),
+  1 - cos(pi/2 (1 - t)) (cosine) or 1 - t**power (poly); so alpha(0) = 1 - eps, alpha(1) = eps.
+- Loss: ``w(t) * sum_{masked i} -log p_theta(x0_i | z_t)`` with ``w(t) = -alpha'(t) / (1 - alpha(t))``
+  (about 1/t for linear), t stratified across the batch (t_b = (b + u) / B, one u per batch),
+  divided by D so it is per token like the uniform process (MD4 reports it per sequence). Only
+  MD4's diffusion term: its reconstruction and prior terms are constants of order eps.
+- Sampler on the grid t_k = (steps - k) / steps, s_k = t_k - 1/steps. A masked token is revealed
+  with probability (alpha(s) - alpha(t)) / (1 - alpha(t)) and takes a sample of p_theta(x0 | z_t);
+  revealed tokens are never touched again. The last step (s = 0) reveals every remaining mask
+  (MD4 instead leaves the about-eps remainder to a separate argmax decode at t = 0).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rhm_jax.diffusion import base
+
+ApplyFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
+SCHEDULES = ("linear", "cosine", "poly")
+_T_MIN = 1e-6  # keeps w(t) finite at t = 0 for poly with power < 1
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskedProcess:
+    """MD4 absorbing diffusion over ``v`` tokens plus a mask; hashable, so static under jit."""
+
+    v: int
+    schedule: str = "linear"
+    power: float = 1.0
+    eps: float = 1e-4
+    sampler_steps: int = 200
+    d: int | None = None  # sequence length for ``sample`` (optional, may be passed there)
+
+    @property
+    def input_vocab(self) -> int:
+        """Token ids the network sees: x0 tokens 0..v-1 and the mask v."""
+        return self.v + 1
+
+    @property
+    def mask_id(self) -> int:
+        """The id of the mask token."""
+        return self.v
+
+    def _raw_alpha(self, t: jax.Array) -> jax.Array:
+        if self.schedule == "linear":
+            return 1.0 - t
+        if self.schedule == "cosine":
+            return 1.0 - jnp.cos(jnp.pi / 2 * (1.0 - t))
+        return 1.0 - t**self.power
+
+    def _raw_dalpha(self, t: jax.Array) -> jax.Array:
+        if self.schedule == "linear":
+            return -jnp.ones_like(t)
+        if self.schedule == "cosine":
+            return -jnp.pi / 2 * jnp.sin(jnp.pi / 2 * (1.0 - t))
+        return -self.power * t ** (self.power - 1.0)
+
+    def alphabar(self, t_B: jax.Array) -> jax.Array:
+        """Keep probability alpha(t) of each token at time t."""
+        return (1.0 - 2 * self.eps) * self._raw_alpha(jnp.asarray(t_B, jnp.float32)) + self.eps
+
+    def weight(self, t_B: jax.Array) -> jax.Array:
+        """ELBO weight -alpha'(t) / (1 - alpha(t)) > 0."""
+        t_B = jnp.asarray(t_B, jnp.float32)
+        return -(1.0 - 2 * self.eps) * self._raw_dalpha(t_B) / (1.0 - self.alphabar(t_B))
+
+    def corrupt(self, key: jax.Array, x0_BxD: jax.Array, t_B: jax.Array) -> jax.Array:
+        """Replace each token by the mask with probability 1 - alpha(t), int32 (B, D)."""
+        keep_BxD = jax.random.uniform(key, x0_BxD.shape) < self.alphabar(t_B)[:, None]
+        return jnp.where(keep_BxD, x0_BxD, self.mask_id).astype(jnp.int32)
+
+    def leaf_likelihood(self, x_t_BxD: jax.Array, t_B: jax.Array) -> jax.Array:
+        """p(z_t_i | x0_i = b) up to a per-position constant: onehot if unmasked, ones if masked."""
+        del t_B  # the per-position constant alpha(t) or 1 - alpha(t) cancels in any posterior
+        onehot_BxDxV = jax.nn.one_hot(x_t_BxD, self.v, dtype=jnp.float32)
+        return jnp.where((x_t_BxD == self.mask_id)[..., None], 1.0, onehot_BxDxV)
+
+    def _losses_B(self, params: Any, apply_fn: ApplyFn, key: jax.Array, x0_BxD: jax.Array,
+                  t_B: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Per-example weighted masked NLL per token; masked count; correct masked count."""
+        z_BxD = self.corrupt(key, x0_BxD, t_B)
+        logits_BxDxV = base.x0_logits(apply_fn(params, z_BxD, t_B), z_BxD, self.v)
+        log_p_BxDxV = jax.nn.log_softmax(logits_BxDxV)
+        nll_BxD = -jnp.take_along_axis(log_p_BxDxV, x0_BxD[..., None], axis=-1)[..., 0]
+        masked_BxD = z_BxD == self.mask_id
+        # where (not multiply) so that unmasked positions get exactly zero gradient
+        nll_B = jnp.sum(jnp.where(masked_BxD, nll_BxD, 0.0), axis=-1)
+        loss_B = self.weight(t_B) * nll_B / x0_BxD.shape[1]
+        correct_B = jnp.sum(masked_BxD & (jnp.argmax(logits_BxDxV, -1) == x0_BxD), axis=-1)
+        return loss_B, masked_BxD.sum(axis=-1), correct_B
+
+    def loss(self, params: Any, apply_fn: ApplyFn, key: jax.Array,
+             x0_BxD: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Continuous-time ELBO per token with stratified t; aux: mask fraction, masked accuracy."""
+        key_t, key_z = jax.random.split(key)
+        batch = x0_BxD.shape[0]
+        t_B = (jnp.arange(batch) + jax.random.uniform(key_t)) / batch
+        t_B = jnp.clip(t_B, _T_MIN, 1.0)
+        loss_B, masked_B, correct_B = self._losses_B(params, apply_fn, key_z, x0_BxD, t_B)
+        num_masked = masked_B.sum()
+        aux = {
+            "mask_fraction": num_masked / x0_BxD.size,
+            "x0_accuracy": correct_B.sum() / jnp.maximum(num_masked, 1),
+        }
+        return loss_B.mean(), aux
+
+    def window_losses(self, params: Any, apply_fn: ApplyFn, key: jax.Array, x0_BxD: jax.Array,
+                      num_windows: int = 10) -> jax.Array:
+        """(W,) mean loss per window of t, each at B evenly spread times inside the window."""
+        t_WxB = jnp.asarray(base.window_times(num_windows, x0_BxD.shape[0]), jnp.float32)
+
+        def one_window(args: tuple[jax.Array, jax.Array]) -> jax.Array:
+            w, t_B = args
+            loss_B, _, _ = self._losses_B(params, apply_fn, jax.random.fold_in(key, w), x0_BxD, t_B)
+            return loss_B.mean()
+
+        return jax.lax.map(one_window, (jnp.arange(num_windows), t_WxB))
+
+    def sample(self, params: Any, apply_fn: ApplyFn, key: jax.Array, num: int,
+               steps: int | None = None, d: int | None = None) -> jax.Array:
+        """(num, d) int32 samples from an all-mask start; steps defaults to ``sampler_steps``."""
+        steps = base.check_steps(self.sampler_steps if steps is None else steps)
+        d = base.check_length(d, self.d)
+        t_S = (steps - np.arange(steps)) / steps
+        s_S = (steps - 1 - np.arange(steps)) / steps  # exactly 0 at the last step
+
+        def step(z_NxD: jax.Array, inputs: tuple[jax.Array, ...]) -> tuple[jax.Array, None]:
+            t, s, step_key = inputs
+            key_reveal, key_token = jax.random.split(step_key)
+            logits_NxDxV = base.x0_logits(apply_fn(params, z_NxD, jnp.full((num,), t)), z_NxD, self.v)
+            alpha_t, alpha_s = self.alphabar(t), self.alphabar(s)
+            reveal_prob = jnp.where(s > 0, (alpha_s - alpha_t) / (1.0 - alpha_t), 1.0)
+            reveal_NxD = jax.random.uniform(key_reveal, z_NxD.shape) < reveal_prob
+            token_NxD = jax.random.categorical(key_token, logits_NxDxV).astype(jnp.int32)
+            return jnp.where((z_NxD == self.mask_id) & reveal_NxD, token_NxD, z_NxD), None
+
+        z_NxD = jnp.full((num, d), self.mask_id, jnp.int32)
+        inputs = (jnp.asarray(t_S, jnp.float32), jnp.asarray(s_S, jnp.float32),
+                  jax.random.split(key, steps))
+        z_NxD, _ = jax.lax.scan(step, z_NxD, inputs)
+        return z_NxD
