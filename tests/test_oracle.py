@@ -1,0 +1,200 @@
+"""Oracle: exact BP posterior against brute-force enumeration of every sequence of tiny grammars."""
+import itertools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rhm_jax import grammar, oracle
+
+B = 8  # one batch size everywhere, so each grammar shape compiles once
+
+
+@jax.jit
+def exact(g, lik):
+    """(posterior, log evidence) in one compiled call, to keep the test budget small."""
+    return oracle.posterior(g, lik), oracle.log_likelihood(g, lik)
+
+
+TINY = [  # (v, n, m, s, L)
+    (3, 2, 2, 2, 2),
+    (4, 4, 2, 2, 3),
+    (3, 3, 3, 3, 2),
+]
+
+
+def all_sequences(g: grammar.Grammar) -> np.ndarray:
+    """Every sequence of the grammar (P_max, D), one per tree, by looping over all rule choices."""
+    num_choices = [g.s**level for level in range(g.L)]
+    digits = itertools.product(range(g.n), *[range(g.m)] * sum(num_choices))
+    table = np.array(list(digits), np.int32)
+    root, rest = table[:, 0], table[:, 1:]
+    splits = np.cumsum(num_choices)[:-1]
+    choices = [jnp.asarray(c) for c in np.split(rest, splits, axis=1)]
+    seqs = np.asarray(grammar.expand(g, jnp.asarray(root), choices))
+    assert len(np.unique(seqs, axis=0)) == g.p_max  # unambiguous grammar: trees are distinct
+    return seqs
+
+
+def brute_force(seqs_PxD: np.ndarray, lik_BxDxV: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(posterior BxDxV, log evidence B) by summing over all equally likely sequences (float64)."""
+    lik = np.asarray(lik_BxDxV, np.float64)
+    num_seqs, d = seqs_PxD.shape
+    v = lik.shape[-1]
+    weights_BxP = np.prod(lik[:, np.arange(d), seqs_PxD], axis=-1)  # lik[:, i, x_i] over i
+    onehot_PxDxV = np.eye(v)[seqs_PxD]
+    post = np.einsum("bp,pdv->bdv", weights_BxP, onehot_PxDxV)
+    evidence_B = weights_BxP.sum(-1)
+    return post / evidence_B[:, None, None], np.log(evidence_B / num_seqs)
+
+
+def masked_evidence(rng: np.random.Generator, seqs_PxD: np.ndarray, batch: int, v: int) -> np.ndarray:
+    """Leaf likelihoods of the masked process: one-hot of a valid sequence, ones where masked."""
+    x0 = seqs_PxD[rng.integers(len(seqs_PxD), size=batch)]
+    masked = rng.random(x0.shape) < rng.random((batch, 1))  # a different mask rate per row
+    return np.where(masked[..., None], 1.0, np.eye(v)[x0]).astype(np.float32)
+
+
+@pytest.fixture(scope="module", params=TINY, ids=lambda p: "v{}n{}m{}s{}L{}".format(*p))
+def tiny(request):
+    v, n, m, s, L = request.param
+    g = grammar.sample_rules(sum(request.param), v=v, n=n, m=m, s=s, L=L)
+    return g, all_sequences(g)
+
+
+def test_random_evidence_matches_brute_force(tiny):
+    g, seqs = tiny
+    rng = np.random.default_rng(0)
+    # Positive likelihoods with a different scale per position (the oracle must not care).
+    lik = rng.uniform(0.05, 1.0, (B, g.d, g.v)) * rng.uniform(0.1, 10.0, (B, g.d, 1))
+    lik = lik.astype(np.float32)
+    post, log_ev = brute_force(seqs, lik)
+    got_post, got_log_ev = exact(g, lik)
+    np.testing.assert_allclose(got_post, post, atol=1e-5)
+    np.testing.assert_allclose(got_log_ev, log_ev, atol=1e-4, rtol=1e-5)
+
+
+def test_masked_evidence_matches_brute_force(tiny):
+    g, seqs = tiny
+    lik = masked_evidence(np.random.default_rng(1), seqs, B, g.v)
+    post, log_ev = brute_force(seqs, lik)
+    got_post, got_log_ev = exact(g, lik)
+    np.testing.assert_allclose(got_post, post, atol=1e-5)
+    np.testing.assert_allclose(got_log_ev, log_ev, atol=1e-4, rtol=1e-5)
+
+
+def test_no_evidence_gives_prior_marginal(tiny):
+    g, seqs = tiny
+    prior_DxV = np.eye(g.v)[seqs].mean(0)
+    post, log_ev = exact(g, jnp.ones((B, g.d, g.v)))
+    np.testing.assert_allclose(post, np.broadcast_to(prior_DxV, post.shape), atol=1e-6)
+    np.testing.assert_allclose(log_ev, 0.0, atol=1e-5)
+
+
+def test_exact_evidence_recovers_the_sequence(tiny):
+    g, seqs = tiny
+    x0 = seqs[np.random.default_rng(3).integers(len(seqs), size=B)]
+    post, log_ev = exact(g, jax.nn.one_hot(x0, g.v))
+    np.testing.assert_allclose(post, jax.nn.one_hot(x0, g.v), atol=1e-6)
+    # The evidence of one valid sequence is its prior probability 1 / P_max.
+    np.testing.assert_allclose(log_ev, -np.log(float(g.p_max)), rtol=1e-6)
+
+
+def test_batch_axes_are_free():
+    g = grammar.sample_rules(sum(TINY[1]), *TINY[1])
+    seqs = all_sequences(g)
+    lik = masked_evidence(np.random.default_rng(2), seqs, B, g.v)
+    flat = exact(g, lik)[0]
+    nested = exact(g, lik.reshape(2, 4, g.d, g.v))[0]
+    np.testing.assert_allclose(nested.reshape(flat.shape), flat, atol=1e-7)
+    single = exact(g, lik[5])[0]
+    np.testing.assert_allclose(single, flat[5], atol=1e-7)
+
+
+def test_deep_wide_grammar_is_stable_and_exact():
+    g = grammar.sample_rules(4, v=32, n=32, m=8, s=2, L=5)
+    rng = np.random.default_rng(5)
+    # Random trees built on the host (eager jax.random calls cost seconds of dispatch here).
+    choices = [jnp.asarray(rng.integers(g.m, size=(8, g.s**level))) for level in range(g.L)]
+    x0 = grammar.expand(g, jnp.asarray(rng.integers(g.n, size=8)), choices)
+    noise = rng.integers(g.v, size=x0.shape)
+    flip = rng.random(x0.shape) < np.linspace(0.0, 1.0, 8)[:, None]
+    x_t = jnp.where(flip, noise, x0)  # row 0 clean, row 7 fully random (invalid)
+    alphabar = jnp.array([1.0 - 1e-6, 0.9, 1e-3, 0.0])[:, None, None, None]
+    # Uniform-process evidence at several noise levels, on clean and heavily corrupted sequences.
+    sharp = (alphabar * jax.nn.one_hot(x_t, g.v) + (1.0 - alphabar) / g.v).reshape(-1, g.d, g.v)
+    # Chain rule: row r reveals x0[0, :r] exactly, so post[r, r, x_r] = p(x_r | x_<r).
+    revealed_DxD = jnp.arange(g.d)[None, :] < jnp.arange(g.d)[:, None]
+    chain = jnp.where(revealed_DxD[..., None], jax.nn.one_hot(x0[0], g.v), 1.0)
+    invalid = jax.nn.one_hot(x_t[-1:], g.v)  # probability 0: must come back uniform, not nan
+    post, log_ev = exact(g, jnp.concatenate([sharp, chain, invalid]))
+    num_sharp = sharp.shape[0]
+    assert bool(jnp.all(jnp.isfinite(post))) and bool(jnp.all(jnp.isfinite(log_ev[:-1])))
+    np.testing.assert_allclose(post.sum(-1), 1.0, atol=1e-5)
+    assert bool(jnp.all(jnp.argmax(post[0], -1) == x0[0]))  # near-noiseless evidence pins it down
+    chain_post = post[num_sharp:num_sharp + g.d]
+    log_p_x = jnp.log(chain_post[jnp.arange(g.d), jnp.arange(g.d), x0[0]]).sum()
+    np.testing.assert_allclose(log_p_x, -np.log(float(g.p_max)), rtol=1e-5)
+    np.testing.assert_allclose(log_ev[num_sharp], 0.0, atol=1e-5)  # nothing revealed
+    np.testing.assert_allclose(post[-1], 1.0 / g.v, atol=1e-6)
+    assert float(log_ev[-1]) == -np.inf
+
+
+def stack(grammars):
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *grammars)
+
+
+def test_vmap_over_grammars_equals_separate_calls():
+    gs = [grammar.sample_rules(seed, v=4, n=4, m=2, s=2, L=3) for seed in range(3)]
+    lik = jax.random.uniform(jax.random.key(0), (3, B, 8, 4), minval=0.05)
+    together = jax.jit(jax.vmap(exact))(stack(gs), lik)
+    separate = [exact(g, x) for g, x in zip(gs, lik)]
+    chex.assert_trees_all_close(together, jax.tree.map(lambda *x: jnp.stack(x), *separate), atol=1e-6)
+
+
+def test_compiles_once_across_grammars_of_one_shape():
+    chex.clear_trace_counter()
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def run(g, lik):
+        return oracle.posterior(g, lik)
+
+    lik = jax.random.uniform(jax.random.key(1), (2, 8, 4), minval=0.05)
+    results = [run(grammar.sample_rules(seed, v=4, n=4, m=2, s=2, L=3), lik) for seed in range(3)]
+    assert not np.allclose(results[0], results[1])  # different grammars, one compiled function
+
+
+def test_wrong_evidence_shape_raises():
+    g = grammar.sample_rules(0, v=4, n=4, m=2, s=2, L=3)
+    with pytest.raises(ValueError, match=r"leaf_lik must have trailing shape \(d, v\) = \(8, 4\)"):
+        oracle.posterior(g, jnp.ones((2, 8, 5)))
+    with pytest.raises(ValueError, match=r"leaf_lik .* \(8, 4\)"):
+        oracle.log_likelihood(g, jnp.ones((7, 4)))
+
+
+class _UniformNoise:
+    """Stand-in process for the denoiser test: D3PM uniform evidence at alphabar = 1 - t."""
+
+    v = 4
+
+    def leaf_likelihood(self, x_t_BxD, t_B):
+        alphabar = (1.0 - t_B)[:, None, None]
+        return alphabar * jax.nn.one_hot(x_t_BxD, self.v) + (1.0 - alphabar) / self.v
+
+
+def test_denoiser_logits_are_the_log_posterior():
+    g = grammar.sample_rules(7, v=4, n=4, m=2, s=2, L=3)
+    seqs = all_sequences(g)
+    process = _UniformNoise()
+    x_t = jnp.asarray(seqs[:5])
+    x_t = x_t.at[:, 0].set((x_t[:, 0] + 1) % 4)
+    t = jnp.array([0.01, 0.1, 0.5, 0.9, 1.0])
+    logits = jax.jit(oracle.denoiser(g, process))(None, x_t, t)
+    post, _ = brute_force(seqs, np.asarray(process.leaf_likelihood(x_t, t)))
+    np.testing.assert_allclose(jnp.exp(logits), post, atol=1e-5)
+    assert bool(jnp.all(jnp.isfinite(logits)))  # impossible symbols get LOG_ZERO, not -inf
+    with pytest.raises(ValueError, match="process.v=4 must equal the grammar's vocabulary v=8"):
+        oracle.denoiser(grammar.sample_rules(0, v=8, n=8, m=2, s=2, L=2), process)
