@@ -68,6 +68,13 @@ def levels(df: pd.DataFrame) -> list[int]:
     return found
 
 
+def curve_keys(df: pd.DataFrame) -> list[str]:
+    """Columns that separate validity-vs-P curves: the workdir, and lr where a run sweeps it."""
+    if "lr" in df and "workdir" in df and df.groupby("workdir")["lr"].nunique().max() > 1:
+        return ["workdir", "lr"]
+    return ["workdir"]
+
+
 def _keyed(df: pd.DataFrame) -> pd.DataFrame:
     """The table with a ``workdir`` column (synthetic tables may lack it)."""
     return df if "workdir" in df else df.assign(workdir="")
@@ -91,7 +98,7 @@ def final(df: pd.DataFrame) -> pd.DataFrame:
 def final_validity(df: pd.DataFrame) -> pd.DataFrame:
     """Long table of final validity: one row per (workdir, model, level) with P and seed."""
     last = final(healthy(_keyed(df)))
-    ids = [c for c in ("workdir", "model", "P", "seed", *GRAMMAR_KEYS) if c in last]
+    ids = [c for c in ("workdir", "model", "P", "seed", "lr", *GRAMMAR_KEYS) if c in last]
     long = last.melt(id_vars=ids, value_vars=[f"validity_l{l}" for l in levels(df)],
                      var_name="level", value_name="validity")
     long["level"] = long["level"].str.removeprefix("validity_l").astype(int)
@@ -208,12 +215,14 @@ def _censor(validity: pd.Series) -> str:
 def thresholds(df: pd.DataFrame, method: str = "sigmoid") -> pd.DataFrame:
     """Per (workdir, level, seed) and pooled over seeds (seed = -1): the threshold P*_l."""
     long = final_validity(df)
+    keys = curve_keys(long)
     rows = []
-    for (workdir, level), group in long.groupby(["workdir", "level"]):
+    for values, group in long.groupby([*keys, "level"]):
+        ids = dict(zip([*keys, "level"], values))
         grammar = {k: group[k].iloc[0] for k in GRAMMAR_KEYS if k in group}
         per_seed = [(seed, g) for seed, g in group.groupby("seed")] + [(-1, group)]
         for seed, g in per_seed:
-            rows.append(dict(workdir=workdir, level=level, seed=seed, **grammar,
+            rows.append(dict(**ids, seed=seed, **grammar,
                              P_star=threshold(g["P"], g["validity"], method),
                              censored=_censor(g["validity"]), num_P=g["P"].nunique()))
     return pd.DataFrame(rows)
@@ -221,12 +230,13 @@ def thresholds(df: pd.DataFrame, method: str = "sigmoid") -> pd.DataFrame:
 
 def threshold_summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per (workdir, level): pooled P*, and mean +- std over per-seed fits (in P and in log10 P)."""
+    keys = [*curve_keys(table), "level"]
     rows = []
-    for (workdir, level), g in table.groupby(["workdir", "level"]):
+    for values, g in table.groupby(keys):
         pooled = g[g["seed"] == -1].iloc[0]
         seeds = g[(g["seed"] != -1) & np.isfinite(g["P_star"])]["P_star"].to_numpy(float)
         rows.append(dict(
-            workdir=workdir, level=level, **{k: pooled[k] for k in GRAMMAR_KEYS if k in g},
+            **dict(zip(keys, values)), **{k: pooled[k] for k in GRAMMAR_KEYS if k in g},
             P_star=pooled["P_star"], censored=pooled["censored"],
             P_star_mean=seeds.mean() if seeds.size else np.nan,
             P_star_std=seeds.std(ddof=1) if seeds.size > 1 else np.nan,
@@ -251,13 +261,14 @@ def theory_threshold(v: int, m: int, level: int, c: float = 1.0) -> float:
 
 def ratios(table: pd.DataFrame) -> pd.DataFrame:
     """P*_(l+1) / P*_l per workdir and level (pooled, and mean +- std over seeds) next to m."""
+    keys = curve_keys(table)
     rows = []
-    for workdir, g in table.groupby("workdir"):
+    for values, g in table.groupby(keys):
         for level in sorted(g["level"].unique())[:-1]:
             lo = g[g["level"] == level].set_index("seed")["P_star"]
             hi = g[g["level"] == level + 1].set_index("seed")["P_star"]
             per_seed = (hi / lo).drop(-1, errors="ignore").dropna().to_numpy(float)
-            rows.append(dict(workdir=workdir, level=level, m=g["m"].iloc[0] if "m" in g else np.nan,
+            rows.append(dict(**dict(zip(keys, values)), level=level, m=g["m"].iloc[0] if "m" in g else np.nan,
                              ratio=hi.get(-1, np.nan) / lo.get(-1, np.nan),
                              ratio_mean=per_seed.mean() if per_seed.size else np.nan,
                              ratio_std=per_seed.std(ddof=1) if per_seed.size > 1 else np.nan))
@@ -305,6 +316,14 @@ def _epoch_of(g: pd.DataFrame, step: float) -> float:
     return float(step * last["epoch"] / last["step"])
 
 
+def _model_ids(workdir: str, model: int, g: pd.DataFrame) -> dict:
+    """Identity of one model's rows: workdir, grid index, P, seed (and lr when present)."""
+    ids = dict(workdir=workdir, model=model, P=g["P"].iloc[0], seed=g["seed"].iloc[0])
+    if "lr" in g:
+        ids["lr"] = g["lr"].iloc[0]
+    return ids
+
+
 def learning_times(df: pd.DataFrame, level_value: float = 0.5) -> pd.DataFrame:
     """Per model and level: first step (and epoch) at which validity crosses ``level_value``."""
     df = healthy(_keyed(df)).sort_values("step")
@@ -312,8 +331,7 @@ def learning_times(df: pd.DataFrame, level_value: float = 0.5) -> pd.DataFrame:
     for (workdir, model), g in df.groupby(["workdir", "model"]):
         for level in levels(df):
             step = crossing_time(g["step"], g[f"validity_l{level}"], level_value)
-            rows.append(dict(workdir=workdir, model=model, P=g["P"].iloc[0], seed=g["seed"].iloc[0],
-                             level=level, step=step, epoch=_epoch_of(g, step)))
+            rows.append(dict(**_model_ids(workdir, model, g), level=level, step=step, epoch=_epoch_of(g, step)))
     return pd.DataFrame(rows)
 
 
@@ -323,15 +341,16 @@ def memorization_onset(df: pd.DataFrame, copy_level: float = 0.1) -> pd.DataFram
     rows = []
     for (workdir, model), g in df.groupby(["workdir", "model"]):
         step = crossing_time(g["step"], g["copy"], copy_level)
-        rows.append(dict(workdir=workdir, model=model, P=g["P"].iloc[0], seed=g["seed"].iloc[0],
-                         step=step, epoch=_epoch_of(g, step), final_copy=g["copy"].iloc[-1]))
+        rows.append(dict(**_model_ids(workdir, model, g), step=step, epoch=_epoch_of(g, step),
+                         final_copy=g["copy"].iloc[-1]))
     return pd.DataFrame(rows)
 
 
 def creativity(df: pd.DataFrame) -> pd.DataFrame:
     """Per model at its last evaluation: valid, copy, novel_valid and novel share of valid ones."""
     last = final(healthy(_keyed(df)))
-    out = last[["workdir", "model", "P", "seed", "valid", "copy", "novel_valid"]].copy()
+    ids = [c for c in ("workdir", "model", "P", "seed", "lr") if c in last]
+    out = last[[*ids, "valid", "copy", "novel_valid"]].copy()
     with np.errstate(invalid="ignore", divide="ignore"):
         out["novel_share"] = np.where(out["valid"] > 0, out["novel_valid"] / out["valid"], np.nan)
     return out.sort_values(["workdir", "P", "seed"]).reset_index(drop=True)

@@ -206,6 +206,23 @@ def wall_time(config: dict, df: pd.DataFrame) -> float:
     return float("nan")
 
 
+def _commit(prov: dict) -> str:
+    """Git revision from provenance ({'git': {'revision', 'dirty'}} or a plain string)."""
+    git = prov.get("git", prov.get("git_revision", prov.get("commit")))
+    if isinstance(git, dict):
+        return f"{git.get('revision') or '?'}{' (dirty tree)' if git.get('dirty') else ''}"
+    return str(git or "?")
+
+
+def _machine(prov: dict) -> str:
+    """Devices and host from provenance."""
+    devices = prov.get("devices", prov.get("machine", "?"))
+    if isinstance(devices, dict):
+        devices = f"{devices.get('count', '?')} x {devices.get('kind', '?')} ({devices.get('platform', '?')})"
+    host = prov.get("hostname")
+    return f"{devices}" + (f" on {host}" if host else "")
+
+
 def _provenance_lines(workdir: str, config: dict, df: pd.DataFrame) -> list[str]:
     """Bullet lines: commit, packages, machine, date and wall time of one work directory."""
     prov = config.get("provenance", {}) or {}
@@ -221,20 +238,20 @@ def _provenance_lines(workdir: str, config: dict, df: pd.DataFrame) -> list[str]
         f"- P grid: {cfg.get('data', {}).get('num_train', sorted(df['P'].unique().tolist()))}, "
         f"seeds: {tr.get('seeds', '?')}, batch {tr.get('batch_size', '?')}, lr {tr.get('lr', '?')}, "
         f"steps {tr.get('num_steps', '?')} / epochs {tr.get('num_epochs', '?')}",
-        f"- commit: {prov.get('git_revision', prov.get('git', prov.get('commit', '?')))}",
+        f"- commit: {_commit(prov)}",
         f"- packages: {pkg or '?'}; python {prov.get('python', '?')}",
-        f"- machine: {prov.get('devices', prov.get('machine', '?'))} {prov.get('hostname', '')}".rstrip(),
-        f"- date: {prov.get('date', '?')}; wall time: {_fmt(wall_time(config, df))} s; "
+        f"- machine: {_machine(prov)}",
+        f"- date: {prov.get('date_utc', prov.get('date', '?'))}; wall time: {_fmt(wall_time(config, df))} s; "
         f"models: {df['model'].nunique()}, last step: {int(df['step'].max())}",
     ]
 
 
 def _mean_by_P(table: pd.DataFrame, value: str, columns: str | None = None) -> pd.DataFrame:
     """Mean of ``value`` over seeds per (workdir, P[, columns]) as a wide table."""
-    keys = ["workdir", "P"] + ([columns] if columns else [])
-    agg = table.groupby(keys)[value].mean().reset_index()
+    index = [*analysis.curve_keys(table), "P"]
+    agg = table.groupby(index + ([columns] if columns else []))[value].mean().reset_index()
     if columns:
-        agg = agg.pivot_table(index=["workdir", "P"], columns=columns, values=value).reset_index()
+        agg = agg.pivot_table(index=index, columns=columns, values=value, dropna=False).reset_index()
         agg.columns = [c if isinstance(c, str) else f"{columns} {c}" for c in agg.columns]
     agg["workdir"] = agg["workdir"].map(_label)
     return agg
@@ -283,7 +300,8 @@ def write_markdown(workdirs: Sequence[str], df: pd.DataFrame, out: str, figures:
         markdown_table(pd.concat([_mean_by_P(onset, "step"), _mean_by_P(onset, "final_copy")[["final_copy"]]],
                                  axis=1)) if len(onset) else "_(no copy column)_\n",
         "## Creativity at the last evaluation (novel_share = novel valid / valid)\n",
-        markdown_table(creative.groupby(["workdir", "P"])[["valid", "copy", "novel_valid", "novel_share"]]
+        markdown_table(creative.groupby([*analysis.curve_keys(creative), "P"])
+                       [["valid", "copy", "novel_valid", "novel_share"]]
                        .mean().reset_index().assign(workdir=lambda d: d["workdir"].map(_label)))
         if len(creative) else "_(no valid/copy columns)_\n",
         "## Diverged models (excluded from every fit)\n", markdown_table(diverged),

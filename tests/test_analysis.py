@@ -46,8 +46,9 @@ def write_workdir(path, df, v=8, m=3, L=3):
     config = dict(grammar=dict(v=v, n=v, m=m, s=2, L=L, seed=0),
                   data=dict(num_train=sorted(df["P"].unique().tolist()), num_test=256, seed=0),
                   train=dict(batch_size=64, lr=1e-4, seeds=sorted(df["seed"].unique().tolist())))
-    provenance = dict(git_revision="deadbeef", python="3.12", packages=dict(jax="0.12"),
-                      devices=["cpu"], date="2025-01-01T00:00:00")
+    provenance = dict(git=dict(revision="deadbeef", dirty=False), python="3.12", packages=dict(jax="0.12"),
+                      devices=dict(platform="cpu", kind="cpu", count=1), hostname="testhost",
+                      date_utc="2025-01-01T00:00:00+00:00")
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(dict(config=config, provenance=provenance, grid=dict(num_models=int(df["model"].nunique()))), f)
     metrics = df.drop(columns=["v", "n", "m", "s", "L"], errors="ignore")
@@ -209,3 +210,14 @@ def test_bad_input_raises_clear_value_errors(tmp_path):
         analysis.threshold([1, 2], [0.1, 0.9], method="spline")
     with pytest.raises(ValueError, match="validity_l"):
         analysis.levels(pd.DataFrame({"P": [1]}))
+
+
+def test_learning_rates_on_one_grid_give_separate_curves():
+    fast = synthetic_metrics(c=1.0, jitter=0.0, seeds=(0,)).assign(lr=1e-3)
+    slow = synthetic_metrics(c=4.0, jitter=0.0, seeds=(0,)).assign(lr=1e-4)
+    slow["model"] += fast["model"].max() + 1
+    summary = analysis.threshold_summary(analysis.thresholds(pd.concat([fast, slow], ignore_index=True)))
+    by_lr = summary.set_index(["lr", "level"])["P_star"]
+    for level in (1, 2):
+        assert by_lr[(1e-4, level)] / by_lr[(1e-3, level)] == pytest.approx(4.0, rel=0.1)
+    assert analysis.learning_times(fast)["lr"].eq(1e-3).all()

@@ -40,7 +40,7 @@ def test_report_writes_all_figures_and_markdown(written):
     text = open(paths["report"][0]).read()
     for heading in ("Thresholds", "Ratios", "Constant c", "Learning time", "Memorization", "Creativity"):
         assert heading in text
-    assert "deadbeef" in text and "jax 0.12" in text
+    assert "deadbeef" in text and "jax 0.12" in text and "1 x cpu (cpu) on testhost" in text
     # wall time of the m3 run comes from its time column: 4096 steps / 10 = 409.6 s
     assert "wall time: 410 s" in text
 
