@@ -1,0 +1,279 @@
+"""The experiment config: schema with defaults, validation before compilation, overrides, hashing.
+
+A config is a locked ``ml_collections.ConfigDict`` (unknown keys raise) with sections ``grammar``,
+``data``, ``process``, ``network``, ``train``, ``eval`` and ``run``. It is an experiment record:
+never traced, never mutated to hold derived values. ``validate`` checks every setting before any
+jit compilation and raises a ValueError naming the parameter and its bound.
+"""
+from __future__ import annotations
+
+import ast
+import copy
+import hashlib
+import importlib.util
+import json
+import os
+from typing import Any, Sequence
+
+import ml_collections
+import numpy as np
+
+from rhm_jax import diffusion, grammar, networks
+
+# Run keys that change how a run executes but not its results; a work directory may be resumed
+# with other values for these (results.prepare_workdir ignores them when comparing configs).
+EXECUTION_KEYS = (
+    "train.steps_per_call",
+    "run.checkpoint_every",
+    "run.keep_last",
+    "run.max_models_per_program",
+)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every field with its default: the paper's grammar experiment (v=n=8, m=3, s=2, L=3)."""
+    config = ml_collections.ConfigDict()
+    config.grammar = dict(v=8, n=8, m=3, s=2, L=3, seed=0)
+    # num_train: the training-set sizes P of the grid; train and test sets are disjoint.
+    config.data = dict(num_train=(1024,), num_test=1024, seed=0)
+    config.process = diffusion.default_config()
+    config.network = networks.default_config()
+    config.train = dict(
+        batch_size=64,
+        lr=(1e-4,),  # a grid axis like num_train and seeds (Adam's peak learning rate)
+        b1=0.9,
+        b2=0.999,
+        warmup_steps=0,
+        ema_decay=0.0,  # 0: no EMA
+        num_steps=2**14,  # exactly one of num_steps / num_epochs is > 0
+        num_epochs=0.0,  # epochs of each model's own P: budgets then differ across the grid
+        seeds=(0,),  # grid axis: each seed sets the init, per-step noise and data order
+        steps_per_call=100,  # steps fused in one device call (lax.scan); no effect on results
+    )
+    config.eval = dict(num_samples=1024, per_octave=4, num_windows=10)
+    config.run = dict(
+        checkpoint_every=0,  # 0: checkpoint at evaluation steps only
+        keep_last=3,  # most recent checkpoints kept, besides those at evaluation steps
+        max_models_per_program=0,  # 0: automatic (device memory); else a cap per sub-grid
+        seed=0,  # evaluation keys are fold_in(key(run.seed), step)
+    )
+    config.lock()
+    return config
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _int_at_least(name: str, value: Any, low: int) -> None:
+    if not _is_int(value) or value < low:
+        raise ValueError(f"{name}={value!r} must be an integer >= {low}")
+
+
+def _int_list(name: str, values: Any, low: int) -> list[int]:
+    """A non-empty sequence of distinct integers >= low, as a list."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) == 0:
+        raise ValueError(f"{name}={values!r} must be a non-empty list of integers")
+    for value in values:
+        _int_at_least(f"{name} entry", value, low)
+    if len(set(values)) != len(values):
+        raise ValueError(f"{name}={tuple(values)!r} must not repeat a value (a repeat is a duplicate model)")
+    return [int(x) for x in values]
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raise ValueError naming the parameter and its bound for any setting that cannot run."""
+    g = config.grammar
+    grammar.check_params(g.v, g.n, g.m, g.s, g.L)
+    _int_at_least("grammar.seed", g.seed, 0)
+    _validate_data(config)
+    _validate_train(config.train)
+    _validate_eval(config.eval)
+    r = config.run
+    _int_at_least("run.checkpoint_every", r.checkpoint_every, 0)
+    _int_at_least("run.keep_last", r.keep_last, 1)
+    _int_at_least("run.max_models_per_program", r.max_models_per_program, 0)
+    _int_at_least("run.seed", r.seed, 0)
+    process = diffusion.make(config.process, g.v, g.s**g.L)  # validates the process settings
+    networks.validate(config.network, g.v, g.s, g.L, process)
+
+
+def _validate_data(config: ml_collections.ConfigDict) -> None:
+    d, g = config.data, config.grammar
+    num_train = _int_list("data.num_train", d.num_train, 1)
+    _int_at_least("data.num_test", d.num_test, 1)
+    _int_at_least("data.seed", d.seed, 0)
+    p_max = g.n * g.m ** ((g.s**g.L - 1) // (g.s - 1))
+    if max(num_train) + d.num_test > p_max:
+        raise ValueError(
+            f"data.num_train max P={max(num_train)} plus data.num_test={d.num_test} must be <= P_max={p_max}"
+            f" (the grammar v={g.v}, n={g.n}, m={g.m}, s={g.s}, L={g.L} has only P_max distinct sequences;"
+            " train and test sets are disjoint)"
+        )
+
+
+def _validate_train(t: ml_collections.ConfigDict) -> None:
+    # batch_size > P is allowed: a batch then spans several epochs of that model's data.
+    _int_at_least("train.batch_size", t.batch_size, 1)
+    lrs = t.lr if isinstance(t.lr, Sequence) else (t.lr,)
+    if not lrs or any(not _is_real(x) or not np.isfinite(x) or x <= 0 for x in lrs):
+        raise ValueError(f"train.lr={t.lr!r} must be a non-empty list of finite numbers > 0")
+    if len(set(lrs)) != len(lrs):
+        raise ValueError(f"train.lr={tuple(lrs)!r} must not repeat a value (a repeat is a duplicate model)")
+    for name in ("b1", "b2", "ema_decay"):
+        value = t[name]
+        if not _is_real(value) or not 0.0 <= value < 1.0:
+            raise ValueError(f"train.{name}={value!r} must be in [0, 1)")
+    _int_at_least("train.warmup_steps", t.warmup_steps, 0)
+    _int_at_least("train.num_steps", t.num_steps, 0)
+    if not _is_real(t.num_epochs) or not np.isfinite(t.num_epochs) or t.num_epochs < 0:
+        raise ValueError(f"train.num_epochs={t.num_epochs!r} must be a finite number >= 0")
+    if (t.num_steps > 0) == (t.num_epochs > 0):
+        raise ValueError(
+            f"exactly one of train.num_steps={t.num_steps} and train.num_epochs={t.num_epochs} must be > 0"
+            " (set the other to 0)"
+        )
+    _int_list("train.seeds", t.seeds, 0)
+    _int_at_least("train.steps_per_call", t.steps_per_call, 1)
+
+
+def _validate_eval(e: ml_collections.ConfigDict) -> None:
+    _int_at_least("eval.num_samples", e.num_samples, 1)
+    _int_at_least("eval.per_octave", e.per_octave, 1)
+    _int_at_least("eval.num_windows", e.num_windows, 1)
+
+
+# ----------------------------------------------------------------------------- files and overrides
+
+def load(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """Config from ``path.py[:arg]`` plus ``--config.a.b=value`` overrides (config_flags syntax).
+
+    The file's ``get_config(arg)`` (``get_config()`` without an arg) builds the config. Values are
+    Python literals (``3e-4``, ``(64,256)``, ``True``); strings may be bare (``masked``). Unknown
+    keys, values of the wrong type and malformed overrides raise ValueError.
+    """
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise ValueError(f"--config={spec!r}: no config file {path!r}")
+    module_spec = importlib.util.spec_from_file_location(f"rhm_jax_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"--config={spec!r}: {path} defines no get_config(arg=None)")
+    config = module.get_config(arg) if arg else module.get_config()
+    config.lock()
+    for item in overrides:
+        apply_override(config, item)
+    return config
+
+
+def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
+    """Set one ``--config.section.key=value`` on a locked config, checking key and type."""
+    if not item.startswith("--config.") or "=" not in item:
+        raise ValueError(f"override {item!r} must look like --config.section.key=value")
+    name, _, text = item[len("--config."):].partition("=")
+    path = name.split(".")
+    node = config
+    for depth, part in enumerate(path):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            where = ".".join(path[:depth]) or "<top>"
+            known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else "(not a section)"
+            raise ValueError(f"unknown config key {name!r} in {item!r}; keys of {where}: {known}")
+        if depth < len(path) - 1:
+            node = node[part]
+    key = path[-1]
+    current = node[key]
+    if isinstance(current, ml_collections.ConfigDict):
+        raise ValueError(f"override {item!r} names a section; set its keys one by one")
+    try:
+        node[key] = _parse_value(text, current)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"bad value in override {item!r} for a {type(current).__name__} field: {err}") from err
+
+
+def _parse_value(text: str, current: Any) -> Any:
+    """Text -> value of the field's kind: bools by name, strings as typed, else a Python literal."""
+    if isinstance(current, bool):
+        if text.lower() in ("true", "1"):
+            return True
+        if text.lower() in ("false", "0"):
+            return False
+        raise ValueError(f"{text!r} is not a bool (true/false)")
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        if isinstance(current, str) or current is None:
+            return text  # a bare word for a string field
+        raise ValueError(f"{text!r} is not a Python literal") from None
+    if isinstance(current, str) and not isinstance(value, str):
+        return text
+    if isinstance(current, tuple) and not isinstance(value, (tuple, list)):
+        return (value,)
+    if isinstance(current, tuple):
+        return tuple(value)
+    return value
+
+
+def to_dict(config: ml_collections.ConfigDict) -> dict:
+    """Plain JSON-ready nested dict (tuples become lists)."""
+    return json.loads(json.dumps(config.to_dict(), default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    raise TypeError(f"config value {value!r} of type {type(value).__name__} is not JSON-serializable")
+
+
+def from_dict(values: dict) -> ml_collections.ConfigDict:
+    """The base config updated with ``values`` (e.g. read from config.json); unknown keys raise."""
+    config = base_config()
+    _update(config, values, "")
+    return config
+
+
+def _update(config: ml_collections.ConfigDict, values: dict, prefix: str) -> None:
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if key not in config:
+            raise ValueError(f"unknown config key {name!r}; known keys here: {sorted(config.keys())}")
+        if isinstance(config[key], ml_collections.ConfigDict):
+            if not isinstance(value, dict):
+                raise ValueError(f"config key {name!r} must be a section (dict), got {value!r}")
+            _update(config[key], value, name + ".")
+        else:
+            config[key] = tuple(value) if isinstance(value, list) else copy.deepcopy(value)
+
+
+def flatten(values: dict, prefix: str = "") -> dict:
+    """Nested dict -> {'section.key': value}."""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def differences(a: dict, b: dict, ignore: Sequence[str] = ()) -> list[str]:
+    """Dotted keys whose values differ between two config dicts (missing counts as different)."""
+    flat_a, flat_b = flatten(a), flatten(b)
+    keys = sorted(set(flat_a) | set(flat_b))
+    return [k for k in keys if k not in ignore and flat_a.get(k, "<missing>") != flat_b.get(k, "<missing>")]
+
+
+def config_hash(config: ml_collections.ConfigDict | dict, ignore: Sequence[str] = EXECUTION_KEYS) -> str:
+    """Short sha256 of the canonical JSON of the result-determining settings."""
+    values = config if isinstance(config, dict) else to_dict(config)
+    flat = {k: v for k, v in flatten(values).items() if k not in ignore}
+    text = json.dumps(flat, sort_keys=True, default=_json_default)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,295 @@
+"""Work directories: ``config.json`` with provenance, ``metrics.jsonl`` rows, loading and summaries.
+
+Layout of a work directory::
+
+    config.json     {"config": ..., "provenance": ..., "grid": [one dict per model]}
+    metrics.jsonl   one JSON object per (model, evaluation step); non-finite floats are null
+    checkpoints/    orbax checkpoints (rhm_jax.checkpoint), one subdirectory per sub-grid
+    summary.txt     the per-model table printed at the end of a run
+
+Resuming needs an identical config (up to ``config.EXECUTION_KEYS``). ``force=True`` never deletes:
+it moves the old directory aside to ``<workdir>.bak-<UTC timestamp>`` and starts fresh.
+pandas is imported only by ``load``.
+"""
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import logging
+import math
+import os
+import platform
+import socket
+import subprocess
+import sys
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from rhm_jax import config as config_lib
+
+log = logging.getLogger(__name__)
+
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "chex", "ml-collections")
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.txt"
+# Constant config values copied into every row by ``load`` (column name -> dotted config key).
+CONFIG_COLUMNS = {
+    "v": "grammar.v", "n": "grammar.n", "m": "grammar.m", "s": "grammar.s", "L": "grammar.L",
+    "process": "process.name", "network": "network.name", "width": "network.width",
+    "batch_size": "train.batch_size",
+}
+
+
+# ----------------------------------------------------------------------------- provenance
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def git_revision(path: str | None = None) -> dict[str, Any]:
+    """{'revision', 'dirty'} of the git checkout holding ``path`` (this package by default)."""
+    path = path or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        revision = subprocess.run(["git", "-C", path, "rev-parse", "HEAD"], capture_output=True,
+                                  text=True, timeout=10, check=True).stdout.strip()
+        status = subprocess.run(["git", "-C", path, "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {"revision": None, "dirty": None}
+    return {"revision": revision, "dirty": bool(status.strip())}
+
+
+def provenance() -> dict[str, Any]:
+    """Package versions, git revision, python, devices, host and UTC date of this process."""
+    import jax
+
+    devices = jax.devices()
+    return {
+        "python": sys.version.split()[0],
+        "packages": {name: _version(name) for name in PACKAGES},
+        "git": git_revision(),
+        "devices": {"platform": devices[0].platform, "kind": devices[0].device_kind, "count": len(devices)},
+        "hostname": socket.gethostname(),
+        "os": platform.platform(),
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+# ----------------------------------------------------------------------------- JSON
+
+def to_json_value(value: Any) -> Any:
+    """Plain JSON value: numpy/jax scalars and arrays unwrapped, non-finite floats -> None."""
+    if isinstance(value, dict):
+        return {str(k): to_json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json_value(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if value is None or isinstance(value, str):
+        return value
+    if hasattr(value, "__array__"):  # numpy or jax arrays
+        array = np.asarray(value)
+        return to_json_value(array.item() if array.ndim == 0 else array.tolist())
+    raise TypeError(f"cannot write {type(value).__name__} value {value!r} as JSON")
+
+
+def _write_json_atomic(path: str, payload: Any) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=1, sort_keys=True, allow_nan=False)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_config_json(workdir: str) -> dict:
+    """The parsed ``config.json`` of a work directory; ValueError if absent."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise ValueError(f"workdir={workdir!r} holds no {CONFIG_FILE}: not an rhm_jax work directory")
+    with open(path) as f:
+        return json.load(f)
+
+
+# ----------------------------------------------------------------------------- work directory
+
+def prepare_workdir(workdir: str, config, grid_rows: Sequence[dict], force: bool = False) -> str:
+    """Create or check a work directory; returns 'new' or 'resume'.
+
+    Existing directory with the same config and grid -> 'resume'. A different one -> ValueError
+    naming the differing keys (nothing is touched) unless ``force``, which moves the old directory
+    to ``<workdir>.bak-<timestamp>`` and starts fresh.
+    """
+    workdir = os.path.abspath(workdir)
+    config_dict = config_lib.to_dict(config)
+    grid = to_json_value(list(grid_rows))
+    if os.path.isdir(workdir) and os.listdir(workdir):
+        if force:
+            stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+            backup = f"{workdir}.bak-{stamp}"
+            os.rename(workdir, backup)
+            log.warning("--force: moved the old work directory %s aside to %s", workdir, backup)
+        else:
+            _check_same(workdir, config_dict, grid)
+            return "resume"
+    os.makedirs(workdir, exist_ok=True)
+    payload = {"config": config_dict, "provenance": to_json_value(provenance()), "grid": grid}
+    _write_json_atomic(os.path.join(workdir, CONFIG_FILE), payload)
+    return "new"
+
+
+def _check_same(workdir: str, config_dict: dict, grid: list) -> None:
+    """Raise ValueError unless the stored config and grid equal these (execution keys aside)."""
+    how = "choose a new --workdir, or pass --force to move the old directory aside (nothing is deleted)"
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise ValueError(f"workdir={workdir!r} is not empty and holds no {CONFIG_FILE}; {how}")
+    stored = read_config_json(workdir)
+    differing = config_lib.differences(stored.get("config", {}), config_dict, ignore=config_lib.EXECUTION_KEYS)
+    if differing:
+        details = ", ".join(
+            f"{k}: {config_lib.flatten(stored.get('config', {})).get(k, '<missing>')!r} -> "
+            f"{config_lib.flatten(config_dict).get(k, '<missing>')!r}" for k in differing[:10])
+        raise ValueError(f"workdir={workdir!r} holds a run with a different config ({details}); {how}")
+    if stored.get("grid") != grid:
+        raise ValueError(f"workdir={workdir!r} holds a run with a different grid of models; {how}")
+    execution = config_lib.differences(stored.get("config", {}), config_dict)
+    if execution:
+        log.info("resuming %s with other execution settings (results unaffected): %s", workdir, execution)
+
+
+# ----------------------------------------------------------------------------- metrics.jsonl
+
+def read_rows(path: str) -> list[dict]:
+    """Rows of a jsonl file; a torn last line (a write cut by a kill) is skipped with a warning."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        lines = f.read().splitlines()
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i != len(lines) - 1:
+                raise ValueError(f"{path}: line {i + 1} is not valid JSON") from None
+            log.warning("%s: skipping a torn last line (an interrupted write)", path)
+    return rows
+
+
+class MetricsWriter:
+    """Appends rows to ``<workdir>/metrics.jsonl``: one flush + fsync per ``write`` call."""
+
+    def __init__(self, workdir: str):
+        self.path = os.path.join(workdir, METRICS_FILE)
+
+    def write(self, rows: Iterable[dict]) -> None:
+        """Append rows (one evaluation's worth) durably; non-finite floats become null."""
+        text = "".join(json.dumps(to_json_value(r), allow_nan=False) + "\n" for r in rows)
+        with open(self.path, "a") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def rows(self) -> list[dict]:
+        """All rows written so far."""
+        return read_rows(self.path)
+
+    def truncate_after(self, step: int, models: Iterable[int] | None = None) -> int:
+        """Drop rows with ``step > step`` (of the given grid indices only, if given); returns #dropped.
+
+        Used on resume from a checkpoint at ``step`` so that the file equals an uninterrupted
+        run's. Rewrites through a temporary file and an atomic rename.
+        """
+        if not os.path.exists(self.path):
+            return 0
+        models = None if models is None else set(int(m) for m in models)
+        rows = read_rows(self.path)
+        keep = [r for r in rows if r["step"] <= step or (models is not None and r["model"] not in models)]
+        tmp = f"{self.path}.tmp"
+        with open(tmp, "w") as f:
+            f.write("".join(json.dumps(r, allow_nan=False) + "\n" for r in keep))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        return len(rows) - len(keep)
+
+
+# ----------------------------------------------------------------------------- analysis
+
+def load(workdirs: str | os.PathLike | Sequence[str | os.PathLike]):
+    """pandas DataFrame of the rows of one or more work directories, with config columns."""
+    import pandas as pd
+
+    workdirs = [workdirs] if isinstance(workdirs, (str, os.PathLike)) else list(workdirs)
+    if not workdirs:
+        raise ValueError("workdirs must name at least one work directory")
+    frames = []
+    for workdir in workdirs:
+        workdir = str(workdir)
+        flat = config_lib.flatten(read_config_json(workdir).get("config", {}))
+        frame = pd.DataFrame(read_rows(os.path.join(workdir, METRICS_FILE)))
+        frame["workdir"] = workdir
+        for column, key in CONFIG_COLUMNS.items():
+            if column not in frame.columns:
+                frame[column] = flat.get(key)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _level_columns(rows: Sequence[dict]) -> list[str]:
+    names = {k for r in rows for k in r if k.startswith("validity_l") and k[len("validity_l"):].isdigit()}
+    return sorted(names, key=lambda k: int(k[len("validity_l"):]))
+
+
+def _format(value: Any) -> str:
+    if value is None:
+        return "nan"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
+    return str(value)
+
+
+def summary_table(rows_or_df: Any) -> str:
+    """Per-model text table of the last evaluation: validity per level, copies, divergence step."""
+    rows = rows_or_df.to_dict("records") if hasattr(rows_or_df, "to_dict") else list(rows_or_df)
+    if not rows:
+        return "(no evaluations)"
+    by_model: dict[Any, list[dict]] = {}
+    for row in rows:
+        by_model.setdefault((row.get("workdir"), row["model"]), []).append(row)
+    levels = _level_columns(rows)
+    extra = [k for k in ("lr",) if len({r.get(k) for r in rows}) > 1]
+    header = ["model", "P", "seed", *extra, "step", *[k.replace("validity_", "") for k in levels],
+              "copy", "diverged_at"]
+    lines = []
+    for (_, model), history in sorted(by_model.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
+        history = sorted(history, key=lambda r: r["step"])
+        last = history[-1]
+        diverged = [r["step"] for r in history if r.get("diverged")]
+        cells = [model, last.get("P"), last.get("seed"), *[last.get(k) for k in extra], last["step"],
+                 *[last.get(k) for k in levels], last.get("copy"), diverged[0] if diverged else "-"]
+        lines.append([_format(c) for c in cells])
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
+    return "\n".join([fmt.format(*header)] + [fmt.format(*line) for line in lines])
+
+
+def write_summary(workdir: str, table: str) -> None:
+    """Write the end-of-run table to ``summary.txt``."""
+    with open(os.path.join(workdir, SUMMARY_FILE), "w") as f:
+        f.write(table + "\n")

@@ -1,0 +1,112 @@
+"""Checkpoints: exact round trip of a stacked TrainState, keep policy, fallback past broken ones."""
+import logging
+import os
+import chex
+import jax
+import jax.numpy as jnp
+import pytest
+
+from rhm_jax import checkpoint, config as config_lib, networks, train
+
+
+def _toy_init(key):
+    return {"w": jax.random.normal(key, (4, 5)), "b": jnp.zeros(5)}
+
+
+@pytest.fixture(scope="module")
+def states():
+    """Two stacked TrainStates (M=3) of a toy network: initial and perturbed."""
+    config = config_lib.load("sweeps/smoke.py", ["--config.train.seeds=(0,1,2)", "--config.data.num_train=(16,)"])
+    net = networks.Network(init=_toy_init, apply=None, num_params=networks.count_params)
+    grid, _ = train.make_grid(config)
+    state = train.init_state(config, net, grid)
+    other = state.replace(params=jax.tree.map(lambda x: x + 1.5, state.params), step=state.step + 7,
+                          last_loss=jnp.arange(3.0))
+    return state, other
+
+
+def files_of(directory, step):
+    root = os.path.join(directory, str(step))
+    return sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs)
+
+
+def test_round_trip_is_exact(tmp_path, states):
+    state, other = states
+    with checkpoint.Checkpointer(str(tmp_path)) as ckpt:
+        ckpt.save(3, state, {"grid": [{"P": 16}], "config_hash": "abc"})
+        ckpt.save(9, other, {"config_hash": "abc"})
+        restored, meta = ckpt.restore(3, target=other)
+        assert meta == {"grid": [{"P": 16}], "config_hash": "abc", "step": 3}
+        chex.assert_trees_all_equal(restored, state)
+        assert type(restored) is type(state)
+        step, latest, _ = ckpt.restore_latest(jax.eval_shape(lambda: state))
+        assert step == 9
+        chex.assert_trees_all_equal(latest, other)
+
+
+@pytest.mark.parametrize("use_policy", [True, False], ids=["orbax-policy", "by-hand"])
+def test_keep_policy(tmp_path, states, use_policy):
+    state, _ = states
+    with checkpoint.Checkpointer(str(tmp_path), keep_last=2, keep_steps={1, 4, 8}, use_policy=use_policy) as ckpt:
+        for step in range(1, 11):
+            ckpt.save(step, state, {})
+            assert ckpt.steps()[-1] == step  # the newest is never pruned
+        assert ckpt.steps() == [1, 4, 8, 9, 10]
+    assert sorted(os.listdir(tmp_path)) == ["1", "10", "4", "8", "9"]
+
+
+def test_missing_step_lists_available(tmp_path, states):
+    state, _ = states
+    with checkpoint.Checkpointer(str(tmp_path)) as ckpt:
+        assert ckpt.restore_latest(state) is None
+        ckpt.save(2, state, {})
+        ckpt.save(5, state, {})
+        with pytest.raises(ValueError, match=r"no checkpoint at step 4 .*available steps: \[2, 5\]"):
+            ckpt.restore(4, state)
+
+
+def test_tree_mismatch_is_a_value_error(tmp_path, states):
+    state, _ = states
+    with checkpoint.Checkpointer(str(tmp_path)) as ckpt:
+        ckpt.save(1, state, {})
+        wider = state.replace(params={"w": jnp.zeros((3, 4, 6)), "b": jnp.zeros((3, 5))})
+        with pytest.raises(ValueError, match="step 1 .*does not match"):
+            ckpt.restore(1, wider)
+
+
+@pytest.mark.parametrize("damage", ["truncate-data", "delete-manifest", "delete-meta"])
+def test_broken_latest_falls_back_and_is_moved_aside(tmp_path, states, caplog, damage):
+    state, other = states
+    directory = str(tmp_path)
+    with checkpoint.Checkpointer(directory) as ckpt:
+        ckpt.save(4, state, {})
+        ckpt.save(8, other, {})
+    files = files_of(directory, 8)
+    if damage == "truncate-data":
+        data = max((f for f in files if f"state{os.sep}d{os.sep}" in f), key=os.path.getsize)
+        with open(data, "r+b") as f:
+            f.truncate(os.path.getsize(data) // 2)
+    elif damage == "delete-manifest":
+        os.remove(next(f for f in files if f.endswith(f"state{os.sep}manifest.ocdbt")))
+    else:
+        os.remove(next(f for f in files if f.endswith(f"meta{os.sep}metadata")))
+    with checkpoint.Checkpointer(directory) as ckpt, caplog.at_level(logging.WARNING):
+        with pytest.raises(ValueError, match="step 8 .*unreadable"):
+            ckpt.restore(8, state)
+        step, restored, _ = ckpt.restore_latest(state)
+        assert step == 4
+        chex.assert_trees_all_equal(restored, state)
+        assert "step 8 is broken, falling back" in caplog.text
+        assert ckpt.steps() == [4]
+        assert [p for p in os.listdir(directory) if p.startswith("broken-8-")]  # kept, not deleted
+        ckpt.save(8, other, {})  # the run can write that step again
+        chex.assert_trees_all_equal(ckpt.restore(8, state)[0], other)
+
+
+def test_saving_an_existing_step_moves_the_old_one_aside(tmp_path, states):
+    state, other = states
+    with checkpoint.Checkpointer(str(tmp_path)) as ckpt:
+        ckpt.save(1, state, {})
+        ckpt.save(1, other, {})
+        chex.assert_trees_all_equal(ckpt.restore(1, state)[0], other)
+        assert [p for p in os.listdir(tmp_path) if p.startswith("superseded-1-")]

@@ -1,0 +1,161 @@
+"""Work directories: refusal of a different config, metrics rows (strict JSON, truncation), load."""
+import json
+import math
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+from rhm_jax import config as config_lib
+from rhm_jax import results
+
+GRID = [dict(index=0, P=16, seed=0, lr=1e-3), dict(index=1, P=64, seed=0, lr=1e-3)]
+
+
+def strict_rows(path):
+    """Parse jsonl refusing NaN/Infinity tokens (what strict parsers such as jq or JS do)."""
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+    with open(path) as f:
+        return [json.loads(line, parse_constant=refuse) for line in f]
+
+
+@pytest.fixture
+def smoke():
+    return config_lib.load("sweeps/smoke.py")
+
+
+def row(model, step, **values):
+    return dict(model=model, P=GRID[model]["P"], seed=0, lr=1e-3, step=step, **values)
+
+
+def test_metrics_rows_are_strict_json(tmp_path):
+    writer = results.MetricsWriter(str(tmp_path))
+    writer.write([row(0, 1, loss=float("nan"), copy=np.float32(0.25), diverged=np.bool_(False),
+                      window=np.array([1.0, np.inf]), count=np.int64(3))])
+    writer.write([row(1, 2, loss=-float("inf"))])
+    rows = strict_rows(writer.path)
+    assert rows[0]["loss"] is None and rows[0]["copy"] == 0.25 and rows[0]["diverged"] is False
+    assert rows[0]["window"] == [1.0, None] and rows[0]["count"] == 3
+    assert rows[1]["loss"] is None
+    assert writer.rows() == rows
+
+
+def test_truncate_after_keeps_exactly_the_earlier_rows(tmp_path):
+    writer = results.MetricsWriter(str(tmp_path))
+    steps = [0, 1, 2, 4, 8, 16]
+    for step in steps:
+        writer.write([row(0, step, x=step), row(1, step, x=-step)])
+    assert writer.truncate_after(4) == 4
+    assert [(r["model"], r["step"]) for r in writer.rows()] == [(m, s) for s in steps[:4] for m in (0, 1)]
+    assert writer.truncate_after(1, models=[1]) == 2  # model 0 untouched
+    assert sorted((r["model"], r["step"]) for r in writer.rows()) == sorted(
+        [(0, s) for s in steps[:4]] + [(1, 0), (1, 1)])
+    assert writer.truncate_after(-1) == 6 and writer.rows() == []
+    assert os.listdir(tmp_path) == ["metrics.jsonl"]  # no temporary file left behind
+
+
+def test_torn_last_line_is_skipped_but_a_bad_middle_line_raises(tmp_path):
+    writer = results.MetricsWriter(str(tmp_path))
+    writer.write([row(0, 1), row(0, 2)])
+    with open(writer.path, "a") as f:
+        f.write('{"model": 0, "step": 4, "P"')  # a write cut short by a kill
+    assert [r["step"] for r in writer.rows()] == [1, 2]
+    writer.truncate_after(10)
+    assert [r["step"] for r in strict_rows(writer.path)] == [1, 2]
+    with open(writer.path, "a") as f:
+        f.write("garbage\n" + json.dumps(row(0, 8)) + "\n")
+    with pytest.raises(ValueError, match="line 3"):
+        writer.rows()
+
+
+def test_new_workdir_records_config_grid_and_provenance(tmp_path, smoke):
+    workdir = str(tmp_path / "run")
+    assert results.prepare_workdir(workdir, smoke, GRID) == "new"
+    stored = results.read_config_json(workdir)
+    assert config_lib.to_dict(config_lib.from_dict(stored["config"])) == config_lib.to_dict(smoke)
+    assert stored["grid"] == GRID
+    prov = stored["provenance"]
+    assert prov["packages"]["jax"] and prov["packages"]["orbax-checkpoint"]
+    assert prov["devices"]["count"] >= 1 and prov["date_utc"].endswith("+00:00")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert prov["git"]["revision"] == head and isinstance(prov["git"]["dirty"], bool)
+
+
+def test_git_revision_outside_a_checkout(tmp_path):
+    assert results.git_revision(str(tmp_path)) == {"revision": None, "dirty": None}
+
+
+def test_same_config_resumes_and_execution_keys_may_differ(tmp_path, smoke):
+    workdir = str(tmp_path)
+    results.prepare_workdir(workdir, smoke, GRID)
+    smoke.train.steps_per_call = 3
+    smoke.run.keep_last = 1
+    assert results.prepare_workdir(workdir, smoke, GRID) == "resume"
+
+
+def test_different_config_is_refused_and_nothing_changes(tmp_path, smoke):
+    workdir = str(tmp_path)
+    results.prepare_workdir(workdir, smoke, GRID)
+    results.MetricsWriter(workdir).write([row(0, 1)])
+    before = {name: open(os.path.join(workdir, name), "rb").read() for name in os.listdir(workdir)}
+    smoke.train.batch_size = 4
+    smoke.grammar.seed = 7
+    with pytest.raises(ValueError, match=r"grammar.seed: 0 -> 7.*train.batch_size: 8 -> 4.*--force"):
+        results.prepare_workdir(workdir, smoke, GRID)
+    with pytest.raises(ValueError, match="different grid"):
+        results.prepare_workdir(workdir, config_lib.load("sweeps/smoke.py"), GRID[:1])
+    after = {name: open(os.path.join(workdir, name), "rb").read() for name in os.listdir(workdir)}
+    assert after == before
+
+
+def test_non_workdir_is_refused(tmp_path, smoke):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds no config.json"):
+        results.prepare_workdir(str(tmp_path), smoke, GRID)
+
+
+def test_force_moves_the_old_run_aside(tmp_path, smoke):
+    workdir = str(tmp_path / "run")
+    results.prepare_workdir(workdir, smoke, GRID)
+    results.MetricsWriter(workdir).write([row(0, 1)])
+    smoke.train.batch_size = 4
+    assert results.prepare_workdir(workdir, smoke, GRID, force=True) == "new"
+    backups = [p for p in os.listdir(tmp_path) if p.startswith("run.bak-")]
+    assert len(backups) == 1
+    old = str(tmp_path / backups[0])
+    assert results.read_config_json(old)["config"]["train"]["batch_size"] == 8
+    assert results.MetricsWriter(old).rows() == [row(0, 1)]
+    assert sorted(os.listdir(workdir)) == ["config.json"]
+    assert results.read_config_json(workdir)["config"]["train"]["batch_size"] == 4
+
+
+def _fake_run(workdir, smoke, grid, final):
+    results.prepare_workdir(workdir, smoke, grid)
+    writer = results.MetricsWriter(workdir)
+    for step in (0, 8, 64):
+        writer.write([row(m, step, validity_l1=final[m] * step / 64, validity_l2=0.1, validity_l3=0.0,
+                          copy=0.0, diverged=(m == 1 and step >= 8)) for m in range(len(grid))])
+
+
+def test_load_and_summary_table(tmp_path, smoke):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    _fake_run(a, smoke, GRID, [0.5, 0.9])
+    _fake_run(b, smoke, GRID[:1], [0.25])
+    df = results.load([a, b])
+    assert len(df) == 9 and set(df["workdir"]) == {a, b}
+    assert (df["v"] == 4).all() and (df["L"] == 3).all() and (df["process"] == "uniform").all()
+    assert (df["width"] == 16).all()
+    final = df[df["step"] == 64].set_index(["workdir", "model"])["validity_l1"]
+    assert final[(a, 1)] == 0.9 and final[(b, 0)] == 0.25
+    lines = results.summary_table(results.load(a)).splitlines()
+    assert lines[0].split() == ["model", "P", "seed", "step", "l1", "l2", "l3", "copy", "diverged_at"]
+    assert lines[1].split() == ["0", "16", "0", "64", "0.5", "0.1", "0", "0", "-"]
+    assert lines[2].split() == ["1", "64", "0", "64", "0.9", "0.1", "0", "0", "8"]
+    assert results.summary_table(results.MetricsWriter(a).rows()) == "\n".join(lines)
+
+
+def test_load_needs_a_workdir(tmp_path):
+    with pytest.raises(ValueError, match="no config.json"):
+        results.load(str(tmp_path))
