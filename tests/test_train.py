@@ -1,0 +1,258 @@
+"""train: shuffled batching, grid = separate runs, one compilation, resume, divergence, budgets."""
+from __future__ import annotations
+
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from rhm_jax import train
+
+V, D, Q = 4, 4, 48  # vocabulary, length, pool rows
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyProcess:
+    """Stand-in process: replace tokens with noise at rate t, cross-entropy on x0."""
+
+    v: int = V
+    name: str = "uniform"
+
+    @property
+    def input_vocab(self) -> int:
+        return self.v
+
+    def loss(self, params, apply_fn, key, x0_BxD):
+        key_t, key_keep, key_noise = jax.random.split(key, 3)
+        t_B = jax.random.uniform(key_t, (x0_BxD.shape[0],))
+        keep_BxD = jax.random.uniform(key_keep, x0_BxD.shape) > t_B[:, None]
+        noise_BxD = jax.random.randint(key_noise, x0_BxD.shape, 0, self.v)
+        x_t_BxD = jnp.where(keep_BxD, x0_BxD, noise_BxD)
+        logp_BxDxV = jax.nn.log_softmax(apply_fn(params, x_t_BxD, t_B))
+        nll_BxD = -jnp.take_along_axis(logp_BxDxV, x0_BxD[..., None], axis=-1)[..., 0]
+        return nll_BxD.mean(), {}
+
+
+class ToyNetwork:
+    """Stand-in denoiser: embeddings, a global mixing layer, readout scaled by cosh(a).
+
+    cosh(a) overflows once an absurd learning rate throws ``a`` far from 0: a clean divergence.
+    """
+
+    width = 8
+
+    def init(self, key):
+        k = jax.random.split(key, 4)
+        return dict(
+            embed=jax.random.normal(k[0], (V, self.width)),
+            pos=jax.random.normal(k[1], (D, self.width)),
+            mix=jax.random.normal(k[2], (self.width, self.width)) / np.sqrt(self.width),
+            readout=jax.random.normal(k[3], (self.width, V)) / np.sqrt(self.width),
+            a=jnp.float32(0.3),
+        )
+
+    def apply(self, params, x_t_BxD, t_B):
+        h_BxDxW = jnp.tanh(params["embed"][x_t_BxD] + params["pos"] + t_B[:, None, None])
+        h_BxDxW = h_BxDxW + jnp.tanh(h_BxDxW.mean(1, keepdims=True) @ params["mix"])
+        return jnp.cosh(params["a"]) * (h_BxDxW @ params["readout"])
+
+
+def toy_config(**train_overrides) -> ml_collections.ConfigDict:
+    """A config with only the fields train.py reads."""
+    train_cfg = dict(batch_size=8, lr=1e-2, b1=0.9, b2=0.999, warmup_steps=2, ema_decay=0.9,
+                     num_steps=100, num_epochs=0.0, seeds=(0,), steps_per_call=8)
+    train_cfg.update(train_overrides)
+    config = ml_collections.ConfigDict(dict(data=dict(num_train=(Q,)), train=train_cfg))
+    config.lock()
+    return config
+
+
+def make_grid(P, seeds, lr, budget) -> train.Grid:
+    """A Grid from per-model lists."""
+    return train.Grid(P=jnp.asarray(P, jnp.int32), data_seed=jnp.asarray(seeds, jnp.uint32),
+                      model_seed=jnp.asarray(seeds, jnp.uint32), lr=jnp.asarray(lr, jnp.float32),
+                      budget=jnp.asarray(budget, jnp.int32))
+
+
+def take(tree, i):
+    """Model i of a stacked pytree, keeping a leading axis of 1."""
+    return jax.tree_util.tree_map(lambda x: x[i:i + 1], tree)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    """Pool, config, the jitted chunk and init, shared by the tests to share compilations.
+
+    The chunk may be traced once per grid size used in this module (M = 3 and M = 1), never for
+    new P, seeds, learning rates, budgets or step counts.
+    """
+    config = toy_config()
+    pool_QxD = jax.random.randint(jax.random.key(1), (Q, D), 0, V, dtype=jnp.int32)
+    network = ToyNetwork()
+    chunk = chex.assert_max_traces(train.make_train_chunk(config, ToyProcess(), network), n=2)
+    init = lambda grid: train.init_state(config, network, grid)
+    return config, pool_QxD, train.jit_chunk(chunk), init
+
+
+# ----------------------------------------------------------------------------- batching
+
+@pytest.mark.parametrize("P", [1, 2, 3, 5, 7, 8, 9, 63, 100, 1000, 1024, 1025, 5000])
+def test_permute_is_a_bijection_of_range_P(P):
+    perm = jax.jit(jax.vmap(train.permute, in_axes=(0, None, None, None)))
+    for seed, epoch in [(0, 0), (7, 3), (2**32 - 1, 2**31)]:
+        image = np.asarray(perm(jnp.arange(P), P, np.uint32(seed), np.uint32(epoch)))
+        np.testing.assert_array_equal(np.sort(image), np.arange(P))
+
+
+def test_permutation_changes_with_epoch_and_seed():
+    perm = jax.jit(jax.vmap(train.permute, in_axes=(0, None, None, None)))
+    base = np.asarray(perm(jnp.arange(100), 100, 0, 0))
+    assert not np.array_equal(base, np.arange(100))
+    assert not np.array_equal(base, np.asarray(perm(jnp.arange(100), 100, 0, 1)))
+    assert not np.array_equal(base, np.asarray(perm(jnp.arange(100), 100, 1, 0)))
+    # Even 3 elements get varied orders across epochs (6 are possible).
+    orders = {tuple(np.asarray(perm(jnp.arange(3), 3, 0, e))) for e in range(30)}
+    assert len(orders) >= 4
+
+
+@pytest.mark.parametrize("P,B", [(5, 8), (12, 8), (16, 8), (1, 3)])
+def test_stream_is_a_concatenation_of_epoch_permutations(P, B):
+    indices = jax.jit(jax.vmap(train.batch_indices, in_axes=(None, None, 0, None)), static_argnums=3)
+    epochs = 6
+    steps = -(-epochs * P // B)
+    stream = np.asarray(indices(np.uint32(3), P, jnp.arange(steps), B)).ravel()[: epochs * P]
+    by_epoch = stream.reshape(epochs, P)
+    for e in range(epochs):
+        np.testing.assert_array_equal(np.sort(by_epoch[e]), np.arange(P))
+    if P >= 5:
+        assert len({tuple(row) for row in by_epoch}) > 1
+
+
+def test_batch_indices_far_into_training_match_the_stream_definition():
+    P, B, step = 1000, 64, 2**30 + 12345  # step * B overflows int32
+    got = np.asarray(jax.jit(train.batch_indices, static_argnums=3)(np.uint32(5), P, step, B))
+    positions = [step * B + b for b in range(B)]
+    perm = jax.jit(train.permute)
+    want = [int(perm(j % P, P, np.uint32(5), np.uint32(j // P))) for j in positions]
+    np.testing.assert_array_equal(got, want)
+
+
+# ----------------------------------------------------------------------------- grid
+
+
+def test_make_grid_expands_sizes_seeds_and_epoch_budgets():
+    config = toy_config(num_steps=0, num_epochs=2.5, seeds=(0, 4))
+    with config.unlocked():
+        config.data.num_train = (3, 40)
+    grid, rows = train.make_grid(config)
+    assert [(r["P"], r["seed"]) for r in rows] == [(3, 0), (3, 4), (40, 0), (40, 4)]
+    assert [r["budget_steps"] for r in rows] == [1, 1, 13, 13]  # ceil(2.5 * P / 8)
+    np.testing.assert_array_equal(grid.budget, [1, 1, 13, 13])
+    np.testing.assert_array_equal(grid.model_seed, [0, 4, 0, 4])
+    assert rows[2]["budget_epochs"] == pytest.approx(13 * 8 / 40)
+    assert [r["index"] for r in rows] == [0, 1, 2, 3]
+
+
+def test_make_grid_lr_list_and_bad_values():
+    config = toy_config(lr=(1e-3, 1e-2))
+    grid, rows = train.make_grid(config)
+    assert [r["lr"] for r in rows] == [1e-3, 1e-2]
+    assert rows[0]["budget_steps"] == 100
+    with pytest.raises(ValueError, match="train.lr"):
+        train.make_grid(toy_config(lr=-1.0))
+    with pytest.raises(ValueError, match="train.seeds"):
+        train.make_grid(toy_config(seeds=()))
+
+
+# ----------------------------------------------------------------------------- chunk
+
+
+def test_grid_equals_separate_runs(setup):
+    config, pool_QxD, chunk, init = setup
+    grid = make_grid([5, 12, 48], [0, 1, 2], [1e-2, 3e-3, 2e-2], [100] * 3)
+    state, metrics = chunk(init(grid), grid, pool_QxD, 6)
+    for i in range(3):
+        state_i, metrics_i = chunk(init(take(grid, i)), take(grid, i), pool_QxD, 6)
+        chex.assert_trees_all_close(take(state, i), state_i, rtol=1e-5, atol=1e-6)
+        chex.assert_trees_all_close(take(metrics, i), metrics_i, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(state.step, [6, 6, 6])
+    np.testing.assert_allclose(metrics["epoch"], [6 * 8 / 5, 6 * 8 / 12, 1.0])
+    assert not np.asarray(state.diverged).any()
+
+
+def test_chunk_compiles_once_for_new_sizes_and_step_counts(setup):
+    config, pool_QxD, chunk, init = setup
+    for P, seeds, lr, num_steps in [([5, 12, 1], [0, 1, 3], [1e-2, 1e-3, 1.0], 3),
+                                    ([48, 1, 2], [9, 9, 9], [1e-4, 1.0, 1e-2], 8),
+                                    ([7, 7, 30], [2, 3, 4], [1e-2, 1e-2, 1e-2], 0)]:
+        grid = make_grid(P, seeds, lr, [20, 2, 5])
+        state, _ = chunk(init(grid), grid, pool_QxD, num_steps)  # assert_max_traces(n=2) guards
+        np.testing.assert_array_equal(state.step, [num_steps, min(num_steps, 2), min(num_steps, 5)])
+    with pytest.raises(ValueError, match=r"num_steps=9 must lie in \[0, steps_per_call=8\]"):
+        chunk(state, grid, pool_QxD, 9)
+
+
+def test_chunk_then_chunk_equals_one_longer_chunk(setup):
+    config, pool_QxD, chunk, init = setup
+    grid = make_grid([5, 12, 48], [0, 1, 2], [1e-2, 3e-3, 2e-2], [100] * 3)
+    whole, whole_metrics = chunk(init(grid), grid, pool_QxD, 7)
+    part, first = chunk(init(grid), grid, pool_QxD, 3)
+    part, second = chunk(part, grid, pool_QxD, 4)
+    chex.assert_trees_all_equal(part, whole)
+    np.testing.assert_allclose((3 * first["loss"] + 4 * second["loss"]) / 7, whole_metrics["loss"], rtol=1e-6)
+
+
+def test_absurd_lr_diverges_alone(setup):
+    config, pool_QxD, chunk, init = setup
+    sane = make_grid([12, 12, 48], [0, 1, 2], [1e-2, 1e-2, 2e-2], [100] * 3)
+    absurd = sane.replace(lr=jnp.asarray([1e-2, 1e8, 2e-2], jnp.float32))
+    ok, _ = chunk(init(sane), sane, pool_QxD, 8)
+    bad, metrics = chunk(init(absurd), absurd, pool_QxD, 8)
+    np.testing.assert_array_equal(bad.diverged, [False, True, False])
+    np.testing.assert_array_equal(bad.diverged_step, [-1, 1, -1])  # step 0 throws a far; step 1 is NaN
+    np.testing.assert_array_equal(bad.step, [8, 1, 8])
+    assert metrics["steps_done"][1] == 1 and np.isnan(bad.last_loss[1])
+    assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(take(bad, 1).params))
+    for i in (0, 2):
+        chex.assert_trees_all_equal(take(bad, i), take(ok, i))
+
+
+def test_model_stops_exactly_at_its_budget(setup):
+    config, pool_QxD, chunk, init = setup
+    grid = make_grid([5, 12, 48], [0, 1, 2], [1e-2, 3e-3, 2e-2], [3, 8, 5])
+    state, metrics = chunk(init(grid), grid, pool_QxD, 8)
+    state, later = chunk(state, grid, pool_QxD, 8)  # all budgets spent: nothing moves
+    np.testing.assert_array_equal(metrics["steps_done"], [3, 8, 5])
+    np.testing.assert_array_equal(later["steps_done"], [0, 0, 0])
+    assert np.isnan(np.asarray(later["loss"])).all()
+    unlimited = grid.replace(budget=jnp.full(3, 100, jnp.int32))
+    for i, budget in ((0, 3), (2, 5)):
+        reference, _ = chunk(init(unlimited), unlimited, pool_QxD, budget)
+        chex.assert_trees_all_equal(take(state, i), take(reference, i))
+
+
+def test_ema_is_debiased_average_of_iterates(setup):
+    config, pool_QxD, chunk, init = setup
+    grid = make_grid([12], [4], [1e-2], [100])
+    one, _ = chunk(init(grid), grid, pool_QxD, 1)
+    p1 = jax.tree_util.tree_map(jnp.copy, one.params)  # ``one`` is donated below
+    two, _ = chunk(one, grid, pool_QxD, 1)
+    want = jax.tree_util.tree_map(lambda a, b: (0.9 * 0.1 * a + 0.1 * b) / (1 - 0.9**2), p1, two.params)
+    got = train.eval_params(two, 0.9)
+    chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
+    fresh = init(grid)
+    chex.assert_trees_all_equal(train.eval_params(fresh, 0.9), fresh.params)
+
+
+def test_first_steps_move_each_parameter_by_its_models_warmed_up_lr(setup):
+    config, pool_QxD, chunk, init = setup
+    grid = make_grid([5, 12, 48], [0, 1, 2], [1e-2, 3e-3, 2e-2], [100] * 3)
+    start = init(grid)
+    a0 = np.asarray(start.params["a"]).copy()
+    one, _ = chunk(start, grid, pool_QxD, 1)
+    # Adam's first update is g / (|g| + eps) = sign(g): the step is lr * warmup = lr * 1/2.
+    np.testing.assert_allclose(np.abs(np.asarray(one.params["a"]) - a0), np.asarray(grid.lr) / 2, rtol=1e-4)
