@@ -1,0 +1,207 @@
+"""Denoiser networks: ``make(network_config, v, s, L, process) -> Network`` (pure init / apply).
+
+Shape letters: M models, B batch, D = s**L length, V = v x0 classes (never the mask class).
+
+What is read from the diffusion ``process`` (duck-typed, so a stand-in works in tests; all of it is
+in the Process contract of docs/architecture.md):
+- ``v`` and ``input_vocab``: ``input_vocab == v`` means the uniform process, ``v + 1`` the masked
+  one (token v = mask); an optional ``name`` ('uniform' | 'masked') must agree if present;
+- uniform process with bpUNet (unless ``authors_schedule``): ``alphabar(t_B) -> B`` for the input
+  message, and the schedule for the standardization constants: ``alphabar_schedule()`` (the T+1
+  values at t = i/T, i = 0..T) if the process has it, else ``alphabar(arange(T + 1) / T)`` with
+  the integer ``process.T``.
+Nothing else; the transformer only needs ``v`` and ``input_vocab``.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from rhm_jax.networks import bpunet, transformer
+
+NAMES = ("bpunet", "transformer")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+PROCESSES = ("uniform", "masked")
+
+Params = Any
+
+
+class Network(NamedTuple):
+    """Pure denoiser: init(key) -> params, apply(params, x_t_BxD, t_B) -> logits_BxDxV float32."""
+
+    init: Callable[[jax.Array], Params]
+    apply: Callable[[Params, jax.Array, jax.Array], jax.Array]
+    num_params: Callable[[Params], int]
+
+
+def count_params(params: Params) -> int:
+    """Number of scalars in a parameter pytree (a stacked tree counts all models)."""
+    return int(sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(params)))
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Network config: bpUNet at the paper's width; transformer fields used when name='transformer'."""
+    return ml_collections.ConfigDict(
+        dict(
+            name="bpunet",
+            width=1024,
+            dtype="float32",
+            authors_schedule=False,
+            depth=4,
+            heads=8,
+            mlp_ratio=4.0,
+            time_conditioning=None,  # None: on for the uniform process, off for masked (transformer)
+        )
+    )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if not _is_int(value) or value < 1:
+        raise ValueError(f"network {name}={value!r} must be an integer >= 1")
+
+
+def validate(network_config: Any, v: int, s: int, L: int, process: Any) -> None:
+    """Raise ValueError naming the parameter and its bound when the network cannot be built."""
+    cfg = network_config
+    name = cfg.get("name")
+    if name not in NAMES:
+        raise ValueError(f"network name={name!r} must be one of {NAMES}")
+    _positive_int("width", cfg.get("width"))
+    if cfg.get("dtype", "float32") not in DTYPES:
+        raise ValueError(f"network dtype={cfg.get('dtype')!r} must be one of {tuple(DTYPES)}")
+    for key, value, low in (("v", v, 2), ("s", s, 2), ("L", L, 1)):
+        if not _is_int(value) or value < low:
+            raise ValueError(f"network {key}={value!r} must be an integer >= {low}")
+    pname = process_kind(process, v)
+    authors = cfg.get("authors_schedule", False)
+    if not isinstance(authors, bool):
+        raise ValueError(f"network authors_schedule={authors!r} must be a bool")
+    time_cond = cfg.get("time_conditioning", None)
+    if time_cond is not None and not isinstance(time_cond, bool):
+        raise ValueError(f"network time_conditioning={time_cond!r} must be None, True or False")
+    if name == "bpunet":
+        _validate_bpunet(authors, time_cond, pname, process)
+    else:
+        if authors:
+            raise ValueError("network authors_schedule=True applies to bpunet only")
+        _validate_transformer(cfg)
+
+
+def _validate_bpunet(authors: bool, time_cond: Any, pname: str, process: Any) -> None:
+    if time_cond:
+        raise ValueError("network time_conditioning=True is not a bpunet option (its time input is the leaf message)")
+    if authors and pname != "uniform":
+        raise ValueError(f"network authors_schedule=True needs the uniform process, got the {pname} process")
+    if pname == "uniform" and not authors:
+        if not callable(getattr(process, "alphabar", None)):
+            raise ValueError("bpunet on the uniform process needs process.alphabar(t_B)")
+        if not callable(getattr(process, "alphabar_schedule", None)) and not _is_int(getattr(process, "T", None)):
+            raise ValueError("bpunet on the uniform process needs process.alphabar_schedule() or an integer process.T")
+
+
+def _validate_transformer(cfg: Any) -> None:
+    _positive_int("depth", cfg.get("depth"))
+    _positive_int("heads", cfg.get("heads"))
+    width, heads = cfg.get("width"), cfg.get("heads")
+    if width % heads:
+        raise ValueError(f"network heads={heads} must divide width={width}")
+    ratio = cfg.get("mlp_ratio")
+    if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or ratio <= 0 or round(ratio * width) < 1:
+        raise ValueError(f"network mlp_ratio={ratio!r} must be > 0 with round(mlp_ratio * width) >= 1")
+
+
+def process_kind(process: Any, v: int) -> str:
+    """'uniform' or 'masked', from process.input_vocab (v or v + 1) and the optional process.name."""
+    if getattr(process, "v", None) != v:
+        raise ValueError(f"process.v={getattr(process, 'v', None)!r} must equal the grammar's v={v}")
+    input_vocab = getattr(process, "input_vocab", None)
+    if input_vocab not in (v, v + 1):
+        raise ValueError(f"process.input_vocab={input_vocab!r} must be v={v} (uniform) or v+1={v + 1} (masked)")
+    kind = PROCESSES[input_vocab - v]
+    name = getattr(process, "name", kind)
+    if name != kind:
+        raise ValueError(f"process.name={name!r} must be {kind!r} for process.input_vocab={input_vocab} and v={v}")
+    return kind
+
+
+def schedule_alphabar(process: Any) -> np.ndarray:
+    """The T+1 schedule values alphabar(i/T), i = 0..T, of a uniform process, as float64 numpy."""
+    if callable(getattr(process, "alphabar_schedule", None)):
+        return np.asarray(process.alphabar_schedule(), np.float64)
+    T = process.T
+    return np.asarray(process.alphabar(jnp.arange(T + 1, dtype=jnp.float32) / T), np.float64)
+
+
+def _check_inputs(x_t_BxD: jax.Array, t_B: jax.Array, d: int) -> None:
+    """Shape/dtype checks at trace time, so bad inputs fail before compilation."""
+    if x_t_BxD.ndim != 2 or x_t_BxD.shape[1] != d:
+        raise ValueError(f"x_t shape {x_t_BxD.shape} must be (B, d) with d = s**L = {d}")
+    if not jnp.issubdtype(x_t_BxD.dtype, jnp.integer):
+        raise ValueError(f"x_t dtype {x_t_BxD.dtype} must be an integer type (token ids)")
+    if t_B.shape != (x_t_BxD.shape[0],):
+        raise ValueError(f"t shape {t_B.shape} must be (B,) = ({x_t_BxD.shape[0]},)")
+
+
+def make(network_config: Any, v: int, s: int, L: int, process: Any) -> Network:
+    """Build the configured denoiser for a grammar (v, s, L) and a diffusion process."""
+    validate(network_config, v, s, L, process)
+    if network_config.get("name") == "bpunet":
+        return _make_bpunet(network_config, v, s, L, process)
+    return _make_transformer(network_config, v, s, L, process)
+
+
+def _make_bpunet(cfg: Any, v: int, s: int, L: int, process: Any) -> Network:
+    d = s**L
+    dtype = DTYPES[cfg.get("dtype", "float32")]
+    module = bpunet.BPUNet(v=v, s=s, L=L, width=cfg.get("width"), dtype=dtype)
+    if process_kind(process, v) == "masked":
+        features = bpunet.make_features("masked", v, None, 0.0, 1.0)
+    elif cfg.get("authors_schedule", False):
+        mean, std = bpunet.message_stats(bpunet.authors_alphabar(), v)
+        features = bpunet.make_features("uniform", v, bpunet.authors_alphabar_at, mean, std)
+    else:
+        mean, std = bpunet.message_stats(schedule_alphabar(process), v)
+        features = bpunet.make_features("uniform", v, process.alphabar, mean, std)
+    in_channels = process.input_vocab
+
+    def init(key: jax.Array) -> Params:
+        return module.init(key, jnp.zeros((1, d, in_channels), jnp.float32))["params"]
+
+    def apply(params: Params, x_t_BxD: jax.Array, t_B: jax.Array) -> jax.Array:
+        _check_inputs(x_t_BxD, t_B, d)
+        return module.apply({"params": params}, features(x_t_BxD, t_B))
+
+    return Network(init, apply, count_params)
+
+
+def _make_transformer(cfg: Any, v: int, s: int, L: int, process: Any) -> Network:
+    d = s**L
+    time_cond = cfg.get("time_conditioning", None)
+    module = transformer.Transformer(
+        input_vocab=process.input_vocab,
+        v=v,
+        length=d,
+        width=cfg.get("width"),
+        depth=cfg.get("depth"),
+        heads=cfg.get("heads"),
+        mlp_ratio=float(cfg.get("mlp_ratio")),
+        time_conditioning=(process_kind(process, v) == "uniform") if time_cond is None else time_cond,
+        dtype=DTYPES[cfg.get("dtype", "float32")],
+    )
+
+    def init(key: jax.Array) -> Params:
+        return module.init(key, jnp.zeros((1, d), jnp.int32), jnp.zeros((1,), jnp.float32))["params"]
+
+    def apply(params: Params, x_t_BxD: jax.Array, t_B: jax.Array) -> jax.Array:
+        _check_inputs(x_t_BxD, t_B, d)
+        return module.apply({"params": params}, x_t_BxD, t_B)
+
+    return Network(init, apply, count_params)

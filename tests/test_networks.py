@@ -1,0 +1,353 @@
+"""Networks: bpUNet against a brute-force PyTorch-semantics reference, counts, tree structure, vmap."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.special import erf
+
+from rhm_jax import diffusion, networks
+from rhm_jax.networks import bpunet, transformer
+
+
+def process(kind: str, v: int, T: int = 200):
+    cfg = diffusion.default_config(kind)
+    cfg.T = T
+    return diffusion.make(cfg, v)
+
+
+@dataclasses.dataclass(frozen=True)
+class AuthorsScheduleProcess:
+    """A stand-in uniform process carrying the authors' network schedule, looked up like theirs."""
+
+    v: int
+    T: int = 1000
+
+    @property
+    def input_vocab(self) -> int:
+        return self.v
+
+    def alphabar_schedule(self) -> np.ndarray:
+        return np.cumprod(1.0 - (1e-4 + (0.02 - 1e-4) * np.arange(1001) / 1000))
+
+    def alphabar(self, t_B: jax.Array) -> jax.Array:
+        index_B = jnp.floor(t_B.astype(jnp.float32) * np.float32(1000)).astype(jnp.int32)
+        return jnp.asarray(self.alphabar_schedule(), jnp.float32)[index_B]
+
+
+def config(**overrides):
+    cfg = networks.default_config()
+    cfg.update(overrides)
+    return cfg
+
+
+def built(kind: str = "uniform", v: int = 4, s: int = 2, L: int = 3, **overrides):
+    """(network, jitted init, jitted apply), shared across tests to keep compilations few."""
+    settings = {"name": "bpunet", "width": 16, "heads": 2, "depth": 1, **overrides}
+    return _built(kind, v, s, L, tuple(sorted(settings.items())))
+
+
+@functools.lru_cache(maxsize=None)
+def _built(kind: str, v: int, s: int, L: int, settings: tuple):
+    net = networks.make(config(**dict(settings)), v, s, L, process(kind, v))
+    return net, jax.jit(net.init), jax.jit(net.apply)
+
+
+def tokens(seed: int, shape: tuple[int, ...], high: int) -> jax.Array:
+    return jnp.asarray(np.random.default_rng(seed).integers(0, high, shape), jnp.int32)
+
+
+def one_token_moved(x_D: jax.Array, high: int) -> jax.Array:
+    """Rows: x itself, then x with token j moved to (x_j + 1) % high, for j = 0..D-1."""
+    d = x_D.shape[0]
+    return jnp.concatenate([x_D[None], jnp.where(jnp.eye(d, dtype=bool), (x_D + 1) % high, x_D)])
+
+
+def perturbed(params, seed: int):
+    """Move every parameter (LayerNorm scale/offset too) so that tests exercise all of them."""
+    rng = np.random.default_rng(seed)
+    return jax.tree_util.tree_map(lambda a: a + np.float32(0.3) * rng.standard_normal(a.shape, np.float32), params)
+
+
+# ---------- brute-force reference: the authors' forward in PyTorch layout (B, C, N), float64 ----------
+
+
+def gelu_erf(x):
+    return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+
+
+def conv1d(x_BxCxN, filt_OxCxK, stride):
+    """PyTorch F.conv1d without padding: out[b,o,j] = sum_{c,k} x[b,c,j*stride+k] filt[o,c,k]."""
+    O, _, K = filt_OxCxK.shape
+    n_out = (x_BxCxN.shape[2] - K) // stride + 1
+    out = np.zeros((x_BxCxN.shape[0], O, n_out))
+    for j in range(n_out):
+        for k in range(K):
+            out[:, :, j] += x_BxCxN[:, :, j * stride + k] @ filt_OxCxK[:, :, k].T
+    return out
+
+
+def conv_transpose1d(x_BxCxN, filt_CxOxK, stride):
+    """PyTorch F.conv_transpose1d: out[b,o,j*stride+k] += x[b,c,j] filt[c,o,k]."""
+    _, O, K = filt_CxOxK.shape
+    n = x_BxCxN.shape[2]
+    out = np.zeros((x_BxCxN.shape[0], O, (n - 1) * stride + K))
+    for j in range(n):
+        for k in range(K):
+            out[:, :, j * stride + k] += x_BxCxN[:, :, j] @ filt_CxOxK[:, :, k]
+    return out
+
+
+def channel_layer_norm(x_BxCxN, scale, offset):
+    mean = x_BxCxN.mean(1, keepdims=True)
+    var = x_BxCxN.var(1, keepdims=True)
+    return (x_BxCxN - mean) / np.sqrt(var + 1e-5) * scale[None, :, None] + offset[None, :, None]
+
+
+def reference_bpunet(params, feats_BxCxN, s, L, W):
+    """The authors' bpUNET.forward on our stored parameters, converted to PyTorch filter layouts."""
+    p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params)
+    C = feats_BxCxN.shape[1]
+    h = gelu_erf(conv1d(feats_BxCxN, p["embed"]["kernel"].T[:, :, None], 1) / math.sqrt(C))
+    downs = [h]
+    for i in range(L):
+        filt = p[f"down_{i}"]["kernel"].reshape(s, W, W).transpose(2, 1, 0)  # (out, in, k)
+        ln = p[f"down_{i}_norm"]
+        h = gelu_erf(channel_layer_norm(conv1d(h, filt, s) / math.sqrt(s * W), ln["scale"], ln["bias"]))
+        downs.append(h)
+    for i in range(L):
+        filt = p[f"up_{i}"]["kernel"].reshape(2 * W, s, W).transpose(0, 2, 1)  # (in, out, k)
+        ln = p[f"up_{i}_norm"]
+        cat = np.concatenate([h, downs.pop()], axis=1)  # the first up block: the bottleneck twice
+        h = gelu_erf(channel_layer_norm(conv_transpose1d(cat, filt, s) / math.sqrt(s * 2 * W), ln["scale"], ln["bias"]))
+    cat = np.concatenate([h, downs.pop()], axis=1)
+    return conv1d(cat, p["readout"]["kernel"].T[:, :, None], 1) / (2 * W)
+
+
+@pytest.mark.parametrize("v,s,L,W", [(4, 2, 3, 16), (3, 3, 2, 8)])
+def test_bpunet_matches_pytorch_semantics_reference(v, s, L, W):
+    T = 200
+    net, init, apply = built("uniform", v, s, L, width=W)
+    params = perturbed(init(jax.random.key(0)), 1)
+    step_B = np.array([1, 37, 120, 200])
+    x_BxD = tokens(2, (4, s**L), v)
+    logits_BxDxV = apply(params, x_BxD, jnp.asarray(step_B, jnp.float32) / T)
+    # the message and its standardization, straight from SPEC sections 2 and 3
+    a_T1 = np.cumprod(1.0 - (1e-3 + (0.1 - 1e-3) * np.arange(T + 1) / T))
+    mean = np.mean(a_T1 + (1 - a_T1) / v)
+    std = np.sqrt(np.mean(a_T1 + (1 - a_T1) / v**2) - mean**2)
+    a_B = a_T1[step_B][:, None, None]
+    message_BxVxD = a_B * np.eye(v)[np.asarray(x_BxD)].transpose(0, 2, 1) + (1 - a_B) / v
+    expected_BxVxD = reference_bpunet(params, (message_BxVxD - mean) / std, s, L, W)
+    np.testing.assert_allclose(np.asarray(logits_BxDxV), expected_BxVxD.transpose(0, 2, 1), rtol=2e-4, atol=2e-5)
+
+
+def test_param_counts_match_paper_and_closed_form():
+    # v=8, s=2, L=3, W=1024, uniform (input v channels), no biases:
+    #   embedding 1x1 conv v->W:                 8 * 1024                      =      8,192
+    #   3 down blocks, conv s*W->W + LN(2W):  3 * (2*1024*1024 + 2*1024)       =  6,297,600
+    #   3 up blocks, convT 2W->W k=s + LN:    3 * (2*1024*1024*2 + 2*1024)     = 12,589,056
+    #   readout 1x1 conv 2W->v:               2048 * 8                         =     16,384
+    #   total                                                                  = 18,911,232
+    # masked: the embedding sees v+1 = 9 channels, 1,024 more: 18,912,256.
+    for kind, expected in (("uniform", 18_911_232), ("masked", 18_912_256)):
+        net = networks.make(config(width=1024), 8, 2, 3, process(kind, 8))
+        assert net.num_params(jax.eval_shape(net.init, jax.random.key(0))) == expected
+        assert bpunet.param_count(8 + (kind == "masked"), 8, 2, 3, 1024) == expected
+
+
+@pytest.mark.parametrize("time_conditioning", [True, False])
+def test_transformer_param_count_closed_form(time_conditioning):
+    cfg = config(name="transformer", width=24, depth=2, heads=3, mlp_ratio=2.5, time_conditioning=time_conditioning)
+    net = networks.make(cfg, 6, 2, 3, process("masked", 6))
+    count = net.num_params(jax.eval_shape(net.init, jax.random.key(0)))
+    assert count == transformer.param_count(7, 6, 8, 24, 2, 2.5, time_conditioning)
+    # sizes from ~0.1M to ~100M are reachable by width/depth alone
+    assert transformer.param_count(9, 8, 16, 64, 2, 4, True) < 2e5
+    assert transformer.param_count(9, 8, 16, 1024, 8, 4, True) > 1e8
+
+
+def test_init_statistics():
+    _, init, _ = built("uniform", 8, 2, 3, width=256)
+    params = init(jax.random.key(3))
+    for name, layer in params.items():
+        if name.endswith("_norm"):
+            np.testing.assert_array_equal(layer["scale"], 1.0)
+            np.testing.assert_array_equal(layer["bias"], 0.0)
+        else:
+            # stored N(0, 1); the forward divides by sqrt(fan_in) (the reference test pins that down)
+            kernel = np.asarray(layer["kernel"])
+            assert kernel.dtype == np.float32
+            tol = 5.0 / math.sqrt(kernel.size)
+            assert abs(kernel.mean()) < tol and abs(kernel.std() - 1.0) < tol, name
+    # effective weights kernel / sqrt(fan_in): unit-variance inputs give unit-variance pre-activations
+    feats = np.random.default_rng(0).standard_normal((4096, 8))
+    pre = feats @ np.asarray(params["embed"]["kernel"]) / math.sqrt(8)
+    assert abs(pre.std() - 1.0) < 0.02
+
+
+def test_every_logit_sees_every_position():
+    v, d = 4, 8
+    _, init, apply = built("uniform", v, 2, 3)
+    x_BxD = one_token_moved(tokens(1, (d,), v), v)
+    logits_BxDxV = apply(init(jax.random.key(0)), x_BxD, jnp.full((d + 1,), 0.3))
+    changed_DxD = np.abs(np.asarray(logits_BxDxV[1:] - logits_BxDxV[:1])).max(-1) > 1e-6
+    assert changed_DxD.all()  # changed_DxD[j, i]: logit i moved when token j changed
+
+
+def test_down_path_is_a_tree_of_stride_s():
+    v, s, L, W = 3, 3, 2, 8
+    d = s**L
+    _, init, _ = built("uniform", v, s, L, width=W)
+    params = init(jax.random.key(0))
+    module = bpunet.BPUNet(v=v, s=s, L=L, width=W)
+    features = bpunet.make_features("uniform", v, process("uniform", v).alphabar, 0.5, 0.3)
+
+    @jax.jit
+    def downs(x_BxD):
+        _, state = module.apply({"params": params}, features(x_BxD, jnp.full((d + 1,), 0.2)), mutable=["intermediates"])
+        return state["intermediates"]["down"]
+
+    downs_k = downs(one_token_moved(tokens(5, (d,), v), v))
+    assert [h.shape for h in downs_k] == [(d + 1, s ** (L - k), W) for k in range(1, L + 1)]
+    for k, h_BxnxW in enumerate(downs_k):
+        # changed[pos, j]: node j of down block k moved when token pos changed; only its subtree can
+        changed = np.abs(np.asarray(h_BxnxW[1:] - h_BxnxW[:1])).max(-1) > 1e-6
+        subtree = np.arange(d)[:, None] // s ** (k + 1) == np.arange(s ** (L - k - 1))[None, :]
+        np.testing.assert_array_equal(changed, subtree)
+
+
+@pytest.mark.parametrize("name", ["bpunet", "transformer"])
+def test_bf16_close_to_fp32(name):
+    v = 8
+    _, init, apply32 = built("uniform", v, 2, 3, name=name, width=32)
+    _, _, apply16 = built("uniform", v, 2, 3, name=name, width=32, dtype="bfloat16")
+    params = perturbed(init(jax.random.key(0)), 1)
+    x_BxD, t_B = tokens(2, (16, 8), v), jnp.linspace(0.05, 1.0, 16)
+    l32, l16 = apply32(params, x_BxD, t_B), apply16(params, x_BxD, t_B)
+    assert l16.dtype == jnp.float32
+    chex.assert_tree_all_finite(l16)
+    rel = float(jnp.linalg.norm(l16 - l32) / jnp.linalg.norm(l32))
+    assert 0 < rel < 2e-2
+
+
+@pytest.mark.parametrize("name,kind", [("bpunet", "masked"), ("transformer", "uniform")])
+def test_vmap_over_models_equals_separate_models(name, kind):
+    v, M, B, d = 4, 3, 5, 8
+    net, init, apply = built(kind, v, 2, 3, name=name)
+    keys_M = jax.random.split(jax.random.key(0), M)
+    params_M = jax.jit(jax.vmap(net.init))(keys_M)
+    x_MxBxD = tokens(1, (M, B, d), v + (kind == "masked"))
+    t_MxB = jnp.asarray(np.random.default_rng(2).uniform(size=(M, B)), jnp.float32)
+    logits_MxBxDxV = jax.jit(jax.vmap(net.apply))(params_M, x_MxBxD, t_MxB)
+    chex.assert_shape(logits_MxBxDxV, (M, B, d, v))
+    chex.assert_tree_all_finite(logits_MxBxDxV)
+    for i in range(M):
+        params_i = init(keys_M[i])
+        chex.assert_trees_all_close(jax.tree_util.tree_map(lambda a: a[i], params_M), params_i)
+        chex.assert_trees_all_close(logits_MxBxDxV[i], apply(params_i, x_MxBxD[i], t_MxB[i]), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(logits_MxBxDxV[0], logits_MxBxDxV[1])
+
+
+def test_apply_compiles_once_for_new_params():
+    net, init, _ = built("uniform", 4, 2, 3)
+    apply = jax.jit(chex.assert_max_traces(net.apply, n=1))
+    x_BxD, t_B = tokens(0, (3, 8), 4), jnp.array([0.1, 0.5, 0.9])
+    outs = [apply(init(jax.random.key(k)), x_BxD, t_B) for k in range(3)]
+    assert not np.allclose(outs[0], outs[1])
+
+
+def test_authors_schedule_message():
+    v, T = 4, 200
+    step_B = np.array([1, 3, 77, 199, 200])
+    t_B = jnp.asarray(step_B, jnp.float32) / T
+    # their table at floor(t * 1000) = 5 i (float64 here, float32 in theirs and ours)
+    a_1001 = AuthorsScheduleProcess(v).alphabar_schedule()
+    np.testing.assert_allclose(np.asarray(bpunet.authors_alphabar_at(t_B)), a_1001[5 * step_B], rtol=1e-5)
+    mean, std = bpunet.message_stats(bpunet.authors_alphabar(), v)
+    ref_mean = np.mean(a_1001 + (1 - a_1001) / v)
+    np.testing.assert_allclose([mean, std], [ref_mean, np.sqrt(np.mean(a_1001 + (1 - a_1001) / v**2) - ref_mean**2)], rtol=1e-5)
+    # the option gives the same network as a process that carries their schedule ...
+    _, init, apply_ours = built("uniform", v, 2, 3)
+    _, _, apply_authors = built("uniform", v, 2, 3, authors_schedule=True)
+    apply_theirs = jax.jit(networks.make(config(width=16), v, 2, 3, AuthorsScheduleProcess(v)).apply)
+    params, x_BxD = init(jax.random.key(0)), tokens(1, (5, 8), v)
+    out_authors = apply_authors(params, x_BxD, t_B)
+    np.testing.assert_allclose(out_authors, apply_theirs(params, x_BxD, t_B), rtol=1e-4, atol=1e-6)
+    # ... and differs from the process's own schedule (theirs is far less noisy at the same t)
+    assert np.abs(np.asarray(out_authors - apply_ours(params, x_BxD, t_B))).max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "name,kind,time_conditioning,depends_on_t",
+    [
+        ("bpunet", "masked", None, False),
+        ("bpunet", "uniform", None, True),
+        ("transformer", "masked", None, False),
+        ("transformer", "masked", True, True),
+        ("transformer", "uniform", None, True),
+    ],
+)
+def test_time_conditioning(name, kind, time_conditioning, depends_on_t):
+    v = 4
+    extra = {} if time_conditioning is None else dict(time_conditioning=time_conditioning)
+    _, init, apply = built(kind, v, 2, 3, name=name, **extra)
+    x_BxD = jnp.tile(tokens(0, (2, 8), v + (kind == "masked")), (2, 1))
+    logits_BxDxV = apply(init(jax.random.key(1)), x_BxD, jnp.array([0.1, 0.2, 0.8, 0.9]))
+    delta = np.abs(np.asarray(logits_BxDxV[:2] - logits_BxDxV[2:])).max()
+    assert (delta > 1e-6) == depends_on_t
+
+
+def test_transformer_is_bidirectional():
+    v = 4
+    _, init, apply = built("masked", v, 2, 3, name="transformer")
+    x_D = tokens(3, (8,), v)
+    x_3xD = jnp.stack([x_D, x_D.at[0].set(v), x_D.at[7].set(v)])  # mask either end
+    logits_3xDxV = apply(init(jax.random.key(0)), x_3xD, jnp.full((3,), 0.5))
+    assert np.all(np.abs(np.asarray(logits_3xDxV[1:] - logits_3xDxV[:1])).max(-1) > 1e-6)
+
+
+@dataclasses.dataclass(frozen=True)
+class NamedProcess:
+    name: str
+    v: int
+    input_vocab: int
+
+
+@pytest.mark.parametrize(
+    "overrides,proc,match",
+    [
+        (dict(name="resnet"), process("uniform", 4), "network name='resnet'"),
+        (dict(width=0), process("uniform", 4), "width=0 must be an integer >= 1"),
+        (dict(dtype="float16"), process("uniform", 4), "dtype='float16'"),
+        (dict(name="transformer", width=10, heads=4), process("uniform", 4), "heads=4 must divide width=10"),
+        (dict(name="transformer", depth=0), process("uniform", 4), "depth=0"),
+        (dict(authors_schedule=True), process("masked", 4), "authors_schedule=True needs the uniform"),
+        (dict(time_conditioning=True), process("uniform", 4), "time_conditioning=True is not a bpunet"),
+        (dict(), process("uniform", 5), "process.v=5 must equal"),
+        (dict(), NamedProcess("uniform", 4, 6), "process.input_vocab=6"),
+        (dict(), NamedProcess("masked", 4, 4), "process.name='masked' must be 'uniform'"),
+    ],
+)
+def test_bad_config_raises(overrides, proc, match):
+    with pytest.raises(ValueError, match=match):
+        networks.make(config(**overrides), 4, 2, 2, proc)
+
+
+def test_bad_inputs_raise_before_compilation():
+    net, init, apply = built("uniform", 4, 2, 3)
+    params = init(jax.random.key(0))
+    with pytest.raises(ValueError, match="s\\*\\*L = 8"):
+        apply(params, jnp.zeros((2, 4), jnp.int32), jnp.zeros((2,)))
+    with pytest.raises(ValueError, match="integer"):
+        apply(params, jnp.zeros((2, 8)), jnp.zeros((2,)))
+    with pytest.raises(ValueError, match="t shape"):
+        apply(params, jnp.zeros((2, 8), jnp.int32), jnp.zeros((3,)))
+    with pytest.raises(ValueError, match="s=1"):
+        networks.make(config(width=8), 4, 1, 2, process("uniform", 4))
