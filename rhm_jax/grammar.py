@@ -10,6 +10,7 @@ with ``rules[L - l]``.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -123,20 +124,23 @@ def from_rules(rules: Sequence[np.ndarray], v: int | None = None) -> Grammar:
     )
 
 
+def _host_seed(key_or_seed: jax.Array | int) -> int | list[int]:
+    """A NumPy seed from an int or a JAX key (typed or raw), for host-side exact sampling."""
+    if isinstance(key_or_seed, (int, np.integer)):
+        return int(key_or_seed)
+    key = key_or_seed
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    return [int(x) for x in np.asarray(key).ravel()]
+
+
 def sample_rules(key_or_seed: jax.Array | int, v: int, n: int, m: int, s: int, L: int) -> Grammar:
     """Draw a random RHM: per level, distinct s-tuples without replacement, m per symbol.
 
     Runs on the host (NumPy) with a generator seeded from the key, so it is exact for any size.
     """
     check_params(v, n, m, s, L)
-    if isinstance(key_or_seed, (int, np.integer)):
-        seed = int(key_or_seed)
-    else:
-        key = key_or_seed
-        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-            key = jax.random.key_data(key)
-        seed = [int(x) for x in np.asarray(key).ravel()]
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(_host_seed(key_or_seed))
     rules = []
     for level in range(L):
         num_symbols = n if level == 0 else v
@@ -146,31 +150,343 @@ def sample_rules(key_or_seed: jax.Array | int, v: int, n: int, m: int, s: int, L
     return from_rules(rules, v=v)
 
 
+def stack(grammars: Sequence[Grammar]) -> Grammar:
+    """Stack grammars of equal sizes along a new leading axis, for ``jax.vmap`` over grammars."""
+    if not grammars:
+        raise ValueError("stack needs at least one grammar")
+    sizes = sorted({(g.v, g.n, g.m, g.s, g.L) for g in grammars})
+    if len(sizes) > 1:
+        raise ValueError(f"stack needs grammars of equal (v, n, m, s, L), got {sizes}")
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *grammars)
+
+
+def num_choices(grammar: Grammar) -> int:
+    """Rule choices in one tree: (s**L - 1)/(s - 1) internal nodes, one m-ary digit each."""
+    return (grammar.s**grammar.L - 1) // (grammar.s - 1)
+
+
+def _uniform_digits(key: jax.Array, m: int, prefix: tuple[int, ...], count: int) -> jax.Array:
+    """Uniform base-m digits (*prefix, count) int32; one randint in [0, m**k) yields k digits."""
+    if m == 1:
+        return jnp.zeros((*prefix, count), jnp.int32)
+    k = 1
+    while m ** (k + 1) < 2**31 and k < count:
+        k += 1
+    words = -(-count // k)
+    draws = jax.random.randint(key, (*prefix, words), 0, m**k, dtype=jnp.int32).astype(jnp.uint32)
+    # Unsigned division by constants: several times faster than signed on XLA:CPU.
+    powers = jnp.asarray(m ** np.arange(k - 1, -1, -1), jnp.uint32)
+    digits = (draws[..., None] // powers) % np.uint32(m)
+    return digits.reshape(*prefix, words * k)[..., :count].astype(jnp.int32)
+
+
+def _split_choices(grammar: Grammar, digits: jax.Array, first: int) -> list[jax.Array]:
+    """Cut (..., K) digits into the choices of ``rules[first:]``: (..., s**i) each, node 0 first."""
+    sizes = np.cumsum([grammar.s**i for i in range(first, grammar.L)])[:-1]
+    return jnp.split(digits, sizes, axis=-1)
+
+
+def _expand_from(grammar: Grammar, symbols: jax.Array, choices: Sequence[jax.Array], first: int) -> jax.Array:
+    """Leaves under ``symbols`` (..., K) after applying ``rules[first:]`` with ``choices``."""
+    v, s, m = grammar.v, grammar.s, grammar.m
+    weights = v ** np.arange(s - 1, -1, -1)
+    for i, choice in zip(range(first, grammar.L), choices):
+        # One gather per node of the rule's base-v tuple code, then split the code into children.
+        codes = (grammar.rules[i] * jnp.asarray(weights, jnp.int32)).sum(-1).reshape(-1)
+        picked = codes[symbols * m + choice].astype(jnp.uint32)
+        children = (picked[..., None] // jnp.asarray(weights, jnp.uint32)) % np.uint32(v)
+        symbols = children.reshape(*symbols.shape[:-1], -1).astype(jnp.int32)
+    return symbols
+
+
+@jax.jit
 def expand(grammar: Grammar, root_N: jax.Array, choices: Sequence[jax.Array]) -> jax.Array:
     """Tokens (N, D) of the trees given by root classes and per-level rule choices.
 
-    ``choices[l]`` has shape (N, s**l): the rule picked by each node of level ``L - l``.
+    ``choices[l]`` has shape (N, s**l): the rule picked by each node of level ``L - l``. Any
+    leading axes work in place of N.
     """
-    symbols = root_N[:, None]
-    for level in range(grammar.L):
-        symbols = grammar.rules[level][symbols, choices[level]]  # (N, s**level, s)
-        symbols = symbols.reshape(symbols.shape[0], -1)
-    return symbols.astype(jnp.int32)
+    return _expand_from(grammar, jnp.asarray(root_N, jnp.int32)[..., None], choices, 0)
 
 
+@functools.partial(jax.jit, static_argnames="num")
 def sample_trees(key: jax.Array, grammar: Grammar, num: int) -> tuple[jax.Array, list[jax.Array]]:
-    """Uniform random trees: root class and the rule choices of every node, level by level."""
+    """Uniform random trees: root class (num,) and the rule choices (num, s**l) of every level."""
     key_root, key_choice = jax.random.split(key)
     root = jax.random.randint(key_root, (num,), 0, grammar.n, dtype=jnp.int32)
-    choices = [
-        jax.random.randint(jax.random.fold_in(key_choice, level), (num, grammar.s**level), 0,
-                           grammar.m, dtype=jnp.int32)
-        for level in range(grammar.L)
-    ]
-    return root, choices
+    digits = _uniform_digits(key_choice, grammar.m, (num,), num_choices(grammar))
+    return root, _split_choices(grammar, digits, 0)
 
 
+@functools.partial(jax.jit, static_argnames="num")
 def sample(key: jax.Array, grammar: Grammar, num: int) -> jax.Array:
     """``num`` sequences (num, s**L) int32 drawn uniformly from the grammar; jit- and vmap-able."""
     root, choices = sample_trees(key, grammar, num)
     return expand(grammar, root, choices)
+
+
+@jax.jit
+def _min_max(tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Smallest and largest entry, computed where the array lives."""
+    return jnp.min(tokens), jnp.max(tokens)
+
+
+def check_tokens(grammar: Grammar, tokens, name: str = "tokens") -> None:
+    """Raise ValueError unless ``tokens`` is integer (..., s**L) with values in 0..v-1.
+
+    The value check runs only on concrete arrays; inside jit or vmap only shape and dtype are
+    checked (and out-of-range tokens then simply parse as invalid leaves).
+    """
+    if not hasattr(tokens, "dtype"):
+        tokens = np.asarray(tokens)
+    shape = tuple(tokens.shape)
+    if not shape or shape[-1] != grammar.d:
+        raise ValueError(f"{name} last axis must have length d = s**L = {grammar.d}, got shape {shape}")
+    if not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise ValueError(f"{name} must be integers, got dtype {tokens.dtype}")
+    if isinstance(tokens, jax.core.Tracer) or tokens.size == 0:
+        return
+    if isinstance(tokens, np.ndarray):
+        low, high = int(tokens.min()), int(tokens.max())
+    else:
+        low, high = (int(x) for x in _min_max(tokens))
+    if low < 0 or high >= grammar.v:
+        raise ValueError(f"{name} must lie in 0..v-1 = 0..{grammar.v - 1}, found values in {low}..{high}")
+
+
+def _extended_table(grammar: Grammar, i: int) -> jax.Array:
+    """Rule index (symbol*m + choice, or -1) of ``rules[i]`` by the tuple's code in base v+1.
+
+    Digit 0 of the code stands for an invalid child, digit c+1 for symbol c, so a tuple with an
+    invalid child maps to -1 without a separate mask.
+    """
+    v, s, m = grammar.v, grammar.s, grammar.m
+    codes = np.arange((v + 1) ** s)
+    digits = (codes[:, None] // (v + 1) ** np.arange(s - 1, -1, -1)) % (v + 1) - 1
+    plain = (np.maximum(digits, 0) * v ** np.arange(s - 1, -1, -1)).sum(-1)
+    parent, choice = grammar.parent[i][plain], grammar.choice[i][plain]
+    ok = jnp.asarray((digits >= 0).all(-1)) & (parent >= 0)
+    return jnp.where(ok, parent * m + choice, -1).astype(jnp.int32)
+
+
+def symbols_of(grammar: Grammar, rule_index: jax.Array) -> jax.Array:
+    """Symbol of each rule index (rule // m), keeping -1 for invalid nodes."""
+    m = grammar.m
+    if m & (m - 1) == 0:
+        return rule_index >> (m.bit_length() - 1)  # arithmetic shift keeps -1 at -1
+    return rule_index // m
+
+
+@functools.partial(jax.jit, static_argnames="levels")
+def parse(grammar: Grammar, tokens: jax.Array, levels: int | None = None) -> tuple[jax.Array, ...]:
+    """Nested bottom-up parse: rule index per node for levels 1..``levels`` (default L).
+
+    Entry ``l - 1`` has shape (..., s**(L-l)) and holds ``symbol * m + choice`` of the rule that
+    produced the node's children, or -1 when the node is invalid: a child invalid, or its tuple
+    not a production of ``rules[L - l]`` (at the root, class < n is implied by ``rules[0]``).
+    Leaves outside 0..v-1 are invalid. Traceable; no input checks (see ``check_tokens``).
+    """
+    v, s = grammar.v, grammar.s
+    if (v + 1) ** s > 2**27:
+        raise ValueError(f"parse needs (v+1)**s = {(v + 1) ** s} table entries; the limit is 2**27")
+    tokens = jnp.asarray(tokens)
+    symbols = jnp.where((tokens >= 0) & (tokens < v), tokens, -1).astype(jnp.int32)
+    out = []
+    for level in range(1, grammar.L + 1 if levels is None else levels + 1):
+        children = (symbols + 1).reshape(*symbols.shape[:-1], -1, s)
+        code = children[..., 0]
+        for j in range(1, s):
+            code = code * (v + 1) + children[..., j]
+        rule_index = _extended_table(grammar, grammar.L - level)[code]
+        out.append(rule_index)
+        symbols = symbols_of(grammar, rule_index)
+    return tuple(out)
+
+
+@functools.partial(jax.jit, static_argnames="level")
+def _resample(key: jax.Array, grammar: Grammar, tokens: jax.Array, level: int) -> jax.Array:
+    """Traced body of ``resample_synonyms``."""
+    tokens = jnp.asarray(tokens, jnp.int32)
+    symbols = symbols_of(grammar, parse(grammar, tokens, levels=level)[-1])  # (..., s**(L-level))
+    first = grammar.L - level
+    count = sum(grammar.s**i for i in range(first, grammar.L))
+    digits = _uniform_digits(key, grammar.m, symbols.shape[:-1], count)
+    fresh = _expand_from(grammar, jnp.maximum(symbols, 0), _split_choices(grammar, digits, first), first)
+    keep = jnp.repeat(symbols >= 0, grammar.s**level, axis=-1)
+    return jnp.where(keep, fresh, tokens)
+
+
+def resample_synonyms(key: jax.Array, grammar: Grammar, tokens, level: int) -> jax.Array:
+    """Redraw the rule choices at and below ``level`` (1 = tuples above leaves, L = root).
+
+    Each node at level ``level`` keeps its parsed symbol; the rules applied by the nodes of levels
+    ``level, level-1, ..., 1`` (tables ``rules[L-level:]``) are drawn afresh, uniformly, so the
+    result is a uniform sample among the sequences sharing the tree above ``level`` (level L keeps
+    only the root class). The s**level leaves under an invalid level-``level`` node are returned
+    unchanged. Works on (..., D) tokens; jit- and vmap-able (``level`` is static).
+    """
+    if not isinstance(level, (int, np.integer)) or not 1 <= level <= grammar.L:
+        raise ValueError(f"level={level!r} must be an integer in 1..L = 1..{grammar.L}")
+    check_tokens(grammar, tokens)
+    return _resample(key, grammar, tokens, int(level))
+
+
+# ---- Index bijection (exact for any P_max) ---------------------------------------------------
+# An index's mixed-radix digits (root class in radix n, then the choices of rules[0], rules[1],
+# ..., node 0 first, in radix m) are cut, most significant first, into W "words" whose radix
+# product is < 2**31, so words travel as int32 and split into digits on the device. Public
+# indices are int64 when P_max < 2**63 and NumPy object arrays of exact Python ints otherwise.
+
+def _word_radices(grammar: Grammar) -> list[list[int]]:
+    """Digit radices grouped into words, most significant first, each product < 2**31."""
+    groups, product = [[grammar.n]], grammar.n
+    for _ in range(num_choices(grammar)):
+        if product * grammar.m >= 2**31:
+            groups.append([])
+            product = 1
+        groups[-1].append(grammar.m)
+        product *= grammar.m
+    return groups
+
+
+def _words_to_ints(grammar: Grammar, words_NxW: np.ndarray) -> np.ndarray:
+    """(N, W) words to indices: int64 when P_max < 2**63, else exact Python ints (object)."""
+    dtype = np.int64 if grammar.p_max < 2**63 else object
+    index = words_NxW[:, 0].astype(dtype)
+    for w, radices in enumerate(_word_radices(grammar)[1:], start=1):
+        index = index * math.prod(radices) + words_NxW[:, w].astype(dtype)
+    return index
+
+
+def _ints_to_words(grammar: Grammar, index_N: np.ndarray) -> np.ndarray:
+    """Range-checked indices (integer or object dtype) to (N, W) int64 words."""
+    rest = index_N.astype(np.int64 if grammar.p_max < 2**63 else object)
+    words = []
+    for radices in reversed(_word_radices(grammar)[1:]):
+        words.append((rest % math.prod(radices)).astype(np.int64))
+        rest = rest // math.prod(radices)
+    return np.stack([rest.astype(np.int64)] + words[::-1], axis=1)
+
+
+@jax.jit
+def _expand_words(grammar: Grammar, words_NxW: jax.Array) -> jax.Array:
+    """Tokens (N, D) of index words: split into digits (unsigned, constant divisors), expand."""
+    digits = []
+    for w, radices in enumerate(_word_radices(grammar)):
+        places = np.cumprod([1] + radices[:0:-1])[::-1].astype(np.uint32)
+        word = words_NxW[:, w:w + 1].astype(jnp.uint32)
+        digits.append((word // places) % np.asarray(radices, np.uint32))
+    digits_NxK = jnp.concatenate(digits, axis=1).astype(jnp.int32)
+    return expand(grammar, digits_NxK[:, 0], _split_choices(grammar, digits_NxK[:, 1:], 0))
+
+
+def _tokens_of_words(grammar: Grammar, words_NxW: np.ndarray) -> np.ndarray:
+    """Host tokens (N, D) int32 of index words; batches padded to a power of two (few compiles)."""
+    num = len(words_NxW)
+    padded = np.zeros((max(1, 1 << (num - 1).bit_length()), words_NxW.shape[1]), np.int32)
+    padded[:num] = words_NxW
+    return np.asarray(_expand_words(grammar, padded))[:num]
+
+
+def encode(grammar: Grammar, tokens) -> np.ndarray:
+    """Index in [0, P_max) of each sequence (..., D); ValueError if a sequence is not valid."""
+    check_tokens(grammar, tokens)
+    tokens = np.asarray(tokens, np.int32)
+    flat = tokens.reshape(-1, grammar.d)
+    rules = [np.asarray(r) for r in parse(grammar, flat)]
+    bad = np.flatnonzero(rules[-1][:, 0] < 0)
+    if bad.size:
+        raise ValueError(f"tokens row {bad[0]} (of {len(flat)}) is not a valid sequence of the grammar")
+    m = grammar.m
+    digits = np.concatenate([rules[-1] // m] + [rules[grammar.L - 1 - i] % m for i in range(grammar.L)], 1)
+    words, start = [], 0
+    for radices in _word_radices(grammar):
+        word = np.zeros(len(flat), np.int64)
+        for j, radix in enumerate(radices):
+            word = word * radix + digits[:, start + j]
+        words.append(word)
+        start += len(radices)
+    return _words_to_ints(grammar, np.stack(words, axis=1)).reshape(tokens.shape[:-1])
+
+
+def decode(grammar: Grammar, indices) -> np.ndarray:
+    """Sequences (..., D) int32 of indices in [0, P_max) (ints, int arrays or object arrays)."""
+    index = np.asarray(indices)
+    if index.dtype != object and not np.issubdtype(index.dtype, np.integer):
+        raise ValueError(f"indices must be integers, got dtype {index.dtype}")
+    flat = index.reshape(-1)
+    if flat.size and (int(flat.min()) < 0 or int(flat.max()) >= grammar.p_max):
+        raise ValueError(f"indices must lie in 0..P_max-1 = 0..{grammar.p_max - 1}")
+    tokens = _tokens_of_words(grammar, _ints_to_words(grammar, flat))
+    return tokens.reshape(*index.shape, grammar.d)
+
+
+# ---- Datasets ----------------------------------------------------------------------------------
+
+def _first_occurrences(grammar: Grammar, words_NxW: np.ndarray) -> np.ndarray:
+    """Sorted positions of the first occurrence of each distinct row, exactly."""
+    exact = grammar.p_max < 2**63
+    if exact:  # the index itself is the sort key
+        key = _words_to_ints(grammar, words_NxW)
+    else:  # a 64-bit mix of the words; equal mixes are settled by comparing rows below
+        key = np.zeros(len(words_NxW), np.uint64)
+        for w in range(words_NxW.shape[1]):
+            key = (key ^ words_NxW[:, w].astype(np.uint64)) * np.uint64(0x9E3779B97F4A7C15)
+    order = np.argsort(key, kind="stable")  # stable: the earliest copy leads each run
+    starts = np.ones(len(order), bool)
+    starts[1:] = key[order[1:]] != key[order[:-1]]
+    if not exact:  # duplicates are rare here (P_max >= 2**63), so a loop is cheap
+        heads = np.flatnonzero(starts)
+        for q in np.flatnonzero(~starts):
+            head = heads[np.searchsorted(heads, q, side="right") - 1]
+            earlier = words_NxW[order[head:q]][starts[head:q]]
+            starts[q] = not (earlier == words_NxW[order[q]]).all(axis=1).any()
+    return np.sort(order[starts])
+
+
+def _draw_words(rng: np.random.Generator, grammar: Grammar, num: int) -> np.ndarray:
+    """``num`` uniform random trees as (num, W) index words (each word uniform in its range)."""
+    return np.stack([rng.integers(0, math.prod(r), size=num, dtype=np.int64)
+                     for r in _word_radices(grammar)], axis=1)
+
+
+def _index_order(rng: np.random.Generator, grammar: Grammar, total: int) -> np.ndarray:
+    """Words (total, W) of the first ``total`` indices of a seed-determined uniform ordering.
+
+    The ordering is the first-occurrence order of an i.i.d. stream of random trees (blocks of
+    fixed sizes, so the stream does not depend on ``total``) until half of P_max is reached,
+    then a shuffle of the unseen rest. Prefixes of it are nested samples without replacement.
+    """
+    half, block = (grammar.p_max + 1) // 2, 2**10
+    seen = np.zeros((0, len(_word_radices(grammar))), np.int64)
+    while len(seen) < min(total, half):
+        stream = np.concatenate([seen, _draw_words(rng, grammar, block)])
+        seen = stream[_first_occurrences(grammar, stream)]
+        block = min(4 * block, 2**22)
+    if total <= half:
+        return seen[:total]
+    # total > P_max/2 means P_max < 2 * total: small enough to list the unseen indices.
+    unseen = np.ones(grammar.p_max, bool)
+    unseen[_words_to_ints(grammar, seen[:half])] = False
+    rest = _ints_to_words(grammar, rng.permutation(np.flatnonzero(unseen)))
+    return np.concatenate([seen[:half], rest])[:total]
+
+
+def sample_dataset(key_or_seed: jax.Array | int, grammar: Grammar, num_train: int,
+                   num_test: int) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint train (num_train, D) and test (num_test, D) int32 sets, drawn without replacement.
+
+    Test rows are the first ``num_test`` of a seed-determined random ordering of all P_max
+    sequences, training rows the next ``num_train``: the test set does not depend on
+    ``num_train``, and a smaller training set is a prefix of a larger one (same seed, num_test).
+    """
+    for name, value in dict(num_train=num_train, num_test=num_test).items():
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    total = int(num_train) + int(num_test)
+    if total > grammar.p_max:
+        raise ValueError(f"num_train + num_test = {num_train} + {num_test} = {total} exceeds "
+                         f"P_max = {grammar.p_max}: not enough distinct sequences")
+    rng = np.random.default_rng([*np.atleast_1d(_host_seed(key_or_seed)), 0xDA7A])  # not sample_rules' stream
+    tokens = _tokens_of_words(grammar, _index_order(rng, grammar, total))
+    return tokens[num_test:], tokens[:num_test]

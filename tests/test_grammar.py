@@ -1,9 +1,46 @@
-"""Grammar: sampling, rule tables, validation."""
+"""Grammar: rules, sampler, index bijection, datasets, synonym resampling."""
+import itertools
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from rhm_jax import grammar
+
+
+@st.composite
+def rhm_params(draw):
+    """Small (v, n, m, s, L, seed) with s = 2 or 3 that satisfy the RHM constraints."""
+    s = draw(st.sampled_from([2, 3]))
+    L = draw(st.integers(1, 3 if s == 2 else 2))
+    v = draw(st.integers(2, 5 if s == 2 else 3))
+    m = draw(st.integers(1, min(v ** (s - 1), 4)))
+    n = draw(st.integers(1, min(v, v**s // m)))
+    return v, n, m, s, L, draw(st.integers(0, 2**16))
+
+
+def reference_parse(g, row):
+    """Plain-Python nested parse: per level 1..L, the rule index (symbol*m + choice) or -1."""
+    tables = [{tuple(int(t) for t in r[a, c]): a * g.m + c
+               for a in range(r.shape[0]) for c in range(g.m)} for r in map(np.asarray, g.rules)]
+    symbols, out = [int(t) if 0 <= t < g.v else -1 for t in row], []
+    for level in range(1, g.L + 1):
+        used = [tables[g.L - level].get(tuple(symbols[k:k + g.s]), -1) if -1 not in symbols[k:k + g.s]
+                else -1 for k in range(0, len(symbols), g.s)]
+        out.append(used)
+        symbols = [u // g.m if u >= 0 else -1 for u in used]
+    return out
+
+
+def reference_expand(g, digits):
+    """Plain-Python tree expansion of index digits (root class, then choices in index order)."""
+    rules, symbols, pos = [np.asarray(r) for r in g.rules], [digits[0]], 1
+    for level in range(g.L):
+        symbols = [int(t) for k, a in enumerate(symbols) for t in rules[level][a, digits[pos + k]]]
+        pos += g.s**level
+    return symbols
 
 
 def test_sampled_rules_are_distinct_per_level():
@@ -13,12 +50,165 @@ def test_sampled_rules_are_distinct_per_level():
         assert len(np.unique(tuples, axis=0)) == len(tuples)
 
 
-def test_impossible_synonyms_raise():
-    with pytest.raises(ValueError, match=r"m=5 must be <= v\*\*\(s-1\) = 4"):
-        grammar.sample_rules(0, v=4, n=4, m=5, s=2, L=2)
+@pytest.mark.parametrize("params, message", [
+    (dict(v=4, n=4, m=5, s=2, L=2), r"m=5 must be <= v\*\*\(s-1\) = 4"),
+    (dict(v=2, n=3, m=2, s=2, L=2), r"n\*m=6 must be <= v\*\*s = 4"),
+    (dict(v=4, n=4, m=1, s=1, L=2), r"s=1 must be >= 2"),
+    (dict(v=4, n=4, m=1, s=2, L=0), r"L=0 must be >= 1"),
+    (dict(v=1, n=1, m=1, s=2, L=2), r"v=1 must be >= 2"),
+])
+def test_impossible_parameters_raise(params, message):
+    with pytest.raises(ValueError, match=message):
+        grammar.sample_rules(0, **params)
 
 
-def test_sample_shape():
-    g = grammar.sample_rules(1, v=8, n=8, m=3, s=2, L=3)
-    x = grammar.sample(jax.random.key(0), g, 16)
-    assert x.shape == (16, 8) and x.dtype == np.int32
+@settings(max_examples=6, deadline=None)
+@given(rhm_params())
+def test_every_sample_parses_at_every_level(params):
+    v, n, m, s, L, seed = params
+    g = grammar.sample_rules(seed, v=v, n=n, m=m, s=s, L=L)
+    tokens = np.asarray(grammar.sample(jax.random.key(seed), g, 64))
+    assert tokens.min() >= 0 and tokens.max() < v
+    parsed = [np.asarray(r) for r in grammar.parse(g, tokens)]
+    for row, levels in zip(tokens[:8], zip(*parsed)):
+        assert [list(x) for x in levels] == reference_parse(g, row)
+    assert all((r >= 0).all() for r in parsed)
+
+
+def test_sample_is_uniform_over_sequences():
+    g = grammar.sample_rules(1, v=3, n=3, m=3, s=2, L=2)  # m = 3: digits packed 19 per draw
+    counts = np.bincount(grammar.encode(g, grammar.sample(jax.random.key(2), g, 40_000)),
+                         minlength=g.p_max)
+    expected = 40_000 / g.p_max
+    chi2 = ((counts - expected) ** 2 / expected).sum()
+    df = g.p_max - 1
+    assert chi2 < df + 6 * np.sqrt(2 * df)
+
+
+def test_index_bijection_follows_the_digit_convention():
+    g = grammar.sample_rules(3, v=3, n=2, m=2, s=2, L=3)  # P_max = 2 * 2**7 = 256
+    radices = [g.n] + [g.m] * grammar.num_choices(g)
+    every = list(itertools.product(*[range(r) for r in radices]))  # most significant first
+    expected = np.array([reference_expand(g, digits) for digits in every])
+    decoded = grammar.decode(g, np.arange(g.p_max))
+    np.testing.assert_array_equal(decoded, expected)
+    np.testing.assert_array_equal(grammar.encode(g, decoded), np.arange(g.p_max))
+
+
+def test_index_round_trip_beyond_int64():
+    g = grammar.sample_rules(0, v=32, n=32, m=8, s=2, L=5)
+    assert g.p_max > 2**63
+    rng = np.random.default_rng(0)
+    index = np.array([0, 1, 2**63, 2**64 + 5, g.p_max - 1]
+                     + [int(rng.integers(0, 2**62)) * 2**36 + int(rng.integers(0, 2**36)) for _ in range(20)],
+                     dtype=object)
+    tokens = grammar.decode(g, index)
+    assert (grammar.encode(g, tokens) == index).all()
+    assert len(np.unique(tokens, axis=0)) == len(index)
+    sampled = np.asarray(grammar.sample(jax.random.key(0), g, 256))
+    np.testing.assert_array_equal(grammar.decode(g, grammar.encode(g, sampled)), sampled)
+    root = grammar.decode(g, np.array([c * (g.p_max // g.n) for c in range(g.n)], dtype=object))
+    np.testing.assert_array_equal(np.asarray(grammar.parse(g, root)[-1])[:, 0] // g.m, np.arange(g.n))
+
+
+def test_index_errors():
+    g = grammar.sample_rules(0, v=4, n=4, m=2, s=2, L=2)
+    with pytest.raises(ValueError, match=r"0\.\.P_max-1 = 0\.\.31"):
+        grammar.decode(g, [g.p_max])
+    with pytest.raises(ValueError, match="0..P_max-1"):
+        grammar.decode(g, [-1])
+    with pytest.raises(ValueError, match="integers"):
+        grammar.decode(g, [0.5])
+    valid = np.array(grammar.sample(jax.random.key(0), g, 4))
+    rules1 = {tuple(t) for t in np.asarray(g.rules[1]).reshape(-1, 2)}
+    bad_pair = next(p for p in itertools.product(range(4), repeat=2) if p not in rules1)
+    valid[2, :2] = bad_pair
+    with pytest.raises(ValueError, match="row 2 .* not a valid sequence"):
+        grammar.encode(g, valid)
+    with pytest.raises(ValueError, match=r"0\.\.v-1 = 0\.\.3"):
+        grammar.encode(g, valid + 4)
+
+
+@pytest.mark.parametrize("v, m, L, sizes", [
+    (4, 2, 3, (20, 60, 2**8 - 8)),  # P_max = 512: exhaustive end goes past P_max / 2
+    (32, 8, 5, (10, 300, 3000)),  # P_max > 2**63: random trees with duplicate rejection
+])
+def test_datasets_are_disjoint_nested_and_independent_of_num_train(v, m, L, sizes):
+    g = grammar.sample_rules(0, v=v, n=v, m=m, s=2, L=L)
+    num_test = 8 if g.p_max < 2**20 else 100
+    sets = [grammar.sample_dataset(7, g, p, num_test) for p in sizes]
+    train, test = sets[-1]
+    assert train.shape == (sizes[-1], g.d) and test.shape == (num_test, g.d)
+    both = np.concatenate([train, test])
+    assert len(np.unique(both, axis=0)) == len(both)  # disjoint and without replacement
+    assert all((r >= 0).all() for r in grammar.parse(g, both))
+    for (small_train, small_test), p in zip(sets, sizes):
+        np.testing.assert_array_equal(small_train, train[:p])
+        np.testing.assert_array_equal(small_test, test)
+    other_train, other_test = grammar.sample_dataset(8, g, sizes[0], num_test)
+    assert not np.array_equal(other_test, test)
+
+
+def test_dataset_can_exhaust_p_max_and_is_uniform():
+    g = grammar.sample_rules(0, v=3, n=2, m=2, s=2, L=2)  # P_max = 16
+    train, test = grammar.sample_dataset(0, g, 12, 4)
+    np.testing.assert_array_equal(np.sort(grammar.encode(g, np.concatenate([train, test]))), np.arange(16))
+    first = [grammar.encode(g, grammar.sample_dataset(seed, g, 3, 1)[1])[0] for seed in range(400)]
+    counts = np.bincount(first, minlength=16)
+    chi2 = ((counts - 25) ** 2 / 25).sum()
+    assert chi2 < 15 + 6 * np.sqrt(30)
+    with pytest.raises(ValueError, match=r"num_train \+ num_test = 13 \+ 4 = 17 exceeds P_max = 16"):
+        grammar.sample_dataset(0, g, 13, 4)
+    with pytest.raises(ValueError, match="num_test must be an integer >= 0"):
+        grammar.sample_dataset(0, g, 1, -1)
+
+
+@pytest.mark.parametrize("s, L", [(2, 3), (3, 2)])
+def test_resampling_keeps_the_tree_above_the_level(s, L):
+    g = grammar.sample_rules(1, v=4, n=4, m=3, s=s, L=L)
+    tokens = np.asarray(grammar.sample(jax.random.key(0), g, 512))
+    before = [np.asarray(r) for r in grammar.parse(g, tokens)]
+    for level in range(1, L + 1):
+        fresh = np.asarray(grammar.resample_synonyms(jax.random.key(level), g, tokens, level))
+        after = [np.asarray(r) for r in grammar.parse(g, fresh)]
+        assert all((r >= 0).all() for r in after)
+        for l in range(level, L + 1):  # symbols at and above the level survive
+            np.testing.assert_array_equal(after[l - 1] // g.m, before[l - 1] // g.m)
+        for l in range(level + 1, L + 1):  # so do the rules applied above it
+            np.testing.assert_array_equal(after[l - 1], before[l - 1])
+        changed = (after[level - 1] != before[level - 1]).mean()  # the level's own choices are redrawn
+        assert abs(changed - (1 - 1 / g.m)) < 0.08
+
+
+def test_resampling_leaves_invalid_subtrees_alone():
+    g = grammar.sample_rules(2, v=4, n=4, m=2, s=2, L=3)
+    tokens = np.array(grammar.sample(jax.random.key(0), g, 64))
+    rules2 = {tuple(t) for t in np.asarray(g.rules[2]).reshape(-1, 2)}
+    tokens[:, :2] = next(p for p in itertools.product(range(4), repeat=2) if p not in rules2)
+    fresh = np.asarray(grammar.resample_synonyms(jax.random.key(1), g, tokens, 2))
+    np.testing.assert_array_equal(fresh[:, :4], tokens[:, :4])  # under the broken level-2 node
+    assert (np.asarray(grammar.parse(g, fresh)[1])[:, 1] >= 0).all()
+    assert (fresh[:, 4:] != tokens[:, 4:]).any()
+    with pytest.raises(ValueError, match=r"level=4 must be an integer in 1..L = 1..3"):
+        grammar.resample_synonyms(jax.random.key(1), g, tokens, 4)
+
+
+def test_stacked_grammars_vmap_like_separate_ones():
+    gs = [grammar.sample_rules(seed, v=4, n=3, m=2, s=2, L=2) for seed in range(3)]
+    keys = jax.random.split(jax.random.key(0), 3)
+    batched = jax.vmap(lambda k, g: grammar.sample(k, g, 16))(keys, grammar.stack(gs))
+    for k, g, tokens in zip(keys, gs, batched):
+        np.testing.assert_array_equal(tokens, grammar.sample(k, g, 16))
+    with pytest.raises(ValueError, match="equal"):
+        grammar.stack([gs[0], grammar.sample_rules(0, v=4, n=4, m=2, s=2, L=2)])
+
+
+def test_token_checks_name_the_bound_and_skip_tracers():
+    g = grammar.sample_rules(0, v=4, n=4, m=2, s=2, L=2)
+    with pytest.raises(ValueError, match=r"length d = s\*\*L = 4"):
+        grammar.check_tokens(g, np.zeros((2, 5), np.int32))
+    with pytest.raises(ValueError, match=r"0\.\.v-1 = 0\.\.3, found values in -1\.\.0"):
+        grammar.check_tokens(g, -jnp.eye(4, dtype=jnp.int32))
+    with pytest.raises(ValueError, match="integers"):
+        grammar.check_tokens(g, np.zeros((2, 4)))
+    jax.jit(lambda t: grammar.check_tokens(g, t))(jnp.full((2, 4), 9))  # traced: no value check

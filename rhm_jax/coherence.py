@@ -1,0 +1,182 @@
+"""What generated sequences are worth: nested validity per level, rule usage, exact copy lookup.
+
+Levels follow SPEC: level 1 holds the s-tuples just above the leaves, level L the root. All
+functions accept any leading batch axes (written ``...``); inputs are checked before any jit
+compilation when they are concrete arrays.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from rhm_jax import grammar as grammar_lib
+from rhm_jax.grammar import Grammar
+
+
+@struct.dataclass
+class Validity:
+    """Bottom-up parse of sequences (..., D); tuples hold one entry per level l = 1..L.
+
+    ``nodes[l-1]`` (..., s**(L-l)) bool: the node's whole subtree parses. ``symbols[l-1]``: its
+    latent symbol, -1 where invalid. ``rules_used[l-1]``: ``symbol * m + choice`` of the rule it
+    applied, -1 where invalid. ``per_level`` (..., L) float32: fraction of valid nodes per level.
+    ``valid`` (...,) bool: the whole sequence parses (= level L).
+    """
+
+    per_level: jax.Array
+    valid: jax.Array
+    nodes: tuple[jax.Array, ...]
+    symbols: tuple[jax.Array, ...]
+    rules_used: tuple[jax.Array, ...]
+    v: int = struct.field(pytree_node=False)
+    n: int = struct.field(pytree_node=False)
+    m: int = struct.field(pytree_node=False)
+
+
+@jax.jit
+def _validity(grammar: Grammar, tokens: jax.Array) -> Validity:
+    """Traced body of ``validity``."""
+    rules_used = grammar_lib.parse(grammar, tokens)
+    nodes = tuple(r >= 0 for r in rules_used)
+    per_level = jnp.stack([x.mean(-1, dtype=jnp.float32) for x in nodes], axis=-1)
+    return Validity(
+        per_level=per_level, valid=nodes[-1][..., 0], nodes=nodes,
+        symbols=tuple(grammar_lib.symbols_of(grammar, r) for r in rules_used),
+        rules_used=rules_used, v=grammar.v, n=grammar.n, m=grammar.m,
+    )
+
+
+def validity(grammar: Grammar, tokens) -> Validity:
+    """Nested validity of sequences (..., D): a node is valid iff its children are and its tuple
+    is a production at its level (the root's a root production). Jitted; one compilation per
+    grammar shape and token shape."""
+    grammar_lib.check_tokens(grammar, tokens)
+    return _validity(grammar, tokens)
+
+
+@functools.partial(jax.jit, static_argnames="axis")
+def rule_usage(result: Validity, axis: int | tuple[int, ...] | None = None) -> tuple[jax.Array, ...]:
+    """How often each rule was applied: per level l, int32 (..., symbols, m) counts.
+
+    Counts are summed over the node positions and over the batch axes ``axis`` of the tokens
+    the result was parsed from (None: all of them); the other batch axes stay. Level L has n
+    symbols, the others v. Invalid nodes count nowhere.
+    """
+    counts = []
+    for level, rules in enumerate(result.rules_used, start=1):
+        batch = rules.ndim - 1
+        summed = range(batch) if axis is None else [int(a) % batch for a in np.atleast_1d(axis)] if batch else []
+        kept = [a for a in range(batch) if a not in summed]
+        rules = jnp.moveaxis(rules, kept, list(range(len(kept))))
+        kept_shape = rules.shape[:len(kept)]
+        flat = rules.reshape(int(np.prod(kept_shape)), -1)  # (groups, uses)
+        num_symbols = result.n if level == len(result.rules_used) else result.v
+        num_rules = num_symbols * result.m
+        # One bincount over (group, rule + 1): slot 0 collects the invalid nodes, then dropped.
+        slots = flat + 1 + (num_rules + 1) * jnp.arange(flat.shape[0])[:, None]
+        count = jnp.bincount(slots.ravel(), length=flat.shape[0] * (num_rules + 1))
+        count = count.reshape(flat.shape[0], num_rules + 1)[:, 1:]
+        counts.append(count.reshape(*kept_shape, num_symbols, result.m).astype(jnp.int32))
+    return tuple(counts)
+
+
+# ---- Copy detection -------------------------------------------------------------------------
+
+@struct.dataclass
+class Lookup:
+    """Reference rows sorted by a row hash (stable, so equal hashes keep the reference order).
+
+    ``window`` is the longest run of equal hashes in the reference, rounded up to a power of two:
+    every reference row sharing a query's hash lies in the ``window`` slots starting where the
+    query's hash would be inserted, so comparing tokens over that window is an exact search.
+    """
+
+    hashes_P: jax.Array
+    index_P: jax.Array
+    tokens_PxD: jax.Array
+    window: int = struct.field(pytree_node=False)
+    bits: int = struct.field(pytree_node=False)
+
+
+def _row_hash(tokens: jax.Array, bits: int) -> jax.Array:
+    """32-bit FNV-1a of a row's tokens, finished with murmur3's avalanche; low ``bits`` kept."""
+    tokens = tokens.astype(jnp.uint32)
+    h = jnp.full(tokens.shape[:-1], 2166136261, jnp.uint32)
+    for j in range(tokens.shape[-1]):
+        h = (h ^ tokens[..., j]) * np.uint32(16777619)
+    h = (h ^ (h >> 16)) * np.uint32(0x85EBCA6B)
+    h = (h ^ (h >> 13)) * np.uint32(0xC2B2AE35)
+    h = h ^ (h >> 16)
+    return h & np.uint32(2**bits - 1) if bits < 32 else h
+
+
+_row_hash_jit = jax.jit(_row_hash, static_argnums=1)
+
+
+def _check_rows(tokens, d: int | None, name: str) -> None:
+    """ValueError unless ``tokens`` is integer with last axis ``d`` (any length if d is None)."""
+    if not hasattr(tokens, "dtype"):
+        tokens = np.asarray(tokens)
+    if tokens.ndim < 1 or (d is not None and tokens.shape[-1] != d):
+        raise ValueError(f"{name} last axis must have length d = {d}, got shape {tuple(tokens.shape)}")
+    if not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise ValueError(f"{name} must be integers, got dtype {tokens.dtype}")
+
+
+def make_lookup(reference_tokens_PxD, bits: int = 32) -> Lookup:
+    """Index P reference rows (e.g. the largest training set) for exact ``find`` queries.
+
+    ``bits`` < 32 truncates the hash (more collisions, same answers): meant for tests.
+    """
+    _check_rows(reference_tokens_PxD, None, "reference_tokens_PxD")
+    reference = np.asarray(reference_tokens_PxD, np.int32)
+    if reference.ndim != 2 or len(reference) == 0:
+        raise ValueError(f"reference_tokens_PxD must be (P, D) with P >= 1, got shape {reference.shape}")
+    if not 1 <= bits <= 32:
+        raise ValueError(f"bits={bits} must be in 1..32")
+    hashes = np.asarray(_row_hash_jit(reference, bits))
+    order = np.argsort(hashes, kind="stable")
+    longest = int(np.unique(hashes, return_counts=True)[1].max())
+    return Lookup(
+        hashes_P=jnp.asarray(hashes[order]), index_P=jnp.asarray(order, jnp.int32),
+        tokens_PxD=jnp.asarray(reference[order]), window=1 << (longest - 1).bit_length(), bits=bits,
+    )
+
+
+@jax.jit
+def _find(lookup: Lookup, tokens: jax.Array) -> jax.Array:
+    """Traced body of ``find``: binary search on the hash, then compare a window of rows."""
+    num = lookup.hashes_P.shape[0]
+    h = _row_hash(tokens, lookup.bits)
+    start = jnp.searchsorted(lookup.hashes_P, h, side="left", method="scan")  # no P x B matrix
+    slots = start[..., None] + jnp.arange(lookup.window)
+    inside = slots < num
+    slots = jnp.minimum(slots, num - 1)
+    same = (lookup.tokens_PxD[slots] == tokens[..., None, :]).all(-1)
+    match = inside & (lookup.hashes_P[slots] == h[..., None]) & same
+    first = jnp.argmax(match, axis=-1)
+    found = jnp.take_along_axis(slots, first[..., None], axis=-1)[..., 0]
+    return jnp.where(match.any(-1), lookup.index_P[found], -1)
+
+
+def find(lookup: Lookup, tokens) -> jax.Array:
+    """Index in the reference set of each row (..., D), or -1; exact (equal tokens verified).
+
+    With duplicate reference rows the smallest index is returned. Jitted and vmappable.
+    """
+    _check_rows(tokens, lookup.tokens_PxD.shape[-1], "tokens")
+    return _find(lookup, tokens)
+
+
+def is_copy(lookup: Lookup, tokens, num_train) -> jax.Array:
+    """Rows (...,) equal to one of the first ``num_train`` reference rows (bool).
+
+    Training sets for smaller P are prefixes of the largest (``grammar.sample_dataset``), so one
+    lookup of the largest serves every model; ``num_train`` may be a traced per-model value.
+    """
+    index = find(lookup, tokens)
+    return (index >= 0) & (index < num_train)
