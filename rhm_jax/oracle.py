@@ -3,6 +3,8 @@
 Given independent leaf evidence ``lik[..., i, a] = p(x_t_i | x0_i = a)`` (any positive scale per
 position), the posterior marginals of ``x0`` under the RHM prior (root uniform over ``n`` classes,
 every symbol picks one of its ``m`` rules uniformly) follow from one upward and one downward pass.
+The downward (outside) message at a leaf alone is the cavity p(x0_i | evidence elsewhere), which
+is what the uniform process's x0-parameterization needs (see ``denoiser``).
 
 Shape letters: D leaves, V vocabulary, N nodes of a level, A symbols of the parent level (n at
 the root, v below), R = m rules per symbol, S = s children per rule. Leading batch axes ``...`` are
@@ -123,6 +125,23 @@ def _as_log(leaf_lik_DxV: jax.Array) -> jax.Array:
     return jnp.log(lik)
 
 
+def _leaf_messages(grammar: Grammar, log_lik_DxV: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(outside message, own evidence) of every leaf, both centred log arrays (..., D, V)."""
+    log_ups, _ = _upward(grammar, log_lik_DxV)
+    batch = log_lik_DxV.shape[:-2]
+    log_down_NxA = jnp.zeros((*batch, 1, grammar.n), log_lik_DxV.dtype)  # uniform root
+    for level in range(grammar.L):
+        log_down_NxA = _down_step(grammar.rules[level], log_down_NxA, log_ups[grammar.L - 1 - level])
+    return log_down_NxA, log_ups[0]
+
+
+def _normalize(log_x_DxV: jax.Array) -> jax.Array:
+    """Rows normalized to log probabilities; a row of zero mass becomes uniform (not nan)."""
+    norm_D = _logsumexp(log_x_DxV)[..., None]
+    uniform = jnp.full_like(log_x_DxV, -math.log(log_x_DxV.shape[-1]))
+    return jnp.where(jnp.isfinite(norm_D), log_x_DxV - norm_D, uniform)
+
+
 def log_posterior(grammar: Grammar, leaf_lik_DxV: jax.Array) -> jax.Array:
     """log p(x0_i = a | x_t), shape (..., D, V); -inf where impossible.
 
@@ -130,16 +149,19 @@ def log_posterior(grammar: Grammar, leaf_lik_DxV: jax.Array) -> jax.Array:
     is returned as uniform (-log V) so that callers never see nan.
     """
     _check(grammar, leaf_lik_DxV)
-    log_lik_DxV = _as_log(leaf_lik_DxV)
-    log_ups, _ = _upward(grammar, log_lik_DxV)
-    batch = log_lik_DxV.shape[:-2]
-    log_down_NxA = jnp.zeros((*batch, 1, grammar.n), log_lik_DxV.dtype)  # uniform root
-    for level in range(grammar.L):
-        log_down_NxA = _down_step(grammar.rules[level], log_down_NxA, log_ups[grammar.L - 1 - level])
-    joint_DxV = log_down_NxA + log_ups[0]
-    norm_D = _logsumexp(joint_DxV)[..., None]
-    uniform = jnp.full_like(joint_DxV, -math.log(grammar.v))
-    return jnp.where(jnp.isfinite(norm_D), joint_DxV - norm_D, uniform)
+    log_down_DxV, log_up_DxV = _leaf_messages(grammar, _as_log(leaf_lik_DxV))
+    return _normalize(log_down_DxV + log_up_DxV)
+
+
+def log_cavity(grammar: Grammar, leaf_lik_DxV: jax.Array) -> jax.Array:
+    """log p(x0_i = a | x_t at every position but i), shape (..., D, V): BP's outside message.
+
+    posterior_i is proportional to cavity_i * lik_i. Uniform where the other positions' evidence
+    has probability 0.
+    """
+    _check(grammar, leaf_lik_DxV)
+    log_down_DxV, _ = _leaf_messages(grammar, _as_log(leaf_lik_DxV))
+    return _normalize(log_down_DxV)
 
 
 def posterior(grammar: Grammar, leaf_lik_DxV: jax.Array) -> jax.Array:
@@ -155,17 +177,30 @@ def log_likelihood(grammar: Grammar, leaf_lik_DxV: jax.Array) -> jax.Array:
     return _logsumexp(root_A) - math.log(grammar.n) + log_scale
 
 
-def denoiser(grammar: Grammar, process: Any) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
-    """apply_fn(params, x_t_BxD, t_B) -> logits_BxDxV = log posterior (params ignored, pass None).
+OUTPUTS = ("cavity", "posterior")
 
-    Impossible symbols get the finite logit ``LOG_ZERO`` rather than -inf (see its comment).
+
+def denoiser(grammar: Grammar, process: Any,
+             output: str = "cavity") -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
+    """apply_fn(params, x_t_BxD, t_B) -> logits_BxDxV, the Bayes-optimal x0 prediction (params: None).
+
+    ``output='cavity'`` (default) returns log p(x0_i | x_t elsewhere), which minimizes the loss of
+    both processes and makes their reverse steps exact per position: the uniform (D3PM) process
+    plugs the prediction into q(x_s, x_t | x0), which multiplies it by p(x_t_i | x0_i) once more,
+    so plugging in the full posterior would count the token's own evidence twice; the masked
+    process reads only masked positions, where cavity and posterior coincide.
+    ``output='posterior'`` returns log p(x0_i | x_t). Impossible symbols get the finite logit
+    ``LOG_ZERO`` rather than -inf (see its comment).
     """
+    if output not in OUTPUTS:
+        raise ValueError(f"output={output!r} must be one of {OUTPUTS}")
     if getattr(process, "v", grammar.v) != grammar.v:
         raise ValueError(f"process.v={process.v} must equal the grammar's vocabulary v={grammar.v}")
+    log_prediction = log_cavity if output == "cavity" else log_posterior
 
     def apply_fn(params: Any, x_t_BxD: jax.Array, t_B: jax.Array) -> jax.Array:
         del params  # the oracle has no parameters
         leaf_lik_BxDxV = process.leaf_likelihood(x_t_BxD, t_B)
-        return jnp.maximum(log_posterior(grammar, leaf_lik_BxDxV), LOG_ZERO)
+        return jnp.maximum(log_prediction(grammar, leaf_lik_BxDxV), LOG_ZERO)
 
     return apply_fn

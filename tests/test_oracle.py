@@ -1,4 +1,5 @@
 """Oracle: exact BP posterior against brute-force enumeration of every sequence of tiny grammars."""
+import functools
 import itertools
 
 import chex
@@ -7,15 +8,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rhm_jax import grammar, oracle
+from rhm_jax import diffusion, grammar, oracle
 
 B = 8  # one batch size everywhere, so each grammar shape compiles once
 
 
 @jax.jit
 def exact(g, lik):
-    """(posterior, log evidence) in one compiled call, to keep the test budget small."""
-    return oracle.posterior(g, lik), oracle.log_likelihood(g, lik)
+    """(posterior, log evidence, cavity) in one compiled call, to keep the test budget small."""
+    return (oracle.posterior(g, lik), oracle.log_likelihood(g, lik),
+            jnp.exp(oracle.log_cavity(g, lik)))
 
 
 TINY = [  # (v, n, m, s, L)
@@ -50,6 +52,16 @@ def brute_force(seqs_PxD: np.ndarray, lik_BxDxV: np.ndarray) -> tuple[np.ndarray
     return post / evidence_B[:, None, None], np.log(evidence_B / num_seqs)
 
 
+def brute_force_cavity(seqs_PxD: np.ndarray, lik_BxDxV: np.ndarray) -> np.ndarray:
+    """p(x0_i | evidence at every other position): the posterior with position i's evidence removed."""
+    cavity = np.empty(lik_BxDxV.shape)
+    for i in range(lik_BxDxV.shape[1]):
+        lik_without_i = np.array(lik_BxDxV, np.float64)
+        lik_without_i[:, i] = 1.0
+        cavity[:, i] = brute_force(seqs_PxD, lik_without_i)[0][:, i]
+    return cavity
+
+
 def masked_evidence(rng: np.random.Generator, seqs_PxD: np.ndarray, batch: int, v: int) -> np.ndarray:
     """Leaf likelihoods of the masked process: one-hot of a valid sequence, ones where masked."""
     x0 = seqs_PxD[rng.integers(len(seqs_PxD), size=batch)]
@@ -71,24 +83,26 @@ def test_random_evidence_matches_brute_force(tiny):
     lik = rng.uniform(0.05, 1.0, (B, g.d, g.v)) * rng.uniform(0.1, 10.0, (B, g.d, 1))
     lik = lik.astype(np.float32)
     post, log_ev = brute_force(seqs, lik)
-    got_post, got_log_ev = exact(g, lik)
+    got_post, got_log_ev, got_cavity = exact(g, lik)
     np.testing.assert_allclose(got_post, post, atol=1e-5)
     np.testing.assert_allclose(got_log_ev, log_ev, atol=1e-4, rtol=1e-5)
+    np.testing.assert_allclose(got_cavity, brute_force_cavity(seqs, lik), atol=1e-5)
 
 
 def test_masked_evidence_matches_brute_force(tiny):
     g, seqs = tiny
     lik = masked_evidence(np.random.default_rng(1), seqs, B, g.v)
     post, log_ev = brute_force(seqs, lik)
-    got_post, got_log_ev = exact(g, lik)
+    got_post, got_log_ev, got_cavity = exact(g, lik)
     np.testing.assert_allclose(got_post, post, atol=1e-5)
     np.testing.assert_allclose(got_log_ev, log_ev, atol=1e-4, rtol=1e-5)
+    np.testing.assert_allclose(got_cavity, brute_force_cavity(seqs, lik), atol=1e-5)
 
 
 def test_no_evidence_gives_prior_marginal(tiny):
     g, seqs = tiny
     prior_DxV = np.eye(g.v)[seqs].mean(0)
-    post, log_ev = exact(g, jnp.ones((B, g.d, g.v)))
+    post, log_ev, _ = exact(g, jnp.ones((B, g.d, g.v)))
     np.testing.assert_allclose(post, np.broadcast_to(prior_DxV, post.shape), atol=1e-6)
     np.testing.assert_allclose(log_ev, 0.0, atol=1e-5)
 
@@ -96,7 +110,7 @@ def test_no_evidence_gives_prior_marginal(tiny):
 def test_exact_evidence_recovers_the_sequence(tiny):
     g, seqs = tiny
     x0 = seqs[np.random.default_rng(3).integers(len(seqs), size=B)]
-    post, log_ev = exact(g, jax.nn.one_hot(x0, g.v))
+    post, log_ev, _ = exact(g, jax.nn.one_hot(x0, g.v))
     np.testing.assert_allclose(post, jax.nn.one_hot(x0, g.v), atol=1e-6)
     # The evidence of one valid sequence is its prior probability 1 / P_max.
     np.testing.assert_allclose(log_ev, -np.log(float(g.p_max)), rtol=1e-6)
@@ -129,10 +143,11 @@ def test_deep_wide_grammar_is_stable_and_exact():
     revealed_DxD = jnp.arange(g.d)[None, :] < jnp.arange(g.d)[:, None]
     chain = jnp.where(revealed_DxD[..., None], jax.nn.one_hot(x0[0], g.v), 1.0)
     invalid = jax.nn.one_hot(x_t[-1:], g.v)  # probability 0: must come back uniform, not nan
-    post, log_ev = exact(g, jnp.concatenate([sharp, chain, invalid]))
+    post, log_ev, cavity = exact(g, jnp.concatenate([sharp, chain, invalid]))
     num_sharp = sharp.shape[0]
     assert bool(jnp.all(jnp.isfinite(post))) and bool(jnp.all(jnp.isfinite(log_ev[:-1])))
     np.testing.assert_allclose(post.sum(-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(cavity.sum(-1), 1.0, atol=1e-5)
     assert bool(jnp.all(jnp.argmax(post[0], -1) == x0[0]))  # near-noiseless evidence pins it down
     chain_post = post[num_sharp:num_sharp + g.d]
     log_p_x = jnp.log(chain_post[jnp.arange(g.d), jnp.arange(g.d), x0[0]]).sum()
@@ -175,26 +190,61 @@ def test_wrong_evidence_shape_raises():
         oracle.log_likelihood(g, jnp.ones((7, 4)))
 
 
-class _UniformNoise:
-    """Stand-in process for the denoiser test: D3PM uniform evidence at alphabar = 1 - t."""
-
-    v = 4
-
-    def leaf_likelihood(self, x_t_BxD, t_B):
-        alphabar = (1.0 - t_B)[:, None, None]
-        return alphabar * jax.nn.one_hot(x_t_BxD, self.v) + (1.0 - alphabar) / self.v
-
-
-def test_denoiser_logits_are_the_log_posterior():
+def test_denoiser_predicts_the_cavity_or_the_posterior():
     g = grammar.sample_rules(7, v=4, n=4, m=2, s=2, L=3)
     seqs = all_sequences(g)
-    process = _UniformNoise()
-    x_t = jnp.asarray(seqs[:5])
-    x_t = x_t.at[:, 0].set((x_t[:, 0] + 1) % 4)
-    t = jnp.array([0.01, 0.1, 0.5, 0.9, 1.0])
-    logits = jax.jit(oracle.denoiser(g, process))(None, x_t, t)
-    post, _ = brute_force(seqs, np.asarray(process.leaf_likelihood(x_t, t)))
-    np.testing.assert_allclose(jnp.exp(logits), post, atol=1e-5)
-    assert bool(jnp.all(jnp.isfinite(logits)))  # impossible symbols get LOG_ZERO, not -inf
+    uniform = diffusion.make(diffusion.default_config("uniform"), g.v)
+    masked = diffusion.make(diffusion.default_config("masked"), g.v)
+    x0 = jnp.asarray(seqs[::60][:B])
+    t = jnp.linspace(0.05, 1.0, B)
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def both(process, x_t, t):
+        return [oracle.denoiser(g, process, output)(None, x_t, t) for output in oracle.OUTPUTS]
+
+    x_t = uniform.corrupt(jax.random.key(0), x0, t)
+    lik = np.asarray(uniform.leaf_likelihood(x_t, t))
+    cavity_logits, posterior_logits = both(uniform, x_t, t)
+    np.testing.assert_allclose(jnp.exp(cavity_logits), brute_force_cavity(seqs, lik), atol=1e-5)
+    np.testing.assert_allclose(jnp.exp(posterior_logits), brute_force(seqs, lik)[0], atol=1e-5)
+    # Masked: the two outputs agree wherever the token is masked, and logits stay finite.
+    z_t = masked.corrupt(jax.random.key(1), x0, t)
+    is_masked = np.asarray(z_t == masked.mask_id)
+    assert 0 < is_masked.sum() < is_masked.size
+    cavity_logits, posterior_logits = both(masked, z_t, t)
+    np.testing.assert_allclose(jnp.exp(cavity_logits)[is_masked], jnp.exp(posterior_logits)[is_masked],
+                               atol=1e-6)
+    assert bool(jnp.all(jnp.isfinite(posterior_logits)))  # impossible symbols get LOG_ZERO, not -inf
+    assert float(posterior_logits.min()) == np.float32(oracle.LOG_ZERO)
+
+
+def test_denoiser_rejects_bad_arguments():
+    g = grammar.sample_rules(0, v=8, n=8, m=2, s=2, L=2)
+    process = diffusion.make(diffusion.default_config("uniform"), 4)
     with pytest.raises(ValueError, match="process.v=4 must equal the grammar's vocabulary v=8"):
-        oracle.denoiser(grammar.sample_rules(0, v=8, n=8, m=2, s=2, L=2), process)
+        oracle.denoiser(g, process)
+    with pytest.raises(ValueError, match="output='marginal' must be one of"):
+        oracle.denoiser(g, process, output="marginal")
+
+
+def uniform_predictor(params, x_t_BxD, t_B):
+    del params, t_B
+    return jnp.zeros((*x_t_BxD.shape, 4))
+
+
+def test_oracle_loss_beats_a_uniform_predictor():
+    g = grammar.sample_rules(7, v=4, n=4, m=2, s=2, L=3)
+    x0 = jnp.asarray(all_sequences(g)[::2])  # every other sequence of the 512
+    losses = {}
+    for name in diffusion.NAMES:
+        process = diffusion.make(diffusion.default_config(name), g.v)
+        apply_fns = (oracle.denoiser(g, process), oracle.denoiser(g, process, output="posterior"),
+                     uniform_predictor)
+        # Same key for all three: same times and the same noise, so the comparison is paired.
+        three = jax.jit(lambda key: [process.loss(None, f, key, x0)[0] for f in apply_fns])
+        losses[name] = [float(x) for x in three(jax.random.key(2))]
+    cavity, posterior, flat = losses["uniform"]
+    # Same key, same noise: the cavity is the minimizer of the D3PM loss, the posterior is not.
+    assert cavity < 0.7 * posterior < 0.7 * flat, losses
+    cavity, posterior, flat = losses["masked"]
+    assert cavity == pytest.approx(posterior, rel=1e-5) and cavity < 0.7 * flat, losses
