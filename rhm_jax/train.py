@@ -197,7 +197,7 @@ def _adam(train_config: Any) -> optax.GradientTransformation:
                                eps=float(train_config.get("adam_eps", 1e-8)))  # PyTorch's default eps
 
 
-def _ema_decay(train_config: Any) -> float:
+def ema_decay(train_config: Any) -> float:
     """train.ema_decay, 0 when absent; must lie in [0, 1)."""
     decay = float(train_config.get("ema_decay", 0.0) or 0.0)
     if not 0.0 <= decay < 1.0:
@@ -220,7 +220,7 @@ def _initializer(network: Any, b1: float, b2: float, eps: float) -> Callable:
 def init_state(config: Any, network: Any, grid: Grid) -> TrainState:
     """Stacked initial state: vmapped ``network.init`` over keys derived from model_seed."""
     t = config.train
-    decay = _ema_decay(t)
+    decay = ema_decay(t)
     params, opt_state = _initializer(network, float(t.b1), float(t.b2),
                                      float(t.get("adam_eps", 1e-8)))(grid.model_seed)
     M = grid.P.shape[0]
@@ -277,7 +277,7 @@ def make_train_chunk(config: Any, process: Any, network: Any) -> Callable:
         raise ValueError(f"need train.batch_size={batch} >= 1, train.steps_per_call={K} >= 1, "
                          f"train.warmup_steps={warmup_steps} >= 0")
     adam = _adam(config.train)
-    decay = _ema_decay(config.train)
+    decay = ema_decay(config.train)
 
     def model_step(state: TrainState, grid: Grid, pool_QxD: jax.Array) -> tuple[TrainState, jax.Array, jax.Array]:
         """One step of ONE model: new state, loss if applied (else 0), whether it was applied."""

@@ -1,0 +1,191 @@
+"""Evaluate a grid of models in one compiled program: samples, coherence per level, copies, losses.
+
+Shape letters: M models, N generated samples per model, R rows for the loss estimates, Q pool rows
+(the largest P), T test rows, D sequence length, L depth, W diffusion-time windows.
+
+Per model i (vmapped; sub-batches of models in a ``lax.map`` to bound memory):
+- N samples from ``process.sample`` with the model's debiased EMA params when kept, else its params;
+- ``validity_l1..lL`` (mean over samples and node positions), ``valid`` (fully valid sequences);
+- ``copy``: samples equal to a row of the model's OWN training set (pool rows < P_i),
+  ``novel_valid``: valid and not a copy, ``duplicates``: samples equal to an earlier sample;
+- ``rule_coverage_l*``: fraction of the level's rules used at least once by valid nodes,
+  ``rule_entropy_l*``: entropy of that usage over log(number of rules) (0 when nothing is valid);
+- ``train_loss`` / ``test_loss`` on R fixed rows (train rows cycle through the model's own P_i rows),
+  ``train_loss_window`` / ``test_loss_window`` (W,) per window of diffusion time;
+- ``step`` and ``epoch`` = step * B / P_i.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rhm_jax import coherence, train
+
+DEFAULT_LOSS_ROWS = 1024
+_EVAL_ROWS_SEED = np.uint32(0xE7A1)  # the train rows of the loss estimate: not the training order
+_ACTIVATION_FACTOR = 24  # live (N, D, width) float32 tensors while sampling, a generous guess
+
+
+def eval_steps(num_steps: int, per_octave: int) -> list[int]:
+    """Log-spaced steps 2**(k / per_octave), rounded and deduplicated, from 1, plus ``num_steps``."""
+    if not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
+        raise ValueError(f"num_steps={num_steps!r} must be an integer >= 1")
+    if not isinstance(per_octave, (int, np.integer)) or per_octave < 1:
+        raise ValueError(f"per_octave={per_octave!r} must be an integer >= 1")
+    steps = {int(num_steps)}
+    k = 0
+    while (step := round(2 ** (k / per_octave))) <= num_steps:
+        steps.add(step)
+        k += 1
+    return sorted(steps)
+
+
+def duplicate_fraction(tokens_NxD: jax.Array) -> jax.Array:
+    """Fraction of rows equal to another row that precedes them: (N - distinct rows) / N."""
+    order_N = jnp.lexsort(tuple(tokens_NxD[:, j] for j in reversed(range(tokens_NxD.shape[1]))))
+    sorted_NxD = tokens_NxD[order_N]
+    repeat_N = (sorted_NxD[1:] == sorted_NxD[:-1]).all(-1)
+    return repeat_N.sum(dtype=jnp.float32) / tokens_NxD.shape[0]
+
+
+def _usage_scores(counts: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(coverage, normalized entropy) of a (symbols, m) rule-usage count table."""
+    counts = counts.reshape(-1).astype(jnp.float32)
+    coverage = (counts > 0).mean()
+    total = counts.sum()
+    p = counts / jnp.maximum(total, 1.0)
+    entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))
+    return coverage, jnp.where(total > 0, entropy / math.log(counts.shape[0]), 0.0)
+
+
+def score_samples(grammar: Any, lookup: coherence.Lookup, tokens_NxD: jax.Array, P: jax.Array) -> dict:
+    """Coherence scores of one model's samples; copies are pool rows below ``P`` (traced)."""
+    result = coherence.validity(grammar, tokens_NxD)
+    copy_N = coherence.is_copy(lookup, tokens_NxD, P)
+    scores = {f"validity_l{l}": result.per_level[:, l - 1].mean() for l in range(1, grammar.L + 1)}
+    scores["valid"] = result.valid.mean(dtype=jnp.float32)
+    scores["copy"] = copy_N.mean(dtype=jnp.float32)
+    scores["novel_valid"] = (result.valid & ~copy_N).mean(dtype=jnp.float32)
+    scores["duplicates"] = duplicate_fraction(tokens_NxD)
+    for l, counts in enumerate(coherence.rule_usage(result), start=1):
+        scores[f"rule_coverage_l{l}"], scores[f"rule_entropy_l{l}"] = _usage_scores(counts)
+    return scores
+
+
+def _models_per_batch(config: Any, d: int, M: int) -> int:
+    """Models evaluated at once: eval.models_per_batch if set (> 0), else a device-memory guess."""
+    chosen = int(config.eval.get("models_per_batch", 0) or 0)
+    if chosen > 0:
+        return min(chosen, M)
+    try:
+        limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
+    except Exception:  # CPU backends may not report memory
+        limit = None
+    budget = 0.25 * limit if limit else 8 * 2**30
+    width = int(config.network.get("width", 256))
+    per_model = int(config.eval.num_samples) * d * width * 4 * _ACTIVATION_FACTOR
+    return int(max(1, min(M, budget // per_model)))
+
+
+def _map_models(fn: Callable, args: Any, M: int, per_batch: int) -> Any:
+    """``vmap(fn)`` over leading-M args, ``per_batch`` models at a time (the last batch padded)."""
+    if per_batch >= M:
+        return jax.vmap(fn)(args)
+    batches = -(-M // per_batch)
+    index = jnp.minimum(jnp.arange(batches * per_batch), M - 1)  # pad by repeating the last model
+    stacked = jax.tree_util.tree_map(lambda x: x[index].reshape(batches, per_batch, *x.shape[1:]), args)
+    out = jax.lax.map(jax.vmap(fn), stacked)
+    return jax.tree_util.tree_map(lambda x: x.reshape(batches * per_batch, *x.shape[2:])[:M], out)
+
+
+def make_evaluator(config: Any, grammar: Any, process: Any, network: Any, pool_QxD: jax.Array,
+                   test_TxD: jax.Array) -> Callable:
+    """``evaluate(state_M, grid_M, key) -> dict of (M, ...) arrays``, jitted once per grid size M.
+
+    Deterministic given ``key``: model i samples with fold_in(key, model_seed_i), so a model's
+    scores do not depend on the other models of the grid.
+    """
+    num_samples = int(config.eval.num_samples)
+    num_windows = int(config.eval.num_windows)
+    rows = int(config.eval.get("loss_rows", DEFAULT_LOSS_ROWS) or DEFAULT_LOSS_ROWS)
+    if num_samples < 1 or num_windows < 1 or rows < 1:
+        raise ValueError(f"need eval.num_samples={num_samples} >= 1, eval.num_windows={num_windows} >= 1,"
+                         f" eval.loss_rows={rows} >= 1")
+    if pool_QxD.ndim != 2 or test_TxD.ndim != 2 or pool_QxD.shape[1] != grammar.d or test_TxD.shape[1] != grammar.d:
+        raise ValueError(f"pool_QxD {pool_QxD.shape} and test_TxD {test_TxD.shape} must be (rows, d={grammar.d})")
+    if len(test_TxD) < 1:
+        raise ValueError("test_TxD must hold at least one row")
+    batch = int(config.train.batch_size)
+    decay = train.ema_decay(config.train)
+    lookup = coherence.make_lookup(pool_QxD)
+    test_RxD = jnp.asarray(test_TxD[:rows], jnp.int32)
+    sample_kwargs = {} if getattr(process, "d", None) is not None else {"d": grammar.d}
+
+    def one_model(args: tuple, grammar: Any, lookup: coherence.Lookup, pool_QxD: jax.Array,
+                  test_RxD: jax.Array, key: jax.Array) -> dict:
+        """All metrics of ONE model."""
+        state, grid = args
+        params = train.eval_params(state, decay)
+        key = jax.random.fold_in(key, grid.model_seed)
+        k_sample, k_train, k_test, k_train_w, k_test_w = jax.random.split(key, 5)
+        tokens_NxD = process.sample(params, network.apply, k_sample, num_samples, **sample_kwargs)
+        metrics = score_samples(grammar, lookup, tokens_NxD, grid.P)
+        train_RxD = pool_QxD[train.batch_indices(_EVAL_ROWS_SEED ^ grid.data_seed, grid.P, 0, rows)]
+        metrics["train_loss"] = process.loss(params, network.apply, k_train, train_RxD)[0]
+        metrics["test_loss"] = process.loss(params, network.apply, k_test, test_RxD)[0]
+        metrics["train_loss_window"] = process.window_losses(params, network.apply, k_train_w, train_RxD,
+                                                             num_windows)
+        metrics["test_loss_window"] = process.window_losses(params, network.apply, k_test_w, test_RxD,
+                                                            num_windows)
+        metrics["step"] = state.step
+        metrics["epoch"] = train.epochs(state.step, grid.P, batch)
+        return metrics
+
+    @jax.jit
+    def run(state: train.TrainState, grid: train.Grid, key: jax.Array, grammar: Any,
+            lookup: coherence.Lookup, pool_QxD: jax.Array, test_RxD: jax.Array) -> dict:
+        M = grid.P.shape[0]
+        # Only what sampling needs travels into the model batches (not the optimizer state).
+        slim = state.replace(opt_state=None)
+        fn = lambda args: one_model(args, grammar, lookup, pool_QxD, test_RxD, key)
+        return _map_models(fn, (slim, grid), M, _models_per_batch(config, grammar.d, M))
+
+    def evaluate(state: train.TrainState, grid: train.Grid, key: jax.Array) -> dict:
+        """Metrics of every model of the grid, leading axis M."""
+        return run(state, grid, key, grammar, lookup, pool_QxD, test_RxD)
+
+    return evaluate
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar as a Python value; non-finite floats become None (strict JSON)."""
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer, int)):
+        return int(value)
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def to_rows(metrics: dict, grid_rows: list[dict], state: train.TrainState) -> list[dict]:
+    """One flat JSON-able dict per model; (W,) windows become ``<name>_0 .. <name>_{W-1}``."""
+    metrics, step, diverged, diverged_step = jax.device_get(
+        (metrics, state.step, state.diverged, state.diverged_step))
+    out = []
+    for j, grid_row in enumerate(grid_rows):
+        row = dict(model=int(grid_row["index"]), P=int(grid_row["P"]), seed=int(grid_row["seed"]),
+                   lr=float(grid_row["lr"]), step=int(step[j]), diverged=bool(diverged[j]),
+                   diverged_step=int(diverged_step[j]))
+        for name, values in metrics.items():
+            value = np.asarray(values[j])
+            if value.ndim == 0:
+                row[name] = _plain(value)
+            else:
+                row.update({f"{name}_{w}": _plain(x) for w, x in enumerate(value.ravel())})
+        row["step"] = int(step[j])
+        out.append(row)
+    return out
