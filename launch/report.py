@@ -10,8 +10,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=None, help="output folder (default: <first workdir>/report)")
     parser.add_argument("--method", default="sigmoid", choices=("sigmoid", "interp"),
                         help="threshold estimate: logistic fit in log P, or monotone interpolation")
+    parser.add_argument("--at", default="last", choices=("last", "best"),
+                        help="evaluation of each model that counts: its last, or its lowest test loss")
     args = parser.parse_args(argv)
-    paths = report.make_report(args.workdir, args.out, args.method)
+    paths = report.make_report(args.workdir, args.out, args.method, args.at)
     print(f"wrote {len(paths['figures'])} figures and {paths['report'][0]}")
 
 

@@ -88,17 +88,26 @@ def healthy(df: pd.DataFrame) -> pd.DataFrame:
     return df[~bad]
 
 
-def final(df: pd.DataFrame) -> pd.DataFrame:
-    """The last evaluation of every model (one row per workdir and model)."""
+def final(df: pd.DataFrame, at: str = "last") -> pd.DataFrame:
+    """One evaluation per model: its ``last``, or its ``best`` (lowest test loss: early stopping)."""
     df = _keyed(df)
-    last = df.groupby(["workdir", "model"])["step"].transform("max")
-    return df[df["step"] == last].drop_duplicates(["workdir", "model"]).reset_index(drop=True)
+    if at == "last":
+        pick = df.groupby(["workdir", "model"])["step"].idxmax()
+    elif at == "best":
+        if "test_loss" not in df:
+            raise ValueError("at='best' needs a test_loss column")
+        # earliest step among equal minima (NaN losses sort last)
+        ordered = df.sort_values(["workdir", "model", "test_loss", "step"], na_position="last")
+        pick = ordered.groupby(["workdir", "model"]).head(1).index
+    else:
+        raise ValueError(f"at must be 'last' or 'best', got {at!r}")
+    return df.loc[pick].reset_index(drop=True)
 
 
-def final_validity(df: pd.DataFrame) -> pd.DataFrame:
+def final_validity(df: pd.DataFrame, at: str = "last") -> pd.DataFrame:
     """Long table of final validity: one row per (workdir, model, level) with P and seed."""
-    last = final(healthy(_keyed(df)))
-    ids = [c for c in ("workdir", "model", "P", "seed", "lr", *GRAMMAR_KEYS) if c in last]
+    last = final(healthy(_keyed(df)), at)
+    ids = [c for c in ("workdir", "model", "P", "seed", "lr", "step", *GRAMMAR_KEYS) if c in last]
     long = last.melt(id_vars=ids, value_vars=[f"validity_l{l}" for l in levels(df)],
                      var_name="level", value_name="validity")
     long["level"] = long["level"].str.removeprefix("validity_l").astype(int)
@@ -212,9 +221,13 @@ def _censor(validity: pd.Series) -> str:
     return ""
 
 
-def thresholds(df: pd.DataFrame, method: str = "sigmoid") -> pd.DataFrame:
-    """Per (workdir, level, seed) and pooled over seeds (seed = -1): the threshold P*_l."""
-    long = final_validity(df)
+def thresholds(df: pd.DataFrame, method: str = "sigmoid", at: str = "last") -> pd.DataFrame:
+    """Per (workdir, level, seed) and pooled over seeds (seed = -1): the threshold P*_l.
+
+    ``at`` picks each model's evaluation: 'last', or 'best' (lowest test loss, i.e. early stopping,
+    which keeps small-P models from counting memorized copies as learned rules).
+    """
+    long = final_validity(df, at)
     keys = curve_keys(long)
     rows = []
     for values, group in long.groupby([*keys, "level"]):
@@ -294,9 +307,9 @@ def fit_constant(summary: pd.DataFrame) -> dict[str, float]:
                 num=int(len(s)))
 
 
-def collapse(df: pd.DataFrame) -> pd.DataFrame:
+def collapse(df: pd.DataFrame, at: str = "last") -> pd.DataFrame:
     """Final validity with the rescaled size x = P / (v m**(l+1)) for the collapse plot."""
-    long = final_validity(df)
+    long = final_validity(df, at)
     for key in ("v", "m"):
         if key not in long:
             raise ValueError(f"metrics need the grammar column {key!r} for the collapse")
@@ -346,9 +359,9 @@ def memorization_onset(df: pd.DataFrame, copy_level: float = 0.1) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
-def creativity(df: pd.DataFrame) -> pd.DataFrame:
-    """Per model at its last evaluation: valid, copy, novel_valid and novel share of valid ones."""
-    last = final(healthy(_keyed(df)))
+def creativity(df: pd.DataFrame, at: str = "last") -> pd.DataFrame:
+    """Per model at its last (or best) evaluation: valid, copy, novel_valid and novel share of valid."""
+    last = final(healthy(_keyed(df)), at)
     ids = [c for c in ("workdir", "model", "P", "seed", "lr") if c in last]
     out = last[[*ids, "valid", "copy", "novel_valid"]].copy()
     with np.errstate(invalid="ignore", divide="ignore"):

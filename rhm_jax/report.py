@@ -52,7 +52,7 @@ def _uniform_baseline(g: dict, level: int) -> float:
     """Validity of uniformly random tokens at ``level``: f**((s**l - 1)/(s - 1)), f = m / v**(s-1)."""
     try:
         from rhm_jax import theory
-        return float(theory.uniform_validity(v=g["v"], m=g["m"], s=g["s"], level=level))
+        return float(theory.uniform_validity(g["v"], g["m"], g["s"], g["L"], g.get("n"))[level - 1])
     except (ImportError, AttributeError, TypeError):
         f = g["m"] / g["v"] ** (g["s"] - 1)
         return float(f ** ((g["s"] ** level - 1) // (g["s"] - 1)))
@@ -60,9 +60,9 @@ def _uniform_baseline(g: dict, level: int) -> float:
 
 # ----------------------------------------------------------------------------- figures
 
-def plot_validity_vs_p(df: pd.DataFrame, summary: pd.DataFrame, out: str) -> list[str]:
+def plot_validity_vs_p(df: pd.DataFrame, summary: pd.DataFrame, out: str, at: str = "last") -> list[str]:
     """Final validity vs P per level (mean +- std over seeds), fitted logistic, fitted and theory P*."""
-    long = analysis.final_validity(df)
+    long = analysis.final_validity(df, at)
     workdirs = sorted(long["workdir"].unique())
     fig = Figure(figsize=(5.0 * len(workdirs), 3.8))
     axes = fig.subplots(1, len(workdirs), squeeze=False)[0]
@@ -89,15 +89,15 @@ def plot_validity_vs_p(df: pd.DataFrame, summary: pd.DataFrame, out: str) -> lis
         ax.set_xscale("log")
         ax.set_ylim(-0.03, 1.03)
         ax.set_xlabel("training-set size P")
-        ax.set_ylabel("final validity")
+        ax.set_ylabel(f"validity ({at} evaluation)")
         ax.set_title(f"{_label(workdir)}: " + ", ".join(f"{k}={v}" for k, v in g.items()), fontsize=9)
         ax.legend(fontsize=7, title="-- fit P*, : v m^(l+1), -. uniform", title_fontsize=6)
     return _save(fig, out, "validity_vs_P")
 
 
-def plot_collapse(df: pd.DataFrame, out: str) -> list[str]:
+def plot_collapse(df: pd.DataFrame, out: str, at: str = "last") -> list[str]:
     """Final validity against P / (v m**(l+1)) for every level and work directory."""
-    points = analysis.collapse(df)
+    points = analysis.collapse(df, at)
     fig = Figure(figsize=(5.5, 4.0))
     ax = fig.subplots()
     workdirs = sorted(points["workdir"].unique())
@@ -114,7 +114,7 @@ def plot_collapse(df: pd.DataFrame, out: str) -> list[str]:
     ax.axvline(1.0, color="gray", ls=":", lw=1)
     ax.set_xscale("log")
     ax.set_xlabel("P / (v m^(l+1))")
-    ax.set_ylabel("final validity")
+    ax.set_ylabel(f"validity ({at} evaluation)")
     ax.set_title("collapse across levels and runs", fontsize=9)
     ax.legend(fontsize=6, ncol=2)
     return _save(fig, out, "collapse")
@@ -258,9 +258,9 @@ def _mean_by_P(table: pd.DataFrame, value: str, columns: str | None = None) -> p
 
 
 def write_markdown(workdirs: Sequence[str], df: pd.DataFrame, out: str, figures: list[str],
-                   method: str = "sigmoid") -> str:
+                   method: str = "sigmoid", at: str = "last") -> str:
     """``report.md``: provenance, thresholds vs theory, ratios, c, learning times, copies, creativity."""
-    table = analysis.thresholds(df, method)
+    table = analysis.thresholds(df, method, at)
     summary = analysis.threshold_summary(table)
     fit = analysis.fit_constant(summary) if {"v", "m"} <= set(summary) else {}
     summary = summary.assign(
@@ -276,7 +276,7 @@ def write_markdown(workdirs: Sequence[str], df: pd.DataFrame, out: str, figures:
     ratios["workdir"] = ratios["workdir"].map(_label)
     times = analysis.learning_times(df)
     onset = analysis.memorization_onset(df) if "copy" in df else pd.DataFrame()
-    creative = analysis.creativity(df) if {"valid", "copy", "novel_valid"} <= set(df) else pd.DataFrame()
+    creative = analysis.creativity(df, at) if {"valid", "copy", "novel_valid"} <= set(df) else pd.DataFrame()
     diverged = analysis.diverged_models(df)
     lines = [f"# rhm_jax report\n", f"Written {datetime.datetime.now().isoformat(timespec='seconds')} "
              f"from {len(workdirs)} work director{'y' if len(workdirs) == 1 else 'ies'}.\n", "## Runs\n"]
@@ -284,7 +284,7 @@ def write_markdown(workdirs: Sequence[str], df: pd.DataFrame, out: str, figures:
         lines += _provenance_lines(workdir, analysis.read_config(workdir), df[df["workdir"] == str(workdir)])
         lines.append("")
     lines += [
-        f"## Thresholds P*_l (final validity = 1/2; {method} fit in log P)\n",
+        f"## Thresholds P*_l (validity = 1/2 at each model's {at} evaluation; {method} fit in log P)\n",
         "`P_star`: fit pooled over seeds; `P_star_mean`/`P_star_std`: over per-seed fits; `censored`: "
         "'above' when no P reaches 1/2 (P* > largest P), 'below' when all do. `theory`: v m^(l+1) "
         "(rhm_jax.theory when present).\n",
@@ -299,7 +299,7 @@ def write_markdown(workdirs: Sequence[str], df: pd.DataFrame, out: str, figures:
         "## Memorization onset (first step with copy fraction >= 0.1) and final copies\n",
         markdown_table(pd.concat([_mean_by_P(onset, "step"), _mean_by_P(onset, "final_copy")[["final_copy"]]],
                                  axis=1)) if len(onset) else "_(no copy column)_\n",
-        "## Creativity at the last evaluation (novel_share = novel valid / valid)\n",
+        f"## Creativity at the {at} evaluation (novel_share = novel valid / valid)\n",
         markdown_table(creative.groupby([*analysis.curve_keys(creative), "P"])
                        [["valid", "copy", "novel_valid", "novel_share"]]
                        .mean().reset_index().assign(workdir=lambda d: d["workdir"].map(_label)))
@@ -313,22 +313,26 @@ def write_markdown(workdirs: Sequence[str], df: pd.DataFrame, out: str, figures:
     return path
 
 
-def make_report(workdirs: Sequence[str], out: str | None = None, method: str = "sigmoid") -> dict[str, list[str]]:
-    """Load the work directories, write every figure and ``report.md`` into ``out``; return paths."""
+def make_report(workdirs: Sequence[str], out: str | None = None, method: str = "sigmoid",
+                at: str = "last") -> dict[str, list[str]]:
+    """Load the work directories, write every figure and ``report.md`` into ``out``; return paths.
+
+    ``at``: which evaluation of each model counts, 'last' or 'best' (lowest test loss).
+    """
     workdirs = [str(w) for w in ([workdirs] if isinstance(workdirs, (str, os.PathLike)) else workdirs)]
     if not workdirs:
         raise ValueError("workdirs must name at least one work directory")
     out = out or os.path.join(workdirs[0], "report")
     os.makedirs(out, exist_ok=True)
     df = analysis.load(workdirs)
-    summary = analysis.threshold_summary(analysis.thresholds(df, method))
-    figures = plot_validity_vs_p(df, summary, out)
+    summary = analysis.threshold_summary(analysis.thresholds(df, method, at))
+    figures = plot_validity_vs_p(df, summary, out, at)
     if {"v", "m"} <= set(df):
-        figures += plot_collapse(df, out)
+        figures += plot_collapse(df, out, at)
     many = len(workdirs) > 1
     for i, workdir in enumerate(workdirs):
         suffix = f"_{i}_{_label(workdir)}" if many else ""
         figures += plot_time(df, workdir, out, f"time{suffix}")
         figures += plot_windows(df, workdir, out, f"windows{suffix}")
-    report = write_markdown(workdirs, df, out, figures, method)
+    report = write_markdown(workdirs, df, out, figures, method, at)
     return dict(figures=figures, report=[report])

@@ -221,3 +221,22 @@ def test_learning_rates_on_one_grid_give_separate_curves():
     for level in (1, 2):
         assert by_lr[(1e-4, level)] / by_lr[(1e-3, level)] == pytest.approx(4.0, rel=0.1)
     assert analysis.learning_times(fast)["lr"].eq(1e-3).all()
+
+
+def test_best_evaluation_ignores_memorized_small_p_models():
+    """Small-P models that end up copying their data (valid, but overfit) count at their test-loss minimum."""
+    rows, truth = [], 200.0
+    for model, P in enumerate(np.logspace(1, 4, 13).round()):
+        learned = float(analysis.sigmoid(np.log10(P), np.log10(truth), 8.0))
+        overfit = P < truth
+        rows.append(dict(model=model, P=P, seed=0, step=100, validity_l1=learned, test_loss=1.0))
+        rows.append(dict(model=model, P=P, seed=0, step=200, validity_l1=1.0 if overfit else learned,
+                         test_loss=2.0 if overfit else 0.5))
+    df = pd.DataFrame(rows)
+    best = analysis.threshold_summary(analysis.thresholds(df, at="best")).iloc[0]
+    assert best["P_star"] == pytest.approx(truth, rel=0.02)
+    last = analysis.threshold_summary(analysis.thresholds(df, at="last")).iloc[0]
+    assert last["censored"] == "below"  # memorized copies look like learned rules
+    assert set(analysis.final(df, "best").query("P < 200")["step"]) == {100}
+    with pytest.raises(ValueError, match="at"):
+        analysis.final(df, "first")

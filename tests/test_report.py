@@ -54,7 +54,7 @@ def test_report_constant_matches_analysis(two_workdirs, written):
 
 
 def test_launch_report_cli_defaults_out_to_workdir(two_workdirs, capsys):
-    launch_report.main(["--workdir", two_workdirs[1]])
+    launch_report.main(["--workdir", two_workdirs[1], "--at", "best"])
     assert os.path.exists(os.path.join(two_workdirs[1], "report", "report.md"))
     assert os.path.exists(os.path.join(two_workdirs[1], "report", "time.pdf"))
     assert "report.md" in capsys.readouterr().out

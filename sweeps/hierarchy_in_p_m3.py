@@ -1,0 +1,45 @@
+"""Companion of hierarchy_in_p with m=3 (v=16): do the thresholds collapse across m?
+
+Launch:   python -m launch.local --config sweeps/hierarchy_in_p_m3.py --workdir runs/hierarchy_in_p_m3
+          python -m launch.report --workdir runs/hierarchy_in_p runs/hierarchy_in_p_m3
+Quick:    python -m launch.local --config sweeps/hierarchy_in_p_m3.py:quick --workdir runs/hierarchy_in_p_m3_quick
+Grid:     v=n=16, m=3, s=2, L=4 (d=16, P_max = 16 * 3**15 ~ 2.3e8), P = 32 .. 16384 (10 values, one
+          per octave, from about v m**2 / 4 to 4 v m**(L+1)), 3 seeds: 30 bpUNets (W=1024, 25.2M
+          parameters each), batch 64, Adam 1e-4, 2**18 steps each: everything but m as in
+          hierarchy_in_p.
+Run time: ESTIMATE, not yet measured: as hierarchy_in_p (same network, memory-bound training at
+          ~2,400 model-steps/s on an H100), 30 x 2**18 model-steps in about 55 min plus ~2 min of
+          evaluations. Quick: about 3-5 minutes on a 2-core CPU.
+Expected: P*_l ~ c v m**(l+1) = c * (144, 432, 1296, 3888) with ratios ~ m = 3 and the same c as the
+          m=4 sweep: validity vs P / (v m**(l+1)) of both sweeps and all levels on one curve.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from rhm_jax import config as config_lib
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The m=3 P sweep; 'quick' is the m=2 companion of hierarchy_in_p's quick grid (v=8, L=3)."""
+    if arg not in (None, "", "quick"):
+        raise ValueError(f"sweeps/hierarchy_in_p_m3.py takes no argument or 'quick', got {arg!r}")
+    config = config_lib.base_config()
+    config.grammar.update(dict(v=16, n=16, m=3, s=2, L=4, seed=0))
+    config.data.update(dict(num_train=tuple(32 * 2**k for k in range(10)), num_test=1024, seed=0))
+    config.network.update(dict(name="bpunet", width=1024))
+    config.train.update(dict(batch_size=64, lr=(1e-4,), num_steps=2**18, num_epochs=0.0, seeds=(0, 1, 2)))
+    config.eval.update(dict(num_samples=1024, per_octave=2, num_windows=10))
+    if arg == "quick":
+        _quick(config)
+    return config
+
+
+def _quick(config: ml_collections.ConfigDict) -> None:
+    """v=8, m=2, L=3 (P_max = 1024): thresholds ~ 32, 64, 128, to set beside the quick m=3 grid."""
+    config.grammar.update(dict(v=8, n=8, m=2, s=2, L=3, seed=0))
+    config.data.update(dict(num_train=(8, 16, 32, 64, 128, 256, 512), num_test=256, seed=0))
+    config.process.T = 50
+    config.network.width = 64
+    config.train.update(dict(batch_size=64, lr=(1e-3,), num_steps=3000, seeds=(0,), steps_per_call=100))
+    config.eval.update(dict(num_samples=256, per_octave=1, num_windows=10))
