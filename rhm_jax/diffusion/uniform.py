@@ -90,10 +90,15 @@ class UniformProcess:
 
     def corrupt(self, key: jax.Array, x0_BxD: jax.Array, t_B: jax.Array) -> jax.Array:
         """Sample x_t ~ alphabar_t onehot(x0) + (1 - alphabar_t)/v, int32 (B, D)."""
-        key_keep, key_noise = jax.random.split(key)
-        keep_BxD = jax.random.uniform(key_keep, x0_BxD.shape) < self.alphabar(t_B)[:, None]
-        noise_BxD = jax.random.randint(key_noise, x0_BxD.shape, 0, self.v, dtype=jnp.int32)
-        return jnp.where(keep_BxD, x0_BxD, noise_BxD).astype(jnp.int32)
+        # One uniform draw decides both: u < alphabar keeps x0, otherwise (u - alphabar) is uniform
+        # on [0, 1 - alphabar) and picks the noise token. A second draw would double XLA's compile
+        # time of this function (it constant-folds the small PRNG counters), for no statistical gain
+        # beyond the 2**-23 resolution of u.
+        u_BxD = jax.random.uniform(key, x0_BxD.shape)
+        ab_Bx1 = self.alphabar(t_B)[:, None]
+        noise_BxD = jnp.floor((u_BxD - ab_Bx1) / (1.0 - ab_Bx1) * self.v)
+        noise_BxD = jnp.clip(noise_BxD, 0, self.v - 1).astype(jnp.int32)
+        return jnp.where(u_BxD < ab_Bx1, x0_BxD, noise_BxD).astype(jnp.int32)
 
     def leaf_likelihood(self, x_t_BxD: jax.Array, t_B: jax.Array) -> jax.Array:
         """p(x_t_i | x0_i = b) for every b, float32 (B, D, V)."""
@@ -120,7 +125,8 @@ class UniformProcess:
              x0_BxD: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Mean KL over a batch with i uniform in 1..T per example; aux: x0 accuracy."""
         key_t, key_x = jax.random.split(key)
-        i_B = jax.random.randint(key_t, (x0_BxD.shape[0],), 1, self.T + 1, dtype=jnp.int32)
+        u_B = jax.random.uniform(key_t, (x0_BxD.shape[0],))
+        i_B = jnp.clip(jnp.floor(u_B * self.T).astype(jnp.int32) + 1, 1, self.T)  # uniform in 1..T
         kl_B, acc_B = self._losses_B(params, apply_fn, key_x, x0_BxD, i_B)
         return kl_B.mean(), {"x0_accuracy": acc_B.mean()}
 
@@ -145,7 +151,8 @@ class UniformProcess:
         grid = np.floor(np.linspace(self.T, 0, steps + 1) + 0.5).astype(np.int32)
         log_ab = self._log_ab()
         key_init, key_steps = jax.random.split(key)
-        x_NxD = jax.random.randint(key_init, (num, d), 0, self.v, dtype=jnp.int32)
+        u_NxD = jax.random.uniform(key_init, (num, d))
+        x_NxD = jnp.clip(jnp.floor(u_NxD * self.v), 0, self.v - 1).astype(jnp.int32)
 
         def step(x_NxD: jax.Array, inputs: tuple[jax.Array, ...]) -> tuple[jax.Array, None]:
             hi, lo, step_key = inputs
