@@ -180,6 +180,7 @@ def test_make_reads_any_config_object_and_is_static_under_jit():
     procs = [diffusion.make(cfg, V), diffusion.make(types.SimpleNamespace(**cfg), V)]
     assert procs[0] == procs[1] and hash(procs[0]) == hash(procs[1])
     assert procs[0].sampler_steps == 7 and procs[0].input_vocab == V + 1
+    assert procs[0].name == "masked" and small_uniform().name == "uniform"
     msk = diffusion.make(diffusion.default_config("masked"), V)
     assert (msk.sampler_steps, msk.eps, msk.schedule) == (200, 1e-4, "linear")
     uni = diffusion.make(diffusion.default_config(), 8)
@@ -199,6 +200,7 @@ def test_uniform_schedule_index_convention():
     assert table[0] == pytest.approx(1 - b1)
     proc = diffusion.make(config("uniform"), 8)
     np.testing.assert_allclose(proc.alphabar(jnp.arange(T + 1) / T), explicit, rtol=2e-5)
+    np.testing.assert_allclose(proc.alphabar_schedule(), explicit, rtol=1e-12)
 
 
 def test_uniform_forward_marginals_match_closed_form():

@@ -18,7 +18,7 @@ Conventions (MD4's ``MaskingSchedule`` and continuous-time loss):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +35,7 @@ _T_MIN = 1e-6  # keeps w(t) finite at t = 0 for poly with power < 1
 class MaskedProcess:
     """MD4 absorbing diffusion over ``v`` tokens plus a mask; hashable, so static under jit."""
 
+    name: ClassVar[str] = "masked"
     v: int
     schedule: str = "linear"
     power: float = 1.0

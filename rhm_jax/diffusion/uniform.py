@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -66,6 +66,7 @@ def posterior_logits(x_t_BxD: jax.Array, x0_probs_BxDxV: jax.Array, log_ab_hi_B:
 class UniformProcess:
     """D3PM with uniform noise over ``v`` tokens; hashable, so it can be static under jit."""
 
+    name: ClassVar[str] = "uniform"
     v: int
     T: int = 200
     beta1: float = 1e-3
@@ -76,6 +77,10 @@ class UniformProcess:
     def input_vocab(self) -> int:
         """Token ids the network sees: the x0 vocabulary (no extra token)."""
         return self.v
+
+    def alphabar_schedule(self) -> np.ndarray:
+        """(T+1,) float64 alphabar_i for i = 0..T (t = i / T), e.g. for input standardization."""
+        return np.exp(log_alphabar_table(self.T, self.beta1, self.beta2))
 
     def _log_ab(self) -> jax.Array:
         return jnp.asarray(log_alphabar_table(self.T, self.beta1, self.beta2), jnp.float32)
