@@ -114,6 +114,8 @@ def make_grid(config: Any) -> tuple[Grid, list[dict]]:
                 steps = budget_steps(config.train, P)
                 rows.append(dict(index=len(rows), P=P, seed=seed, lr=lr, budget_steps=steps,
                                  budget_epochs=steps * batch / P))
+    start, stop = slice_bounds(_grid_slice_spec(config), len(rows))
+    rows = rows[start:stop]  # a job-array task's share; "index" stays the model's index in the full grid
     grid = Grid(
         P=jnp.asarray([r["P"] for r in rows], jnp.int32),
         data_seed=jnp.asarray([r["seed"] for r in rows], jnp.uint32),
@@ -122,6 +124,29 @@ def make_grid(config: Any) -> tuple[Grid, list[dict]]:
         budget=jnp.asarray([r["budget_steps"] for r in rows], jnp.int32),
     )
     return grid, rows
+
+
+# ----------------------------------------------------------------------------- grid slices (job arrays)
+
+
+def _grid_slice_spec(config: Any) -> str:
+    """run.grid_slice, '' (the whole grid) when the config has no such field."""
+    run = config.get("run", None)
+    spec = run.get("grid_slice", "") if run is not None else ""
+    return "" if spec is None else spec
+
+
+def slice_bounds(spec: str, num_models: int) -> tuple[int, int]:
+    """[start, stop) of slice 'k/K' of M models: K consecutive, balanced slices ('' = all)."""
+    if spec == "":
+        return 0, num_models
+    try:
+        k, K = (int(part) for part in str(spec).split("/"))
+    except ValueError:
+        raise ValueError(f"run.grid_slice={spec!r} must look like 'k/K' (slice k of K, 0 <= k < K)") from None
+    if not 0 <= k < K <= num_models:
+        raise ValueError(f"run.grid_slice={spec!r} needs 0 <= k < K <= M={num_models} (the grid's model count)")
+    return k * num_models // K, (k + 1) * num_models // K
 
 
 # ----------------------------------------------------------------------------- batching
@@ -194,7 +219,19 @@ def step_key(model_seed: jax.Array, step: jax.Array) -> jax.Array:
 def _adam(train_config: Any) -> optax.GradientTransformation:
     """Adam's moment scaling; the learning rate (per model, warmed up) is applied outside."""
     return optax.scale_by_adam(b1=float(train_config.b1), b2=float(train_config.b2),
-                               eps=float(train_config.get("adam_eps", 1e-8)))  # PyTorch's default eps
+                               eps=float(train_config.get("adam_eps", 1e-8)),  # PyTorch's default eps
+                               mu_dtype=mu_dtype(train_config))
+
+
+MU_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}  # None: the parameters' dtype
+
+
+def mu_dtype(train_config: Any) -> Any:
+    """train.mu_dtype: dtype of Adam's first moment (bfloat16 halves its memory traffic)."""
+    name = train_config.get("mu_dtype", "float32") or "float32"
+    if name not in MU_DTYPES:
+        raise ValueError(f"train.mu_dtype={name!r} must be one of {tuple(MU_DTYPES)}")
+    return MU_DTYPES[name]
 
 
 def ema_decay(train_config: Any) -> float:
@@ -206,9 +243,9 @@ def ema_decay(train_config: Any) -> float:
 
 
 @functools.lru_cache(maxsize=32)
-def _initializer(network: Any, b1: float, b2: float, eps: float) -> Callable:
+def _initializer(network: Any, b1: float, b2: float, eps: float, mu: Any = None) -> Callable:
     """Jitted, vmapped (params, opt_state) init; cached so repeated grids reuse the compilation."""
-    adam = optax.scale_by_adam(b1=b1, b2=b2, eps=eps)
+    adam = optax.scale_by_adam(b1=b1, b2=b2, eps=eps, mu_dtype=mu)
 
     def init_one(seed: jax.Array) -> tuple[Any, Any]:
         params = network.init(init_key(seed))
@@ -222,7 +259,7 @@ def init_state(config: Any, network: Any, grid: Grid) -> TrainState:
     t = config.train
     decay = ema_decay(t)
     params, opt_state = _initializer(network, float(t.b1), float(t.b2),
-                                     float(t.get("adam_eps", 1e-8)))(grid.model_seed)
+                                     float(t.get("adam_eps", 1e-8)), mu_dtype(t))(grid.model_seed)
     M = grid.P.shape[0]
     return TrainState(
         params=params,
