@@ -148,6 +148,12 @@ class BPUNet(nn.Module):
         return ScaledDense(self.v, 2.0 * W, self.dtype, name="readout")(cat_BxDx2W)
 
 
+def init_std(name: str, shape: tuple[int, ...]) -> float | None:
+    """Init of a parameter by name: kernels N(0, 1) (scaled in the forward), LayerNorm constants."""
+    del shape
+    return 1.0 if name.endswith("kernel") else None
+
+
 def param_count(v_in: int, v: int, s: int, L: int, width: int) -> int:
     """Closed-form parameter count: embedding, L down and L up blocks (kernel + LN), readout."""
     W = width

@@ -8,7 +8,8 @@ self-attention -> residual, LayerNorm -> GELU MLP -> residual]; a final LayerNor
 readout to ``v`` logits (never the mask class). Optional time conditioning adds
 ``MLP(sinusoidal features of t)`` to every position's embedding; it is on by default for the
 uniform process (its noise level is not visible in the tokens) and off for the masked one.
-Dense layers use flax defaults (LeCun normal kernels, zero biases); with ``dtype=bfloat16`` the
+``Network.init`` draws kernels N(0, 1/fan_in) (LeCun normal, untruncated), embeddings
+N(0, 1/W), zero biases, unit LayerNorm scales (``init_std``); with ``dtype=bfloat16`` the
 matmuls run in bf16, parameters stay float32, LayerNorm/softmax run in float32 and the logits are
 returned in float32. Linen for the same reason as bpUNet (pure init/apply, nothing to split).
 """
@@ -88,6 +89,15 @@ class Transformer(nn.Module):
         readout = nn.Dense(self.v, dtype=self.dtype, param_dtype=jnp.float32, name="readout")
         logits_BxDxV = readout(layer_norm("ln_final")(h_BxDxW))
         return logits_BxDxV.astype(jnp.float32)
+
+
+def init_std(name: str, shape: tuple[int, ...]) -> float | None:
+    """Init by name: kernels LeCun normal 1/sqrt(fan_in), embeddings 1/sqrt(W), biases/LN constants."""
+    if name.endswith("kernel"):
+        return shape[0] ** -0.5
+    if name.endswith("embedding") or name.endswith("pos_embed"):
+        return shape[-1] ** -0.5
+    return None
 
 
 def param_count(
