@@ -129,22 +129,22 @@ class BPUNet(nn.Module):
     def __call__(self, feats_BxDxC: jax.Array) -> jax.Array:
         s, W = self.s, self.width
         B, D, C = feats_BxDxC.shape
-        h_BxDxW = jax.nn.gelu(ScaledDense(W, np.sqrt(C), self.dtype, name="embed")(feats_BxDxC), approximate=False)
-        skips = [h_BxDxW]
+        h_BxNxW = jax.nn.gelu(ScaledDense(W, np.sqrt(C), self.dtype, name="embed")(feats_BxDxC), approximate=False)
+        skips = [h_BxNxW]  # N: the current length, d / s**level
         for i in range(self.L):
-            n = h_BxDxW.shape[1] // s
-            patches_BxnxsW = h_BxDxW.reshape(B, n, s * W)  # position j*s+k -> row j, columns k*W..k*W+W
+            n = h_BxNxW.shape[1] // s
+            patches_BxnxsW = h_BxNxW.reshape(B, n, s * W)  # position j*s+k -> row j, columns k*W..k*W+W
             down_BxnxW = ScaledDense(W, np.sqrt(s * W), self.dtype, name=f"down_{i}")(patches_BxnxsW)
-            h_BxDxW = norm_gelu(down_BxnxW, f"down_{i}_norm")
-            self.sow("intermediates", "down", h_BxDxW)
-            skips.append(h_BxDxW)
+            h_BxNxW = norm_gelu(down_BxnxW, f"down_{i}_norm")
+            self.sow("intermediates", "down", h_BxNxW)
+            skips.append(h_BxNxW)
         for i in range(self.L):
-            n = h_BxDxW.shape[1]
-            cat_Bxnx2W = jnp.concatenate([h_BxDxW, skips.pop()], axis=-1)
+            n = h_BxNxW.shape[1]
+            cat_Bxnx2W = jnp.concatenate([h_BxNxW, skips.pop()], axis=-1)
             up_BxnxsW = ScaledDense(s * W, np.sqrt(s * 2 * W), self.dtype, name=f"up_{i}")(cat_Bxnx2W)
-            h_BxDxW = norm_gelu(up_BxnxsW.reshape(B, n * s, W), f"up_{i}_norm")
-            self.sow("intermediates", "up", h_BxDxW)
-        cat_BxDx2W = jnp.concatenate([h_BxDxW, skips.pop()], axis=-1)
+            h_BxNxW = norm_gelu(up_BxnxsW.reshape(B, n * s, W), f"up_{i}_norm")
+            self.sow("intermediates", "up", h_BxNxW)
+        cat_BxDx2W = jnp.concatenate([h_BxNxW, skips.pop()], axis=-1)  # N = D again
         return ScaledDense(self.v, 2.0 * W, self.dtype, name="readout")(cat_BxDx2W)
 
 
