@@ -302,10 +302,12 @@ def _all_finite(tree: Any) -> jax.Array:
 def make_train_chunk(config: Any, process: Any, network: Any) -> Callable:
     """``chunk(state_M, grid_M, pool_QxD, num_steps) -> (state_M, metrics)`` over K = steps_per_call.
 
-    Scan iterations ``i >= num_steps`` (a traced, unbatched int32) are skipped by a real branch,
-    so one compiled chunk serves every evaluation step. Models past their budget or diverged are
-    frozen. Metrics per model: ``loss`` (mean over the chunk's applied steps, NaN if none),
-    ``steps_done``, ``epoch`` (step * B / P after the chunk).
+    ``num_steps`` (traced, unbatched int32, clipped to [0, K]) is the trip count of a while loop,
+    so one compiled chunk stops at any evaluation step. Models past their budget or diverged are
+    frozen (state unchanged). A step with a non-finite loss or gradient is not applied: the model
+    is marked diverged at that step and frozen; the other models are untouched. (Finite gradients
+    give finite new params: an Adam step is a few times lr at most.) Metrics per model: ``loss``
+    (mean over the chunk's applied steps, NaN if none), ``steps_done``, ``epoch`` (step * B / P).
     """
     batch = int(config.train.batch_size)
     K = int(config.train.steps_per_call)
@@ -329,7 +331,9 @@ def make_train_chunk(config: Any, process: Any, network: Any) -> Callable:
         if ema is not None:
             ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
         active = (state.step < grid.budget) & ~state.diverged
-        finite = jnp.isfinite(loss) & _all_finite(params)
+        # Checking the gradients, not the new params, decides before the update, so the freeze
+        # below fuses into Adam's elementwise pass instead of costing another pass over the state.
+        finite = jnp.isfinite(loss) & _all_finite(grads)
         applied = active & finite
         blowup = active & ~finite
         keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(applied, n, o), new, old)
@@ -350,17 +354,17 @@ def make_train_chunk(config: Any, process: Any, network: Any) -> Callable:
         """Run min(num_steps, K) steps of every model of the grid."""
         M = grid.P.shape[0]
 
-        def body(carry, i):
-            def run(c):
-                st, loss_sum, count = c
-                st, loss_M, applied_M = grid_step(st, grid, pool_QxD)
-                return st, loss_sum + loss_M, count + applied_M.astype(jnp.int32)
+        def body(i: jax.Array, carry: tuple) -> tuple:
+            st, loss_sum, count = carry
+            st, loss_M, applied_M = grid_step(st, grid, pool_QxD)
+            return st, loss_sum + loss_M, count + applied_M.astype(jnp.int32)
 
-            # The predicate is unbatched, so under vmap this stays a branch: skipped steps are free.
-            return jax.lax.cond(i < num_steps, run, lambda c: c, carry), None
-
+        # A while loop whose trip count is traced but unbatched: stopping at any step costs no
+        # recompilation, skipped steps cost nothing, and unlike a scan over K with lax.cond the
+        # loop carries the state in place (XLA copies a cond's pass-through operands).
         init = (state, jnp.zeros(M, jnp.float32), jnp.zeros(M, jnp.int32))
-        (state, loss_sum, count), _ = jax.lax.scan(body, init, jnp.arange(K, dtype=jnp.int32))
+        trips = jnp.clip(jnp.asarray(num_steps, jnp.int32), 0, K)
+        state, loss_sum, count = jax.lax.fori_loop(0, trips, body, init)
         metrics = dict(
             loss=jnp.where(count > 0, loss_sum / jnp.maximum(count, 1), jnp.nan),
             steps_done=count,
