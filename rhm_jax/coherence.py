@@ -68,8 +68,8 @@ def _validity(grammar: Grammar, tokens: jax.Array) -> Validity:
     blocks = -(-rows // chunk)
     flat = jnp.pad(tokens.reshape(rows, d), ((0, blocks * chunk - rows), (0, 0)))
     result = jax.lax.map(lambda x: _parse_result(grammar, x), flat.reshape(blocks, chunk, d))
-    return jax.tree.map(lambda x: x.reshape(blocks * chunk, *x.shape[2:])[:rows].reshape(*batch, *x.shape[2:]),
-                        result)
+    unblock = lambda x: x.reshape(blocks * chunk, *x.shape[2:])[:rows].reshape(*batch, *x.shape[2:])
+    return jax.tree.map(unblock, result)
 
 
 def validity(grammar: Grammar, tokens) -> Validity:
@@ -91,7 +91,7 @@ def rule_usage(result: Validity, axis: int | tuple[int, ...] | None = None) -> t
     counts = []
     for level, rules in enumerate(result.rules_used, start=1):
         batch = rules.ndim - 1
-        summed = range(batch) if axis is None else [int(a) % batch for a in np.atleast_1d(axis)] if batch else []
+        summed = list(range(batch)) if axis is None else [int(a) % batch for a in np.atleast_1d(axis) if batch]
         kept = [a for a in range(batch) if a not in summed]
         rules = jnp.moveaxis(rules, kept, list(range(len(kept))))
         kept_shape = rules.shape[:len(kept)]

@@ -1,4 +1,5 @@
-"""The Random Hierarchy Model (RHM) as data: rules, parse tables and a pure sampler.
+"""The Random Hierarchy Model (RHM) as data: rules, parse tables, sampler, parser, index bijection,
+datasets and synonym resampling.
 
 Shape letters used across rhm_jax: M models (grid axis), B batch, N samples, D = s**L sequence
 length, V vocabulary, L depth, S branching, R = m rules per symbol.
@@ -6,7 +7,11 @@ length, V vocabulary, L depth, S branching, R = m rules per symbol.
 Rule order follows the authors' code: ``rules[0]`` has shape ``(n, m, s)`` and expands the root;
 ``rules[i]`` for ``i >= 1`` has shape ``(v, m, s)``; ``rules[L-1]`` produces the leaves. Scores use
 level 1 for the tuples just above the leaves and level L for the root, so level ``l`` is parsed
-with ``rules[L - l]``.
+with ``rules[L - l]``. A tree is its root class plus one rule choice per internal node, listed as
+``choices[i]`` of shape (..., s**i) for ``rules[i]``, node 0 first (``sample_trees``/``expand``);
+the index bijection reads the same digits as one mixed-radix number (``encode``/``decode``).
+Device functions (``sample``, ``parse``, ``resample_synonyms``) are jitted and vmap over stacked
+grammars; ``encode``, ``decode`` and ``sample_dataset`` run on the host and are exact for any P_max.
 """
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """Theory: closed forms against SPEC numbers, brute-force enumeration and Monte Carlo."""
 import itertools
 
-import jax
 import numpy as np
 import pytest
 
