@@ -94,14 +94,27 @@ def final(df: pd.DataFrame, at: str = "last") -> pd.DataFrame:
     if at == "last":
         pick = df.groupby(["workdir", "model"])["step"].idxmax()
     elif at == "best":
-        if "test_loss" not in df:
-            raise ValueError("at='best' needs a test_loss column")
+        df = df.assign(_selection_loss=selection_loss(df))
         # earliest step among equal minima (NaN losses sort last)
-        ordered = df.sort_values(["workdir", "model", "test_loss", "step"], na_position="last")
+        ordered = df.sort_values(["workdir", "model", "_selection_loss", "step"], na_position="last")
         pick = ordered.groupby(["workdir", "model"]).head(1).index
     else:
         raise ValueError(f"at must be 'last' or 'best', got {at!r}")
-    return df.loc[pick].reset_index(drop=True)
+    return df.loc[pick].drop(columns="_selection_loss", errors="ignore").reset_index(drop=True)
+
+
+def selection_loss(df: pd.DataFrame) -> np.ndarray:
+    """Test loss used for early stopping: the mean over diffusion-time windows when logged, else test_loss.
+
+    The window mean is stratified in t, so it varies much less from one evaluation to the next
+    than a loss with t drawn at random per row; the minimum over steps then picks learning, not noise.
+    """
+    windows_RxW = window_losses(df, "test")
+    if windows_RxW.shape[1]:
+        return windows_RxW.mean(axis=1)
+    if "test_loss" not in df:
+        raise ValueError("at='best' needs test_loss or test_loss_window_<k> columns")
+    return df["test_loss"].to_numpy(float)
 
 
 def final_validity(df: pd.DataFrame, at: str = "last") -> pd.DataFrame:

@@ -257,6 +257,20 @@ def _mean_by_P(table: pd.DataFrame, value: str, columns: str | None = None) -> p
     return agg
 
 
+def _other_evaluation(df: pd.DataFrame, method: str, at: str) -> list[str]:
+    """The pooled thresholds at the other choice of evaluation, to show what memorization does."""
+    other = "best" if at == "last" else "last"
+    if other == "best" and "test_loss" not in df:
+        return []
+    summary = analysis.threshold_summary(analysis.thresholds(df, method, other))
+    summary["workdir"] = summary["workdir"].map(_label)
+    columns = [c for c in (*analysis.curve_keys(summary), "level", "P_star", "censored", "P_star_mean",
+                           "P_star_std") if c in summary]
+    return [f"The same fit at each model's {other} evaluation ('best' = lowest test loss, i.e. early "
+            "stopping; small-P models that copy their training set look valid at 'last'):\n",
+            markdown_table(summary[columns])]
+
+
 def write_markdown(workdirs: Sequence[str], df: pd.DataFrame, out: str, figures: list[str],
                    method: str = "sigmoid", at: str = "last") -> str:
     """``report.md``: provenance, thresholds vs theory, ratios, c, learning times, copies, creativity."""
@@ -289,6 +303,7 @@ def write_markdown(workdirs: Sequence[str], df: pd.DataFrame, out: str, figures:
         "'above' when no P reaches 1/2 (P* > largest P), 'below' when all do. `theory`: v m^(l+1) "
         "(rhm_jax.theory when present).\n",
         markdown_table(shown),
+        *_other_evaluation(df, method, at),
         "## Ratios P*_(l+1) / P*_l (theory: m)\n", markdown_table(ratios),
         "## Constant c in P*_l = c v m^(l+1) (least squares in log10, all runs and levels)\n",
         f"c = {_fmt(fit.get('c', np.nan))}; spread of log10 rescaled thresholds = "

@@ -1,7 +1,7 @@
 """Companion of hierarchy_in_p with m=3 (v=16): do the thresholds collapse across m?
 
 Launch:   python -m launch.local --config sweeps/hierarchy_in_p_m3.py --workdir runs/hierarchy_in_p_m3
-          python -m launch.report --workdir runs/hierarchy_in_p runs/hierarchy_in_p_m3
+          python -m launch.report --workdir runs/hierarchy_in_p runs/hierarchy_in_p_m3 --at best
 Quick:    python -m launch.local --config sweeps/hierarchy_in_p_m3.py:quick --workdir runs/hierarchy_in_p_m3_quick
 Grid:     v=n=16, m=3, s=2, L=4 (d=16, P_max = 16 * 3**15 ~ 2.3e8), P = 32 .. 16384 (10 values, one
           per octave, from about v m**2 / 4 to 4 v m**(L+1)), 3 seeds: 30 bpUNets (W=1024, 25.2M
@@ -36,10 +36,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def _quick(config: ml_collections.ConfigDict) -> None:
-    """v=8, m=2, L=3 (P_max = 1024): thresholds ~ 32, 64, 128, to set beside the quick m=3 grid."""
+    """v=8, m=2, L=3 (P_max = 1024): thresholds ~ 32, 64, 128; training as hierarchy_in_p's quick."""
     config.grammar.update(dict(v=8, n=8, m=2, s=2, L=3, seed=0))
     config.data.update(dict(num_train=(8, 16, 32, 64, 128, 256, 512), num_test=256, seed=0))
-    config.process.T = 50
+    config.process.update(dict(T=50, beta2=0.2))
     config.network.width = 64
-    config.train.update(dict(batch_size=64, lr=(1e-3,), num_steps=3000, seeds=(0,), steps_per_call=100))
+    config.train.update(dict(batch_size=64, lr=(2e-3,), num_steps=4096, seeds=(0,), steps_per_call=128))
     config.eval.update(dict(num_samples=256, per_octave=1, num_windows=10))

@@ -1,7 +1,7 @@
 """Hierarchical learning in P with masked (MD4) diffusion and a transformer denoiser.
 
 Launch:   python -m launch.local --config sweeps/masked_transformer.py --workdir runs/masked_transformer
-          python -m launch.report --workdir runs/masked_transformer runs/hierarchy_in_p
+          python -m launch.report --workdir runs/masked_transformer runs/hierarchy_in_p --at best
 Quick:    python -m launch.local --config sweeps/masked_transformer.py:quick --workdir runs/masked_transformer_quick
 Grid:     the grammar and P grid of hierarchy_in_p (v=n=16, m=4, s=2, L=4; P = 64 .. 65536, 11
           values; 3 seeds), masked process (linear schedule, 100 sampling steps), bidirectional

@@ -240,3 +240,15 @@ def test_best_evaluation_ignores_memorized_small_p_models():
     assert set(analysis.final(df, "best").query("P < 200")["step"]) == {100}
     with pytest.raises(ValueError, match="at"):
         analysis.final(df, "first")
+
+
+def test_best_prefers_window_mean_over_noisy_test_loss():
+    """With window losses logged, early stopping follows their mean, not the noisier test_loss."""
+    rows = []
+    for step, window_mean, noisy in [(100, 0.30, 0.20), (200, 0.25, 0.40), (400, 0.28, 0.30)]:
+        row = dict(model=0, P=64, seed=0, step=step, validity_l1=step / 1000, test_loss=noisy)
+        row.update({f"test_loss_window_{w}": window_mean * (0.5 + w / 9) for w in range(10)})
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    assert analysis.final(df, "best")["step"].tolist() == [200]
+    assert analysis.final(df.filter(regex="^(?!test_loss_window)"), "best")["step"].tolist() == [100]

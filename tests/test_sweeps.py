@@ -89,7 +89,9 @@ def test_quick_p_sweep_learns_level_one_before_level_two(tmp_path):
 
     workdir = str(tmp_path / "quick")
     sweep.run(sweep_module("hierarchy_in_p").get_config("quick"), workdir)
-    summary = analysis.threshold_summary(analysis.thresholds(analysis.load(workdir))).set_index("level")
+    # at each model's lowest test loss: the small-P models end up copying their data (see the docstring)
+    table = analysis.thresholds(analysis.load(workdir), at="best")
+    summary = analysis.threshold_summary(table).set_index("level")
     p1, p2 = summary.loc[1, "P_star"], summary.loc[2, "P_star"]
     assert math.isfinite(p1), summary
     # level 2 either crosses 1/2 at a larger P or not at all within the grid
