@@ -189,21 +189,33 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join([head, rule, *body]) + "\n"
 
 
-def wall_time(config: dict, df: pd.DataFrame) -> float:
-    """Seconds the run took: provenance's own record if any, else the span of metric timestamps."""
+def wall_time(config: dict, df: pd.DataFrame, workdir: str | None = None) -> tuple[float, str]:
+    """(seconds, how it was found): provenance's record, else metric timestamps, else file times.
+
+    The last fallback spans config.json's start date to the last write of metrics.jsonl, which
+    overstates a run that was stopped and resumed later.
+    """
     prov = config.get("provenance", {}) or {}
     for key in ("wall_time_s", "wall_time", "elapsed_s"):
         if isinstance(prov.get(key), (int, float)):
-            return float(prov[key])
+            return float(prov[key]), "provenance"
     for key in ("wall_time_s", "wall_time", "elapsed_s", "time_s"):
         if key in df and df[key].notna().any():
-            return float(df[key].max())
+            return float(df[key].max()), f"metrics column {key}"
     for key in ("time", "timestamp", "unix_time"):
         if key in df and df[key].notna().any():
             numeric = pd.api.types.is_numeric_dtype(df[key])
             stamps = pd.to_datetime(df[key], unit="s") if numeric else pd.to_datetime(df[key])
-            return float((stamps.max() - stamps.min()).total_seconds())
-    return float("nan")
+            return float((stamps.max() - stamps.min()).total_seconds()), f"span of metrics column {key}"
+    start = prov.get("date_utc")
+    metrics = os.path.join(workdir, "metrics.jsonl") if workdir else None
+    if start and metrics and os.path.exists(metrics):
+        began = datetime.datetime.fromisoformat(start)
+        if began.tzinfo is None:
+            began = began.replace(tzinfo=datetime.timezone.utc)
+        ended = datetime.datetime.fromtimestamp(os.path.getmtime(metrics), datetime.timezone.utc)
+        return (ended - began).total_seconds(), "approx.: config.json date to the last metrics write"
+    return float("nan"), "unknown"
 
 
 def _commit(prov: dict) -> str:
@@ -230,6 +242,7 @@ def _provenance_lines(workdir: str, config: dict, df: pd.DataFrame) -> list[str]
     packages = prov.get("packages") or prov.get("versions") or {}
     pkg = ", ".join(f"{k} {v}" for k, v in sorted(packages.items())) if isinstance(packages, dict) else str(packages)
     g, tr = cfg.get("grammar", {}), cfg.get("train", {})
+    seconds, how = wall_time(config, df, workdir)
     return [
         f"### {_label(workdir)} (`{workdir}`)",
         f"- grammar: {', '.join(f'{k}={v}' for k, v in g.items())}",
@@ -241,7 +254,7 @@ def _provenance_lines(workdir: str, config: dict, df: pd.DataFrame) -> list[str]
         f"- commit: {_commit(prov)}",
         f"- packages: {pkg or '?'}; python {prov.get('python', '?')}",
         f"- machine: {_machine(prov)}",
-        f"- date: {prov.get('date_utc', prov.get('date', '?'))}; wall time: {_fmt(wall_time(config, df))} s; "
+        f"- date: {prov.get('date_utc', prov.get('date', '?'))}; wall time: {_fmt(seconds)} s ({how}); "
         f"models: {df['model'].nunique()}, last step: {int(df['step'].max())}",
     ]
 

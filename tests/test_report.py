@@ -42,7 +42,7 @@ def test_report_writes_all_figures_and_markdown(written):
         assert heading in text
     assert "deadbeef" in text and "jax 0.12" in text and "1 x cpu (cpu) on testhost" in text
     # wall time of the m3 run comes from its time column: 4096 steps / 10 = 409.6 s
-    assert "wall time: 410 s" in text
+    assert "wall time: 410 s (span of metrics column time)" in text
 
 
 def test_report_constant_matches_analysis(two_workdirs, written):
@@ -66,11 +66,16 @@ def test_markdown_table_formats_and_marks_missing():
     assert report.markdown_table(pd.DataFrame()) == "_(none)_\n"
 
 
-def test_wall_time_prefers_provenance_then_timestamps():
+def test_wall_time_prefers_provenance_then_timestamps_then_file_times(tmp_path):
     df = pd.DataFrame({"time": ["2025-01-01T00:00:00", "2025-01-01T00:01:30"]})
-    assert report.wall_time({"provenance": {"wall_time_s": 12.5}}, df) == 12.5
-    assert report.wall_time({}, df) == 90.0
-    assert np.isnan(report.wall_time({}, pd.DataFrame({"step": [1]})))
+    assert report.wall_time({"provenance": {"wall_time_s": 12.5}}, df)[0] == 12.5
+    assert report.wall_time({}, df)[0] == 90.0
+    assert np.isnan(report.wall_time({}, pd.DataFrame({"step": [1]}))[0])
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    os.utime(tmp_path / "metrics.jsonl", (1735689700.0, 1735689700.0))  # 2025-01-01T00:01:40Z
+    config = {"provenance": {"date_utc": "2025-01-01T00:00:00+00:00"}}
+    seconds, how = report.wall_time(config, pd.DataFrame({"step": [1]}), str(tmp_path))
+    assert seconds == pytest.approx(100.0) and how.startswith("approx")
 
 
 def test_make_report_rejects_empty_workdirs():
