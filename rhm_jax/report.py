@@ -324,6 +324,8 @@ def write_markdown(workdirs: Sequence[str], df: pd.DataFrame, out: str, figures:
         f"{fit.get('num', 0)} thresholds.\n",
         "## Learning time per level (first step with validity >= 1/2, log-interpolated; mean over seeds)\n",
         markdown_table(_mean_by_P(times, "step", "level")),
+        "The same in epochs (the paper's unit for the time experiment):\n",
+        markdown_table(_mean_by_P(times, "epoch", "level")),
         "## Memorization onset (first step with copy fraction >= 0.1) and final copies\n",
         markdown_table(pd.concat([_mean_by_P(onset, "step"), _mean_by_P(onset, "final_copy")[["final_copy"]]],
                                  axis=1)) if len(onset) else "_(no copy column)_\n",

@@ -10,6 +10,9 @@ Run time: ESTIMATE, not yet measured: memory-bound training allows ~4,000 model-
           at 18.9M parameters (roofline), a few models reach perhaps 2,500/s: 4 x 160,000 steps in
           ~5 min, plus ~1 min of evaluations. The authors' code: ~20 min per seed (152 steps/s,
           2.3 s per evaluation).
+          Quick: measured 3.3 min wall (1.1 min CPU time, the CPU shared with other jobs) on a
+          2-core CPU; validity crosses 1/2 near step 330 (level 1) and 1,500 (level 2), level 3
+          reaches ~0.3 and copies ~0.04 by step 4096.
 Expected: (SPEC section 5) validity ~0.97 / 0.89 / 0.69 for levels 1 / 2 / 3 after 1e4 epochs; rises
           start near 3e2, 5e2, 2e3 epochs; copies ~0 until ~4e3 epochs, ~0.33 at 1e4 epochs
           (uniform sampling of valid data would give 0.059).
