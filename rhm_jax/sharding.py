@@ -5,16 +5,18 @@ D sequence length.
 
 Every leaf of a ``TrainState`` and of a ``Grid`` has the model axis first; it is split over the
 mesh axis ``'models'`` (``NamedSharding(mesh, P('models'))``), each device holding M'/n whole
-models. The training pool is replicated. The train chunk is vmapped per model, so under ``jax.jit``
-with these input shardings XLA partitions it with no cross-device traffic (``collectives`` finds
-none in its compiled HLO; a test checks it).
+models. The training pool is replicated. The train chunk and the evaluator run per device
+(``jax.shard_map``), each vmapped over its own M'/n models, so their compiled programs hold no
+cross-device traffic (``collectives`` finds none in the HLO; a test checks it).
 
 A grid whose size does not divide the device count is padded, never refused: the M' - M dummy
 models copy model 0's settings with a step budget of 0, so they are frozen from the start; their
-rows are dropped (``unpad``) before anything is reported. Checkpoints hold the padded state as
-saved, one shard per device; ``restore_target`` gives the abstract state of the NEW mesh, and a
-restore with ``pad_models=True`` (orbax ``strict=False``) truncates or zero-pads the stored M'
-rows to the new M'. Zero rows are dummies only, since the real models come first.
+rows are dropped (``unpad``, or by iterating over the real grid rows) before anything is reported.
+Checkpoints hold the padded state as saved, one shard per device. ``restore_target`` gives the
+abstract state for the NEW mesh, and an orbax restore with ``strict=False``
+(``Checkpointer.restore(..., strict=False)``) truncates or zero-fills the stored M' rows to the new
+M'. Zero rows can only be dummies, since the real models come first; the caller checks the
+checkpoint's metadata for the model indices it holds.
 """
 from __future__ import annotations
 
