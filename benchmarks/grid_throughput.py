@@ -76,7 +76,8 @@ def time_training(config, steps: int) -> dict:
     M = grid.P.shape[0]
     loss = float(np.nanmean(np.asarray(metrics["loss"])))
     return dict(params=params, model_steps_per_s=M * calls * K / seconds, steps_per_s=calls * K / seconds,
-                compile_s=compile_s, loss=loss, diverged=int(np.asarray(state.diverged).sum()))
+                compile_s=max(0.0, compile_s - seconds / calls), loss=loss,
+                diverged=int(np.asarray(state.diverged).sum()))
 
 
 def time_evaluation(config) -> dict:
@@ -90,7 +91,7 @@ def time_evaluation(config) -> dict:
     start = time.perf_counter()
     metrics = jax.block_until_ready(evaluator(state, grid, jax.random.key(1)))
     seconds = time.perf_counter() - start
-    return dict(eval_s=seconds, eval_compile_s=compile_s,
+    return dict(eval_s=seconds, eval_compile_s=max(0.0, compile_s - seconds),
                 validity_l1=float(np.mean(np.asarray(metrics["validity_l1"]))))
 
 
@@ -113,11 +114,13 @@ def main() -> None:
     parser.add_argument("--eval-models", default="1,4", help="grid sizes M for the evaluation timing ('' skips)")
     parser.add_argument("--steps", type=int, default=None, help="timed training steps per setting (default 500)")
     parser.add_argument("--steps-per-call", type=int, default=100, help="K, steps fused in one device call")
-    parser.add_argument("--eval-samples", type=int, default=1024, help="samples per model per evaluation")
+    parser.add_argument("--eval-samples", type=int, default=None,
+                        help="samples per model per evaluation (default 1024; 256 with --quick)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="network compute dtype")
     parser.add_argument("--device-bandwidth", type=float, default=None,
                         help="memory bandwidth in B/s for the roofline (default 3.0e12 on GPU, measured memcpy on CPU)")
-    parser.add_argument("--quick", action="store_true", help="CPU-sized: W=256, M=1,4, 40 steps, K=20")
+    parser.add_argument("--quick", action="store_true",
+                        help="CPU-sized: W=256, M=1,4, 40 steps, K=20, 256 samples per evaluation")
     parser.add_argument("--json", default=None, help="write all measurements to this JSON file")
     args = parser.parse_args()
 
@@ -125,6 +128,7 @@ def main() -> None:
     models = [int(m) for m in (args.models or ("1,4" if args.quick else "1,4,16,64")).split(",")]
     eval_models = [int(m) for m in args.eval_models.split(",") if m]
     steps = args.steps or (40 if args.quick else 500)
+    samples = args.eval_samples or (256 if args.quick else 1024)
     K = min(args.steps_per_call, steps) if not args.quick else min(20, steps)
     platform = jax.devices()[0].platform
     if args.device_bandwidth:
@@ -136,18 +140,28 @@ def main() -> None:
     print(f"device: {jax.devices()[0].device_kind} ({platform}), jax {jax.__version__}; "
           f"bandwidth {bandwidth:.3g} B/s ({source}); {steps} timed steps, K={K}, dtype {args.dtype}", flush=True)
 
-    train_rows, eval_rows = [], []
+    train_rows, eval_rows, failures = [], [], []
     for width in widths:
         for M in models:
-            row = dict(width=width, M=M, **time_training(make_config(width, M, K, args.eval_samples, args.dtype), steps))
+            try:  # unattended: a setting that fails (e.g. out of memory) is reported, the rest still run
+                row = dict(width=width, M=M, **time_training(make_config(width, M, K, samples, args.dtype), steps))
+            except Exception as err:  # noqa: BLE001
+                failures.append(f"train W={width} M={M}: {type(err).__name__}: {str(err)[:300]}")
+                print("  FAILED", failures[-1], flush=True)
+                continue
             row["roofline"] = bandwidth / (BYTES_PER_PARAM_STEP * row["params"])
             row["fraction"] = row["model_steps_per_s"] / row["roofline"]
             train_rows.append(row)
             print(f"  train W={width} M={M}: {row['model_steps_per_s']:.4g} model-steps/s "
                   f"({row['fraction']:.3f} of roofline, compile {row['compile_s']:.1f} s)", flush=True)
         for M in eval_models:
-            row = dict(width=width, M=M, samples=args.eval_samples,
-                       **time_evaluation(make_config(width, M, K, args.eval_samples, args.dtype)))
+            try:
+                row = dict(width=width, M=M, samples=samples,
+                           **time_evaluation(make_config(width, M, K, samples, args.dtype)))
+            except Exception as err:  # noqa: BLE001
+                failures.append(f"eval W={width} M={M}: {type(err).__name__}: {str(err)[:300]}")
+                print("  FAILED", failures[-1], flush=True)
+                continue
             eval_rows.append(row)
             print(f"  eval  W={width} M={M}: {row['eval_s']:.3g} s (compile {row['eval_compile_s']:.1f} s)", flush=True)
 
@@ -157,15 +171,18 @@ def main() -> None:
         print(f"{r['width']:>5} {r['M']:>4} {r['params']:>10} {r['model_steps_per_s']:>14.4g} {r['steps_per_s']:>9.4g} "
               f"{r['roofline']:>10.4g} {r['fraction']:>9.3f} {r['compile_s']:>10.1f}")
     if eval_rows:
-        print(f"\nevaluation ({args.eval_samples} samples x 200 sampler steps per model, plus scores and losses)")
+        print(f"\nevaluation ({samples} samples x 200 sampler steps per model, plus scores and losses)")
         print(f"{'W':>5} {'M':>4} {'seconds':>9} {'s/model':>9} {'compile s':>10}")
         for r in eval_rows:
             print(f"{r['width']:>5} {r['M']:>4} {r['eval_s']:>9.3g} {r['eval_s'] / r['M']:>9.3g} {r['eval_compile_s']:>10.1f}")
+    for failure in failures:
+        print("FAILED:", failure)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(device=jax.devices()[0].device_kind, platform=platform, jax=jax.__version__,
                            bandwidth=bandwidth, bandwidth_source=source, steps=steps, steps_per_call=K,
-                           dtype=args.dtype, train=train_rows, eval=eval_rows), f, indent=1)
+                           dtype=args.dtype, eval_samples=samples, train=train_rows, eval=eval_rows,
+                           failures=failures), f, indent=1)
 
 
 if __name__ == "__main__":

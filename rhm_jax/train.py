@@ -6,9 +6,9 @@ D sequence length, K steps per device call.
 Every model of the grid reads its training set from ONE pool ``pool_QxD`` kept on device: model i
 uses the first ``P_i`` rows (datasets of different P are nested prefixes). Its stream of examples is
 the concatenation of permutations pi_0, pi_1, ... of ``[0, P_i)``, pi_e a keyed bijection of
-(data_seed, e) computed element-wise, and step k reads stream elements ``[k*B, (k+1)*B)``. Batches
-may straddle epochs; when ``B > P`` a batch spans several epochs and may hold a row more than once
-(our decision: it keeps every step the same size and every epoch a full permutation).
+(data_seed, e) computed element-wise (``permute``); step k reads stream elements [k*B, (k+1)*B).
+Batches may straddle epochs; when ``B > P`` a batch spans several epochs and may hold a row more
+than once (our decision: it keeps every step the same size and every epoch a full permutation).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from flax import struct
 
-_FEISTEL_ROUNDS = 6
+_SHUFFLE_ROUNDS = 32
 _INIT_STREAM = np.uint32(0xFFFFFFFF)  # fold_in tag for init keys; no int32 step reaches it
 _TRAIN_TAG = 0  # fold_in tag of the training loss key within a step
 
@@ -164,26 +164,21 @@ def _mix(x: jax.Array) -> jax.Array:
 def permute(index: jax.Array, size: jax.Array, seed: jax.Array, epoch: jax.Array) -> jax.Array:
     """pi_(seed, epoch)(index): a keyed bijection of [0, size), element-wise, ``size`` traced.
 
-    A balanced Feistel network on the smallest 2**(2h) >= size, with cycle walking back into
-    [0, size): no storage, no sort, and the domain is under 4 * size so walks are short.
+    A swap-or-not shuffle (Hoang, Morris, Rogaway 2012): round r pairs x with k_r - x (mod size)
+    and swaps the pair when a hash of max(x, k_r - x) says so; each round is an involution, so
+    the composition is a bijection for any size, with no loop, storage or sort. (A Feistel
+    network would need cycle walking, a data-dependent while loop that costs a device-to-host
+    sync per iteration on GPUs.) After r rounds an index is left unswapped with probability 2**-r.
     """
-    size = jnp.asarray(size, jnp.int32)
-    bits = 32 - jax.lax.clz(jnp.maximum(size - 1, 0).astype(jnp.uint32))  # ceil(log2(size))
-    half = ((bits + 1) // 2).astype(jnp.uint32)
-    mask = (jnp.uint32(1) << half) - jnp.uint32(1)
+    size = jnp.asarray(size, jnp.uint32)
     key = _mix(_mix(jnp.asarray(seed, jnp.uint32) ^ jnp.uint32(0x9E3779B9)) ^ jnp.asarray(epoch, jnp.uint32))
-    round_keys = [_mix(key + jnp.uint32(0x632BE5AB * (r + 1) % 2**32)) for r in range(_FEISTEL_ROUNDS)]
-
-    def feistel(x: jax.Array) -> jax.Array:
-        left, right = x >> half, x & mask
-        for k in round_keys:
-            left, right = right, left ^ (_mix(right ^ k) & mask)
-        return (left << half) | right
-
-    def walk(x: jax.Array) -> jax.Array:
-        return jax.lax.while_loop(lambda y: y >= size.astype(jnp.uint32), feistel, feistel(x))
-
-    return walk(jnp.asarray(index, jnp.uint32)).astype(jnp.int32)
+    x = jnp.asarray(index, jnp.uint32)
+    for r in range(_SHUFFLE_ROUNDS):
+        k = _mix(key + jnp.uint32(0x632BE5AB * (r + 1) % 2**32)) % size
+        partner = (k + size - x) % size  # size < 2**31, so no wrap-around
+        coin = _mix(jnp.maximum(x, partner) ^ _mix(key ^ jnp.uint32(0x85EBCA6B * (r + 1) % 2**32)))
+        x = jnp.where((coin >> 7) & 1 == 1, partner, x)
+    return x.astype(jnp.int32)
 
 
 def batch_indices(data_seed: jax.Array, P: jax.Array, step: jax.Array, batch_size: int) -> jax.Array:
