@@ -8,9 +8,11 @@ Grammars v=32, m=8, s=2, L=5 (d=32) and v=16, m=4, s=2, L=4 (d=16), n = v. Each 
 jitted, warmed up once, ``block_until_ready``-ed, and the median of ``--repeats`` runs. The
 yardsticks are vectorized NumPy versions written here: ``numpy_sample`` (one fancy-indexing gather
 per level) and ``numpy_validity`` (bottom-up table lookups with the same invalid-child trick).
-``validity`` is timed twice: the public call returning the whole ``Validity`` pytree (every
-level's nodes, symbols and rules), and inside a caller's jit keeping only ``per_level`` and
-``valid`` (what an evaluation uses; XLA drops the rest). ``sample_dataset`` is timed for 1e6
+``validity`` is timed twice: inside a caller's jit keeping only ``per_level`` and ``valid`` (what
+an evaluation uses; XLA drops the rest; compared with the NumPy parse, which computes just that),
+and the public call returning the whole ``Validity`` pytree (every level's nodes, symbols and
+rules: bound by writing those outputs). "its random digits only" times the sampler's random
+number generation (root and packed rule choices) alone, to show the RNG share of ``sample``. ``sample_dataset`` is timed for 1e6
 training sequences plus 1024 test sequences (second call, after compilation). The load average is
 printed because the 2-core machine is shared: other processes slow every number down.
 Target on the 2-core CPU: >= 1e6 sequences/s for sample and validity.
@@ -85,15 +87,18 @@ def bench_grammar(params: dict, batches: list[int], repeats: int) -> None:
     tables = numpy_tables(g)
     rng = np.random.default_rng(0)
     slim = jax.jit(lambda g, x: (lambda r: (r.per_level, r.valid))(coherence.validity(g, x)))
+    digits = jax.jit(lambda key, num: grammar._uniform_digits(key, g.m, (num,), grammar.num_choices(g), root=g.n),
+                     static_argnums=1)
     print(f"\ngrammar {params}  d={g.d}  P_max={g.p_max:.3g}")
     for num in batches:
         key = jax.random.key(num)
         tokens = grammar.sample(key, g, num)
         rows = [
             ("sample", lambda: grammar.sample(key, g, num), lambda: numpy_sample(rng, rules, g.n, g.m, num)),
-            ("validity (full pytree)", lambda: coherence.validity(g, tokens),
+            ("  its random digits only", lambda: digits(key, num), None),
+            ("validity (per_level, valid)", lambda: slim(g, tokens),
              lambda: numpy_validity(tables, g.v, g.s, g.m, host)),
-            ("validity (per_level, valid)", lambda: slim(g, tokens), None),
+            ("validity (full pytree)", lambda: coherence.validity(g, tokens), None),
         ]
         host = np.asarray(tokens)
         for name, jax_fn, numpy_fn in rows:
