@@ -130,8 +130,9 @@ def _per_device(fn: Callable, mesh: Mesh, in_specs: tuple, out_specs: Any) -> Ca
 def shard_chunk(chunk: Callable, mesh: Mesh) -> Callable:
     """A train chunk that runs on each device over its own models only; jit it with ``train.jit_chunk``.
 
-    Left to GSPMD, the vmapped while loop of the batch permutation would agree on its trip count
-    across devices with an all-reduce every iteration; per-device programs have no such coupling.
+    Per-device programs hold no collective by construction, whatever the step contains: left to
+    GSPMD, a data-dependent while loop under vmap (as an earlier batch shuffle had) agrees on its
+    trip count across devices with an all-reduce every iteration.
     Arguments as the chunk's: (state_M', grid_M', pool_QxD replicated, num_steps replicated).
     """
     models, whole = PartitionSpec(AXIS), PartitionSpec()
