@@ -27,23 +27,34 @@ HAS_PRESERVATION_POLICY = all(
 
 
 def _abstract(target: Any) -> Any:
-    """Shape/dtype tree on the first device: restores never need a concrete target in memory."""
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), target)
+    """Shape/dtype/sharding tree (the target's shardings, else the first device): restores never
+    need a concrete target in memory."""
+    default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+    def leaf(x: Any) -> jax.ShapeDtypeStruct:
+        sharding = getattr(x, "sharding", None)
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding if sharding is not None else default)
+
+    return jax.tree.map(leaf, target)
 
 
 class Checkpointer:
     """Save / list / restore checkpoints of one (sub-)grid in ``directory``."""
 
     def __init__(self, directory: str, keep_last: int = 3, keep_steps: Iterable[int] = (),
-                 use_policy: bool = HAS_PRESERVATION_POLICY):
+                 use_policy: bool = HAS_PRESERVATION_POLICY, read_only: bool = False):
         if keep_last < 1:
             raise ValueError(f"keep_last={keep_last} must be >= 1")
         self.directory = os.path.abspath(directory)
         self.keep_last = int(keep_last)
         self.keep_steps = frozenset(int(s) for s in keep_steps)
+        self.read_only = read_only
         self._by_hand = not use_policy
-        if use_policy:
+        if read_only:
+            if not os.path.isdir(self.directory):
+                raise ValueError(f"no checkpoint directory {self.directory}")
+            options = ocp.CheckpointManagerOptions(read_only=True, enable_async_checkpointing=False)
+        elif use_policy:
             policy = _managers.AnyPreservationPolicy([
                 _managers.LatestN(self.keep_last), _managers.CustomSteps(sorted(self.keep_steps))])
             options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
@@ -60,6 +71,8 @@ class Checkpointer:
     def save(self, step: int, state: Any, meta: dict) -> None:
         """Write the checkpoint of ``step`` (blocking), then apply the keep policy."""
         step = int(step)
+        if self.read_only:
+            raise ValueError(f"checkpoints in {self.directory} were opened read-only")
         if step in self.steps():
             self._move_aside(step, "superseded")  # e.g. a broken one from before a fallback
         args = ocp.args.Composite(state=ocp.args.StandardSave(state),
@@ -78,16 +91,18 @@ class Checkpointer:
             if step not in keep:
                 self._manager.delete(step)
 
-    def restore(self, step: int, target: Any) -> tuple[Any, dict]:
-        """(state, meta) of ``step``; ``target`` gives the tree structure, shapes and dtypes.
+    def restore(self, step: int, target: Any, strict: bool = True) -> tuple[Any, dict]:
+        """(state, meta) of ``step``; ``target`` gives the tree structure, shapes, dtypes, shardings.
 
         ValueError if there is no such step (listing those available) or the checkpoint cannot
-        be read or does not match the target tree.
+        be read or does not match the target tree. ``strict=False`` lets arrays be truncated or
+        zero-padded to the target's shapes (a grid padded for another device count); the caller
+        must then check ``meta`` to know which models it holds.
         """
         steps = self.steps()
         if int(step) not in steps:
             raise ValueError(f"no checkpoint at step {step} in {self.directory}; available steps: {steps}")
-        args = ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(target)),
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(target), strict=strict),
                                   meta=ocp.args.JsonRestore())
         try:
             restored = self._manager.restore(int(step), args=args)
@@ -99,15 +114,17 @@ class Checkpointer:
             raise ValueError(f"checkpoint at step {step} in {self.directory} has bad metadata: {meta!r}")
         return state, meta
 
-    def restore_latest(self, target: Any, move_broken: bool = True) -> tuple[int, Any, dict] | None:
+    def restore_latest(self, target: Any, move_broken: bool = True,
+                       strict: bool = True) -> tuple[int, Any, dict] | None:
         """(step, state, meta) of the newest readable checkpoint, or None if there is none.
 
         A broken newer checkpoint is logged and skipped; with ``move_broken`` it is moved aside so
-        that the run can save that step again.
+        that the run can save that step again (never when read-only).
         """
+        move_broken = move_broken and not self.read_only
         for step in reversed(self.steps()):
             try:
-                state, meta = self.restore(step, target)
+                state, meta = self.restore(step, target, strict=strict)
             except ValueError as err:
                 log.warning("checkpoint at step %d is broken, falling back to the previous one: %s", step, err)
                 if move_broken:

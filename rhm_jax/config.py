@@ -27,6 +27,7 @@ EXECUTION_KEYS = (
     "run.checkpoint_every",
     "run.keep_last",
     "run.max_models_per_program",
+    "run.shard_models",
 )
 
 
@@ -43,6 +44,8 @@ def base_config() -> ml_collections.ConfigDict:
         lr=(1e-4,),  # a grid axis like num_train and seeds (Adam's peak learning rate)
         b1=0.9,
         b2=0.999,
+        adam_eps=1e-8,  # PyTorch's default
+        mu_dtype="float32",  # Adam's first moment: 'float32' or 'bfloat16' (less memory traffic)
         warmup_steps=0,
         ema_decay=0.0,  # 0: no EMA
         num_steps=2**14,  # exactly one of num_steps / num_epochs is > 0
@@ -50,12 +53,20 @@ def base_config() -> ml_collections.ConfigDict:
         seeds=(0,),  # grid axis: each seed sets the init, per-step noise and data order
         steps_per_call=100,  # steps fused in one device call (lax.scan); no effect on results
     )
-    config.eval = dict(num_samples=1024, per_octave=4, num_windows=10)
+    config.eval = dict(
+        num_samples=1024,  # generated per model and evaluation
+        per_octave=4,  # evaluations per doubling of the step count
+        num_windows=10,  # windows of diffusion time for the loss per window
+        loss_rows=1024,  # train / test rows of the loss estimates
+        models_per_batch=0,  # models sampled at once; 0: from device memory
+    )
     config.run = dict(
         checkpoint_every=0,  # 0: checkpoint at evaluation steps only
         keep_last=3,  # most recent checkpoints kept, besides those at evaluation steps
         max_models_per_program=0,  # 0: automatic (device memory); else a cap per sub-grid
         seed=0,  # evaluation keys are fold_in(key(run.seed), step)
+        shard_models=True,  # split the grid over all local devices when there are several
+        grid_slice="",  # 'k/K': this process trains slice k of K of the grid (job arrays); '' = all
     )
     config.lock()
     return config
@@ -100,6 +111,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _int_at_least("run.keep_last", r.keep_last, 1)
     _int_at_least("run.max_models_per_program", r.max_models_per_program, 0)
     _int_at_least("run.seed", r.seed, 0)
+    if not isinstance(r.shard_models, bool):
+        raise ValueError(f"run.shard_models={r.shard_models!r} must be True or False")
+    _validate_slice(config)
     process = diffusion.make(config.process, g.v, g.s**g.L)  # validates the process settings
     networks.validate(config.network, g.v, g.s, g.L, process)
 
@@ -130,6 +144,8 @@ def _validate_train(t: ml_collections.ConfigDict) -> None:
         value = t[name]
         if not _is_real(value) or not 0.0 <= value < 1.0:
             raise ValueError(f"train.{name}={value!r} must be in [0, 1)")
+    if not _is_real(t.adam_eps) or not 0 < t.adam_eps < 1:
+        raise ValueError(f"train.adam_eps={t.adam_eps!r} must be in (0, 1)")
     _int_at_least("train.warmup_steps", t.warmup_steps, 0)
     _int_at_least("train.num_steps", t.num_steps, 0)
     if not _is_real(t.num_epochs) or not np.isfinite(t.num_epochs) or t.num_epochs < 0:
@@ -141,12 +157,28 @@ def _validate_train(t: ml_collections.ConfigDict) -> None:
         )
     _int_list("train.seeds", t.seeds, 0)
     _int_at_least("train.steps_per_call", t.steps_per_call, 1)
+    if t.mu_dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"train.mu_dtype={t.mu_dtype!r} must be 'float32' or 'bfloat16'")
+
+
+def _validate_slice(config: ml_collections.ConfigDict) -> None:
+    """run.grid_slice is '' or 'k/K' with 0 <= k < K <= M (the grid's model count)."""
+    spec = config.run.grid_slice
+    if spec == "":
+        return
+    num_models = len(config.data.num_train) * len(config.train.seeds) * len(config.train.lr)
+    k, _, K = str(spec).partition("/")
+    if not (k.isdigit() and K.isdigit() and int(k) < int(K) <= num_models):
+        raise ValueError(f"run.grid_slice={spec!r} must be '' or 'k/K' with 0 <= k < K <= M={num_models}"
+                         " (the grid's model count)")
 
 
 def _validate_eval(e: ml_collections.ConfigDict) -> None:
     _int_at_least("eval.num_samples", e.num_samples, 1)
     _int_at_least("eval.per_octave", e.per_octave, 1)
     _int_at_least("eval.num_windows", e.num_windows, 1)
+    _int_at_least("eval.loss_rows", e.loss_rows, 1)
+    _int_at_least("eval.models_per_batch", e.models_per_batch, 0)
 
 
 # ----------------------------------------------------------------------------- files and overrides

@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -103,7 +104,8 @@ def to_json_value(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} value {value!r} as JSON")
 
 
-def _write_json_atomic(path: str, payload: Any) -> None:
+def write_json_atomic(path: str, payload: Any) -> None:
+    """Write JSON through a temporary file and an atomic rename (strict JSON: no NaN)."""
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         json.dump(payload, f, indent=1, sort_keys=True, allow_nan=False)
@@ -144,7 +146,7 @@ def prepare_workdir(workdir: str, config, grid_rows: Sequence[dict], force: bool
             return "resume"
     os.makedirs(workdir, exist_ok=True)
     payload = {"config": config_dict, "provenance": to_json_value(provenance()), "grid": grid}
-    _write_json_atomic(os.path.join(workdir, CONFIG_FILE), payload)
+    write_json_atomic(os.path.join(workdir, CONFIG_FILE), payload)
     return "new"
 
 
@@ -189,6 +191,16 @@ def read_rows(path: str) -> list[dict]:
     return rows
 
 
+def write_rows(path: str, rows: Iterable[dict]) -> None:
+    """Write a whole jsonl file atomically (temporary file, fsync, rename)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write("".join(json.dumps(to_json_value(r), allow_nan=False) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 class MetricsWriter:
     """Appends rows to ``<workdir>/metrics.jsonl``: one flush + fsync per ``write`` call."""
 
@@ -218,19 +230,28 @@ class MetricsWriter:
         models = None if models is None else set(int(m) for m in models)
         rows = read_rows(self.path)
         keep = [r for r in rows if r["step"] <= step or (models is not None and r["model"] not in models)]
-        tmp = f"{self.path}.tmp"
-        with open(tmp, "w") as f:
-            f.write("".join(json.dumps(r, allow_nan=False) + "\n" for r in keep))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_rows(self.path, keep)
         return len(rows) - len(keep)
 
 
 # ----------------------------------------------------------------------------- analysis
 
+def workdir_rows(workdir: str) -> list[dict]:
+    """Metrics rows of a work directory; a job-array root also merges its ``slice_<k>/`` runs."""
+    rows = read_rows(os.path.join(workdir, METRICS_FILE))
+    slices = [n for n in os.listdir(workdir) if re.fullmatch(r"slice_\d+", n)
+              and os.path.isdir(os.path.join(workdir, n))]
+    for name in sorted(slices, key=lambda n: int(n[len("slice_"):])):
+        rows += read_rows(os.path.join(workdir, name, METRICS_FILE))  # model indices are global
+    return rows
+
+
 def load(workdirs: str | os.PathLike | Sequence[str | os.PathLike]):
-    """pandas DataFrame of the rows of one or more work directories, with config columns."""
+    """pandas DataFrame of the rows of one or more work directories, with config columns.
+
+    A job-array root (``launch.slurm``: ``config.json`` beside ``slice_<k>/`` work directories)
+    reads as one run.
+    """
     import pandas as pd
 
     workdirs = [workdirs] if isinstance(workdirs, (str, os.PathLike)) else list(workdirs)
@@ -240,7 +261,7 @@ def load(workdirs: str | os.PathLike | Sequence[str | os.PathLike]):
     for workdir in workdirs:
         workdir = str(workdir)
         flat = config_lib.flatten(read_config_json(workdir).get("config", {}))
-        frame = pd.DataFrame(read_rows(os.path.join(workdir, METRICS_FILE)))
+        frame = pd.DataFrame(workdir_rows(workdir))
         frame["workdir"] = workdir
         for column, key in CONFIG_COLUMNS.items():
             if column not in frame.columns:

@@ -19,7 +19,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = config_lib.base_config()
     config.grammar.update(dict(v=4, n=2, m=2, s=2, L=3, seed=0))
     config.data.update(dict(num_train=(16, 64), num_test=32, seed=0))
-    config.process.T = 20
+    config.process.update(dict(T=20, sampler_steps=20))
     config.network.width = 16
     config.train.update(dict(batch_size=8, lr=(3e-3,), num_steps=64, num_epochs=0.0, seeds=(0, 1),
                              steps_per_call=16))

@@ -159,3 +159,14 @@ def test_load_and_summary_table(tmp_path, smoke):
 def test_load_needs_a_workdir(tmp_path):
     with pytest.raises(ValueError, match="no config.json"):
         results.load(str(tmp_path))
+
+
+def test_load_merges_the_slices_of_a_job_array(tmp_path, smoke):
+    root = str(tmp_path / "array")
+    results.prepare_workdir(root, smoke, GRID)
+    for k in (1, 0):  # slice_10 would sort before slice_2 as text: order is numeric
+        results.prepare_workdir(os.path.join(root, f"slice_{k}"), smoke, GRID[k:k + 1])
+        results.MetricsWriter(os.path.join(root, f"slice_{k}")).write([row(k, 0), row(k, 8)])
+    df = results.load(root)
+    assert list(zip(df["model"], df["step"])) == [(0, 0), (0, 8), (1, 0), (1, 8)]
+    assert set(df["workdir"]) == {root}

@@ -1,0 +1,41 @@
+"""Train a sweep's grid on this machine's first device.
+
+    python -m launch.local --config sweeps/<exp>.py[:arg] --workdir DIR [--force] [--no_progress]
+                           [--config.section.key=value ...]
+
+Re-running the same command resumes the run. ``--force`` moves an existing work directory aside to
+``DIR.bak-<time>`` (nothing is deleted). Bad input exits with status 2 and one error line.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from rhm_jax import config as config_lib
+from rhm_jax import sweep
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line, run the sweep; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m launch.local", description=__doc__.splitlines()[0],
+                                     epilog="Overrides: --config.section.key=value (Python literals).")
+    parser.add_argument("--config", required=True, help="sweeps/<exp>.py or sweeps/<exp>.py:arg")
+    parser.add_argument("--workdir", required=True, help="work directory (created, or resumed)")
+    parser.add_argument("--force", action="store_true", help="move an existing work directory aside")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    args, overrides = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        force=True)  # absl (imported by orbax) may have claimed the root logger
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every file operation at INFO
+    try:
+        config = config_lib.load(args.config, overrides)
+        sweep.run(config, args.workdir, force=args.force, progress=not args.no_progress)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Re-score a run's checkpoints with more samples or sampler steps, without touching the run.
+
+    python -m launch.score --workdir DIR [--step N] [--num_samples K] [--sampler_steps S]
+
+Writes DIR/score_<step>_<K>_<S>.jsonl for every kept checkpoint (or step N) and prints a table per
+step. A missing step or a broken checkpoint exits with status 2 and one error line.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from rhm_jax import results, sweep
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line, re-score; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m launch.score", description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--step", type=int, default=None, help="one checkpoint step (default: all kept)")
+    parser.add_argument("--num_samples", type=int, default=None, help="default: the run's eval.num_samples")
+    parser.add_argument("--sampler_steps", type=int, default=None, help="default: the run's process.sampler_steps")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        force=True)  # absl (imported by orbax) may have claimed the root logger
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    try:
+        by_step = sweep.score(args.workdir, step=args.step, num_samples=args.num_samples,
+                              sampler_steps=args.sampler_steps)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for step, rows in by_step.items():
+        print(f"step {step}:\n{results.summary_table(rows)}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,367 @@
+"""The run loop: train a grid of models in chunks, evaluate on a log-spaced schedule, checkpoint, resume.
+
+Shape letters: M models in the grid (M' once padded for several devices), Q rows of the shared
+training pool (the largest P), N test rows, D sequence length.
+
+``run(config, workdir)`` is idempotent: a stopped run (any reason, SIGKILL included) restarts from
+its newest readable checkpoint, drops the metrics rows written after it, and ends with the same
+rows and states as an uninterrupted run. Schedule of one model with budget b: evaluations (and kept
+checkpoints) at ``{0, b} | evaluate.eval_steps(b, per_octave)``; extra checkpoints every
+``run.checkpoint_every`` steps, of which the last ``run.keep_last`` are kept. Evaluation keys are
+``fold_in(key(run.seed), step)``, so ``rescore`` reproduces an evaluation from its checkpoint.
+
+A grid larger than the device memory (or than ``run.max_models_per_program``) runs as sub-grids of
+consecutive models, one after another, each with its checkpoints in ``checkpoints/part_<i>``; the
+split is recorded in ``checkpoints/partition.json`` at the first start and reused on resume. With
+several local devices each sub-grid is split over them (``rhm_jax.sharding``). Rows carry the
+model's index in the full grid (``run.grid_slice`` runs a slice of it).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+
+from rhm_jax import checkpoint, diffusion, evaluate, grammar, networks, results, sharding, train
+from rhm_jax import config as config_lib
+
+log = logging.getLogger(__name__)
+
+MEMORY_FRACTION = 0.8  # of a device's bytes_limit that one training program may plan to use
+PARTITION_FILE = "partition.json"
+# Run settings that change neither the data nor a compiled program (not part of the memo key).
+_NOT_PROGRAM_KEYS = ("run.checkpoint_every", "run.keep_last", "run.max_models_per_program")
+
+
+class Setup(NamedTuple):
+    """Everything built from a config before training: data, process, network, grid."""
+
+    grammar: grammar.Grammar
+    pool_QxD: jax.Array
+    test_NxD: jax.Array
+    process: Any
+    network: networks.Network
+    grid: train.Grid
+    grid_rows: list[dict]
+
+
+class Programs(NamedTuple):
+    """A config's setup and its (placed, jitted) programs."""
+
+    setup: Setup
+    place: sharding.Placement
+    step_fn: Callable  # (state, grid, pool, num_steps) -> (state, metrics)
+    evaluator: Callable  # (state, grid, key) -> metrics
+    pool_QxD: jax.Array  # the pool where the programs read it
+
+
+def build(config: ml_collections.ConfigDict) -> Setup:
+    """Grammar, datasets (the pool holds the largest P; smaller P are its prefixes), process, network, grid."""
+    g = config.grammar
+    rules = grammar.sample_rules(g.seed, g.v, g.n, g.m, g.s, g.L)
+    train_QxD, test_NxD = grammar.sample_dataset(config.data.seed, rules, max(config.data.num_train),
+                                                 config.data.num_test)
+    process = diffusion.make(config.process, g.v, rules.d)
+    network = networks.make(config.network, g.v, g.s, g.L, process)
+    grid, grid_rows = train.make_grid(config)
+    return Setup(rules, jax.numpy.asarray(train_QxD), jax.numpy.asarray(test_NxD), process, network, grid,
+                 grid_rows)
+
+
+def programs(config: ml_collections.ConfigDict) -> Programs:
+    """The config's setup and programs, memoized so that re-running a config in one process
+    (resume, re-score, tests, notebooks) reuses the compilations."""
+    values = {k: v for k, v in config_lib.flatten(config_lib.to_dict(config)).items() if k not in _NOT_PROGRAM_KEYS}
+    return _programs(json.dumps(values, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=2)
+def _programs(key: str) -> Programs:
+    config = config_lib.base_config()
+    for name, value in json.loads(key).items():
+        section, field = name.split(".")
+        config[section][field] = tuple(value) if isinstance(value, list) else value
+    setup = build(config)
+    place = sharding.Placement(sharding.use_mesh(config))
+    step_fn = train.jit_chunk(place.chunk(train.make_train_chunk(config, setup.process, setup.network)))
+    evaluator = place.evaluator(evaluate.make_evaluator(config, setup.grammar, setup.process, setup.network,
+                                                        setup.pool_QxD, setup.test_NxD))
+    return Programs(setup, place, step_fn, evaluator, place.pool(setup.pool_QxD))
+
+
+def eval_key(config: ml_collections.ConfigDict, step: int) -> jax.Array:
+    """The evaluation key at ``step``: the same for a run, its resume and a re-score."""
+    return jax.random.fold_in(jax.random.key(config.run.seed), step)
+
+
+def schedule(budget: int, per_octave: int) -> list[int]:
+    """Evaluation steps of a model with this budget: 0, the log-spaced steps, and the budget."""
+    if budget < 1:
+        return [0]
+    return sorted({0, int(budget)} | {int(s) for s in evaluate.eval_steps(int(budget), per_octave)})
+
+
+def select(grid: train.Grid, positions: Sequence[int]) -> train.Grid:
+    """The sub-grid of the given positions in the grid."""
+    index = np.asarray(positions)
+    return jax.tree.map(lambda x: x[index], grid)
+
+
+# ----------------------------------------------------------------------------- sub-grids
+
+class Part(NamedTuple):
+    """One sub-grid: positions in the run's grid, global model indices, placed grid, schedules."""
+
+    positions: list[int]
+    models: list[int]  # grid_rows[...]["index"]: the model's index in the full grid
+    grid: train.Grid  # placed (padded to the device count on a mesh)
+    rows: list[dict]
+    schedules: dict[int, set[int]]  # model index -> its evaluation steps
+    end: int  # the largest budget
+
+    @property
+    def eval_points(self) -> set[int]:
+        return set().union(*self.schedules.values())
+
+
+def make_part(config: ml_collections.ConfigDict, progs: Programs, positions: Sequence[int]) -> Part:
+    """The sub-grid at these positions of the grid."""
+    rows = [progs.setup.grid_rows[i] for i in positions]
+    schedules = {r["index"]: set(schedule(r["budget_steps"], config.eval.per_octave)) for r in rows}
+    grid = progs.place.grid(select(progs.setup.grid, positions))
+    return Part(list(positions), [r["index"] for r in rows], grid, rows, schedules,
+                max(r["budget_steps"] for r in rows))
+
+
+def restore_target(config: ml_collections.ConfigDict, progs: Programs, grid: train.Grid) -> Any:
+    """Abstract state of a placed grid (the restore target)."""
+    return progs.place.target(jax.eval_shape(lambda: train.init_state(config, progs.setup.network, grid)))
+
+
+def models_per_program(config: ml_collections.ConfigDict, progs: Programs) -> int:
+    """How many models one compiled program may hold: the config cap, else device memory."""
+    M = len(progs.setup.grid_rows)
+    cap = int(config.run.max_models_per_program)
+    if cap > 0:
+        return min(cap, M)
+    try:
+        limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
+    except Exception:  # backends without memory stats (CPU) raise or return None
+        limit = None
+    if not limit:
+        return M
+    grid = progs.place.grid(progs.setup.grid)
+    lowered = progs.step_fn.lower(restore_target(config, progs, grid), grid, progs.pool_QxD, config.train.steps_per_call)
+    analysis = lowered.compile().memory_analysis()  # the compilation is reused by the first call
+    if analysis is None:
+        return M
+    need = sum(getattr(analysis, f"{name}_size_in_bytes", 0) for name in ("argument", "output", "temp"))
+    need -= getattr(analysis, "alias_size_in_bytes", 0)  # per device on a mesh
+    if need <= MEMORY_FRACTION * limit:
+        return M
+    devices = progs.place.num_devices
+    per_model = need / (grid.P.shape[0] / devices)
+    k = max(1, int(MEMORY_FRACTION * limit // per_model)) * devices
+    log.info("the grid of %d models needs about %.1f GiB per device for training, a device has %.1f GiB:"
+             " at most %d models per program", M, need / 2**30, limit / 2**30, k)
+    return min(k, M)
+
+
+def partition(config: ml_collections.ConfigDict, progs: Programs, workdir: str) -> list[list[int]]:
+    """Consecutive, balanced sub-grids (positions in the grid); the stored split of a started run wins."""
+    path = os.path.join(workdir, "checkpoints", PARTITION_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)["parts"]
+    M = len(progs.setup.grid_rows)
+    k = models_per_program(config, progs)
+    parts = [p.tolist() for p in np.array_split(np.arange(M), math.ceil(M / k))]
+    if len(parts) > 1:
+        log.info("splitting the grid of %d models into %d sub-grids of at most %d, run one after another",
+                 M, len(parts), max(len(p) for p in parts))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    results.write_json_atomic(path, {"parts": parts})
+    return parts
+
+
+def stored_parts(config: ml_collections.ConfigDict, progs: Programs, workdir: str) -> list[Part]:
+    """The sub-grids of an existing run (ValueError if it has no checkpoints)."""
+    path = os.path.join(workdir, "checkpoints", PARTITION_FILE)
+    if not os.path.exists(path):
+        raise ValueError(f"workdir={workdir!r} holds no checkpoints (no {path})")
+    with open(path) as f:
+        return [make_part(config, progs, positions) for positions in json.load(f)["parts"]]
+
+
+def part_dir(workdir: str, index: int) -> str:
+    """Checkpoint directory of sub-grid ``index``."""
+    return os.path.join(workdir, "checkpoints", f"part_{index}")
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def evaluation_rows(config: ml_collections.ConfigDict, progs: Programs, part: Part, state: Any, step: int,
+                    due: Callable[[int], bool]) -> list[dict]:
+    """Evaluate every model of the part at ``step``; rows of the models for which ``due(model)``."""
+    metrics = progs.evaluator(state, part.grid, eval_key(config, step))
+    rows = evaluate.to_rows(metrics, part.rows, state)  # real models come first in a padded grid
+    # A diverged model is frozen at diverged_step; its rows still carry the schedule's step.
+    return [dict(r, step=int(step)) for r in rows if due(int(r["model"]))]
+
+
+def _log_divergence(state: Any, part: Part, seen: set[int]) -> None:
+    """Log each model that diverged since the last check, with grid index and step."""
+    diverged, at = jax.device_get((state.diverged, state.diverged_step))
+    for j, row in enumerate(part.rows):
+        if diverged[j] and row["index"] not in seen:
+            seen.add(row["index"])
+            log.warning("model %d (P=%s, seed=%s, lr=%s) diverged at step %d: frozen there, reported in its"
+                        " rows", row["index"], row["P"], row["seed"], row["lr"], int(at[j]))
+
+
+def _start(config: ml_collections.ConfigDict, progs: Programs, part: Part, ckpt: checkpoint.Checkpointer,
+           writer: results.MetricsWriter, digest: str) -> tuple[int, Any, bool]:
+    """(step, state, restored): the newest readable checkpoint, or a fresh state at step 0."""
+    # strict=False: a state padded for another device count is truncated / zero-padded (dummies).
+    restored = ckpt.restore_latest(restore_target(config, progs, part.grid), strict=False)
+    if restored is None:
+        state = progs.place.init_state(config, progs.setup.network, part.grid)
+        if progs.place.mesh is None:  # committed like a restored state: one compilation for both
+            state = jax.device_put(state, jax.devices()[0])
+        writer.truncate_after(-1, part.models)
+        return 0, state, False
+    t, state, meta = restored
+    if meta.get("config_hash") != digest or meta.get("models") != part.models:
+        raise ValueError(f"checkpoint at step {t} in {ckpt.directory} was written for another config or grid"
+                         f" (hash {meta.get('config_hash')} vs {digest}); use a new --workdir")
+    dropped = writer.truncate_after(t, part.models)
+    log.info("resuming models %s from the checkpoint at step %d (%d later metrics rows dropped)",
+             _span(part.models), t, dropped)
+    return t, state, True
+
+
+def _run_part(config: ml_collections.ConfigDict, progs: Programs, writer: results.MetricsWriter,
+              directory: str, part: Part, bar: tqdm.tqdm) -> None:
+    """Train one sub-grid to its end, resuming from its newest readable checkpoint."""
+    eval_points, digest = part.eval_points, config_lib.config_hash(config)
+    with checkpoint.Checkpointer(directory, config.run.keep_last, keep_steps=eval_points) as ckpt:
+        t, state, restored = _start(config, progs, part, ckpt, writer, digest)
+        bar.update(sum(min(t, r["budget_steps"]) for r in part.rows))
+        every = int(config.run.checkpoint_every)
+        stops = sorted(eval_points | set(range(every, part.end, every) if every else ()) | {part.end})
+        seen: set[int] = set()
+
+        def stop(t: int) -> None:
+            if t in eval_points:
+                writer.write(evaluation_rows(config, progs, part, state, t, lambda m: t in part.schedules[m]))
+            _log_divergence(state, part, seen)
+            ckpt.save(t, state, {"config_hash": digest, "models": part.models, "grid": part.rows})
+
+        if not restored:
+            stop(0)
+        real = len(part.rows)  # padding dummies never train
+        pending = None  # metrics of the previous call: read one call late, so never blocking
+        while t < part.end:
+            target_step = next(s for s in stops if s > t)
+            n = min(int(config.train.steps_per_call), target_step - t)
+            state, metrics = progs.step_fn(state, part.grid, progs.pool_QxD, n)
+            t += n
+            if pending is not None:
+                bar.update(int(np.sum(jax.device_get(pending["steps_done"])[:real])))
+            pending = metrics
+            if t == target_step:  # evaluation or checkpoint: here we must wait anyway
+                bar.update(int(np.sum(jax.device_get(pending["steps_done"])[:real])))
+                pending = None
+                stop(t)
+
+
+def _span(models: Sequence[int]) -> str:
+    return f"{models[0]}..{models[-1]}" if len(models) > 1 else str(models[0])
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *, force: bool = False,
+        progress: bool = True) -> list[dict]:
+    """Train and evaluate the config's grid in ``workdir`` (new or resumed); returns all metrics rows."""
+    config_lib.validate(config)
+    progs = programs(config)
+    setup = progs.setup
+    workdir = os.path.abspath(workdir)
+    status = results.prepare_workdir(workdir, config, setup.grid_rows, force=force)
+    log.info("%s run in %s: %d models on %d device(s), largest P=%d, %d test rows", status, workdir,
+             len(setup.grid_rows), progs.place.num_devices, setup.pool_QxD.shape[0], setup.test_NxD.shape[0])
+    parts = partition(config, progs, workdir)
+    writer = results.MetricsWriter(workdir)
+    total = sum(r["budget_steps"] for r in setup.grid_rows)
+    with tqdm.tqdm(total=total, disable=not progress, unit="model-step", unit_scale=True,
+                   dynamic_ncols=True, desc="training") as bar:
+        for index, positions in enumerate(parts):
+            part = make_part(config, progs, positions)
+            if len(parts) > 1:
+                log.info("sub-grid %d/%d: models %s", index + 1, len(parts), _span(part.models))
+            _run_part(config, progs, writer, part_dir(workdir, index), part, bar)
+    rows = writer.rows()
+    table = results.summary_table(rows)
+    results.write_summary(workdir, table)
+    print(table)
+    return rows
+
+
+# ----------------------------------------------------------------------------- re-scoring
+
+def _sampler_steps(config: ml_collections.ConfigDict) -> int:
+    """Sampling steps the evaluator uses: T for the uniform process, else process.sampler_steps."""
+    return int(config.process.T if config.process.name == "uniform" else config.process.sampler_steps)
+
+
+def score(workdir: str, step: int | None = None, num_samples: int | None = None,
+          sampler_steps: int | None = None) -> dict[int, list[dict]]:
+    """Re-evaluate checkpoints (every kept step, or ``step``) with K samples and S sampler steps.
+
+    Writes ``score_<step>_<K>_<S>.jsonl`` per step (rows of the models that were at that step) and
+    returns the rows by step; never writes metrics.jsonl or checkpoints. K and S default to the
+    run's, so re-scoring an evaluation step reproduces its metrics rows.
+    """
+    workdir = os.path.abspath(workdir)
+    stored = results.read_config_json(workdir)
+    config = config_lib.from_dict(stored["config"])
+    if num_samples is not None:
+        config.eval.num_samples = int(num_samples)
+    if sampler_steps is not None:
+        if config.process.name == "uniform" and sampler_steps != config.process.T:
+            raise ValueError(f"--sampler_steps={sampler_steps}: the uniform process samples with its"
+                             f" T={config.process.T} steps; only the masked process takes other counts")
+        config.process.sampler_steps = int(sampler_steps)
+    config_lib.validate(config)
+    progs = programs(config)
+    if results.to_json_value(progs.setup.grid_rows) != stored["grid"]:
+        raise ValueError(f"the grid rebuilt from {workdir}/config.json differs from the stored one")
+    parts = stored_parts(config, progs, workdir)
+    ckpts = [checkpoint.Checkpointer(part_dir(workdir, i), read_only=True) for i in range(len(parts))]
+    try:
+        available = sorted(set().union(*(c.steps() for c in ckpts)))
+        if step is not None and step not in available:
+            raise ValueError(f"no checkpoint at step {step} in {workdir}; available steps: {available}")
+        by_step = {}
+        for s in [step] if step is not None else available:
+            rows = []
+            for part, ckpt in zip(parts, ckpts):
+                if s in ckpt.steps():
+                    state, _ = ckpt.restore(s, restore_target(config, progs, part.grid), strict=False)
+                    budget = {r["index"]: r["budget_steps"] for r in part.rows}
+                    rows += evaluation_rows(config, progs, part, state, s, lambda model: s <= budget[model])
+            name = f"score_{s}_{config.eval.num_samples}_{_sampler_steps(config)}.jsonl"
+            results.write_rows(os.path.join(workdir, name), rows)
+            log.info("wrote %s (%d rows)", name, len(rows))
+            by_step[s] = rows
+    finally:
+        for ckpt in ckpts:
+            ckpt.close()
+    return by_step

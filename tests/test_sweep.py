@@ -1,0 +1,244 @@
+"""The run loop on the smoke grid (4 models): records, resume after a stop or a SIGKILL, fallback past
+a broken checkpoint, re-scoring, sub-grids, refusals.
+
+All runs share one persistent compilation cache (also used by the subprocesses), and the in-process
+runs share sweep.programs' memo, so the grid is compiled once per size.
+"""
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import jax
+import jax.numpy as jnp
+import pytest
+from jax.experimental.compilation_cache import compilation_cache
+
+from launch import local as launch_local
+from launch import score as launch_score
+from rhm_jax import checkpoint, results, sharding, sweep
+from rhm_jax import config as config_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = os.path.join(ROOT, "sweeps", "smoke.py")
+STEPS = [0, 1, 2, 4, 8, 16, 32, 64]  # smoke: 64 steps, one evaluation per octave
+
+
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+    """A persistent compilation cache for this module and its subprocesses; restored afterwards."""
+    path = str(tmp_path_factory.mktemp("jax_cache"))
+    before = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    compilation_cache.reset_cache()
+    yield path
+    jax.config.update("jax_compilation_cache_dir", before[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
+    compilation_cache.reset_cache()
+
+
+def smoke(*overrides):
+    return config_lib.load(SMOKE, list(overrides))
+
+
+def by_key(rows):
+    return sorted(rows, key=lambda r: (r["model"], r["step"]))
+
+
+def assert_rows_close(rows, expected):
+    """Same rows; floats to 1e-5 (a grid of another size vectorizes its reductions differently)."""
+    assert [sorted(r) for r in rows] == [sorted(r) for r in expected]
+    for row, want in zip(rows, expected):
+        for key, value in want.items():
+            if isinstance(value, float):
+                assert row[key] == pytest.approx(value, rel=1e-5, abs=1e-7), (key, row, want)
+            else:
+                assert row[key] == value, (key, row, want)
+
+
+def final_state(workdir, config):
+    """The newest checkpointed state of every model, stacked in grid order."""
+    progs = sweep.programs(config)
+    states = []
+    for i, part in enumerate(sweep.stored_parts(config, progs, workdir)):
+        with checkpoint.Checkpointer(sweep.part_dir(workdir, i), read_only=True) as ckpt:
+            state, _ = ckpt.restore(ckpt.steps()[-1], sweep.restore_target(config, progs, part.grid))
+        states.append(sharding.unpad(state, len(part.rows)))
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *states)
+
+
+def snapshot(workdir):
+    """Every file under workdir with its bytes (to show that something was left untouched)."""
+    out = {}
+    for d, _, files in os.walk(workdir):
+        for f in files:
+            path = os.path.join(d, f)
+            with open(path, "rb") as fh:
+                out[os.path.relpath(path, workdir)] = fh.read()
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, compile_cache):
+    """An uninterrupted run of the smoke grid: (config, workdir, rows)."""
+    config = smoke()
+    workdir = str(tmp_path_factory.mktemp("reference"))
+    rows = sweep.run(config, workdir, progress=False)
+    return config, workdir, rows
+
+
+def test_run_records_every_evaluation(reference):
+    config, workdir, rows = reference
+    assert [(r["model"], r["step"]) for r in by_key(rows)] == [(m, s) for m in range(4) for s in STEPS]
+    assert results.read_rows(os.path.join(workdir, "metrics.jsonl")) == rows
+    grid = results.read_config_json(workdir)["grid"]
+    assert [(g["P"], g["seed"]) for g in grid] == [(16, 0), (16, 1), (64, 0), (64, 1)]
+    for r in rows:
+        assert r["P"] == grid[r["model"]]["P"] and r["epoch"] == r["step"] * 8 / r["P"]
+        assert 0 <= r["validity_l1"] <= 1 and r["diverged"] is False
+    with checkpoint.Checkpointer(sweep.part_dir(workdir, 0), read_only=True) as ckpt:
+        assert ckpt.steps() == STEPS  # evaluation steps are kept
+    assert (final_state(workdir, config).step == 64).all()
+    summary = open(os.path.join(workdir, "summary.txt")).read().splitlines()
+    assert len(summary) == 5 and summary[1].split()[:4] == ["0", "16", "0", "64"]
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_resume_after_a_stop_equals_an_uninterrupted_run(reference, tmp_path, monkeypatch, caplog):
+    config, ref_dir, ref_rows = reference
+    config = smoke("--config.run.checkpoint_every=24")  # an execution setting: same results
+    workdir = str(tmp_path)
+    save = checkpoint.Checkpointer.save
+
+    def stop_at_32(self, step, state, meta):
+        if step == 32:  # the rows of step 32 are written, its checkpoint is not
+            raise _Stop
+        save(self, step, state, meta)
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", stop_at_32)
+    with pytest.raises(_Stop):
+        sweep.run(config, workdir, progress=False)
+    assert max(r["step"] for r in results.read_rows(os.path.join(workdir, "metrics.jsonl"))) == 32
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", save)
+    with caplog.at_level(logging.INFO):
+        rows = sweep.run(config, workdir, progress=False)
+    assert "from the checkpoint at step 24 (4 later metrics rows dropped)" in caplog.text
+    assert rows == ref_rows
+    chex.assert_trees_all_equal(final_state(workdir, config), final_state(ref_dir, config))
+    with checkpoint.Checkpointer(sweep.part_dir(workdir, 0), read_only=True) as ckpt:
+        assert ckpt.steps() == sorted(STEPS + [48])  # 24 pruned: neither among the last 2 nor evaluated
+
+
+def _damage_latest(part_directory, step):
+    data = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(part_directory, str(step))) for f in fs
+            if f"state{os.sep}d{os.sep}" in os.path.join(d, f)]
+    biggest = max(data, key=os.path.getsize)
+    with open(biggest, "r+b") as f:
+        f.truncate(os.path.getsize(biggest) // 2)
+
+
+def test_broken_latest_checkpoint_falls_back_and_completes(reference, tmp_path, caplog):
+    config, ref_dir, ref_rows = reference
+    workdir = str(tmp_path / "run")
+    shutil.copytree(ref_dir, workdir)
+    _damage_latest(sweep.part_dir(workdir, 0), 64)
+    with caplog.at_level(logging.INFO):
+        rows = sweep.run(config, workdir, progress=False)
+    assert "checkpoint at step 64 is broken, falling back to the previous one" in caplog.text
+    assert "from the checkpoint at step 32 (4 later metrics rows dropped)" in caplog.text
+    assert rows == ref_rows
+    chex.assert_trees_all_equal(final_state(workdir, config), final_state(ref_dir, config))
+    assert any(p.startswith("broken-64-") for p in os.listdir(sweep.part_dir(workdir, 0)))
+
+
+def test_score_reproduces_evaluation_rows_and_touches_nothing(reference, capsys):
+    config, workdir, ref_rows = reference
+    before = snapshot(os.path.join(workdir, "checkpoints")), snapshot(workdir)["metrics.jsonl"]
+    assert launch_score.main(["--workdir", workdir, "--step", "16"]) == 0
+    scored = results.read_rows(os.path.join(workdir, "score_16_32_20.jsonl"))
+    assert scored == [r for r in ref_rows if r["step"] == 16]
+    assert "step 16:" in capsys.readouterr().out
+    assert (snapshot(os.path.join(workdir, "checkpoints")), snapshot(workdir)["metrics.jsonl"]) == before
+    assert launch_score.main(["--workdir", workdir, "--step", "5"]) == 2
+    assert "no checkpoint at step 5" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"available steps: \[0, 1, 2, 4, 8, 16, 32, 64\]"):
+        sweep.score(workdir, step=5)
+    with pytest.raises(ValueError, match="uniform process samples with its T=20 steps"):
+        sweep.score(workdir, step=16, sampler_steps=10)
+
+
+def test_score_of_a_broken_checkpoint_is_a_clear_error(reference, tmp_path):
+    _, ref_dir, _ = reference
+    workdir = str(tmp_path / "run")
+    shutil.copytree(ref_dir, workdir)
+    _damage_latest(sweep.part_dir(workdir, 0), 8)
+    with pytest.raises(ValueError, match="checkpoint at step 8 .*is unreadable"):
+        sweep.score(workdir, step=8)
+
+
+def test_model_cap_splits_the_grid_with_the_same_rows(reference, tmp_path, caplog):
+    _, ref_dir, ref_rows = reference
+    config = smoke("--config.run.max_models_per_program=3")
+    with caplog.at_level(logging.INFO):
+        rows = sweep.run(config, str(tmp_path), progress=False)
+    assert "splitting the grid of 4 models into 2 sub-grids of at most 2" in caplog.text
+    with open(tmp_path / "checkpoints" / sweep.PARTITION_FILE) as f:
+        assert json.load(f) == {"parts": [[0, 1], [2, 3]]}
+    assert_rows_close(by_key(rows), by_key(ref_rows))
+    # Adam divides by sqrt(v): where a gradient is ~0, rounding differences move a weight by up to ~lr.
+    chex.assert_trees_all_close(final_state(str(tmp_path), config), final_state(ref_dir, config),
+                                rtol=1e-5, atol=config.train.lr[0])
+
+
+def test_bad_input_is_refused_before_anything_is_written(reference, tmp_path, capsys):
+    _, ref_dir, _ = reference
+    fresh = str(tmp_path / "fresh")
+    with pytest.raises(ValueError, match="P_max=256"):
+        sweep.run(smoke("--config.data.num_train=(16,250)"), fresh, progress=False)
+    assert launch_local.main(["--config", SMOKE, "--workdir", fresh, "--config.train.lrate=1"]) == 2
+    assert "unknown config key 'train.lrate'" in capsys.readouterr().err
+    assert not os.path.exists(fresh)
+    before = snapshot(ref_dir)
+    with pytest.raises(ValueError, match=r"train.batch_size: 8 -> 4.*--force"):
+        sweep.run(smoke("--config.train.batch_size=4"), ref_dir, progress=False)
+    assert snapshot(ref_dir) == before
+
+
+def _launch(workdir, cache):
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PLATFORMS="cpu")
+    return subprocess.Popen([sys.executable, "-m", "launch.local", "--config", SMOKE, "--workdir", workdir,
+                             "--no_progress"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_restart_equals_an_uninterrupted_run(reference, tmp_path, compile_cache):
+    config, ref_dir, ref_rows = reference
+    workdir = str(tmp_path / "run")
+    part = sweep.part_dir(workdir, 0)
+    process = _launch(workdir, compile_cache)
+    deadline = time.time() + 300
+    while not (os.path.isdir(part) and any(p.isdigit() for p in os.listdir(part))):
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.time() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    _, killed_err = process.communicate()
+    assert process.returncode == -signal.SIGKILL, killed_err[-3000:]
+    assert not os.path.exists(os.path.join(workdir, "summary.txt")), killed_err[-3000:]  # killed mid-run
+    restart = _launch(workdir, compile_cache)
+    _, err = restart.communicate(timeout=600)
+    assert restart.returncode == 0, err[-3000:]
+    assert "resuming models 0..3 from the checkpoint at step" in err, err[-3000:]
+    assert by_key(results.read_rows(os.path.join(workdir, "metrics.jsonl"))) == by_key(ref_rows), err[-3000:]
+    chex.assert_trees_all_equal(final_state(workdir, config), final_state(ref_dir, config))
