@@ -6,13 +6,13 @@ Level l = 1 is the tuple just above the leaves, l = L the root (as in ``rhm_jax.
 """
 from __future__ import annotations
 
-import json
-import os
 import re
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
+
+from rhm_jax import results, theory
 
 GRAMMAR_KEYS = ("v", "n", "m", "s", "L")
 _VALIDITY = re.compile(r"^validity_l(\d+)$")
@@ -22,42 +22,12 @@ _VALIDITY = re.compile(r"^validity_l(\d+)$")
 
 def read_config(workdir: str) -> dict:
     """The ``config.json`` of a work directory as a dict ({config, provenance, grid})."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise ValueError(f"workdir={workdir!r} has no config.json")
-    with open(path) as f:
-        return json.load(f)
-
-
-def _read_metrics(workdir: str) -> pd.DataFrame:
-    """Metrics of one work directory: ``rhm_jax.results.load`` when present, else the raw jsonl."""
-    try:
-        from rhm_jax import results
-    except ImportError:  # results.py not landed yet: the documented jsonl is all we need
-        results = None
-    if results is not None and hasattr(results, "load"):
-        return results.load(workdir)
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        raise ValueError(f"workdir={workdir!r} has no metrics.jsonl")
-    return pd.read_json(path, lines=True)
+    return results.read_config_json(str(workdir))
 
 
 def load(workdirs: str | Sequence[str]) -> pd.DataFrame:
-    """Metrics of several work directories, each row tagged with ``workdir`` and the grammar."""
-    workdirs = [workdirs] if isinstance(workdirs, (str, os.PathLike)) else list(workdirs)
-    if not workdirs:
-        raise ValueError("workdirs must name at least one work directory")
-    frames = []
-    for workdir in workdirs:
-        grammar = read_config(str(workdir)).get("config", {}).get("grammar", {})
-        df = _read_metrics(str(workdir)).copy()
-        df["workdir"] = str(workdir)
-        for key in GRAMMAR_KEYS:
-            if key in grammar and key not in df:
-                df[key] = grammar[key]
-        frames.append(df)
-    return pd.concat(frames, ignore_index=True)
+    """Metrics of one or more work directories, each row tagged with ``workdir`` and the grammar."""
+    return results.load(workdirs)
 
 
 def levels(df: pd.DataFrame) -> list[int]:
@@ -277,12 +247,8 @@ def context_size(v: float, m: float, level: int | np.ndarray) -> np.ndarray:
 
 
 def theory_threshold(v: int, m: int, level: int, c: float = 1.0) -> float:
-    """Predicted P*_l: ``rhm_jax.theory.sample_complexity`` when present, else c * v * m**(l+1)."""
-    try:
-        from rhm_jax import theory
-        return float(c * theory.sample_complexity(v=v, m=m, level=level))
-    except (ImportError, AttributeError, TypeError):
-        return float(c * context_size(v, m, level))
+    """Predicted P*_l = c * v * m**(l+1) (``rhm_jax.theory.sample_complexity``)."""
+    return float(theory.sample_complexity(int(v), int(m), int(level), c))
 
 
 def ratios(table: pd.DataFrame) -> pd.DataFrame:
@@ -375,7 +341,7 @@ def memorization_onset(df: pd.DataFrame, copy_level: float = 0.1) -> pd.DataFram
 def creativity(df: pd.DataFrame, at: str = "last") -> pd.DataFrame:
     """Per model at its last (or best) evaluation: valid, copy, novel_valid and novel share of valid."""
     last = final(healthy(_keyed(df)), at)
-    ids = [c for c in ("workdir", "model", "P", "seed", "lr") if c in last]
+    ids = [c for c in ("workdir", "model", "P", "seed", "lr", *GRAMMAR_KEYS) if c in last]
     out = last[[*ids, "valid", "copy", "novel_valid"]].copy()
     with np.errstate(invalid="ignore", divide="ignore"):
         out["novel_share"] = np.where(out["valid"] > 0, out["novel_valid"] / out["valid"], np.nan)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from rhm_jax import analysis
+from rhm_jax import analysis, theory
 
 FORMATS = ("png", "pdf")
 MAX_TIME_PANELS = 6
@@ -49,13 +49,8 @@ def _grammar(df: pd.DataFrame) -> dict:
 
 
 def _uniform_baseline(g: dict, level: int) -> float:
-    """Validity of uniformly random tokens at ``level``: f**((s**l - 1)/(s - 1)), f = m / v**(s-1)."""
-    try:
-        from rhm_jax import theory
-        return float(theory.uniform_validity(g["v"], g["m"], g["s"], g["L"], g.get("n"))[level - 1])
-    except (ImportError, AttributeError, TypeError):
-        f = g["m"] / g["v"] ** (g["s"] - 1)
-        return float(f ** ((g["s"] ** level - 1) // (g["s"] - 1)))
+    """Validity at ``level`` of i.i.d. uniform tokens (what an untrained model scores)."""
+    return float(theory.uniform_validity(g["v"], g["m"], g["s"], g["L"], g.get("n"))[level - 1])
 
 
 # ----------------------------------------------------------------------------- figures
@@ -284,6 +279,19 @@ def _other_evaluation(df: pd.DataFrame, method: str, at: str) -> list[str]:
             markdown_table(summary[columns])]
 
 
+def _creativity_table(creative: pd.DataFrame) -> str:
+    """Mean over seeds per P of valid, copy, novel valid and novel share, beside P / P_max."""
+    keys = [*analysis.curve_keys(creative), "P"]
+    table = creative.groupby(keys)[["valid", "copy", "novel_valid", "novel_share"]].mean().reset_index()
+    if set(analysis.GRAMMAR_KEYS) <= set(creative):
+        grammar = creative.groupby(keys)[list(analysis.GRAMMAR_KEYS)].first().reset_index(drop=True)
+        table["copy_if_perfect"] = [
+            theory.expected_copy_fraction(int(P), theory.p_max(*(int(g[k]) for k in ("v", "n", "m", "s", "L"))))
+            for P, (_, g) in zip(table["P"], grammar.iterrows())]
+    table["workdir"] = table["workdir"].map(_label)
+    return markdown_table(table)
+
+
 def write_markdown(workdirs: Sequence[str], df: pd.DataFrame, out: str, figures: list[str],
                    method: str = "sigmoid", at: str = "last") -> str:
     """``report.md``: provenance, thresholds vs theory, ratios, c, learning times, copies, creativity."""
@@ -314,7 +322,7 @@ def write_markdown(workdirs: Sequence[str], df: pd.DataFrame, out: str, figures:
         f"## Thresholds P*_l (validity = 1/2 at each model's {at} evaluation; {method} fit in log P)\n",
         "`P_star`: fit pooled over seeds; `P_star_mean`/`P_star_std`: over per-seed fits; `censored`: "
         "'above' when no P reaches 1/2 (P* > largest P), 'below' when all do. `theory`: v m^(l+1) "
-        "(rhm_jax.theory when present).\n",
+        "(rhm_jax.theory.sample_complexity).\n",
         markdown_table(shown),
         *_other_evaluation(df, method, at),
         "## Ratios P*_(l+1) / P*_l (theory: m)\n", markdown_table(ratios),
@@ -330,10 +338,9 @@ def write_markdown(workdirs: Sequence[str], df: pd.DataFrame, out: str, figures:
         markdown_table(pd.concat([_mean_by_P(onset, "step"), _mean_by_P(onset, "final_copy")[["final_copy"]]],
                                  axis=1)) if len(onset) else "_(no copy column)_\n",
         f"## Creativity at the {at} evaluation (novel_share = novel valid / valid)\n",
-        markdown_table(creative.groupby([*analysis.curve_keys(creative), "P"])
-                       [["valid", "copy", "novel_valid", "novel_share"]]
-                       .mean().reset_index().assign(workdir=lambda d: d["workdir"].map(_label)))
-        if len(creative) else "_(no valid/copy columns)_\n",
+        "`copy_if_perfect`: copies of a generator uniform over all valid sequences, P / P_max "
+        "(rhm_jax.theory.expected_copy_fraction).\n",
+        _creativity_table(creative) if len(creative) else "_(no valid/copy columns)_\n",
         "## Diverged models (excluded from every fit)\n", markdown_table(diverged),
         "## Figures\n", *[f"- [{os.path.basename(p)}]({os.path.basename(p)})" for p in figures if p.endswith(".png")],
     ]
