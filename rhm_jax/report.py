@@ -11,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from rhm_jax import analysis, theory
@@ -38,7 +39,6 @@ def _save(fig: Figure, out: str, name: str) -> list[str]:
 
 def _colors(num: int) -> list:
     """``num`` distinguishable colours from the viridis map."""
-    from matplotlib import colormaps
     cmap = colormaps["viridis"]
     return [cmap(x) for x in np.linspace(0.0, 0.85, max(num, 1))]
 

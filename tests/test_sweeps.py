@@ -88,7 +88,7 @@ def test_quick_p_sweep_learns_level_one_before_level_two(tmp_path):
     from rhm_jax import sweep
 
     workdir = str(tmp_path / "quick")
-    sweep.run(sweep_module("hierarchy_in_p").get_config("quick"), workdir)
+    sweep.run(sweep_module("hierarchy_in_p").get_config("quick"), workdir, progress=False)
     # at each model's lowest test loss: the small-P models end up copying their data (see the docstring)
     table = analysis.thresholds(analysis.load(workdir), at="best")
     summary = analysis.threshold_summary(table).set_index("level")
