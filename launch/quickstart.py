@@ -1,14 +1,38 @@
-"""The README's main job. Until the sweep engine lands: a short grammar demo."""
-import jax
+"""The README's main job: the quick P sweep on this machine, then its report (tables and plots).
 
-from rhm_jax import grammar
+    python -m launch.quickstart [--workdir runs/quick] [--config sweeps/hierarchy_in_p.py:quick]
+
+Re-running resumes (or, when finished, only redraws the report).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from rhm_jax import config as config_lib
+from rhm_jax import report, sweep
 
 
-def main() -> None:
-    g = grammar.sample_rules(0, v=8, n=8, m=3, s=2, L=3)
-    print(f"RHM v=8 n=8 m=3 s=2 L=3: P_max = {g.p_max}")
-    print(grammar.sample(jax.random.key(0), g, 4))
+def main(argv: list[str] | None = None) -> int:
+    """Train the quick grid, then write figures and report.md; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m launch.quickstart", description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default="runs/quick")
+    parser.add_argument("--config", default="sweeps/hierarchy_in_p.py:quick")
+    args, overrides = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    try:
+        config = config_lib.load(args.config, overrides)
+        sweep.run(config, args.workdir)
+        paths = report.make_report([args.workdir], None, "sigmoid", "best")
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"results: {args.workdir}/metrics.jsonl; report: {paths['report'][0]} "
+          f"with {len(paths['figures'])} figures")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
