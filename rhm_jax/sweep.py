@@ -37,20 +37,20 @@ log = logging.getLogger(__name__)
 
 MEMORY_FRACTION = 0.8  # of a device's bytes_limit that one training program may plan to use
 PARTITION_FILE = "partition.json"
-# Run settings that change neither the data nor a compiled program (not part of the memo key).
-_NOT_PROGRAM_KEYS = ("run.checkpoint_every", "run.keep_last", "run.max_models_per_program")
+# Settings that change neither the data nor a compiled program, or only the grid's traced values
+# and its size (not part of the memo key: a new grid of the same size reuses the compilations).
+_NOT_PROGRAM_KEYS = ("run.checkpoint_every", "run.keep_last", "run.max_models_per_program",
+                     "train.num_steps", "train.num_epochs", "train.seeds", "train.lr", "run.grid_slice")
 
 
 class Setup(NamedTuple):
-    """Everything built from a config before training: data, process, network, grid."""
+    """What a config builds before training: grammar, data, process, network."""
 
     grammar: grammar.Grammar
     pool_QxD: jax.Array
     test_NxD: jax.Array
     process: Any
     network: networks.Network
-    grid: train.Grid
-    grid_rows: list[dict]
 
 
 class Programs(NamedTuple):
@@ -61,26 +61,27 @@ class Programs(NamedTuple):
     step_fn: Callable  # (state, grid, pool, num_steps) -> (state, metrics)
     evaluator: Callable  # (state, grid, key) -> metrics
     pool_QxD: jax.Array  # the pool where the programs read it
+    grid: train.Grid  # the whole grid (of this run's slice), not placed
+    grid_rows: list[dict]
 
 
 def build(config: ml_collections.ConfigDict) -> Setup:
-    """Grammar, datasets (the pool holds the largest P; smaller P are its prefixes), process, network, grid."""
+    """Grammar, datasets (the pool holds the largest P; smaller P are its prefixes), process, network."""
     g = config.grammar
     rules = grammar.sample_rules(g.seed, g.v, g.n, g.m, g.s, g.L)
     train_QxD, test_NxD = grammar.sample_dataset(config.data.seed, rules, max(config.data.num_train),
                                                  config.data.num_test)
     process = diffusion.make(config.process, g.v, rules.d)
     network = networks.make(config.network, g.v, g.s, g.L, process)
-    grid, grid_rows = train.make_grid(config)
-    return Setup(rules, jax.numpy.asarray(train_QxD), jax.numpy.asarray(test_NxD), process, network, grid,
-                 grid_rows)
+    return Setup(rules, jax.numpy.asarray(train_QxD), jax.numpy.asarray(test_NxD), process, network)
 
 
 def programs(config: ml_collections.ConfigDict) -> Programs:
     """The config's setup and programs, memoized so that re-running a config in one process
     (resume, re-score, tests, notebooks) reuses the compilations."""
     values = {k: v for k, v in config_lib.flatten(config_lib.to_dict(config)).items() if k not in _NOT_PROGRAM_KEYS}
-    return _programs(json.dumps(values, sort_keys=True))
+    grid, grid_rows = train.make_grid(config)
+    return _programs(json.dumps(values, sort_keys=True))._replace(grid=grid, grid_rows=grid_rows)
 
 
 @functools.lru_cache(maxsize=2)
@@ -94,7 +95,7 @@ def _programs(key: str) -> Programs:
     step_fn = train.jit_chunk(place.chunk(train.make_train_chunk(config, setup.process, setup.network)))
     evaluator = place.evaluator(evaluate.make_evaluator(config, setup.grammar, setup.process, setup.network,
                                                         setup.pool_QxD, setup.test_NxD))
-    return Programs(setup, place, step_fn, evaluator, place.pool(setup.pool_QxD))
+    return Programs(setup, place, step_fn, evaluator, place.pool(setup.pool_QxD), None, [])
 
 
 def eval_key(config: ml_collections.ConfigDict, step: int) -> jax.Array:
@@ -134,9 +135,9 @@ class Part(NamedTuple):
 
 def make_part(config: ml_collections.ConfigDict, progs: Programs, positions: Sequence[int]) -> Part:
     """The sub-grid at these positions of the grid."""
-    rows = [progs.setup.grid_rows[i] for i in positions]
+    rows = [progs.grid_rows[i] for i in positions]
     schedules = {r["index"]: set(schedule(r["budget_steps"], config.eval.per_octave)) for r in rows}
-    grid = progs.place.grid(select(progs.setup.grid, positions))
+    grid = progs.place.grid(select(progs.grid, positions))
     return Part(list(positions), [r["index"] for r in rows], grid, rows, schedules,
                 max(r["budget_steps"] for r in rows))
 
@@ -148,7 +149,7 @@ def restore_target(config: ml_collections.ConfigDict, progs: Programs, grid: tra
 
 def models_per_program(config: ml_collections.ConfigDict, progs: Programs) -> int:
     """How many models one compiled program may hold: the config cap, else device memory."""
-    M = len(progs.setup.grid_rows)
+    M = len(progs.grid_rows)
     cap = int(config.run.max_models_per_program)
     if cap > 0:
         return min(cap, M)
@@ -158,7 +159,7 @@ def models_per_program(config: ml_collections.ConfigDict, progs: Programs) -> in
         limit = None
     if not limit:
         return M
-    grid = progs.place.grid(progs.setup.grid)
+    grid = progs.place.grid(progs.grid)
     lowered = progs.step_fn.lower(restore_target(config, progs, grid), grid, progs.pool_QxD, config.train.steps_per_call)
     analysis = lowered.compile().memory_analysis()  # the compilation is reused by the first call
     if analysis is None:
@@ -181,7 +182,7 @@ def partition(config: ml_collections.ConfigDict, progs: Programs, workdir: str) 
     if os.path.exists(path):
         with open(path) as f:
             return json.load(f)["parts"]
-    M = len(progs.setup.grid_rows)
+    M = len(progs.grid_rows)
     k = models_per_program(config, progs)
     parts = [p.tolist() for p in np.array_split(np.arange(M), math.ceil(M / k))]
     if len(parts) > 1:
@@ -294,12 +295,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, force: bool = False,
     progs = programs(config)
     setup = progs.setup
     workdir = os.path.abspath(workdir)
-    status = results.prepare_workdir(workdir, config, setup.grid_rows, force=force)
+    status = results.prepare_workdir(workdir, config, progs.grid_rows, force=force)
     log.info("%s run in %s: %d models on %d device(s), largest P=%d, %d test rows", status, workdir,
-             len(setup.grid_rows), progs.place.num_devices, setup.pool_QxD.shape[0], setup.test_NxD.shape[0])
+             len(progs.grid_rows), progs.place.num_devices, setup.pool_QxD.shape[0], setup.test_NxD.shape[0])
     parts = partition(config, progs, workdir)
     writer = results.MetricsWriter(workdir)
-    total = sum(r["budget_steps"] for r in setup.grid_rows)
+    total = sum(r["budget_steps"] for r in progs.grid_rows)
     with tqdm.tqdm(total=total, disable=not progress, unit="model-step", unit_scale=True,
                    dynamic_ncols=True, desc="training") as bar:
         for index, positions in enumerate(parts):
@@ -341,7 +342,7 @@ def score(workdir: str, step: int | None = None, num_samples: int | None = None,
         config.process.sampler_steps = int(sampler_steps)
     config_lib.validate(config)
     progs = programs(config)
-    if results.to_json_value(progs.setup.grid_rows) != stored["grid"]:
+    if results.to_json_value(progs.grid_rows) != stored["grid"]:
         raise ValueError(f"the grid rebuilt from {workdir}/config.json differs from the stored one")
     parts = stored_parts(config, progs, workdir)
     ckpts = [checkpoint.Checkpointer(part_dir(workdir, i), read_only=True) for i in range(len(parts))]

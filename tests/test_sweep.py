@@ -186,17 +186,46 @@ def test_score_of_a_broken_checkpoint_is_a_clear_error(reference, tmp_path):
 
 
 def test_model_cap_splits_the_grid_with_the_same_rows(reference, tmp_path, caplog):
-    _, ref_dir, ref_rows = reference
-    config = smoke("--config.run.max_models_per_program=3")
+    """8 models (seeds 0..3) capped at 4 per program: two sub-grids of the reference's size (so no
+    new compilation); the models the reference also trained (seeds 0, 1) give its rows and states."""
+    config, ref_dir, ref_rows = reference
+    capped = smoke("--config.train.seeds=(0,1,2,3)", "--config.run.max_models_per_program=4")
     with caplog.at_level(logging.INFO):
-        rows = sweep.run(config, str(tmp_path), progress=False)
-    assert "splitting the grid of 4 models into 2 sub-grids of at most 2" in caplog.text
+        rows = sweep.run(capped, str(tmp_path), progress=False)
+    assert "splitting the grid of 8 models into 2 sub-grids of at most 4" in caplog.text
     with open(tmp_path / "checkpoints" / sweep.PARTITION_FILE) as f:
-        assert json.load(f) == {"parts": [[0, 1], [2, 3]]}
-    assert_rows_close(by_key(rows), by_key(ref_rows))
-    # Adam divides by sqrt(v): where a gradient is ~0, rounding differences move a weight by up to ~lr.
-    chex.assert_trees_all_close(final_state(str(tmp_path), config), final_state(ref_dir, config),
-                                rtol=1e-5, atol=config.train.lr[0])
+        assert json.load(f) == {"parts": [[0, 1, 2, 3], [4, 5, 6, 7]]}
+    same = {0: 0, 1: 1, 4: 2, 5: 3}  # capped-grid index -> reference index (P=16, 64 x seeds 0, 1)
+    assert_rows_close(by_key([dict(r, model=same[r["model"]]) for r in rows if r["model"] in same]),
+                      by_key(ref_rows))
+    assert len(rows) == 8 * len(STEPS)
+    state = final_state(str(tmp_path), capped)
+    chex.assert_trees_all_close(jax.tree.map(lambda x: x[jnp.array(list(same))], state),
+                                final_state(ref_dir, config), rtol=1e-6, atol=1e-6)
+
+
+def test_per_model_budgets_freeze_each_model_without_touching_the_others(reference, tmp_path):
+    config, ref_dir, ref_rows = reference
+    config = smoke("--config.train.num_steps=0", "--config.train.num_epochs=4.0")  # 4 * P / 8 steps
+    rows = sweep.run(config, str(tmp_path), progress=False)
+    budgets = {0: 8, 1: 8, 2: 32, 3: 32}
+    assert [(r["model"], r["step"]) for r in by_key(rows)] == [
+        (m, s) for m in range(4) for s in STEPS if s <= budgets[m]]
+    assert by_key(rows) == by_key([r for r in ref_rows if r["step"] <= budgets[r["model"]]])
+    assert final_state(str(tmp_path), config).step.tolist() == [8, 8, 32, 32]
+
+
+def test_diverged_models_are_reported_and_the_others_unharmed(reference, tmp_path, caplog):
+    _, _, ref_rows = reference
+    config = smoke("--config.train.seeds=(0,)", "--config.train.lr=(3e-3, 1e30)")  # 4 models again
+    with caplog.at_level(logging.WARNING):
+        rows = sweep.run(config, str(tmp_path), progress=False)
+    blown = [r for r in rows if r["lr"] == 1e30]
+    assert all(r["diverged"] for r in blown if r["step"] >= 2) and "diverged at step" in caplog.text
+    healthy = by_key([dict(r, model=r["model"] // 2 * 2) for r in rows if r["lr"] != 1e30])
+    assert healthy == by_key([r for r in ref_rows if r["seed"] == 0])
+    summary = open(tmp_path / "summary.txt").read().splitlines()
+    assert summary[0].split()[-1] == "diverged_at" and summary[2].split()[-1] != "-"
 
 
 def test_bad_input_is_refused_before_anything_is_written(reference, tmp_path, capsys):
