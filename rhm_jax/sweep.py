@@ -8,7 +8,7 @@ its newest readable checkpoint, drops the metrics rows written after it, and end
 rows and states as an uninterrupted run. Schedule of one model with budget b: evaluations (and kept
 checkpoints) at ``{0, b} | evaluate.eval_steps(b, per_octave)``; extra checkpoints every
 ``run.checkpoint_every`` steps, of which the last ``run.keep_last`` are kept. Evaluation keys are
-``fold_in(key(run.seed), step)``, so ``rescore`` reproduces an evaluation from its checkpoint.
+``fold_in(key(run.seed), step)``, so ``score`` reproduces an evaluation from its checkpoint.
 
 A grid larger than the device memory (or than ``run.max_models_per_program``) runs as sub-grids of
 consecutive models, one after another, each with its checkpoints in ``checkpoints/part_<i>``; the
@@ -260,14 +260,14 @@ def _run_part(config: ml_collections.ConfigDict, progs: Programs, writer: result
         stops = sorted(eval_points | set(range(every, part.end, every) if every else ()) | {part.end})
         seen: set[int] = set()
 
-        def stop(t: int) -> None:
+        def stop(t: int, state: Any) -> None:
             if t in eval_points:
                 writer.write(evaluation_rows(config, progs, part, state, t, lambda m: t in part.schedules[m]))
             _log_divergence(state, part, seen)
             ckpt.save(t, state, {"config_hash": digest, "models": part.models, "grid": part.rows})
 
         if not restored:
-            stop(0)
+            stop(0, state)
         real = len(part.rows)  # padding dummies never train
         pending = None  # metrics of the previous call: read one call late, so never blocking
         while t < part.end:
@@ -281,7 +281,7 @@ def _run_part(config: ml_collections.ConfigDict, progs: Programs, writer: result
             if t == target_step:  # evaluation or checkpoint: here we must wait anyway
                 bar.update(int(np.sum(jax.device_get(pending["steps_done"])[:real])))
                 pending = None
-                stop(t)
+                stop(t, state)
 
 
 def _span(models: Sequence[int]) -> str:

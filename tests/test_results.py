@@ -1,6 +1,5 @@
 """Work directories: refusal of a different config, metrics rows (strict JSON, truncation), load."""
 import json
-import math
 import os
 import subprocess
 
