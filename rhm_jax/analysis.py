@@ -145,7 +145,8 @@ def fit_sigmoid(x_K: np.ndarray, y_K: np.ndarray, iters: int = 200) -> tuple[flo
     """Least-squares logistic fit (center, slope) of y against x by Levenberg-Marquardt.
 
     Starts from the isotonic crossing of 1/2 so that the fit lands on the right side even for
-    noisy curves. Returns NaNs when the data never cross 1/2: the center is then out of range.
+    noisy curves (from the median x, slope following the trend, when y does not rise through 1/2).
+    Returns NaNs when the data never cross 1/2: the center is then out of range.
     """
     x_K, y_K = np.asarray(x_K, float), np.asarray(y_K, float)
     ok = np.isfinite(x_K) & np.isfinite(y_K)
@@ -154,8 +155,11 @@ def fit_sigmoid(x_K: np.ndarray, y_K: np.ndarray, iters: int = 200) -> tuple[flo
         return float("nan"), float("nan")
     order = np.argsort(x_K, kind="stable")
     center = crossing(x_K[order], isotonic(y_K[order]))
+    rising = True
+    if not np.isfinite(center):
+        center, rising = float(np.median(x_K)), bool(np.cov(x_K, y_K)[0, 1] >= 0)
     span = max(np.ptp(x_K), 1e-6)
-    theta = np.array([center, 8.0 / span])  # start: 1/8 of the span per unit of logit
+    theta = np.array([center, (8.0 if rising else -8.0) / span])  # 1/8 of the span per unit of logit
     damping = 1e-3
 
     def sse(t: np.ndarray) -> float:
@@ -186,7 +190,11 @@ def threshold(P_K: np.ndarray, validity_K: np.ndarray, method: str = "sigmoid") 
     """P at which validity crosses 1/2: logistic fit in log P, or monotone log-linear interpolation."""
     logP_K = np.log10(np.asarray(P_K, float))
     if method == "sigmoid":
-        return float(10 ** fit_sigmoid(logP_K, validity_K)[0])
+        center, slope = fit_sigmoid(logP_K, validity_K)
+        # a learning threshold rises with P and lies among the measured P (no extrapolation)
+        if not (slope > 0 and logP_K.min() <= center <= logP_K.max()):
+            return float("nan")
+        return float(10**center)
     if method == "interp":
         order = np.argsort(logP_K, kind="stable")
         return float(10 ** crossing(logP_K[order], isotonic(np.asarray(validity_K, float)[order])))
@@ -195,13 +203,14 @@ def threshold(P_K: np.ndarray, validity_K: np.ndarray, method: str = "sigmoid") 
 
 # ----------------------------------------------------------------------------- thresholds in P
 
-def _censor(validity: pd.Series) -> str:
-    """Where the threshold lies when it is not measured: 'above' the largest P, 'below' the smallest."""
+def _censor(validity: pd.Series, P_star: float) -> str:
+    """Why a threshold is missing: 'above' the largest P, 'below' the smallest, or 'not rising'
+    (validity crosses 1/2 but falls with P, e.g. small-P models copying their training set)."""
     if validity.max() < 0.5:
         return "above"
     if validity.min() >= 0.5:
         return "below"
-    return ""
+    return "" if np.isfinite(P_star) else "not rising"
 
 
 def thresholds(df: pd.DataFrame, method: str = "sigmoid", at: str = "last") -> pd.DataFrame:
@@ -218,9 +227,9 @@ def thresholds(df: pd.DataFrame, method: str = "sigmoid", at: str = "last") -> p
         grammar = {k: group[k].iloc[0] for k in GRAMMAR_KEYS if k in group}
         per_seed = [(seed, g) for seed, g in group.groupby("seed")] + [(-1, group)]
         for seed, g in per_seed:
-            rows.append(dict(**ids, seed=seed, **grammar,
-                             P_star=threshold(g["P"], g["validity"], method),
-                             censored=_censor(g["validity"]), num_P=g["P"].nunique()))
+            P_star = threshold(g["P"], g["validity"], method)
+            rows.append(dict(**ids, seed=seed, **grammar, P_star=P_star,
+                             censored=_censor(g["validity"], P_star), num_P=g["P"].nunique()))
     return pd.DataFrame(rows)
 
 

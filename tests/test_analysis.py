@@ -252,3 +252,14 @@ def test_best_prefers_window_mean_over_noisy_test_loss():
     df = pd.DataFrame(rows)
     assert analysis.final(df, "best")["step"].tolist() == [200]
     assert analysis.final(df.filter(regex="^(?!test_loss_window)"), "best")["step"].tolist() == [100]
+
+
+def test_falling_curve_gives_no_threshold_but_a_reason():
+    """Validity that falls with P (copies at small P) crosses 1/2 but is no learning threshold."""
+    P = np.logspace(1, 3, 9)
+    falling = analysis.sigmoid(np.log10(P), 2.0, -6.0)
+    center, slope = analysis.fit_sigmoid(np.log10(P), falling)
+    assert center == pytest.approx(2.0, abs=1e-4) and slope == pytest.approx(-6.0, rel=1e-3)
+    assert np.isnan(analysis.threshold(P, falling))
+    df = pd.DataFrame(dict(model=range(9), P=P, seed=0, step=1, validity_l1=falling))
+    assert analysis.thresholds(df).iloc[0]["censored"] == "not rising"
