@@ -11,12 +11,13 @@ Run time: ESTIMATE, not yet measured. Training is memory bound at about 40 bytes
           ~80 % of roofline a plain-JAX prototype reached, ~2,400/s: 33 x 2**18 model-steps in about
           1 h, plus ~2 min of evaluations (37 x 33 x 1024 samples). The authors' code (one model per
           process, 127 steps/s) would need about 19 GPU-hours for the same grid.
-          Quick: measured 5.5 min wall (2.4 min CPU time, the CPU shared with other jobs) on a 2-core
-          CPU: 8 models x 4096 steps, 13 evaluations.
+          Quick (8 models x 4096 steps, 14 evaluations) on a 2-core CPU: measured 2.0 min wall
+          (2.4 min CPU time) with the machine nearly idle, 5-5.5 min while ~10 other jobs shared it.
 Expected: final validity rises with P level by level; thresholds P*_l ~ c v m**(l+1) with ratios
           P*_(l+1) / P*_l ~ m = 4 and P*_4 ~ 16384 (SPEC section 5), i.e. c ~ 1, far below P_max.
-          Quick (v=8, m=3, L=3): P*_1 ~ 20-40 < P*_2 ~ 150-200, level 3 not reached (measured on
-          the 2-core CPU, --at best).
+          Quick (v=8, m=3, L=3; --at best), measured for grammar/data/model seeds 0, 1, 2, 3:
+          P*_1 = 17, 17, 19, 18 and P*_2 = 202, 246, 336, 280 (theory v m**(l+1): 72, 216); level 3
+          is not reached (validity <= 0.4).
 Measure:  read thresholds with `--at best` (each model at its lowest test loss, i.e. early
           stopping). With one step budget for the whole grid the small-P models end up copying
           their training set, and copies are valid at every level: at their last evaluation they
