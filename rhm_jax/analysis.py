@@ -203,9 +203,11 @@ def threshold(P_K: np.ndarray, validity_K: np.ndarray, method: str = "sigmoid") 
 
 # ----------------------------------------------------------------------------- thresholds in P
 
-def _censor(validity: pd.Series, P_star: float) -> str:
-    """Why a threshold is missing: 'above' the largest P, 'below' the smallest, or 'not rising'
-    (validity crosses 1/2 but falls with P, e.g. small-P models copying their training set)."""
+def _censor(P: pd.Series, validity: pd.Series, P_star: float) -> str:
+    """Why a threshold is missing: 'one P' on the grid, 'above' the largest P, 'below' the smallest,
+    or 'not rising' (validity crosses 1/2 but falls with P, e.g. small-P models copying their data)."""
+    if P.nunique() < 2:
+        return "one P"
     if validity.max() < 0.5:
         return "above"
     if validity.min() >= 0.5:
@@ -229,7 +231,7 @@ def thresholds(df: pd.DataFrame, method: str = "sigmoid", at: str = "last") -> p
         for seed, g in per_seed:
             P_star = threshold(g["P"], g["validity"], method)
             rows.append(dict(**ids, seed=seed, **grammar, P_star=P_star,
-                             censored=_censor(g["validity"], P_star), num_P=g["P"].nunique()))
+                             censored=_censor(g["P"], g["validity"], P_star), num_P=g["P"].nunique()))
     return pd.DataFrame(rows)
 
 

@@ -263,3 +263,5 @@ def test_falling_curve_gives_no_threshold_but_a_reason():
     assert np.isnan(analysis.threshold(P, falling))
     df = pd.DataFrame(dict(model=range(9), P=P, seed=0, step=1, validity_l1=falling))
     assert analysis.thresholds(df).iloc[0]["censored"] == "not rising"
+    one_P = df.assign(P=64.0)
+    assert analysis.thresholds(one_P).iloc[0]["censored"] == "one P"
