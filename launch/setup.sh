@@ -17,7 +17,7 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
 case "$what" in
-  test) exec .venv/bin/python -m pytest -q "${@:2}" ;;
+  test) exec .venv/bin/python -m pytest -q -n auto --dist loadfile "${@:2}" ;;
   quick) exec .venv/bin/python -m launch.quickstart "${@:2}" ;;
   *) echo "usage: launch/setup.sh {quick|test} [args]" >&2; exit 2 ;;
 esac
