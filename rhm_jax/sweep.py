@@ -318,8 +318,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, force: bool = False,
 # ----------------------------------------------------------------------------- re-scoring
 
 def _sampler_steps(config: ml_collections.ConfigDict) -> int:
-    """Sampling steps the evaluator uses: T for the uniform process, else process.sampler_steps."""
-    return int(config.process.T if config.process.name == "uniform" else config.process.sampler_steps)
+    """Sampling steps the evaluator uses: process.sampler_steps, or T when it is None."""
+    steps = config.process.sampler_steps
+    return int(config.process.T if steps is None else steps)
 
 
 def score(workdir: str, step: int | None = None, num_samples: int | None = None,
@@ -336,9 +337,6 @@ def score(workdir: str, step: int | None = None, num_samples: int | None = None,
     if num_samples is not None:
         config.eval.num_samples = int(num_samples)
     if sampler_steps is not None:
-        if config.process.name == "uniform" and sampler_steps != config.process.T:
-            raise ValueError(f"--sampler_steps={sampler_steps}: the uniform process samples with its"
-                             f" T={config.process.T} steps; only the masked process takes other counts")
         config.process.sampler_steps = int(sampler_steps)
     config_lib.validate(config)
     progs = programs(config)

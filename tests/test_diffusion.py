@@ -148,6 +148,7 @@ PROCESSES = [pytest.param(small_uniform, id="uniform"),
     ("uniform", {"beta2": 1.0}, r"process.beta2=1.0 must be < 1"),
     ("uniform", {"beta1": 0.0}, r"process.beta1=0.0 must be > 0"),
     ("uniform", {"sampler_steps": 0}, r"process.sampler_steps=0 must be an integer >= 1"),
+    ("uniform", {"T": 8, "sampler_steps": 9}, r"process.sampler_steps=9 must be <= T=8"),
     ("masked", {"schedule": "sqrt"}, r"process.schedule='sqrt' must be one of"),
     ("masked", {"sampler_steps": 0}, r"process.sampler_steps=0 must be an integer >= 1"),
     ("masked", {"eps": 0.5}, r"process.eps=0.5 must be in \(0, 0.5\)"),
@@ -185,6 +186,8 @@ def test_make_reads_any_config_object_and_is_static_under_jit():
     assert (msk.sampler_steps, msk.eps, msk.schedule) == (200, 1e-4, "linear")
     uni = diffusion.make(diffusion.default_config(), 8)
     assert (uni.T, uni.beta1, uni.beta2, uni.input_vocab) == (200, 1e-3, 0.1, 8)
+    strided = diffusion.make(config("uniform", T=8, sampler_steps=3), V)
+    assert strided.sampler_steps == 3 and uni.sampler_steps is None
     static = jax.jit(chex.assert_max_traces(lambda t, proc: proc.alphabar(t), n=1), static_argnums=1)
     static(jnp.array([0.5]), procs[0])
     static(jnp.array([0.5]), procs[1])  # an equal process: no retrace

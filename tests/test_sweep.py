@@ -172,8 +172,11 @@ def test_score_reproduces_evaluation_rows_and_touches_nothing(reference, capsys)
     assert "no checkpoint at step 5" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"available steps: \[0, 1, 2, 4, 8, 16, 32, 64\]"):
         sweep.score(workdir, step=5)
-    with pytest.raises(ValueError, match="uniform process samples with its T=20 steps"):
-        sweep.score(workdir, step=16, sampler_steps=10)
+    strided = sweep.score(workdir, step=16, sampler_steps=10)[16]  # 10 of the T=20 steps
+    assert os.path.exists(os.path.join(workdir, f"score_16_{len_samples(workdir)}_10.jsonl"))
+    assert [r["model"] for r in strided] == [r["model"] for r in sweep.score(workdir, step=16)[16]]
+    with pytest.raises(ValueError, match=r"process.sampler_steps=21 must be <= T=20"):
+        sweep.score(workdir, step=16, sampler_steps=21)
 
 
 def test_score_of_a_broken_checkpoint_is_a_clear_error(reference, tmp_path):
@@ -271,3 +274,9 @@ def test_sigkill_mid_run_then_restart_equals_an_uninterrupted_run(reference, tmp
     assert "resuming models 0..3 from the checkpoint at step" in err, err[-3000:]
     assert by_key(results.read_rows(os.path.join(workdir, "metrics.jsonl"))) == by_key(ref_rows), err[-3000:]
     chex.assert_trees_all_equal(final_state(workdir, config), final_state(ref_dir, config))
+
+
+def len_samples(workdir: str) -> int:
+    """eval.num_samples of the run stored in ``workdir``."""
+    with open(os.path.join(workdir, "config.json")) as f:
+        return json.load(f)["config"]["eval"]["num_samples"]

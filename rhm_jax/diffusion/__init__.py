@@ -34,7 +34,9 @@ def default_config(name: str = "uniform") -> ml_collections.ConfigDict:
         schedule="linear",  # masked: 'linear' | 'cosine' | 'poly'
         power=1.0,         # masked: exponent of the 'poly' schedule
         eps=1e-4,          # masked: alpha(t) stays within [eps, 1 - eps]
-        sampler_steps=200,  # masked: default number of sampling steps
+        # Sampler steps used by evaluations; None means T. The uniform sampler strides over its
+        # T-step chain (at most T steps); the masked one takes any number.
+        sampler_steps=None,
     ))
 
 
@@ -82,6 +84,8 @@ def validate(process_config: Any) -> None:
     if steps is not None and (not _is_int(steps) or steps < 1):
         raise ValueError(f"process.sampler_steps={steps!r} must be an integer >= 1")
     if name == "uniform":
+        if steps is not None and steps > T:
+            raise ValueError(f"process.sampler_steps={steps} must be <= T={T} for the uniform process")
         _check_uniform(process_config)
     else:
         _check_masked(process_config)
@@ -98,11 +102,12 @@ def make(process_config: Any, v: int, d: int | None = None) -> Process:
     if d is not None and (not _is_int(d) or d < 1):
         raise ValueError(f"sequence length d={d!r} must be an integer >= 1")
     d = None if d is None else int(d)
+    steps = field(process_config, "sampler_steps", None)
     if field(process_config, "name") == "uniform":
         return UniformProcess(v=int(v), T=int(field(process_config, "T", 200)),
                               beta1=float(field(process_config, "beta1", 1e-3)),
-                              beta2=float(field(process_config, "beta2", 0.1)), d=d)
-    steps = field(process_config, "sampler_steps", None)
+                              beta2=float(field(process_config, "beta2", 0.1)), d=d,
+                              sampler_steps=None if steps is None else int(steps))
     return MaskedProcess(v=int(v), schedule=str(field(process_config, "schedule", "linear")),
                          power=float(field(process_config, "power", 1.0)),
                          eps=float(field(process_config, "eps", 1e-4)),

@@ -72,6 +72,7 @@ class UniformProcess:
     beta1: float = 1e-3
     beta2: float = 0.1
     d: int | None = None  # sequence length for ``sample`` (optional, may be passed there)
+    sampler_steps: int | None = None  # default steps of ``sample``; None means T
 
     @property
     def input_vocab(self) -> int:
@@ -150,7 +151,8 @@ class UniformProcess:
 
     def sample(self, params: Any, apply_fn: ApplyFn, key: jax.Array, num: int,
                steps: int | None = None, d: int | None = None) -> jax.Array:
-        """(num, d) int32 samples by ancestral sampling from uniform x_T; steps defaults to T."""
+        """(num, d) int32 samples by ancestral sampling from uniform x_T; steps defaults to sampler_steps, else T."""
+        steps = self.sampler_steps if steps is None else steps
         steps = base.check_steps(self.T if steps is None else steps, upper=self.T)
         d = base.check_length(d, self.d)
         grid = np.floor(np.linspace(self.T, 0, steps + 1) + 0.5).astype(np.int32)
