@@ -17,31 +17,24 @@ Expected: P*_l ~ c v m**(l+1) = c * (144, 432, 1296, 3888) with ratios ~ m = 3 a
 """
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 from rhm_jax import config as config_lib
 
+_BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hierarchy_in_p.py")
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """The m=3 P sweep; 'quick' is the m=2 companion of hierarchy_in_p's quick grid (v=8, L=3)."""
+    """hierarchy_in_p with m=3 (P = 32 .. 16384); 'quick' is its quick grid with m=2, P <= 512."""
     if arg not in (None, "", "quick"):
         raise ValueError(f"sweeps/hierarchy_in_p_m3.py takes no argument or 'quick', got {arg!r}")
-    config = config_lib.base_config()
-    config.grammar.update(dict(v=16, n=16, m=3, s=2, L=4, seed=0))
-    config.data.update(dict(num_train=tuple(32 * 2**k for k in range(10)), num_test=1024, seed=0))
-    config.network.update(dict(name="bpunet", width=1024))
-    config.train.update(dict(batch_size=64, lr=(1e-4,), num_steps=2**18, num_epochs=0.0, seeds=(0, 1, 2)))
-    config.eval.update(dict(num_samples=1024, per_octave=2, num_windows=10))
-    if arg == "quick":
-        _quick(config)
+    config = config_lib.load(f"{_BASE}:{arg}" if arg else _BASE)  # everything but m and P as there
+    if arg == "quick":  # v=8, m=2, L=3 (P_max = 1024): thresholds ~ 32, 64, 128
+        config.grammar.m = 2
+        config.data.num_train = (8, 16, 32, 64, 128, 256, 512)
+    else:
+        config.grammar.m = 3
+        config.data.num_train = tuple(32 * 2**k for k in range(10))
     return config
-
-
-def _quick(config: ml_collections.ConfigDict) -> None:
-    """v=8, m=2, L=3 (P_max = 1024): thresholds ~ 32, 64, 128; training as hierarchy_in_p's quick."""
-    config.grammar.update(dict(v=8, n=8, m=2, s=2, L=3, seed=0))
-    config.data.update(dict(num_train=(8, 16, 32, 64, 128, 256, 512), num_test=256, seed=0))
-    config.process.update(dict(T=50, beta2=0.2))
-    config.network.width = 64
-    config.train.update(dict(batch_size=64, lr=(2e-3,), num_steps=4096, seeds=(0,), steps_per_call=128))
-    config.eval.update(dict(num_samples=256, per_octave=1, num_windows=10))
