@@ -20,12 +20,15 @@ import numpy as np
 
 from rhm_jax import diffusion, grammar, networks
 
+KEEP_EVALUATIONS = ("all", "octaves", "none")
+
 # Run keys that change how a run executes but not its results; a work directory may be resumed
 # with other values for these (results.prepare_workdir ignores them when comparing configs).
 EXECUTION_KEYS = (
     "train.steps_per_call",
     "run.checkpoint_every",
     "run.keep_last",
+    "run.keep_evaluations",
     "run.max_models_per_program",
     "run.shard_models",
 )
@@ -63,6 +66,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.run = dict(
         checkpoint_every=0,  # 0: checkpoint at evaluation steps only
         keep_last=3,  # most recent checkpoints kept, besides those at evaluation steps
+        # Checkpoints kept at evaluation steps (for launch.score): 'all'; 'octaves' (steps that are
+        # powers of two, and each model's last step); 'none'. A 64-model W=1024 grid with Adam
+        # state takes about 14 GB per checkpoint.
+        keep_evaluations="all",
         max_models_per_program=0,  # 0: automatic (device memory); else a cap per sub-grid
         seed=0,  # evaluation keys are fold_in(key(run.seed), step)
         shard_models=True,  # split the grid over all local devices when there are several
@@ -109,6 +116,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     r = config.run
     _int_at_least("run.checkpoint_every", r.checkpoint_every, 0)
     _int_at_least("run.keep_last", r.keep_last, 1)
+    if r.keep_evaluations not in KEEP_EVALUATIONS:
+        raise ValueError(f"run.keep_evaluations={r.keep_evaluations!r} must be one of {KEEP_EVALUATIONS}")
     _int_at_least("run.max_models_per_program", r.max_models_per_program, 0)
     _int_at_least("run.seed", r.seed, 0)
     if not isinstance(r.shard_models, bool):

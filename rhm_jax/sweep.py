@@ -39,7 +39,7 @@ MEMORY_FRACTION = 0.8  # of a device's bytes_limit that one training program may
 PARTITION_FILE = "partition.json"
 # Settings that change neither the data nor a compiled program, or only the grid's traced values
 # and its size (not part of the memo key: a new grid of the same size reuses the compilations).
-_NOT_PROGRAM_KEYS = ("run.checkpoint_every", "run.keep_last", "run.max_models_per_program",
+_NOT_PROGRAM_KEYS = ("run.checkpoint_every", "run.keep_last", "run.keep_evaluations", "run.max_models_per_program",
                      "train.num_steps", "train.num_epochs", "train.seeds", "train.lr", "run.grid_slice")
 
 
@@ -249,11 +249,21 @@ def _start(config: ml_collections.ConfigDict, progs: Programs, part: Part, ckpt:
     return t, state, True
 
 
+def kept_evaluations(eval_points: set[int], mode: str, budgets: Sequence[int]) -> set[int]:
+    """Evaluation steps whose checkpoints are kept under ``run.keep_evaluations``."""
+    if mode == "all":
+        return set(eval_points)
+    if mode == "octaves":
+        return {s for s in eval_points if s & (s - 1) == 0 or s in budgets}  # 0, powers of 2, ends
+    return set()
+
+
 def _run_part(config: ml_collections.ConfigDict, progs: Programs, writer: results.MetricsWriter,
               directory: str, part: Part, bar: tqdm.tqdm) -> None:
     """Train one sub-grid to its end, resuming from its newest readable checkpoint."""
     eval_points, digest = part.eval_points, config_lib.config_hash(config)
-    with checkpoint.Checkpointer(directory, config.run.keep_last, keep_steps=eval_points) as ckpt:
+    keep = kept_evaluations(eval_points, config.run.keep_evaluations, [r["budget_steps"] for r in part.rows])
+    with checkpoint.Checkpointer(directory, config.run.keep_last, keep_steps=keep) as ckpt:
         t, state, restored = _start(config, progs, part, ckpt, writer, digest)
         bar.update(sum(min(t, r["budget_steps"]) for r in part.rows))
         every = int(config.run.checkpoint_every)

@@ -109,6 +109,21 @@ def test_run_records_every_evaluation(reference):
     assert len(summary) == 5 and summary[1].split()[:4] == ["0", "16", "0", "64"]
 
 
+def test_kept_evaluation_checkpoints_follow_run_keep_evaluations(reference, tmp_path):
+    _, _, ref_rows = reference
+    points = {0, 1, 2, 3, 4, 6, 8, 11, 16, 23, 30}
+    assert sweep.kept_evaluations(points, "all", [30]) == points
+    assert sweep.kept_evaluations(points, "octaves", [23, 30]) == {0, 1, 2, 4, 8, 16, 23, 30}
+    assert sweep.kept_evaluations(points, "none", [30]) == set()
+    workdir = str(tmp_path)
+    rows = sweep.run(smoke("--config.run.keep_evaluations=none"), workdir, progress=False)
+    assert by_key(rows) == by_key(ref_rows)  # the same run, only fewer checkpoints on disk
+    with checkpoint.Checkpointer(sweep.part_dir(workdir, 0), read_only=True) as ckpt:
+        assert ckpt.steps() == [32, 64]  # run.keep_last=2
+    with pytest.raises(ValueError, match=r"run.keep_evaluations='some' must be one of"):
+        config_lib.validate(smoke("--config.run.keep_evaluations=some"))
+
+
 class _Stop(Exception):
     pass
 
