@@ -19,22 +19,22 @@ Expected: the same questions as hierarchy_in_p: validity thresholds ordered by l
 """
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 from rhm_jax import config as config_lib
+
+_BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hierarchy_in_p.py")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """Masked diffusion + transformer over the hierarchy_in_p grid; 'quick' is a CPU-sized version."""
     if arg not in (None, "", "quick"):
         raise ValueError(f"sweeps/masked_transformer.py takes no argument or 'quick', got {arg!r}")
-    config = config_lib.base_config()
-    config.grammar.update(dict(v=16, n=16, m=4, s=2, L=4, seed=0))
-    config.data.update(dict(num_train=tuple(64 * 2**k for k in range(11)), num_test=1024, seed=0))
+    config = config_lib.load(_BASE)  # grammar, P grid, seeds, training and evaluation as there
     config.process.update(dict(name="masked", schedule="linear", sampler_steps=100))
     config.network.update(dict(name="transformer", width=512, depth=6, heads=8, mlp_ratio=4.0))
-    config.train.update(dict(batch_size=64, lr=(1e-4,), num_steps=2**18, num_epochs=0.0, seeds=(0, 1, 2)))
-    config.eval.update(dict(num_samples=1024, per_octave=2, num_windows=10))
     if arg == "quick":
         _quick(config)
     return config
