@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from rhm_jax import coherence, grammar
+from strategies import rhm_params
 
 
 def reference_parse(g, row):
@@ -28,15 +29,9 @@ def production_set(g, level):
     return {tuple(int(t) for t in x) for x in np.asarray(g.rules[g.L - level]).reshape(-1, g.s)}
 
 
-@st.composite
-def grammars(draw):
+def grammars():
     """Small random grammars with s = 2 or 3, n <= v."""
-    s = draw(st.sampled_from([2, 3]))
-    L = draw(st.integers(1, 3 if s == 2 else 2))
-    v = draw(st.integers(2, 5 if s == 2 else 3))
-    m = draw(st.integers(1, min(v ** (s - 1), 4)))
-    n = draw(st.integers(1, min(v, v**s // m)))
-    return grammar.sample_rules(draw(st.integers(0, 2**16)), v=v, n=n, m=m, s=s, L=L)
+    return rhm_params().map(lambda p: grammar.sample_rules(p[5], v=p[0], n=p[1], m=p[2], s=p[3], L=p[4]))
 
 
 @settings(max_examples=5, deadline=None)

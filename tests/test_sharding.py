@@ -142,19 +142,14 @@ def test_four_device_checkpoint_restores_on_fewer(four_devices, devices):
 def _setup():
     """The smoke grammar with 3 seeds x 2 P = 6 models, its data, process, network and grid."""
     from rhm_jax import config as config_lib
-    from rhm_jax import diffusion, grammar, networks
+    from rhm_jax import sweep
 
     config = config_lib.load(os.path.join(ROOT, "sweeps", "smoke.py"),
                              ["--config.train.seeds=(0,1,2)", f"--config.train.steps_per_call={STEPS}",
                               "--config.eval.num_samples=16"])
-    g = config.grammar
-    rules = grammar.sample_rules(g.seed, g.v, g.n, g.m, g.s, g.L)
-    pool_QxD, test_NxD = grammar.sample_dataset(config.data.seed, rules, max(config.data.num_train),
-                                                config.data.num_test)
-    process = diffusion.make(config.process, g.v, rules.d)
-    network = networks.make(config.network, g.v, g.s, g.L, process)
+    setup = sweep.build(config)  # the run loop's own grammar, data, process and network
     grid, rows = train.make_grid(config)
-    return config, rules, jnp.asarray(pool_QxD), jnp.asarray(test_NxD), process, network, grid, rows
+    return config, setup.grammar, setup.pool_QxD, setup.test_NxD, setup.process, setup.network, grid, rows
 
 
 def _max_diff(a, b) -> float:
