@@ -27,7 +27,7 @@ import time
 import jax
 import numpy as np
 
-from rhm_jax import coherence, grammar
+from rhm_jax import coherence, data, grammar
 
 GRAMMARS = [dict(v=32, n=32, m=8, s=2, L=5), dict(v=16, n=16, m=4, s=2, L=4)]
 
@@ -110,7 +110,7 @@ def bench_grammar(params: dict, batches: list[int], repeats: int) -> None:
             print(line, flush=True)
     for seed in (0, 1):  # the first call compiles the decoder
         start = time.perf_counter()
-        train, _ = grammar.sample_dataset(seed, g, 10**6, 1024)
+        train, _ = data.sample_dataset(seed, g, 10**6, 1024)
         seconds = time.perf_counter() - start
     print(f"  sample_dataset(1e6 train + 1024 test): {seconds:.2f} s ({len(train) / seconds:.3g} seq/s)")
 

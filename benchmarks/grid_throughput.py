@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rhm_jax import config as config_lib
-from rhm_jax import diffusion, evaluate, grammar, networks, train
+from rhm_jax import data, diffusion, evaluate, grammar, networks, train
 
 BYTES_PER_PARAM_STEP = 40
 
@@ -49,7 +49,7 @@ def build(config):
     """Grammar, data on device, process, network, grid."""
     g = config.grammar
     rules = grammar.sample_rules(g.seed, g.v, g.n, g.m, g.s, g.L)
-    pool, test = grammar.sample_dataset(config.data.seed, rules, max(config.data.num_train), config.data.num_test)
+    pool, test = data.sample_dataset(config.data.seed, rules, max(config.data.num_train), config.data.num_test)
     process = diffusion.make(config.process, g.v, rules.d)
     network = networks.make(config.network, g.v, g.s, g.L, process)
     grid, _ = train.make_grid(config)

@@ -197,7 +197,7 @@ def find(lookup: Lookup, tokens) -> jax.Array:
 def is_copy(lookup: Lookup, tokens, num_train) -> jax.Array:
     """Rows (...,) equal to one of the first ``num_train`` reference rows (bool).
 
-    Training sets for smaller P are prefixes of the largest (``grammar.sample_dataset``), so one
+    Training sets for smaller P are prefixes of the largest (``data.sample_dataset``), so one
     lookup of the largest serves every model; ``num_train`` may be a traced per-model value.
     """
     index = find(lookup, tokens)

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rhm_jax import coherence, train
+from rhm_jax import coherence, data, train
 
 DEFAULT_LOSS_ROWS = 1024
 _EVAL_ROWS_SEED = np.uint32(0xE7A1)  # the train rows of the loss estimate: not the training order
@@ -134,7 +134,7 @@ def make_evaluator(config: Any, grammar: Any, process: Any, network: Any, pool_Q
         k_sample, k_train, k_test, k_train_w, k_test_w = jax.random.split(key, 5)
         tokens_NxD = process.sample(params, network.apply, k_sample, num_samples, **sample_kwargs)
         metrics = score_samples(grammar, lookup, tokens_NxD, grid.P)
-        train_RxD = pool_QxD[train.batch_indices(_EVAL_ROWS_SEED ^ grid.data_seed, grid.P, 0, rows)]
+        train_RxD = pool_QxD[data.batch_indices(_EVAL_ROWS_SEED ^ grid.data_seed, grid.P, 0, rows)]
         metrics["train_loss"] = process.loss(params, network.apply, k_train, train_RxD)[0]
         metrics["test_loss"] = process.loss(params, network.apply, k_test, test_RxD)[0]
         metrics["train_loss_window"] = process.window_losses(params, network.apply, k_train_w, train_RxD,

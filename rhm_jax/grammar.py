@@ -1,5 +1,4 @@
-"""The Random Hierarchy Model (RHM) as data: rules, parse tables, sampler, parser, index bijection,
-datasets and synonym resampling.
+"""The Random Hierarchy Model (RHM): rules, parse tables, sampler, parser and synonym resampling.
 
 Shape letters used across rhm_jax: M models (grid axis), B batch, N samples, D = s**L sequence
 length, V vocabulary, L depth, S branching, R = m rules per symbol.
@@ -9,14 +8,13 @@ Rule order follows the authors' code: ``rules[0]`` has shape ``(n, m, s)`` and e
 level 1 for the tuples just above the leaves and level L for the root, so level ``l`` is parsed
 with ``rules[L - l]``. A tree is its root class plus one rule choice per internal node, listed as
 ``choices[i]`` of shape (..., s**i) for ``rules[i]``, node 0 first (``sample_trees``/``expand``);
-the index bijection reads the same digits as one mixed-radix number (``encode``/``decode``).
-Device functions (``sample``, ``parse``, ``resample_synonyms``) are jitted and vmap over stacked
-grammars; ``encode``, ``decode`` and ``sample_dataset`` run on the host and are exact for any P_max.
+``rhm_jax.data`` reads the same digits as one mixed-radix number (the index bijection) and builds
+the datasets. Device functions (``sample``, ``parse``, ``resample_synonyms``) are jitted and vmap
+over stacked grammars.
 """
 from __future__ import annotations
 
 import functools
-import math
 from typing import Sequence
 
 import jax
@@ -129,7 +127,7 @@ def from_rules(rules: Sequence[np.ndarray], v: int | None = None) -> Grammar:
     )
 
 
-def _host_seed(key_or_seed: jax.Array | int) -> int | list[int]:
+def host_seed(key_or_seed: jax.Array | int) -> int | list[int]:
     """A NumPy seed from an int or a JAX key (typed or raw), for host-side exact sampling."""
     if isinstance(key_or_seed, (int, np.integer)):
         return int(key_or_seed)
@@ -145,7 +143,7 @@ def sample_rules(key_or_seed: jax.Array | int, v: int, n: int, m: int, s: int, L
     Runs on the host (NumPy) with a generator seeded from the key, so it is exact for any size.
     """
     check_params(v, n, m, s, L)
-    rng = np.random.default_rng(_host_seed(key_or_seed))
+    rng = np.random.default_rng(host_seed(key_or_seed))
     rules = []
     for level in range(L):
         num_symbols = n if level == 0 else v
@@ -170,7 +168,7 @@ def num_choices(grammar: Grammar) -> int:
     return (grammar.s**grammar.L - 1) // (grammar.s - 1)
 
 
-def _mixed_digits(x: jax.Array, radices: Sequence[int]) -> jax.Array:
+def mixed_digits(x: jax.Array, radices: Sequence[int]) -> jax.Array:
     """Digits (..., len(radices)) int32 of x < prod(radices) < 2**32, most significant first."""
     places = np.cumprod([1] + list(radices[:0:-1]))[::-1]
     # Unsigned division: several times faster than signed on XLA:CPU.
@@ -193,11 +191,11 @@ def _uniform_digits(key: jax.Array, m: int, prefix: tuple[int, ...], count: int,
     if m == 1:
         digits = jnp.zeros((*prefix, count), jnp.int32)
     else:
-        digits = _mixed_digits(draws[..., -words:], [m] * k).reshape(*prefix, words * k)[..., :count]
+        digits = mixed_digits(draws[..., -words:], [m] * k).reshape(*prefix, words * k)[..., :count]
     return jnp.concatenate([draws[..., :1], digits], axis=-1) if root else digits
 
 
-def _split_choices(grammar: Grammar, digits: jax.Array, first: int) -> list[jax.Array]:
+def split_choices(grammar: Grammar, digits: jax.Array, first: int) -> list[jax.Array]:
     """Cut (..., K) digits into the choices of ``rules[first:]``: (..., s**i) each, node 0 first."""
     sizes = np.cumsum([grammar.s**i for i in range(first, grammar.L)])[:-1]
     return jnp.split(digits, sizes, axis=-1)
@@ -233,7 +231,7 @@ def expand(grammar: Grammar, root_N: jax.Array, choices: Sequence[jax.Array]) ->
 def sample_trees(key: jax.Array, grammar: Grammar, num: int) -> tuple[jax.Array, list[jax.Array]]:
     """Uniform random trees: root class (num,) and the rule choices (num, s**l) of every level."""
     digits = _uniform_digits(key, grammar.m, (num,), num_choices(grammar), root=grammar.n)
-    return digits[:, 0], _split_choices(grammar, digits[:, 1:], 0)
+    return digits[:, 0], split_choices(grammar, digits[:, 1:], 0)
 
 
 @functools.partial(jax.jit, static_argnames="num")
@@ -329,7 +327,7 @@ def _resample(key: jax.Array, grammar: Grammar, tokens: jax.Array, level: int) -
     first = grammar.L - level
     count = sum(grammar.s**i for i in range(first, grammar.L))
     digits = _uniform_digits(key, grammar.m, symbols.shape[:-1], count)
-    fresh = _expand_from(grammar, jnp.maximum(symbols, 0), _split_choices(grammar, digits, first), first)
+    fresh = _expand_from(grammar, jnp.maximum(symbols, 0), split_choices(grammar, digits, first), first)
     keep = jnp.repeat(symbols >= 0, grammar.s**level, axis=-1)
     return jnp.where(keep, fresh, tokens)
 
@@ -347,162 +345,3 @@ def resample_synonyms(key: jax.Array, grammar: Grammar, tokens, level: int) -> j
         raise ValueError(f"level={level!r} must be an integer in 1..L = 1..{grammar.L}")
     check_tokens(grammar, tokens)
     return _resample(key, grammar, tokens, int(level))
-
-
-# ---- Index bijection (exact for any P_max) ---------------------------------------------------
-# An index's mixed-radix digits (root class in radix n, then the choices of rules[0], rules[1],
-# ..., node 0 first, in radix m) are cut, most significant first, into W "words" whose radix
-# product is < 2**31, so words travel as int32 and split into digits on the device. Public
-# indices are int64 when P_max < 2**63 and NumPy object arrays of exact Python ints otherwise.
-
-def _word_radices(grammar: Grammar) -> list[list[int]]:
-    """Digit radices grouped into words, most significant first, each product < 2**31."""
-    groups, product = [[grammar.n]], grammar.n
-    for _ in range(num_choices(grammar)):
-        if product * grammar.m >= 2**31:
-            groups.append([])
-            product = 1
-        groups[-1].append(grammar.m)
-        product *= grammar.m
-    return groups
-
-
-def _words_to_ints(grammar: Grammar, words_NxW: np.ndarray) -> np.ndarray:
-    """(N, W) words to indices: int64 when P_max < 2**63, else exact Python ints (object)."""
-    dtype = np.int64 if grammar.p_max < 2**63 else object
-    index = words_NxW[:, 0].astype(dtype)
-    for w, radices in enumerate(_word_radices(grammar)[1:], start=1):
-        index = index * math.prod(radices) + words_NxW[:, w].astype(dtype)
-    return index
-
-
-def _ints_to_words(grammar: Grammar, index_N: np.ndarray) -> np.ndarray:
-    """Range-checked indices (integer or object dtype) to (N, W) int64 words."""
-    rest = index_N.astype(np.int64 if grammar.p_max < 2**63 else object)
-    words = []
-    for radices in reversed(_word_radices(grammar)[1:]):
-        words.append((rest % math.prod(radices)).astype(np.int64))
-        rest = rest // math.prod(radices)
-    return np.stack([rest.astype(np.int64)] + words[::-1], axis=1)
-
-
-@jax.jit
-def _expand_words(grammar: Grammar, words_NxW: jax.Array) -> jax.Array:
-    """Tokens (N, D) of index words: split into digits (unsigned, constant divisors), expand."""
-    digits = [_mixed_digits(words_NxW[:, w], radices) for w, radices in enumerate(_word_radices(grammar))]
-    digits_NxK = jnp.concatenate(digits, axis=1).astype(jnp.int32)
-    return expand(grammar, digits_NxK[:, 0], _split_choices(grammar, digits_NxK[:, 1:], 0))
-
-
-def _tokens_of_words(grammar: Grammar, words_NxW: np.ndarray) -> np.ndarray:
-    """Host tokens (N, D) int32 of index words; batches padded to a power of two (few compiles)."""
-    num = len(words_NxW)
-    padded = np.zeros((max(1, 1 << (num - 1).bit_length()), words_NxW.shape[1]), np.int32)
-    padded[:num] = words_NxW
-    return np.array(_expand_words(grammar, padded)[:num])  # writable host copy
-
-
-def encode(grammar: Grammar, tokens) -> np.ndarray:
-    """Index in [0, P_max) of each sequence (..., D); ValueError if a sequence is not valid."""
-    check_tokens(grammar, tokens)
-    tokens = np.asarray(tokens, np.int32)
-    num = int(np.prod(tokens.shape[:-1]))
-    flat = np.zeros((max(1, 1 << (num - 1).bit_length()), grammar.d), np.int32)  # few compiles
-    flat[:num] = tokens.reshape(-1, grammar.d)
-    rules = [np.asarray(r)[:num] for r in parse(grammar, flat)]
-    bad = np.flatnonzero(rules[-1][:, 0] < 0)
-    if bad.size:
-        raise ValueError(f"tokens row {bad[0]} (of {num}) is not a valid sequence of the grammar")
-    m = grammar.m
-    digits = np.concatenate([rules[-1] // m] + [rules[grammar.L - 1 - i] % m for i in range(grammar.L)], 1)
-    words, start = [], 0
-    for radices in _word_radices(grammar):
-        word = np.zeros(num, np.int64)
-        for j, radix in enumerate(radices):
-            word = word * radix + digits[:, start + j]
-        words.append(word)
-        start += len(radices)
-    return _words_to_ints(grammar, np.stack(words, axis=1)).reshape(tokens.shape[:-1])
-
-
-def decode(grammar: Grammar, indices) -> np.ndarray:
-    """Sequences (..., D) int32 of indices in [0, P_max) (ints, int arrays or object arrays)."""
-    index = np.asarray(indices)
-    if index.dtype != object and not np.issubdtype(index.dtype, np.integer):
-        raise ValueError(f"indices must be integers, got dtype {index.dtype}")
-    flat = index.reshape(-1)
-    if flat.size and (int(flat.min()) < 0 or int(flat.max()) >= grammar.p_max):
-        raise ValueError(f"indices must lie in 0..P_max-1 = 0..{grammar.p_max - 1}")
-    tokens = _tokens_of_words(grammar, _ints_to_words(grammar, flat))
-    return tokens.reshape(*index.shape, grammar.d)
-
-
-# ---- Datasets ----------------------------------------------------------------------------------
-
-def _first_occurrences(grammar: Grammar, words_NxW: np.ndarray) -> np.ndarray:
-    """Sorted positions of the first occurrence of each distinct row, exactly."""
-    exact = grammar.p_max < 2**63
-    if exact:  # the index itself is the sort key
-        key = _words_to_ints(grammar, words_NxW)
-    else:  # a 64-bit mix of the words; equal mixes are settled by comparing rows below
-        key = np.zeros(len(words_NxW), np.uint64)
-        for w in range(words_NxW.shape[1]):
-            key = (key ^ words_NxW[:, w].astype(np.uint64)) * np.uint64(0x9E3779B97F4A7C15)
-    order = np.argsort(key, kind="stable")  # stable: the earliest copy leads each run
-    starts = np.ones(len(order), bool)
-    starts[1:] = key[order[1:]] != key[order[:-1]]
-    if not exact:  # duplicates are rare here (P_max >= 2**63), so a loop is cheap
-        heads = np.flatnonzero(starts)
-        for q in np.flatnonzero(~starts):
-            head = heads[np.searchsorted(heads, q, side="right") - 1]
-            earlier = words_NxW[order[head:q]][starts[head:q]]
-            starts[q] = not (earlier == words_NxW[order[q]]).all(axis=1).any()
-    return np.sort(order[starts])
-
-
-def _draw_words(rng: np.random.Generator, grammar: Grammar, num: int) -> np.ndarray:
-    """``num`` uniform random trees as (num, W) index words (each word uniform in its range)."""
-    return np.stack([rng.integers(0, math.prod(r), size=num, dtype=np.int64)
-                     for r in _word_radices(grammar)], axis=1)
-
-
-def _index_order(rng: np.random.Generator, grammar: Grammar, total: int) -> np.ndarray:
-    """Words (total, W) of the first ``total`` indices of a seed-determined uniform ordering.
-
-    The ordering is the first-occurrence order of an i.i.d. stream of random trees (blocks of
-    fixed sizes, so the stream does not depend on ``total``) until half of P_max is reached,
-    then a shuffle of the unseen rest. Prefixes of it are nested samples without replacement.
-    """
-    half, block = (grammar.p_max + 1) // 2, 2**10
-    seen = np.zeros((0, len(_word_radices(grammar))), np.int64)
-    while len(seen) < min(total, half):
-        stream = np.concatenate([seen, _draw_words(rng, grammar, block)])
-        seen = stream[_first_occurrences(grammar, stream)]
-        block = min(4 * block, 2**22)
-    if total <= half:
-        return seen[:total]
-    # total > P_max/2 means P_max < 2 * total: small enough to list the unseen indices.
-    unseen = np.ones(grammar.p_max, bool)
-    unseen[_words_to_ints(grammar, seen[:half])] = False
-    rest = _ints_to_words(grammar, rng.permutation(np.flatnonzero(unseen)))
-    return np.concatenate([seen[:half], rest])[:total]
-
-
-def sample_dataset(key_or_seed: jax.Array | int, grammar: Grammar, num_train: int,
-                   num_test: int) -> tuple[np.ndarray, np.ndarray]:
-    """Disjoint train (num_train, D) and test (num_test, D) int32 sets, drawn without replacement.
-
-    Test rows are the first ``num_test`` of a seed-determined random ordering of all P_max
-    sequences, training rows the next ``num_train``: the test set does not depend on
-    ``num_train``, and a smaller training set is a prefix of a larger one (same seed, num_test).
-    """
-    for name, value in dict(num_train=num_train, num_test=num_test).items():
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-    total = int(num_train) + int(num_test)
-    if total > grammar.p_max:
-        raise ValueError(f"num_train + num_test = {num_train} + {num_test} = {total} exceeds "
-                         f"P_max = {grammar.p_max}: not enough distinct sequences")
-    rng = np.random.default_rng([*np.atleast_1d(_host_seed(key_or_seed)), 0xDA7A])  # not sample_rules' stream
-    tokens = _tokens_of_words(grammar, _index_order(rng, grammar, total))
-    return tokens[num_test:], tokens[:num_test]

@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from rhm_jax import checkpoint, diffusion, evaluate, grammar, networks, results, sharding, train
+from rhm_jax import checkpoint, data, diffusion, evaluate, grammar, networks, results, sharding, train
 from rhm_jax import config as config_lib
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def build(config: ml_collections.ConfigDict) -> Setup:
     """Grammar, datasets (the pool holds the largest P; smaller P are its prefixes), process, network."""
     g = config.grammar
     rules = grammar.sample_rules(g.seed, g.v, g.n, g.m, g.s, g.L)
-    train_QxD, test_NxD = grammar.sample_dataset(config.data.seed, rules, max(config.data.num_train),
+    train_QxD, test_NxD = data.sample_dataset(config.data.seed, rules, max(config.data.num_train),
                                                  config.data.num_test)
     process = diffusion.make(config.process, g.v, rules.d)
     network = networks.make(config.network, g.v, g.s, g.L, process)

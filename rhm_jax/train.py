@@ -6,8 +6,8 @@ D sequence length, K steps per device call.
 Every model of the grid reads its training set from ONE pool ``pool_QxD`` kept on device: model i
 uses the first ``P_i`` rows (datasets of different P are nested prefixes). Its stream of examples is
 the concatenation of permutations pi_0, pi_1, ... of ``[0, P_i)``, pi_e a keyed bijection of
-(data_seed, e) computed element-wise (``permute``); step k reads stream elements [k*B, (k+1)*B).
-Batches may straddle epochs; when ``B > P`` a batch spans several epochs and may hold a row more
+(data_seed, e) computed element-wise (``data.permute``); step k reads stream elements
+[k*B, (k+1)*B) (``data.batch_indices``). Batches may straddle epochs; when ``B > P`` a batch spans several epochs and may hold a row more
 than once (our decision: it keeps every step the same size and every epoch a full permutation).
 """
 from __future__ import annotations
@@ -22,7 +22,8 @@ import numpy as np
 import optax
 from flax import struct
 
-_SHUFFLE_ROUNDS = 32
+from rhm_jax import data
+
 _INIT_STREAM = np.uint32(0xFFFFFFFF)  # fold_in tag for init keys; no int32 step reaches it
 _TRAIN_TAG = 0  # fold_in tag of the training loss key within a step
 
@@ -152,47 +153,6 @@ def slice_bounds(spec: str, num_models: int) -> tuple[int, int]:
 # ----------------------------------------------------------------------------- batching
 
 
-def _mix(x: jax.Array) -> jax.Array:
-    """A 32-bit integer hash with full avalanche (uint32 in, uint32 out)."""
-    x = x ^ (x >> 16)
-    x = x * jnp.uint32(0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = x * jnp.uint32(0x846CA68B)
-    return x ^ (x >> 16)
-
-
-def permute(index: jax.Array, size: jax.Array, seed: jax.Array, epoch: jax.Array) -> jax.Array:
-    """pi_(seed, epoch)(index): a keyed bijection of [0, size), element-wise, ``size`` traced.
-
-    A swap-or-not shuffle (Hoang, Morris, Rogaway 2012): round r pairs x with k_r - x (mod size)
-    and swaps the pair when a hash of max(x, k_r - x) says so; each round is an involution, so
-    the composition is a bijection for any size, with no loop, storage or sort. (A Feistel
-    network would need cycle walking, a data-dependent while loop that costs a device-to-host
-    sync per iteration on GPUs.) After r rounds an index is left unswapped with probability 2**-r.
-    """
-    size = jnp.asarray(size, jnp.uint32)
-    key = _mix(_mix(jnp.asarray(seed, jnp.uint32) ^ jnp.uint32(0x9E3779B9)) ^ jnp.asarray(epoch, jnp.uint32))
-    x = jnp.asarray(index, jnp.uint32)
-    for r in range(_SHUFFLE_ROUNDS):
-        k = _mix(key + jnp.uint32(0x632BE5AB * (r + 1) % 2**32)) % size
-        partner = (k + size - x) % size  # size < 2**31, so no wrap-around
-        coin = _mix(jnp.maximum(x, partner) ^ _mix(key ^ jnp.uint32(0x85EBCA6B * (r + 1) % 2**32)))
-        x = jnp.where((coin >> 7) & 1 == 1, partner, x)
-    return x.astype(jnp.int32)
-
-
-def batch_indices(data_seed: jax.Array, P: jax.Array, step: jax.Array, batch_size: int) -> jax.Array:
-    """Pool rows (B,) read by one model at ``step``: stream elements [step*B, (step+1)*B)."""
-    P = jnp.asarray(P, jnp.int32)
-    step = jnp.asarray(step, jnp.int32)
-    # step*B may overflow int32; split step = q*P + r so that only r*B < P*B is ever formed.
-    q, r = step // P, step % P
-    offset = r * batch_size + jnp.arange(batch_size, dtype=jnp.int32)  # < P*B + B
-    epoch_B = q * batch_size + offset // P
-    position_B = offset % P
-    return jax.vmap(permute, in_axes=(0, None, None, 0))(position_B, P, data_seed, epoch_B)
-
-
 def epochs(step: jax.Array, P: jax.Array, batch_size: int) -> jax.Array:
     """Epochs completed after ``step`` steps: step * B / P (float32)."""
     return step.astype(jnp.float32) * batch_size / P.astype(jnp.float32)
@@ -315,7 +275,7 @@ def make_train_chunk(config: Any, process: Any, network: Any) -> Callable:
 
     def model_step(state: TrainState, grid: Grid, pool_QxD: jax.Array) -> tuple[TrainState, jax.Array, jax.Array]:
         """One step of ONE model: new state, loss if applied (else 0), whether it was applied."""
-        x0_BxD = pool_QxD[batch_indices(grid.data_seed, grid.P, state.step, batch)]
+        x0_BxD = pool_QxD[data.batch_indices(grid.data_seed, grid.P, state.step, batch)]
         key = step_key(grid.model_seed, state.step)
         loss_fn = lambda p: process.loss(p, network.apply, key, x0_BxD)[0]
         loss, grads = jax.value_and_grad(loss_fn)(state.params)

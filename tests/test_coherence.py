@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from rhm_jax import coherence, grammar
+from rhm_jax import coherence, data, grammar
 from strategies import rhm_params
 
 
@@ -38,7 +38,7 @@ def grammars():
 @given(grammars(), st.integers(0, 2**16))
 def test_validity_matches_a_plain_python_parser(g, seed):
     rng = np.random.default_rng(seed)
-    tokens = grammar.decode(g, rng.integers(0, g.p_max, 48))
+    tokens = data.decode(g, rng.integers(0, g.p_max, 48))
     tokens[16:32, rng.integers(0, g.d, 16)] = rng.integers(0, g.v, 16)  # some corrupted
     tokens[32:] = rng.integers(0, g.v, (16, g.d))  # some uniform noise
     result = coherence.validity(g, tokens)
@@ -56,7 +56,7 @@ def test_validity_matches_a_plain_python_parser(g, seed):
 @pytest.mark.parametrize("s, L", [(2, 4), (3, 2)])
 def test_corrupting_one_token_breaks_exactly_its_ancestors(s, L):
     g = grammar.sample_rules(4, v=4, n=4, m=2, s=s, L=L)
-    tokens = grammar.decode(g, np.random.default_rng(0).integers(0, g.p_max, 8))
+    tokens = data.decode(g, np.random.default_rng(0).integers(0, g.p_max, 8))
     productions = production_set(g, 1)
     corrupted, positions = tokens.copy(), []
     for b, row in enumerate(corrupted):
@@ -79,7 +79,7 @@ def test_corrupting_one_token_breaks_exactly_its_ancestors(s, L):
 
 def test_swapping_tuples_across_parents_breaks_what_the_tables_predict():
     g = grammar.sample_rules(5, v=6, n=6, m=2, s=2, L=3)
-    tokens = grammar.decode(g, np.random.default_rng(1).integers(0, g.p_max, 16))
+    tokens = data.decode(g, np.random.default_rng(1).integers(0, g.p_max, 16))
     symbols1 = np.asarray(coherence.validity(g, tokens).symbols[0])
     level2 = production_set(g, 2)
     broken = same = 0
@@ -120,7 +120,7 @@ def test_rule_usage_counts_match_brute_force_over_chosen_axes():
     g = grammar.sample_rules(0, v=3, n=2, m=2, s=2, L=2)
     rng = np.random.default_rng(0)
     tokens = np.where(rng.random((2, 5, 4)) < 0.1, rng.integers(0, 3, (2, 5, 4)),
-                      grammar.decode(g, rng.integers(0, g.p_max, (2, 5))))
+                      data.decode(g, rng.integers(0, g.p_max, (2, 5))))
     result = coherence.validity(g, tokens)
     for axis, kept in [(None, ()), (1, (0,)), ((0,), (1,)), ((0, 1), ())]:
         counts = coherence.rule_usage(result, axis=axis)
@@ -136,7 +136,7 @@ def test_rule_usage_counts_match_brute_force_over_chosen_axes():
 
 def test_validity_compiles_once_for_grammars_of_one_shape_and_vmaps():
     gs = [grammar.sample_rules(seed, v=4, n=4, m=2, s=2, L=2) for seed in range(3)]
-    tokens = np.stack([grammar.decode(g, np.arange(8)) for g in gs])
+    tokens = np.stack([data.decode(g, np.arange(8)) for g in gs])
     counted = jax.jit(chex.assert_max_traces(coherence.validity, n=1))
     for g in gs:
         assert counted(g, tokens[0]).per_level.shape == (8, 2)
@@ -159,7 +159,7 @@ def test_bad_tokens_raise_before_compiling():
 @pytest.mark.parametrize("bits", [32, 3])  # 3 bits: long runs of equal hashes, same answers
 def test_copy_lookup_is_exact(bits):
     g = grammar.sample_rules(0, v=4, n=4, m=3, s=2, L=3)
-    train, test = grammar.sample_dataset(0, g, 300, 100)
+    train, test = data.sample_dataset(0, g, 300, 100)
     lookup = coherence.make_lookup(train, bits=bits)
     assert lookup.window >= (1 if bits == 32 else 300 // 8)
     np.testing.assert_array_equal(coherence.find(lookup, train), np.arange(300))

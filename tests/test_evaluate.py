@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from rhm_jax import coherence, evaluate, grammar, train
+from rhm_jax import coherence, data, evaluate, grammar, train
 
 G = grammar.sample_rules(3, v=4, n=3, m=2, s=2, L=3)
 NET = types.SimpleNamespace(apply=None)  # the stand-in process never calls the network
@@ -132,7 +132,7 @@ def table_grid(P, seeds):
 
 @pytest.fixture(scope="module")
 def tables():
-    pool, test = grammar.sample_dataset(5, G, 12, 20)
+    pool, test = data.sample_dataset(5, G, 12, 20)
     invalid = np.zeros((4, G.d), np.int32) + np.arange(G.d) % G.v  # almost surely invalid rows
     table = np.concatenate([pool[:4], invalid])  # 8 samples: pool rows 0..3, then 4 others
     return pool, test, table
@@ -215,7 +215,7 @@ def test_tiny_grid_learns_the_lowest_level():
     config.eval.update(dict(num_samples=256, num_windows=2))
     config_lib.validate(config)
     g = grammar.sample_rules(config.grammar.seed, 4, 4, 2, 2, 2)
-    pool, test = grammar.sample_dataset(0, g, 24, 8)
+    pool, test = data.sample_dataset(0, g, 24, 8)
     process = diffusion.make(config.process, g.v, g.d)
     network = networks.make(config.network, g.v, g.s, g.L, process)
     grid, rows = train.make_grid(config)

@@ -1,4 +1,4 @@
-"""Grammar: rules, sampler, index bijection, datasets, synonym resampling."""
+"""Grammar: rules, sampler, parser, synonym resampling."""
 import itertools
 
 import jax
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from rhm_jax import grammar
+from rhm_jax import data, grammar
 from strategies import rhm_params
 
 
@@ -22,15 +22,6 @@ def reference_parse(g, row):
         out.append(used)
         symbols = [u // g.m if u >= 0 else -1 for u in used]
     return out
-
-
-def reference_expand(g, digits):
-    """Plain-Python tree expansion of index digits (root class, then choices in index order)."""
-    rules, symbols, pos = [np.asarray(r) for r in g.rules], [digits[0]], 1
-    for level in range(g.L):
-        symbols = [int(t) for k, a in enumerate(symbols) for t in rules[level][a, digits[pos + k]]]
-        pos += g.s**level
-    return symbols
 
 
 def test_sampled_rules_are_distinct_per_level():
@@ -66,7 +57,7 @@ def test_every_sample_parses_at_every_level(params):
 
 def test_sample_is_uniform_over_sequences():
     g = grammar.sample_rules(1, v=3, n=3, m=3, s=2, L=2)  # m = 3: digits packed 19 per draw
-    counts = np.bincount(grammar.encode(g, grammar.sample(jax.random.key(2), g, 40_000)),
+    counts = np.bincount(data.encode(g, grammar.sample(jax.random.key(2), g, 40_000)),
                          minlength=g.p_max)
     expected = 40_000 / g.p_max
     chi2 = ((counts - expected) ** 2 / expected).sum()
@@ -74,88 +65,10 @@ def test_sample_is_uniform_over_sequences():
     assert chi2 < df + 6 * np.sqrt(2 * df)
 
 
-def test_index_bijection_follows_the_digit_convention():
-    g = grammar.sample_rules(3, v=3, n=2, m=2, s=2, L=3)  # P_max = 2 * 2**7 = 256
-    radices = [g.n] + [g.m] * grammar.num_choices(g)
-    every = list(itertools.product(*[range(r) for r in radices]))  # most significant first
-    expected = np.array([reference_expand(g, digits) for digits in every])
-    decoded = grammar.decode(g, np.arange(g.p_max))
-    np.testing.assert_array_equal(decoded, expected)
-    np.testing.assert_array_equal(grammar.encode(g, decoded), np.arange(g.p_max))
-
-
-def test_index_round_trip_beyond_int64():
-    g = grammar.sample_rules(0, v=32, n=32, m=8, s=2, L=5)
-    assert g.p_max > 2**63
-    rng = np.random.default_rng(0)
-    index = np.array([0, 1, 2**63, 2**64 + 5, g.p_max - 1]
-                     + [int(rng.integers(0, 2**62)) * 2**36 + int(rng.integers(0, 2**36)) for _ in range(27)],
-                     dtype=object)
-    tokens = grammar.decode(g, index)
-    assert (grammar.encode(g, tokens) == index).all()
-    assert len(np.unique(tokens, axis=0)) == len(index)
-    sampled = np.asarray(grammar.sample(jax.random.key(0), g, 32))
-    np.testing.assert_array_equal(grammar.decode(g, grammar.encode(g, sampled)), sampled)
-    root = grammar.decode(g, np.array([c * (g.p_max // g.n) for c in range(g.n)], dtype=object))
-    np.testing.assert_array_equal(np.asarray(grammar.parse(g, root)[-1])[:, 0] // g.m, np.arange(g.n))
-
-
-def test_index_errors():
-    g = grammar.sample_rules(0, v=4, n=4, m=2, s=2, L=2)
-    with pytest.raises(ValueError, match=r"0\.\.P_max-1 = 0\.\.31"):
-        grammar.decode(g, [g.p_max])
-    with pytest.raises(ValueError, match="0..P_max-1"):
-        grammar.decode(g, [-1])
-    with pytest.raises(ValueError, match="integers"):
-        grammar.decode(g, [0.5])
-    valid = grammar.decode(g, [0, 5, 9, 31])
-    rules1 = {tuple(t) for t in np.asarray(g.rules[1]).reshape(-1, 2)}
-    bad_pair = next(p for p in itertools.product(range(4), repeat=2) if p not in rules1)
-    valid[2, :2] = bad_pair
-    with pytest.raises(ValueError, match="row 2 .* not a valid sequence"):
-        grammar.encode(g, valid)
-    with pytest.raises(ValueError, match=r"0\.\.v-1 = 0\.\.3"):
-        grammar.encode(g, valid + 4)
-
-
-@pytest.mark.parametrize("v, m, L, sizes", [
-    (4, 2, 3, (20, 60, 2**8 - 8)),  # P_max = 512: exhaustive end goes past P_max / 2
-    (32, 8, 5, (10, 300, 3000)),  # P_max > 2**63: random trees with duplicate rejection
-])
-def test_datasets_are_disjoint_nested_and_independent_of_num_train(v, m, L, sizes):
-    g = grammar.sample_rules(0, v=v, n=v, m=m, s=2, L=L)
-    num_test = 8 if g.p_max < 2**20 else 100
-    sets = [grammar.sample_dataset(7, g, p, num_test) for p in sizes]
-    train, test = sets[-1]
-    assert train.shape == (sizes[-1], g.d) and test.shape == (num_test, g.d)
-    both = np.concatenate([train, test])
-    assert len(np.unique(both, axis=0)) == len(both)  # disjoint and without replacement
-    assert all((r >= 0).all() for r in grammar.parse(g, both))
-    for (small_train, small_test), p in zip(sets, sizes):
-        np.testing.assert_array_equal(small_train, train[:p])
-        np.testing.assert_array_equal(small_test, test)
-    other_train, other_test = grammar.sample_dataset(8, g, sizes[0], num_test)
-    assert not np.array_equal(other_test, test)
-
-
-def test_dataset_can_exhaust_p_max_and_is_uniform():
-    g = grammar.sample_rules(0, v=3, n=2, m=2, s=2, L=2)  # P_max = 16
-    train, test = grammar.sample_dataset(0, g, 12, 4)
-    np.testing.assert_array_equal(np.sort(grammar.encode(g, np.concatenate([train, test]))), np.arange(16))
-    first = [grammar.encode(g, grammar.sample_dataset(seed, g, 3, 1)[1])[0] for seed in range(400)]
-    counts = np.bincount(first, minlength=16)
-    chi2 = ((counts - 25) ** 2 / 25).sum()
-    assert chi2 < 15 + 6 * np.sqrt(30)
-    with pytest.raises(ValueError, match=r"num_train \+ num_test = 13 \+ 4 = 17 exceeds P_max = 16"):
-        grammar.sample_dataset(0, g, 13, 4)
-    with pytest.raises(ValueError, match="num_test must be an integer >= 0"):
-        grammar.sample_dataset(0, g, 1, -1)
-
-
 @pytest.mark.parametrize("s, L", [(2, 3), (3, 2)])
 def test_resampling_keeps_the_tree_above_the_level(s, L):
     g = grammar.sample_rules(1, v=4, n=4, m=3, s=s, L=L)
-    tokens = grammar.decode(g, np.random.default_rng(0).integers(0, g.p_max, 256))
+    tokens = data.decode(g, np.random.default_rng(0).integers(0, g.p_max, 256))
     before = [np.asarray(r) for r in grammar.parse(g, tokens)]
     for level in range(1, L + 1):
         fresh = np.asarray(grammar.resample_synonyms(jax.random.key(level), g, tokens, level))
@@ -171,7 +84,7 @@ def test_resampling_keeps_the_tree_above_the_level(s, L):
 
 def test_resampling_leaves_invalid_subtrees_alone():
     g = grammar.sample_rules(2, v=4, n=4, m=2, s=2, L=3)
-    tokens = grammar.decode(g, np.random.default_rng(0).integers(0, g.p_max, 64))
+    tokens = data.decode(g, np.random.default_rng(0).integers(0, g.p_max, 64))
     rules2 = {tuple(t) for t in np.asarray(g.rules[2]).reshape(-1, 2)}
     tokens[:, :2] = next(p for p in itertools.product(range(4), repeat=2) if p not in rules2)
     fresh = np.asarray(grammar.resample_synonyms(jax.random.key(1), g, tokens, 2))

@@ -4,7 +4,7 @@ import itertools
 import numpy as np
 import pytest
 
-from rhm_jax import coherence, grammar, theory
+from rhm_jax import coherence, data, grammar, theory
 
 
 def test_uniform_validity_reproduces_the_spec_numbers():
@@ -61,8 +61,8 @@ def test_sample_complexity_and_copy_fraction():
 
 def test_perfect_generator_copies_at_the_predicted_rate():
     g = grammar.sample_rules(0, v=3, n=3, m=2, s=2, L=2)  # P_max = 24
-    train, _ = grammar.sample_dataset(0, g, 10, 2)
-    samples = grammar.decode(g, np.random.default_rng(1).integers(0, g.p_max, 20_000))  # uniform over valid
+    train, _ = data.sample_dataset(0, g, 10, 2)
+    samples = data.decode(g, np.random.default_rng(1).integers(0, g.p_max, 20_000))  # uniform over valid
     copies = coherence.is_copy(coherence.make_lookup(train), samples, 10)
     expected = theory.expected_copy_fraction(10, g.p_max)
     assert abs(float(copies.mean()) - expected) < 5 * np.sqrt(expected * (1 - expected) / 20_000)

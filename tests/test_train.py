@@ -98,54 +98,6 @@ def setup():
     return config, pool_QxD, train.jit_chunk(chunk), init
 
 
-# ----------------------------------------------------------------------------- batching
-
-def test_permute_is_a_bijection_of_range_P():
-    # One fixed-shape program for every P: entries past P repeat index P-1 and are ignored.
-    perm = jax.jit(jax.vmap(train.permute, in_axes=(0, None, None, None)))
-    for P in [1, 2, 3, 5, 7, 8, 9, 63, 100, 1000, 1024, 1025, 5000]:
-        for seed, epoch in [(0, 0), (7, 3), (2**32 - 1, 2**31)]:
-            indices = np.minimum(np.arange(5000), P - 1)
-            image = np.asarray(perm(jnp.asarray(indices), jnp.int32(P), np.uint32(seed), np.uint32(epoch)))[:P]
-            np.testing.assert_array_equal(np.sort(image), np.arange(P))
-
-
-def test_permutation_changes_with_epoch_and_seed():
-    perm = jax.jit(jax.vmap(jax.vmap(train.permute, in_axes=(0, None, None, None)), in_axes=(None, None, None, 0)))
-    epochs = jnp.arange(400, dtype=jnp.uint32)
-    orders = np.asarray(perm(jnp.arange(100), 100, np.uint32(0), epochs))  # (epochs, P)
-    assert len({tuple(o) for o in orders}) == 400
-    assert not np.array_equal(orders[0], np.arange(100))
-    assert not np.array_equal(orders[0], np.asarray(perm(jnp.arange(100), 100, np.uint32(1), epochs))[0])
-    # Uniform-looking: where index 0 lands over 400 epochs (chi-square, 99 d.o.f., loose bound).
-    counts = np.bincount(orders[:, 0], minlength=100)
-    assert ((counts - 4.0) ** 2 / 4.0).sum() < 160
-    # Even 3 elements get all 6 orders across epochs.
-    small = np.asarray(perm(jnp.arange(3), 3, np.uint32(0), epochs[:60]))
-    assert len({tuple(o) for o in small}) == 6
-
-
-def test_stream_is_a_concatenation_of_epoch_permutations():
-    B, steps, epochs = 8, 40, 6
-    indices = jax.jit(jax.vmap(train.batch_indices, in_axes=(None, None, 0, None)), static_argnums=3)
-    for P in [1, 5, 12, 16]:  # P < B, batches straddling epochs, P a multiple of B
-        stream = np.asarray(indices(np.uint32(3), jnp.int32(P), jnp.arange(steps), B)).ravel()
-        by_epoch = stream[: epochs * P].reshape(epochs, P)
-        for e in range(epochs):
-            np.testing.assert_array_equal(np.sort(by_epoch[e]), np.arange(P))
-        if P >= 5:
-            assert len({tuple(row) for row in by_epoch}) > epochs // 2  # orders change across epochs
-
-
-def test_batch_indices_far_into_training_match_the_stream_definition():
-    P, B, step = 1000, 64, 2**30 + 12345  # step * B overflows int32
-    got = np.asarray(jax.jit(train.batch_indices, static_argnums=3)(np.uint32(5), P, step, B))
-    positions = [step * B + b for b in range(B)]
-    perm = jax.jit(train.permute)
-    want = [int(perm(j % P, P, np.uint32(5), np.uint32(j // P))) for j in positions]
-    np.testing.assert_array_equal(got, want)
-
-
 # ----------------------------------------------------------------------------- grid
 
 
