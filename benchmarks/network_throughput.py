@@ -43,12 +43,16 @@ class StandInProcess:
     v = input_vocab = V
     T = 200
 
-    def alphabar_schedule(self) -> np.ndarray:
-        return np.cumprod(1.0 - (1e-3 + (0.1 - 1e-3) * np.arange(self.T + 1) / self.T))
+    def feature_stats(self, authors_schedule: bool = False) -> tuple[float, float]:
+        a_T1 = np.cumprod(1.0 - (1e-3 + (0.1 - 1e-3) * np.arange(self.T + 1) / self.T))
+        mean = float(np.mean(a_T1 + (1 - a_T1) / V))
+        return mean, float(np.sqrt(np.mean(a_T1 + (1 - a_T1) / V**2) - mean**2))
 
-    def alphabar(self, t_B: jax.Array) -> jax.Array:
-        table = jnp.asarray(self.alphabar_schedule(), jnp.float32)
-        return table[jnp.round(t_B * self.T).astype(jnp.int32)]
+    def input_features(self, x_t_BxD: jax.Array, t_B: jax.Array, authors_schedule: bool = False) -> jax.Array:
+        a_T1 = np.cumprod(1.0 - (1e-3 + (0.1 - 1e-3) * np.arange(self.T + 1) / self.T))
+        a_Bx1x1 = jnp.asarray(a_T1, jnp.float32)[jnp.round(t_B * self.T).astype(jnp.int32)][:, None, None]
+        mean, std = self.feature_stats()
+        return (a_Bx1x1 * jax.nn.one_hot(x_t_BxD, V) + (1.0 - a_Bx1x1) / V - mean) / std
 
 
 def make_process():

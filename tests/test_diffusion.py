@@ -206,6 +206,69 @@ def test_uniform_schedule_index_convention():
     np.testing.assert_allclose(proc.alphabar_schedule(), explicit, rtol=1e-12)
 
 
+def torch_authors_index(T):
+    """The authors' ``(t * 1000).long()`` with ``t = i / T``, two float32 operations in torch, replayed
+    in float64: i / T rounded once to float32, the product by 1000 (exact in float64) rounded once."""
+    t_T1 = (np.arange(T + 1, dtype=np.float64) / T).astype(np.float32).astype(np.float64)
+    return np.floor((t_T1 * 1000.0).astype(np.float32).astype(np.float64)).astype(np.int64)
+
+
+@pytest.mark.parametrize("T", [200, 64])
+def test_authors_schedule_reads_torchs_index_at_every_step(T):
+    proc = diffusion.make(config("uniform", T=T), V, d=2)
+    index_T1 = torch_authors_index(T)
+    if T == 200:
+        np.testing.assert_array_equal(index_T1, 5 * np.arange(T + 1))  # torch gets 5 i at every step
+    np.testing.assert_array_equal(uniform_mod.authors_index(T), index_T1)
+    # The authors' table (float32 as theirs) against float64.
+    beta_K = 1e-4 + (0.02 - 1e-4) * np.arange(1001) / 1000
+    np.testing.assert_allclose(uniform_mod.authors_alphabar(), np.cumprod(1 - beta_K), rtol=1e-5)
+    want_T1 = uniform_mod.authors_alphabar()[index_T1]
+    # t as each code path computes it: the loss (i / T on device), torch's float32 t, the sampler.
+    on_device = jax.jit(lambda i: i.astype(jnp.float32) / T)(jnp.arange(T + 1))
+    RECORD.clear()
+    jit_sample(proc, logits_net, jnp.zeros(V), jax.random.key(0), 1, T)
+    jax.effects_barrier()
+    sampler_T = np.concatenate([t for _, t in RECORD])[::-1]  # steps 1..T
+    message = jax.jit(functools.partial(proc.message_alphabar, authors_schedule=True))
+    for t_T1 in (on_device, np.float32(np.arange(T + 1) / T), np.concatenate([[0.0], sampler_T])):
+        np.testing.assert_array_equal(np.asarray(message(jnp.asarray(t_T1, jnp.float32))), want_T1)
+
+
+@pytest.mark.parametrize("kind, authors", [("uniform", False), ("uniform", True), ("masked", False)])
+def test_input_features_are_the_standardized_message(kind, authors):
+    proc = diffusion.make(config(kind, T=200), V)
+    x_BxD = data(3, batch=6)
+    if kind == "masked":
+        x_BxD = jnp.where(data(4, batch=6) == 0, V, x_BxD)  # some masks
+    t_B = jnp.asarray(np.arange(1, 7) * 33 / 200, jnp.float32)
+    feats = np.asarray(jax.jit(functools.partial(proc.input_features, authors_schedule=authors))(x_BxD, t_B))
+    channels = V + (kind == "masked")
+    onehot = np.eye(channels)[np.asarray(x_BxD)]
+    if kind == "masked":
+        p = 1 / (V + 1)
+        np.testing.assert_allclose(feats, (onehot - p) / np.sqrt(p * (1 - p)), rtol=1e-6, atol=1e-6)
+        assert proc.tokens_reveal_time
+        return
+    if authors:
+        beta_K = 1e-4 + (0.02 - 1e-4) * np.arange(1001) / 1000
+        table = np.cumprod(1 - beta_K)
+        a_B = table[5 * np.arange(1, 7) * 33]
+    else:
+        table = np.cumprod(1 - np_betas(200, 1e-3, 0.1))
+        a_B = table[np.arange(1, 7) * 33]
+    mean = np.mean(table + (1 - table) / V)  # SPEC section 3, over the schedule the message uses
+    std = np.sqrt(np.mean(table + (1 - table) / V**2) - mean**2)
+    message = a_B[:, None, None] * onehot + (1 - a_B[:, None, None]) / V
+    np.testing.assert_allclose(feats, (message - mean) / std, rtol=1e-5, atol=1e-5)
+    assert not proc.tokens_reveal_time
+
+
+def test_authors_schedule_on_the_masked_process_is_refused():
+    with pytest.raises(ValueError, match="authors_schedule=True needs the uniform process"):
+        masked().feature_stats(authors_schedule=True)
+
+
 def test_uniform_forward_marginals_match_closed_form():
     v, T, b1, b2 = 5, 20, 0.02, 0.3
     proc = diffusion.make(config("uniform", T=T, beta1=b1, beta2=b2), v)

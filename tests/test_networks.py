@@ -13,6 +13,7 @@ import pytest
 from scipy.special import erf
 
 from rhm_jax import diffusion, networks
+from rhm_jax.diffusion import uniform
 from rhm_jax.networks import bpunet, transformer
 
 
@@ -20,25 +21,6 @@ def process(kind: str, v: int, T: int = 200):
     cfg = diffusion.default_config(kind)
     cfg.T = T
     return diffusion.make(cfg, v)
-
-
-@dataclasses.dataclass(frozen=True)
-class AuthorsScheduleProcess:
-    """A stand-in uniform process carrying the authors' network schedule, looked up like theirs."""
-
-    v: int
-    T: int = 1000
-
-    @property
-    def input_vocab(self) -> int:
-        return self.v
-
-    def alphabar_schedule(self) -> np.ndarray:
-        return np.cumprod(1.0 - (1e-4 + (0.02 - 1e-4) * np.arange(1001) / 1000))
-
-    def alphabar(self, t_B: jax.Array) -> jax.Array:
-        index_B = jnp.floor(t_B.astype(jnp.float32) * np.float32(1000)).astype(jnp.int32)
-        return jnp.asarray(self.alphabar_schedule(), jnp.float32)[index_B]
 
 
 def config(**overrides):
@@ -224,7 +206,7 @@ def test_down_path_is_a_tree_of_stride_s():
     _, init, _ = built("uniform", v, s, L, width=W)
     params = init(jax.random.key(0))
     module = bpunet.BPUNet(v=v, s=s, L=L, width=W)
-    features = bpunet.make_features("uniform", v, process("uniform", v).alphabar, 0.5, 0.3)
+    features = process("uniform", v).input_features
 
     @jax.jit
     def downs(x_BxD):
@@ -285,26 +267,69 @@ def test_apply_compiles_once_for_new_params():
     assert not np.allclose(outs[0], outs[1])
 
 
-def test_authors_schedule_message():
+@pytest.mark.parametrize("kind,authors", [("uniform", False), ("masked", False), ("uniform", True)])
+def test_bpunet_reads_the_process_features_unchanged(kind, authors):
+    # The network's output is BPUNet applied to the process's features, bit for bit: the
+    # features written out as the network computed them before the process owned them.
     v, T = 4, 200
-    step_B = np.array([1, 3, 77, 199, 200])
-    t_B = jnp.asarray(step_B, jnp.float32) / T
-    # their table at floor(t * 1000) = 5 i (float64 here, float32 in theirs and ours)
-    a_1001 = AuthorsScheduleProcess(v).alphabar_schedule()
-    np.testing.assert_allclose(np.asarray(bpunet.authors_alphabar_at(t_B)), a_1001[5 * step_B], rtol=1e-5)
-    mean, std = bpunet.message_stats(bpunet.authors_alphabar(), v)
-    ref_mean = np.mean(a_1001 + (1 - a_1001) / v)
-    ref_std = np.sqrt(np.mean(a_1001 + (1 - a_1001) / v**2) - ref_mean**2)
-    np.testing.assert_allclose([mean, std], [ref_mean, ref_std], rtol=1e-5)
-    # the option gives the same network as a process that carries their schedule ...
+    proc = process(kind, v)
+    net, init, apply = built(kind, v, 2, 3, authors_schedule=authors)
+    params = perturbed(init(jax.random.key(0)), 1)
+    x_BxD = tokens(1, (T + 1, 8), v + (kind == "masked"))
+    t_B = jnp.asarray(np.arange(T + 1) / T, jnp.float32)  # i / T correctly rounded, as torch
+    if kind == "masked":
+        p = 1.0 / (v + 1)
+        old = lambda x, t: (jax.nn.one_hot(x, v + 1, dtype=jnp.float32) - p) / float(np.sqrt(p * (1.0 - p)))
+    else:
+        table = uniform.authors_alphabar() if authors else np.asarray(proc.alphabar_schedule(), np.float64)
+        a_T1 = np.asarray(table, np.float64)
+        mean = float(np.mean(a_T1 + (1.0 - a_T1) / v))
+        std = float(np.sqrt(float(np.mean(a_T1 + (1.0 - a_T1) / v**2)) - mean**2))
+        if authors:
+            at = lambda t: jnp.asarray(table)[jnp.clip(jnp.floor(t * np.float32(1000)).astype(jnp.int32), 0, 1000)]
+        else:
+            at = proc.alphabar
+
+        def old(x, t):
+            a = at(t).astype(jnp.float32)[:, None, None]
+            return (a * jax.nn.one_hot(x, v, dtype=jnp.float32) + (1.0 - a) / v - mean) / std
+
+    module = bpunet.BPUNet(v=v, s=2, L=3, width=16)
+    want = jax.jit(lambda p, x, t: module.apply({"params": p}, old(x, t)))(params, x_BxD, t_B)
+    np.testing.assert_array_equal(np.asarray(apply(params, x_BxD, t_B)), np.asarray(want))
+
+
+def test_authors_schedule_changes_the_message():
+    v = 4
     _, init, apply_ours = built("uniform", v, 2, 3)
     _, _, apply_authors = built("uniform", v, 2, 3, authors_schedule=True)
-    apply_theirs = jax.jit(networks.make(config(width=16), v, 2, 3, AuthorsScheduleProcess(v)).apply)
-    params, x_BxD = init(jax.random.key(0)), tokens(1, (5, 8), v)
-    out_authors = apply_authors(params, x_BxD, t_B)
-    np.testing.assert_allclose(out_authors, apply_theirs(params, x_BxD, t_B), rtol=1e-4, atol=1e-6)
-    # ... and differs from the process's own schedule (theirs is far less noisy at the same t)
-    assert np.abs(np.asarray(out_authors - apply_ours(params, x_BxD, t_B))).max() > 1e-3
+    params, x_BxD, t_B = init(jax.random.key(0)), tokens(1, (5, 8), v), jnp.array([0.005, 0.1, 0.5, 0.9, 1.0])
+    # theirs is far less noisy at the same t
+    assert np.abs(np.asarray(apply_authors(params, x_BxD, t_B) - apply_ours(params, x_BxD, t_B))).max() > 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class ThreeChannelProcess:
+    """A process the networks package has never heard of: its own features, v + 2 channels."""
+
+    v: int
+    input_vocab: int = 6
+    tokens_reveal_time: bool = True
+
+    def feature_stats(self, authors_schedule=False):
+        return 0.0, 1.0
+
+    def input_features(self, x_t_BxD, t_B, authors_schedule=False):
+        return jax.nn.one_hot(x_t_BxD, self.input_vocab) * (1.0 + t_B[:, None, None])
+
+
+@pytest.mark.parametrize("name", ["bpunet", "transformer"])
+def test_a_new_process_needs_no_change_to_the_networks(name):
+    net = networks.make(config(name=name, width=8, heads=2, depth=1), 4, 2, 2, ThreeChannelProcess(4))
+    x_BxD = tokens(0, (3, 4), 6)
+    logits_BxDxV = jax.jit(net.apply)(net.init(jax.random.key(0)), x_BxD, jnp.array([0.1, 0.5, 0.9]))
+    chex.assert_shape(logits_BxDxV, (3, 4, 4))
+    chex.assert_tree_all_finite(logits_BxDxV)
 
 
 @pytest.mark.parametrize(
@@ -354,8 +379,9 @@ class NamedProcess:
         (dict(authors_schedule=True), process("masked", 4), "authors_schedule=True needs the uniform"),
         (dict(time_conditioning=True), process("uniform", 4), "time_conditioning=True is not a bpunet"),
         (dict(), process("uniform", 5), "process.v=5 must equal"),
-        (dict(), NamedProcess("uniform", 4, 6), "process.input_vocab=6"),
-        (dict(), NamedProcess("masked", 4, 4), "process.name='masked' must be 'uniform'"),
+        (dict(), NamedProcess("uniform", 4, 3), "process.input_vocab=3 must be an integer >= v=4"),
+        (dict(), NamedProcess("uniform", 4, 4), "bpunet needs process.input_features"),
+        (dict(name="transformer"), NamedProcess("uniform", 4, 4), "needs process.tokens_reveal_time"),
     ],
 )
 def test_bad_config_raises(overrides, proc, match):

@@ -10,6 +10,10 @@ Conventions (MD4's ``MaskingSchedule`` and continuous-time loss):
   (about 1/t for linear), t stratified across the batch (t_b = (b + u) / B, one u per batch),
   divided by D so it is per token like the uniform process (MD4 reports it per sequence). Only
   MD4's diffusion term: its reconstruction and prior terms are constants of order eps.
+- Network input (``input_features``): one-hot over v + 1 channels (token v = mask), no time
+  input (the mask pattern carries the noise level, as in MD4), standardized by the constants of a
+  uniform one-hot, ``(x - 1/(v+1)) / sqrt(1/(v+1) * (1 - 1/(v+1)))``, so that a linear embedding's
+  pre-activations start at unit variance as with the uniform process.
 - Sampler on the grid t_k = (steps - k) / steps, s_k = t_k - 1/steps. A masked token is revealed
   with probability (alpha(s) - alpha(t)) / (1 - alpha(t)) and takes a sample of p_theta(x0 | z_t);
   revealed tokens are never touched again. The last step (s = 0) reveals every remaining mask
@@ -49,6 +53,11 @@ class MaskedProcess:
         return self.v + 1
 
     @property
+    def tokens_reveal_time(self) -> bool:
+        """Whether x_t alone shows the noise level: yes, through the fraction of masks."""
+        return True
+
+    @property
     def mask_id(self) -> int:
         """The id of the mask token."""
         return self.v
@@ -86,6 +95,20 @@ class MaskedProcess:
         del t_B  # the per-position constant alpha(t) or 1 - alpha(t) cancels in any posterior
         onehot_BxDxV = jax.nn.one_hot(x_t_BxD, self.v, dtype=jnp.float32)
         return jnp.where((x_t_BxD == self.mask_id)[..., None], 1.0, onehot_BxDxV)
+
+    def feature_stats(self, authors_schedule: bool = False) -> tuple[float, float]:
+        """(mean, std) of a uniform one-hot over v + 1 channels, standardizing the network's input."""
+        if authors_schedule:
+            raise ValueError("network authors_schedule=True needs the uniform process, got the masked process "
+                             "(it is a quirk of the authors' uniform-noise message)")
+        p = 1.0 / (self.v + 1)
+        return p, float(np.sqrt(p * (1.0 - p)))
+
+    def input_features(self, x_t_BxD: jax.Array, t_B: jax.Array, authors_schedule: bool = False) -> jax.Array:
+        """The denoiser's input, float32 (B, D, v + 1): the standardized one-hot of z_t; no time."""
+        del t_B  # the mask pattern carries the noise level
+        mean, std = self.feature_stats(authors_schedule)
+        return (jax.nn.one_hot(x_t_BxD, self.v + 1, dtype=jnp.float32) - mean) / std
 
     def _losses_B(self, params: Any, apply_fn: ApplyFn, key: jax.Array, x0_BxD: jax.Array,
                   t_B: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -13,6 +13,12 @@ Conventions, chosen to match SPEC section 2 and the authors' code (AntonioScl/mi
   The model's posterior plugs p_theta(x0) into the x0 slot of the Bayes formula (D3PM's
   x0-parameterization). Computed exactly in log space: every factor is >= (1 - alpha)/v > 0, so
   no ``+1e-8`` as in the authors' code is needed.
+- Network input (``input_features``): the BP leaf message ``alphabar_t * onehot(x_t) + (1 -
+  alphabar_t) / v`` (= ``leaf_likelihood``), standardized by ``mean = avg_i(a_i + (1 - a_i)/v)``
+  and ``std = sqrt(avg_i(a_i + (1 - a_i)/v**2) - mean**2)`` over the T+1 schedule points
+  (SPEC section 3). ``authors_schedule=True`` reproduces a quirk of the authors' bpUNet: its
+  message uses the network's own default schedule (beta 1e-4..0.02 over 1000 steps, float32),
+  looked up at ``(t * 1000).long()`` with ``t = i / T`` as torch computes both in float32.
 - Sampler: x_T uniform, then ``steps`` ancestral steps on the index grid round(linspace(T, 0)).
   A step hi -> lo draws x_lo from q(x_lo | x_hi, p_theta(x0)), whose forward kernel keeps the
   token with probability alphabar_hi / alphabar_lo; with steps = T this is the authors' sampler.
@@ -35,6 +41,10 @@ from rhm_jax.diffusion import base
 ApplyFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
 
 
+AUTHORS_BETAS = (1e-4, 0.02)  # the authors' bpUNet default schedule (diffusion/unet.py)
+AUTHORS_T = 1000
+
+
 @functools.lru_cache(maxsize=64)
 def log_alphabar_table(T: int, beta1: float, beta2: float) -> np.ndarray:
     """(T+1,) float64 log alphabar_i for i = 0..T (see the module docstring for the index)."""
@@ -42,6 +52,42 @@ def log_alphabar_table(T: int, beta1: float, beta2: float) -> np.ndarray:
     table = np.cumsum(np.log1p(-beta_i))
     table.flags.writeable = False  # shared by the cache
     return table
+
+
+def authors_alphabar() -> np.ndarray:
+    """(1001,) float32 alphabar_k, k = 0..1000, of the authors' network default, computed as theirs."""
+    beta1, beta2 = (np.float32(b) for b in AUTHORS_BETAS)
+    beta_K = (beta2 - beta1) * np.arange(AUTHORS_T + 1, dtype=np.float32) / np.float32(AUTHORS_T) + beta1
+    return np.exp(np.cumsum(np.log(np.float32(1) - beta_K), dtype=np.float32)).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def authors_index(T: int) -> np.ndarray:
+    """(T+1,) int64 index into ``authors_alphabar`` that the authors' network reads at step i.
+
+    Torch computes ``t = i / T`` and ``(t * 1000).long()`` in float32, each operation correctly
+    rounded (IEEE); NumPy's float32 arithmetic is the same. XLA instead divides by a constant
+    through its reciprocal, which is one ulp low at some steps and then floors to the index
+    below (59 of the 201 steps at T = 200): so the index is taken from this host table, by step.
+    """
+    t_T1 = np.arange(T + 1, dtype=np.float32) / np.float32(T)
+    table = np.floor(t_T1 * np.float32(AUTHORS_T)).astype(np.int64)
+    table.flags.writeable = False  # shared by the cache
+    return table
+
+
+def message_stats(alphabar_T1: np.ndarray, v: int) -> tuple[float, float]:
+    """(mean, std) of the leaf message over the schedule points ``alphabar_T1``, SPEC section 3."""
+    a_T1 = np.asarray(alphabar_T1, np.float64)
+    mean = float(np.mean(a_T1 + (1.0 - a_T1) / v))
+    second = float(np.mean(a_T1 + (1.0 - a_T1) / v**2))
+    return mean, float(np.sqrt(second - mean**2))
+
+
+def leaf_message(x_t_BxD: jax.Array, alphabar_B: jax.Array, v: int) -> jax.Array:
+    """alphabar * onehot(x_t) + (1 - alphabar) / v, float32 (B, D, V): p(x_t | x0 = b) for each b."""
+    ab_Bx1x1 = alphabar_B.astype(jnp.float32)[:, None, None]
+    return ab_Bx1x1 * jax.nn.one_hot(x_t_BxD, v, dtype=jnp.float32) + (1.0 - ab_Bx1x1) / v
 
 
 def posterior_logits(x_t_BxD: jax.Array, x0_probs_BxDxV: jax.Array, log_ab_hi_B: jax.Array,
@@ -79,6 +125,11 @@ class UniformProcess:
         """Token ids the network sees: the x0 vocabulary (no extra token)."""
         return self.v
 
+    @property
+    def tokens_reveal_time(self) -> bool:
+        """Whether x_t alone shows the noise level: no, uniform noise looks like data."""
+        return False
+
     def alphabar_schedule(self) -> np.ndarray:
         """(T+1,) float64 alphabar_i for i = 0..T (t = i / T), e.g. for input standardization."""
         return np.exp(log_alphabar_table(self.T, self.beta1, self.beta2))
@@ -108,8 +159,26 @@ class UniformProcess:
 
     def leaf_likelihood(self, x_t_BxD: jax.Array, t_B: jax.Array) -> jax.Array:
         """p(x_t_i | x0_i = b) for every b, float32 (B, D, V)."""
-        ab = self.alphabar(t_B)[:, None, None]
-        return ab * jax.nn.one_hot(x_t_BxD, self.v, dtype=jnp.float32) + (1.0 - ab) / self.v
+        return leaf_message(x_t_BxD, self.alphabar(t_B), self.v)
+
+    def feature_stats(self, authors_schedule: bool = False) -> tuple[float, float]:
+        """(mean, std) standardizing the network's input message (see the module docstring)."""
+        if authors_schedule:  # the authors average over their own 1001 network steps
+            return message_stats(authors_alphabar(), self.v)
+        return message_stats(self.alphabar_schedule(), self.v)
+
+    def message_alphabar(self, t_B: jax.Array, authors_schedule: bool = False) -> jax.Array:
+        """alphabar_t of the network's input message: the process's own, or the authors' network's."""
+        if not authors_schedule:
+            return self.alphabar(t_B)
+        # t is read as its step i (the process only uses t = i / T), so the authors' index does
+        # not depend on how the caller rounded i / T.
+        return jnp.asarray(authors_alphabar()[authors_index(self.T)])[self.step_index(t_B)]
+
+    def input_features(self, x_t_BxD: jax.Array, t_B: jax.Array, authors_schedule: bool = False) -> jax.Array:
+        """The denoiser's input, float32 (B, D, V): the standardized leaf message at time t."""
+        mean, std = self.feature_stats(authors_schedule)
+        return (leaf_message(x_t_BxD, self.message_alphabar(t_B, authors_schedule), self.v) - mean) / std
 
     def _losses_B(self, params: Any, apply_fn: ApplyFn, key: jax.Array, x0_BxD: jax.Array,
                   i_B: jax.Array) -> tuple[jax.Array, jax.Array]:

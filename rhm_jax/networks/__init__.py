@@ -3,14 +3,13 @@
 Shape letters: M models, B batch, D = s**L length, V = v x0 classes (never the mask class).
 
 What is read from the diffusion ``process`` (duck-typed, so a stand-in works in tests; all of it is
-in the Process contract of docs/architecture.md):
-- ``v`` and ``input_vocab``: ``input_vocab == v`` means the uniform process, ``v + 1`` the masked
-  one (token v = mask); an optional ``name`` ('uniform' | 'masked') must agree if present;
-- uniform process with bpUNet (unless ``authors_schedule``): ``alphabar(t_B) -> B`` for the input
-  message, and the schedule for the standardization constants: ``alphabar_schedule()`` (the T+1
-  values at t = i/T, i = 0..T) if the process has it, else ``alphabar(arange(T + 1) / T)`` with
-  the integer ``process.T``.
-Nothing else; the transformer only needs ``v`` and ``input_vocab``.
+in the Process contract of docs/architecture.md); the network never asks which process it is:
+- ``v`` (must equal the grammar's) and ``input_vocab`` (token ids in x_t: the embedding's size);
+- bpUNet: ``input_features(x_t_BxD, t_B, authors_schedule) -> BxDxC`` (C = ``input_vocab``),
+  the standardized input that is its only time conditioning, and ``feature_stats(
+  authors_schedule)``, called once at build time so that an option the process cannot honour
+  fails before compilation;
+- transformer: ``tokens_reveal_time`` (the default of ``time_conditioning`` is its negation).
 """
 from __future__ import annotations
 
@@ -25,7 +24,6 @@ from rhm_jax.networks import bpunet, transformer
 
 NAMES = ("bpunet", "transformer")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-PROCESSES = ("uniform", "masked")
 
 Params = Any
 
@@ -108,7 +106,7 @@ def validate(network_config: Any, v: int, s: int, L: int, process: Any) -> None:
     for key, value, low in (("v", v, 2), ("s", s, 2), ("L", L, 1)):
         if not _is_int(value) or value < low:
             raise ValueError(f"network {key}={value!r} must be an integer >= {low}")
-    pname = process_kind(process, v)
+    _check_process(process, v)
     authors = cfg.get("authors_schedule", False)
     if not isinstance(authors, bool):
         raise ValueError(f"network authors_schedule={authors!r} must be a bool")
@@ -116,23 +114,22 @@ def validate(network_config: Any, v: int, s: int, L: int, process: Any) -> None:
     if time_cond is not None and not isinstance(time_cond, bool):
         raise ValueError(f"network time_conditioning={time_cond!r} must be None, True or False")
     if name == "bpunet":
-        _validate_bpunet(authors, time_cond, pname, process)
+        _validate_bpunet(authors, time_cond, process)
     else:
         if authors:
             raise ValueError("network authors_schedule=True applies to bpunet only")
+        if time_cond is None and not isinstance(getattr(process, "tokens_reveal_time", None), bool):
+            raise ValueError("transformer with time_conditioning=None needs process.tokens_reveal_time (a bool)")
         _validate_transformer(cfg)
 
 
-def _validate_bpunet(authors: bool, time_cond: Any, pname: str, process: Any) -> None:
+def _validate_bpunet(authors: bool, time_cond: Any, process: Any) -> None:
     if time_cond:
         raise ValueError("network time_conditioning=True is not a bpunet option (its time input is the leaf message)")
-    if authors and pname != "uniform":
-        raise ValueError(f"network authors_schedule=True needs the uniform process, got the {pname} process")
-    if pname == "uniform" and not authors:
-        if not callable(getattr(process, "alphabar", None)):
-            raise ValueError("bpunet on the uniform process needs process.alphabar(t_B)")
-        if not callable(getattr(process, "alphabar_schedule", None)) and not _is_int(getattr(process, "T", None)):
-            raise ValueError("bpunet on the uniform process needs process.alphabar_schedule() or an integer process.T")
+    for method in ("input_features", "feature_stats"):
+        if not callable(getattr(process, method, None)):
+            raise ValueError(f"bpunet needs process.{method} (the process provides the network's input)")
+    process.feature_stats(authors_schedule=authors)  # raises ValueError if the process cannot honour it
 
 
 def _validate_transformer(cfg: Any) -> None:
@@ -146,26 +143,13 @@ def _validate_transformer(cfg: Any) -> None:
         raise ValueError(f"network mlp_ratio={ratio!r} must be > 0 with round(mlp_ratio * width) >= 1")
 
 
-def process_kind(process: Any, v: int) -> str:
-    """'uniform' or 'masked', from process.input_vocab (v or v + 1) and the optional process.name."""
+def _check_process(process: Any, v: int) -> None:
+    """process.v must be the grammar's v and process.input_vocab an integer >= v."""
     if getattr(process, "v", None) != v:
         raise ValueError(f"process.v={getattr(process, 'v', None)!r} must equal the grammar's v={v}")
     input_vocab = getattr(process, "input_vocab", None)
-    if input_vocab not in (v, v + 1):
-        raise ValueError(f"process.input_vocab={input_vocab!r} must be v={v} (uniform) or v+1={v + 1} (masked)")
-    kind = PROCESSES[input_vocab - v]
-    name = getattr(process, "name", kind)
-    if name != kind:
-        raise ValueError(f"process.name={name!r} must be {kind!r} for process.input_vocab={input_vocab} and v={v}")
-    return kind
-
-
-def schedule_alphabar(process: Any) -> np.ndarray:
-    """The T+1 schedule values alphabar(i/T), i = 0..T, of a uniform process, as float64 numpy."""
-    if callable(getattr(process, "alphabar_schedule", None)):
-        return np.asarray(process.alphabar_schedule(), np.float64)
-    T = process.T
-    return np.asarray(process.alphabar(jnp.arange(T + 1, dtype=jnp.float32) / T), np.float64)
+    if not _is_int(input_vocab) or input_vocab < v:
+        raise ValueError(f"process.input_vocab={input_vocab!r} must be an integer >= v={v}")
 
 
 def _check_inputs(x_t_BxD: jax.Array, t_B: jax.Array, d: int) -> None:
@@ -190,14 +174,7 @@ def _make_bpunet(cfg: Any, v: int, s: int, L: int, process: Any) -> Network:
     d = s**L
     dtype = DTYPES[cfg.get("dtype", "float32")]
     module = bpunet.BPUNet(v=v, s=s, L=L, width=cfg.get("width"), dtype=dtype)
-    if process_kind(process, v) == "masked":
-        features = bpunet.make_features("masked", v, None, 0.0, 1.0)
-    elif cfg.get("authors_schedule", False):
-        mean, std = bpunet.message_stats(bpunet.authors_alphabar(), v)
-        features = bpunet.make_features("uniform", v, bpunet.authors_alphabar_at, mean, std)
-    else:
-        mean, std = bpunet.message_stats(schedule_alphabar(process), v)
-        features = bpunet.make_features("uniform", v, process.alphabar, mean, std)
+    authors = bool(cfg.get("authors_schedule", False))
     in_channels = process.input_vocab
 
     abstract = jax.eval_shape(module.init, jax.random.key(0), jax.ShapeDtypeStruct((1, d, in_channels), jnp.float32))
@@ -205,7 +182,7 @@ def _make_bpunet(cfg: Any, v: int, s: int, L: int, process: Any) -> Network:
 
     def apply(params: Params, x_t_BxD: jax.Array, t_B: jax.Array) -> jax.Array:
         _check_inputs(x_t_BxD, t_B, d)
-        return module.apply({"params": params}, features(x_t_BxD, t_B))
+        return module.apply({"params": params}, process.input_features(x_t_BxD, t_B, authors_schedule=authors))
 
     return Network(init, apply, count_params)
 
@@ -221,7 +198,7 @@ def _make_transformer(cfg: Any, v: int, s: int, L: int, process: Any) -> Network
         depth=cfg.get("depth"),
         heads=cfg.get("heads"),
         mlp_ratio=float(cfg.get("mlp_ratio")),
-        time_conditioning=(process_kind(process, v) == "uniform") if time_cond is None else time_cond,
+        time_conditioning=(not process.tokens_reveal_time) if time_cond is None else time_cond,
         dtype=DTYPES[cfg.get("dtype", "float32")],
     )
 

@@ -17,17 +17,10 @@ training about ``sqrt(fan_in)`` (~45 at W = 1024) times faster than the paper an
 learning time it reports. LayerNorms carry scale (init 1) and offset (init 0), epsilon 1e-5,
 biased variance; GELU is the exact erf form (PyTorch ``nn.GELU()`` default).
 
-Input (the only time conditioning):
-- uniform process: the BP leaf message ``alphabar_t * onehot(x_t) + (1 - alphabar_t) / v``,
-  standardized by ``mean = avg_t(a_t + (1 - a_t)/v)`` and
-  ``std = sqrt(avg_t(a_t + (1 - a_t)/v**2) - mean**2)`` over the T+1 points of the schedule.
-  ``authors_schedule=True`` reproduces the authors' quirk: alphabar (and the standardization
-  constants) come from their network default, beta 1e-4..0.02 over 1000 steps, indexed at
-  ``floor(t * 1000)`` in float32, not from the process.
-- masked process: one-hot over v + 1 channels (token v = mask), no message and no time input
-  (MD4's denoiser needs none: the mask pattern carries the noise level); standardized by the
-  constants of a uniform one-hot, ``(x - 1/(v+1)) / sqrt(1/(v+1) * (1 - 1/(v+1)))``, so that the
-  embedding's pre-activations start at unit variance as in the uniform case.
+Input (the only time conditioning): the standardized features BxDxC that the diffusion process
+provides (``process.input_features``; C = ``process.input_vocab``): the BP leaf message for the
+uniform process (optionally on the authors' network schedule, ``authors_schedule``), a one-hot
+with the mask channel for the masked one. See rhm_jax/diffusion/.
 
 Layout is channels-last (B, D, C): a kernel-s stride-s convolution is a reshape to
 (B, D/s, s*C) and one matmul, the transposed one a matmul to (B, n, s*W) and a reshape. Skips
@@ -37,7 +30,7 @@ first in each concatenation.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -45,55 +38,6 @@ import jax.numpy as jnp
 import numpy as np
 
 LN_EPS = 1e-5
-AUTHORS_BETAS = (1e-4, 0.02)
-AUTHORS_T = 1000
-
-
-def authors_alphabar() -> np.ndarray:
-    """alphabar_t, t = 0..1000, of the authors' network default (beta 1e-4..0.02), float32 as theirs."""
-    beta1, beta2 = (np.float32(b) for b in AUTHORS_BETAS)
-    beta_T1 = (beta2 - beta1) * np.arange(AUTHORS_T + 1, dtype=np.float32) / np.float32(AUTHORS_T) + beta1
-    return np.exp(np.cumsum(np.log(np.float32(1) - beta_T1), dtype=np.float32)).astype(np.float32)
-
-
-def authors_alphabar_at(t_B: jax.Array) -> jax.Array:
-    """The authors' alphabar looked up at floor(t * 1000), computed in float32 like their code."""
-    index_B = jnp.floor(t_B.astype(jnp.float32) * np.float32(AUTHORS_T)).astype(jnp.int32)
-    return jnp.asarray(authors_alphabar())[jnp.clip(index_B, 0, AUTHORS_T)]
-
-
-def message_stats(alphabar_T1: np.ndarray, v: int) -> tuple[float, float]:
-    """(mean, std) standardizing the leaf message over the schedule points, SPEC section 3."""
-    a_T1 = np.asarray(alphabar_T1, np.float64)
-    mean = float(np.mean(a_T1 + (1.0 - a_T1) / v))
-    second = float(np.mean(a_T1 + (1.0 - a_T1) / v**2))
-    return mean, float(np.sqrt(second - mean**2))
-
-
-def leaf_message(x_t_BxD: jax.Array, alphabar_B: jax.Array, v: int) -> jax.Array:
-    """BP leaf message alphabar * onehot(x_t) + (1 - alphabar)/v, shape BxDxV."""
-    a_Bx1x1 = alphabar_B.astype(jnp.float32)[:, None, None]
-    return a_Bx1x1 * jax.nn.one_hot(x_t_BxD, v, dtype=jnp.float32) + (1.0 - a_Bx1x1) / v
-
-
-def make_features(
-    process_name: str, v: int, alphabar_fn: Callable[[jax.Array], jax.Array] | None, mean: float, std: float
-) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """Build (x_t_BxD, t_B) -> standardized input features BxDxC for bpUNet."""
-    if process_name == "uniform":
-
-        def features(x_t_BxD: jax.Array, t_B: jax.Array) -> jax.Array:
-            return (leaf_message(x_t_BxD, alphabar_fn(t_B), v) - mean) / std
-
-    else:
-        p = 1.0 / (v + 1)
-        p_std = float(np.sqrt(p * (1.0 - p)))
-
-        def features(x_t_BxD: jax.Array, t_B: jax.Array) -> jax.Array:
-            del t_B  # masked bpUNet is not conditioned on time
-            return (jax.nn.one_hot(x_t_BxD, v + 1, dtype=jnp.float32) - p) / p_std
-
-    return features
 
 
 class ScaledDense(nn.Module):
