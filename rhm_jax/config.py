@@ -55,6 +55,9 @@ def base_config() -> ml_collections.ConfigDict:
         num_epochs=0.0,  # epochs of each model's own P: budgets then differ across the grid
         seeds=(0,),  # grid axis: each seed sets the init, per-step noise and data order
         steps_per_call=100,  # steps fused in one device call (lax.scan); no effect on results
+        # A model with P < batch_size: 'repeat' fills each batch with further epochs of its rows;
+        # 'full_batch' is the authors' loader: the P rows once per step, loss averaged over them.
+        p_below_batch="repeat",
     )
     config.eval = dict(
         num_samples=1024,  # generated per model and evaluation
@@ -166,6 +169,8 @@ def _validate_train(t: ml_collections.ConfigDict) -> None:
         )
     _int_list("train.seeds", t.seeds, 0)
     _int_at_least("train.steps_per_call", t.steps_per_call, 1)
+    if t.p_below_batch not in ("repeat", "full_batch"):
+        raise ValueError(f"train.p_below_batch={t.p_below_batch!r} must be 'repeat' or 'full_batch'")
     if t.mu_dtype not in ("float32", "bfloat16"):
         raise ValueError(f"train.mu_dtype={t.mu_dtype!r} must be 'float32' or 'bfloat16'")
 

@@ -215,13 +215,20 @@ def permute(index: jax.Array, size: jax.Array, seed: jax.Array, epoch: jax.Array
     return x.astype(jnp.int32)
 
 
-def batch_indices(data_seed: jax.Array, P: jax.Array, step: jax.Array, batch_size: int) -> jax.Array:
-    """Pool rows (B,) read by one model at ``step``: stream elements [step*B, (step+1)*B)."""
+def batch_indices(data_seed: jax.Array, P: jax.Array, step: jax.Array, batch_size: int,
+                  rows_per_step: jax.Array | None = None) -> jax.Array:
+    """Pool rows (B,) read by one model at ``step``: stream elements [step*b, step*b + B).
+
+    ``b = rows_per_step`` (traced, 1 <= b <= B; default B) is how far the stream advances per step:
+    with b < B only the first b rows are the step's own (the rest are the next ones, to be given
+    zero weight), which keeps one fixed batch shape for every model of a grid.
+    """
     P = jnp.asarray(P, jnp.int32)
     step = jnp.asarray(step, jnp.int32)
-    # step*B may overflow int32; split step = q*P + r so that only r*B < P*B is ever formed.
+    b = batch_size if rows_per_step is None else jnp.asarray(rows_per_step, jnp.int32)
+    # step*b may overflow int32; split step = q*P + r so that only r*b < P*B is ever formed.
     q, r = step // P, step % P
-    offset = r * batch_size + jnp.arange(batch_size, dtype=jnp.int32)  # < P*B + B
-    epoch_B = q * batch_size + offset // P
+    offset = r * b + jnp.arange(batch_size, dtype=jnp.int32)  # < P*B + B
+    epoch_B = q * b + offset // P
     position_B = offset % P
     return jax.vmap(permute, in_axes=(0, None, None, 0))(position_B, P, data_seed, epoch_B)

@@ -120,6 +120,7 @@ def make_evaluator(config: Any, grammar: Any, process: Any, network: Any, pool_Q
     if len(test_TxD) < 1:
         raise ValueError("test_TxD must hold at least one row")
     batch = int(config.train.batch_size)
+    full = train.full_batch(config.train)
     decay = train.ema_decay(config.train)
     lookup = coherence.make_lookup(pool_QxD)
     test_RxD = jnp.asarray(test_TxD[:rows], jnp.int32)
@@ -142,7 +143,7 @@ def make_evaluator(config: Any, grammar: Any, process: Any, network: Any, pool_Q
         metrics["test_loss_window"] = process.window_losses(params, network.apply, k_test_w, test_RxD,
                                                             num_windows)
         metrics["step"] = state.step
-        metrics["epoch"] = train.epochs(state.step, grid.P, batch)
+        metrics["epoch"] = train.epochs(state.step, grid.P, batch, full)
         return metrics
 
     @jax.jit

@@ -9,6 +9,9 @@ the concatenation of permutations pi_0, pi_1, ... of ``[0, P_i)``, pi_e a keyed 
 (data_seed, e) computed element-wise (``data.permute``); step k reads stream elements
 [k*B, (k+1)*B) (``data.batch_indices``). Batches may straddle epochs; when ``B > P`` a batch spans several epochs and may hold a row more
 than once (our decision: it keeps every step the same size and every epoch a full permutation).
+``train.p_below_batch='full_batch'`` gives the authors' loader instead: a model with P < B takes
+its P rows once per step (one epoch per step), the other B - P rows of the fixed-shape batch get
+zero weight and the loss is the mean over the P real rows (``rows_per_step``).
 """
 from __future__ import annotations
 
@@ -75,11 +78,27 @@ def _seed_list(seeds: Any) -> list[int]:
     return values
 
 
+P_BELOW_BATCH = ("repeat", "full_batch")
+
+
+def full_batch(train_config: Any) -> bool:
+    """train.p_below_batch: 'repeat' (default) or 'full_batch' (the authors' loader when P < B)."""
+    mode = train_config.get("p_below_batch", "repeat") or "repeat"
+    if mode not in P_BELOW_BATCH:
+        raise ValueError(f"train.p_below_batch={mode!r} must be one of {P_BELOW_BATCH}")
+    return mode == "full_batch"
+
+
+def rows_per_step(P: Any, batch_size: int, full: bool) -> Any:
+    """Training rows one step consumes: min(P, B) with the authors' full batch, else B."""
+    return jnp.minimum(P, batch_size) if full else batch_size
+
+
 def budget_steps(train_config: Any, P: int) -> int:
-    """Step budget of a model with P examples: num_steps, or ceil(num_epochs * P / batch_size)."""
+    """Step budget of a model with P examples: num_steps, or ceil(num_epochs * P / rows per step)."""
     num_epochs = train_config.get("num_epochs", None)
     num_steps = train_config.get("num_steps", None)
-    batch = int(train_config.batch_size)
+    batch = min(P, int(train_config.batch_size)) if full_batch(train_config) else int(train_config.batch_size)
     if num_epochs:  # epochs win when both are set: the paper counts time in epochs
         if num_epochs < 0:
             raise ValueError(f"train.num_epochs={num_epochs} must be >= 0")
@@ -113,8 +132,9 @@ def make_grid(config: Any) -> tuple[Grid, list[dict]]:
         for seed in seeds:
             for lr in lrs:
                 steps = budget_steps(config.train, P)
+                per_step = min(P, batch) if full_batch(config.train) else batch
                 rows.append(dict(index=len(rows), P=P, seed=seed, lr=lr, budget_steps=steps,
-                                 budget_epochs=steps * batch / P))
+                                 budget_epochs=steps * per_step / P))
     start, stop = slice_bounds(_grid_slice_spec(config), len(rows))
     rows = rows[start:stop]  # a job-array task's share; "index" stays the model's index in the full grid
     grid = Grid(
@@ -153,9 +173,11 @@ def slice_bounds(spec: str, num_models: int) -> tuple[int, int]:
 # ----------------------------------------------------------------------------- batching
 
 
-def epochs(step: jax.Array, P: jax.Array, batch_size: int) -> jax.Array:
-    """Epochs completed after ``step`` steps: step * B / P (float32)."""
-    return step.astype(jnp.float32) * batch_size / P.astype(jnp.float32)
+def epochs(step: jax.Array, P: jax.Array, batch_size: int, full: bool = False) -> jax.Array:
+    """Epochs completed after ``step`` steps: step * rows_per_step / P (float32)."""
+    if not full:
+        return step.astype(jnp.float32) * batch_size / P.astype(jnp.float32)
+    return step.astype(jnp.float32) * rows_per_step(P, batch_size, True).astype(jnp.float32) / P.astype(jnp.float32)
 
 
 # ----------------------------------------------------------------------------- state
@@ -262,7 +284,7 @@ def make_train_chunk(config: Any, process: Any, network: Any) -> Callable:
     frozen (state unchanged). A step with a non-finite loss or gradient is not applied: the model
     is marked diverged at that step and frozen; the other models are untouched. (Finite gradients
     give finite new params: an Adam step is a few times lr at most.) Metrics per model: ``loss``
-    (mean over the chunk's applied steps, NaN if none), ``steps_done``, ``epoch`` (step * B / P).
+    (mean over the chunk's applied steps, NaN if none), ``steps_done``, ``epoch`` (step * rows per step / P).
     """
     batch = int(config.train.batch_size)
     K = int(config.train.steps_per_call)
@@ -272,12 +294,18 @@ def make_train_chunk(config: Any, process: Any, network: Any) -> Callable:
                          f"train.warmup_steps={warmup_steps} >= 0")
     adam = _adam(config.train)
     decay = ema_decay(config.train)
+    full = full_batch(config.train)
 
     def model_step(state: TrainState, grid: Grid, pool_QxD: jax.Array) -> tuple[TrainState, jax.Array, jax.Array]:
         """One step of ONE model: new state, loss if applied (else 0), whether it was applied."""
-        x0_BxD = pool_QxD[data.batch_indices(grid.data_seed, grid.P, state.step, batch)]
         key = step_key(grid.model_seed, state.step)
-        loss_fn = lambda p: process.loss(p, network.apply, key, x0_BxD)[0]
+        if full:  # the authors' loader: min(P, B) real rows, the others weigh nothing
+            rows = rows_per_step(grid.P, batch, True)
+            x0_BxD = pool_QxD[data.batch_indices(grid.data_seed, grid.P, state.step, batch, rows)]
+            loss_fn = lambda p: process.loss(p, network.apply, key, x0_BxD, num_rows=rows)[0]
+        else:
+            x0_BxD = pool_QxD[data.batch_indices(grid.data_seed, grid.P, state.step, batch)]
+            loss_fn = lambda p: process.loss(p, network.apply, key, x0_BxD)[0]
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
         updates, opt_state = adam.update(grads, state.opt_state, state.params)
         scale = -grid.lr * _warmup(state.step, warmup_steps)
@@ -323,7 +351,7 @@ def make_train_chunk(config: Any, process: Any, network: Any) -> Callable:
         metrics = dict(
             loss=jnp.where(count > 0, loss_sum / jnp.maximum(count, 1), jnp.nan),
             steps_done=count,
-            epoch=epochs(state.step, grid.P, batch),
+            epoch=epochs(state.step, grid.P, batch, full),
         )
         return state, metrics
 

@@ -65,6 +65,7 @@ BAD = [
     ("run.grid_slice", "0/5", "run.grid_slice='0/5'.*M=4"),
     ("run.grid_slice", "1", "run.grid_slice='1'"),
     ("train.mu_dtype", "float16", "train.mu_dtype"),
+    ("train.p_below_batch", "all", "train.p_below_batch=.all. must be .repeat. or .full_batch."),
     ("process.beta2", 1e-4, "process.beta2"),
     ("process.name", "gaussian", "process.name"),
     ("network.width", 0, "width=0"),

@@ -145,3 +145,16 @@ def test_batch_indices_far_into_training_match_the_stream_definition():
     perm = jax.jit(data.permute)
     want = [int(perm(j % P, P, np.uint32(5), np.uint32(j // P))) for j in positions]
     np.testing.assert_array_equal(got, want)
+
+
+def test_full_batch_steps_read_one_whole_epoch_each():
+    B, P = 8, 5  # rows_per_step = P < B: the authors' full batch inside a batch of B
+    indices = jax.jit(jax.vmap(data.batch_indices, in_axes=(None, None, 0, None, None)), static_argnums=3)
+    steps_SxB = np.asarray(indices(np.uint32(3), jnp.int32(P), jnp.arange(6), B, jnp.int32(P)))
+    perm = jax.jit(jax.vmap(data.permute, in_axes=(0, None, None, None)))
+    for step, row in enumerate(steps_SxB):
+        np.testing.assert_array_equal(row[:P], np.asarray(perm(jnp.arange(P), P, np.uint32(3), np.uint32(step))))
+    # rows_per_step = B is the default stream
+    default = np.asarray(indices(np.uint32(3), jnp.int32(P), jnp.arange(6), B, jnp.int32(B)))
+    np.testing.assert_array_equal(default, np.asarray(jax.vmap(data.batch_indices, in_axes=(None, None, 0, None))(
+        np.uint32(3), jnp.int32(P), jnp.arange(6), B)))

@@ -368,6 +368,24 @@ def test_masked_gradient_is_zero_at_unmasked_positions():
 
 
 @pytest.mark.parametrize("make_proc", PROCESSES)
+def test_loss_over_the_first_rows_equals_the_loss_of_those_rows(make_proc):
+    # The authors' full batch inside a fixed-shape one: rows past num_rows weigh nothing.
+    chex.clear_trace_counter()  # the counter is shared by the parametrizations of this test
+    proc, key, x0 = make_proc(), jax.random.key(7), data(5, batch=8)
+    params = init_embedding(jax.random.key(1), proc.input_vocab)
+
+    def value_and_grad(p, x, n):
+        return jax.value_and_grad(lambda q: proc.loss(q, embedding_net, key, x, n), has_aux=True)(p)
+
+    masked_fn = jax.jit(chex.assert_max_traces(value_and_grad, n=1))  # n traced: one program for every P
+    exact_fn = jax.jit(functools.partial(value_and_grad, n=None))
+    for n in (1, 3, 8):
+        (loss, aux), grads = masked_fn(params, x0, jnp.int32(n))
+        (loss_n, aux_n), grads_n = exact_fn(params, x0[:n])
+        chex.assert_trees_all_close((loss, aux, grads), (loss_n, aux_n, grads_n), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("make_proc", PROCESSES)
 def test_bf16_logits_give_float32_loss(make_proc):
     proc, x0, key = make_proc(), data(13), jax.random.key(15)
     logits16 = jax.random.normal(jax.random.key(14), (B, D, V)).astype(jnp.bfloat16)

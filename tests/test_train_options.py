@@ -1,14 +1,16 @@
-"""train options for scale: grid slices of a job array (run.grid_slice) and bf16 Adam moments."""
+"""train options: grid slices of a job array (run.grid_slice), bf16 Adam moments, the authors' full batch."""
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from rhm_jax import config as config_lib
-from rhm_jax import diffusion, networks, train
+from rhm_jax import data, diffusion, networks, train
 
 
 def tiny_config(**run) -> ml_collections.ConfigDict:
@@ -89,3 +91,56 @@ def test_bf16_moments_train():
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(state.opt_state.mu))
     moved = jax.tree.map(lambda a, b: np.abs(np.asarray(a) - b).max(), state.params, before)
     assert min(jax.tree.leaves(moved)) > 0
+
+
+# ----------------------------------------------------------------------------- P < batch size
+
+
+class RowNet:
+    """A per-row denoiser (rows never mix): logits = emb[x_t] + pos, scaled by (1 + a t)."""
+
+    def init(self, key):
+        k1, k2 = jax.random.split(key)
+        return {"emb": jax.random.normal(k1, (4, 4)), "pos": jax.random.normal(k2, (4, 4)), "a": jnp.float32(0.2)}
+
+    def apply(self, params, x_t_BxD, t_B):
+        return (params["emb"][x_t_BxD] + params["pos"]) * (1.0 + params["a"] * t_B)[:, None, None]
+
+
+def full_batch_config(mode: str) -> ml_collections.ConfigDict:
+    """P = 5 < B = 8 and P = 16 >= B, budgets of 3 epochs."""
+    return ml_collections.ConfigDict(dict(
+        data=dict(num_train=(5, 16)),
+        train=dict(batch_size=8, lr=(1e-2,), b1=0.9, b2=0.999, num_steps=0, num_epochs=3.0, seeds=(3,),
+                   steps_per_call=4, p_below_batch=mode),
+    ))
+
+
+def test_full_batch_step_is_an_adam_step_on_exactly_the_P_rows():
+    config = full_batch_config("full_batch")
+    process = diffusion.make(dict(name="uniform", T=20, beta1=0.01, beta2=0.2), 4)
+    net = RowNet()
+    grid, rows = train.make_grid(config)
+    assert [r["budget_steps"] for r in rows] == [3, 6]  # one epoch per step below B; ceil(3 * 16 / 8)
+    assert [r["budget_epochs"] for r in rows] == [3.0, 3.0]
+    pool_QxD = jax.random.randint(jax.random.key(0), (16, 4), 0, 4, dtype=jnp.int32)
+    state0 = train.init_state(config, net, grid)
+    params0 = jax.device_get(jax.tree.map(lambda a: a[0], state0.params))  # the chunk donates state0
+    chunk = train.jit_chunk(train.make_train_chunk(config, process, net))
+    state1, metrics = chunk(state0, grid, pool_QxD, 1)
+    np.testing.assert_allclose(metrics["epoch"], [1.0, 0.5])
+    # By hand: the P rows of epoch 0, once, in a batch of exactly P rows.
+    P, seed = 5, np.uint32(3)
+    x0_PxD = pool_QxD[data.permute(jnp.arange(P), P, seed, 0)]
+    loss_fn = lambda p: process.loss(p, net.apply, train.step_key(seed, 0), x0_PxD)[0]
+    loss, grads = jax.value_and_grad(loss_fn)(params0)
+    adam = optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8)
+    updates, _ = adam.update(grads, adam.init(params0), params0)
+    want = jax.tree.map(lambda p, u: p - 1e-2 * u, params0, updates)
+    chex.assert_trees_all_close(jax.tree.map(lambda a: a[0], state1.params), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(metrics["loss"][0], loss, rtol=1e-6)
+    # The default repeats rows to fill the batch: another step, and budgets in epochs of B rows.
+    _, default_rows = train.make_grid(full_batch_config("repeat"))
+    assert [r["budget_steps"] for r in default_rows] == [2, 6]
+    with pytest.raises(ValueError, match="train.p_below_batch='all'"):
+        train.make_grid(full_batch_config("all"))

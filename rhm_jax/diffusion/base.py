@@ -30,6 +30,18 @@ def x0_logits(logits_BxDxV: jax.Array, x_t_BxD: jax.Array, v: int) -> jax.Array:
     return logits_BxDxV.astype(jnp.float32)
 
 
+def row_mean(x_B: jax.Array, num_rows: jax.Array | None) -> jax.Array:
+    """Mean of x over the first ``num_rows`` rows (traced; None: all rows); the others get zero weight.
+
+    ``where``, not a multiply, so that rows past ``num_rows`` get exactly zero gradient even when
+    their values are not finite.
+    """
+    if num_rows is None:
+        return x_B.mean()
+    keep_B = jnp.arange(x_B.shape[0]) < num_rows
+    return jnp.sum(jnp.where(keep_B, x_B, 0.0)) / jnp.asarray(num_rows, x_B.dtype)
+
+
 def window_times(num_windows: int, batch: int) -> np.ndarray:
     """(W, B) float64 times in (0, 1): window w holds B evenly spread points of (w/W, (w+1)/W).
 

@@ -124,20 +124,32 @@ class MaskedProcess:
         correct_B = jnp.sum(masked_BxD & (jnp.argmax(logits_BxDxV, -1) == x0_BxD), axis=-1)
         return loss_B, masked_BxD.sum(axis=-1), correct_B
 
-    def loss(self, params: Any, apply_fn: ApplyFn, key: jax.Array,
-             x0_BxD: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Continuous-time ELBO per token with stratified t; aux: mask fraction, masked accuracy."""
+    def loss(self, params: Any, apply_fn: ApplyFn, key: jax.Array, x0_BxD: jax.Array,
+             num_rows: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Continuous-time ELBO per token with stratified t; aux: mask fraction, masked accuracy.
+
+        With ``num_rows`` (traced) only the first ``num_rows`` rows count, and t is stratified
+        over them as in a batch of exactly those rows.
+        """
         key_t, key_z = jax.random.split(key)
         batch = x0_BxD.shape[0]
-        t_B = (jnp.arange(batch) + jax.random.uniform(key_t)) / batch
+        if num_rows is None:
+            t_B = (jnp.arange(batch) + jax.random.uniform(key_t)) / batch
+        else:
+            n = jnp.asarray(num_rows, jnp.int32)
+            t_B = (jnp.arange(batch) % n + jax.random.uniform(key_t)) / n.astype(jnp.float32)
         t_B = jnp.clip(t_B, _T_MIN, 1.0)
         loss_B, masked_B, correct_B = self._losses_B(params, apply_fn, key_z, x0_BxD, t_B)
+        if num_rows is not None:
+            keep_B = jnp.arange(batch) < num_rows
+            masked_B, correct_B = jnp.where(keep_B, masked_B, 0), jnp.where(keep_B, correct_B, 0)
         num_masked = masked_B.sum()
+        rows = batch if num_rows is None else num_rows
         aux = {
-            "mask_fraction": num_masked / x0_BxD.size,
+            "mask_fraction": num_masked / (rows * x0_BxD.shape[1]),
             "x0_accuracy": correct_B.sum() / jnp.maximum(num_masked, 1),
         }
-        return loss_B.mean(), aux
+        return base.row_mean(loss_B, num_rows), aux
 
     def window_losses(self, params: Any, apply_fn: ApplyFn, key: jax.Array, x0_BxD: jax.Array,
                       num_windows: int = 10) -> jax.Array:
