@@ -2,8 +2,9 @@
 
 ``make(process_config, v)`` validates the config (ValueError before any compilation) and returns a
 frozen, hashable Process. Every process exposes ``v``, ``input_vocab``, ``loss``,
-``window_losses``, ``sample``, ``corrupt``, ``leaf_likelihood`` and ``alphabar`` with the
-signatures of docs/architecture.md; ``apply_fn(params, x_t_BxD, t_B) -> logits_BxDxV`` predicts x0.
+``window_losses``, ``sample``, ``corrupt``, ``leaf_likelihood``, ``alphabar`` and the network's
+input (``input_features``, ``feature_stats``, ``tokens_reveal_time``) with the signatures of
+docs/architecture.md; ``apply_fn(params, x_t_BxD, t_B) -> logits_BxDxV`` predicts x0.
 """
 from __future__ import annotations
 

@@ -80,7 +80,7 @@ def default_config() -> ml_collections.ConfigDict:
             depth=4,
             heads=8,
             mlp_ratio=4.0,
-            time_conditioning=None,  # None: on for the uniform process, off for masked (transformer)
+            time_conditioning=None,  # None: on unless process.tokens_reveal_time (uniform on, masked off)
         )
     )
 
