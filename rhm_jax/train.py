@@ -7,8 +7,9 @@ Every model of the grid reads its training set from ONE pool ``pool_QxD`` kept o
 uses the first ``P_i`` rows (datasets of different P are nested prefixes). Its stream of examples is
 the concatenation of permutations pi_0, pi_1, ... of ``[0, P_i)``, pi_e a keyed bijection of
 (data_seed, e) computed element-wise (``data.permute``); step k reads stream elements
-[k*B, (k+1)*B) (``data.batch_indices``). Batches may straddle epochs; when ``B > P`` a batch spans several epochs and may hold a row more
-than once (our decision: it keeps every step the same size and every epoch a full permutation).
+[k*B, (k+1)*B) (``data.batch_indices``). Batches may straddle epochs; when ``B > P`` a batch spans
+several epochs and may hold a row more than once (our decision: it keeps every step the same size
+and every epoch a full permutation).
 ``train.p_below_batch='full_batch'`` gives the authors' loader instead: a model with P < B takes
 its P rows once per step (one epoch per step), the other B - P rows of the fixed-shape batch get
 zero weight and the loss is the mean over the P real rows (``rows_per_step``).
