@@ -6,6 +6,11 @@ Shape letters: M models, N generated samples per model, R rows for the loss esti
 Per model i (vmapped; sub-batches of models in a ``lax.map`` to bound memory):
 - N samples from ``process.sample`` with the model's debiased EMA params when kept, else its params;
 - ``validity_l1..lL`` (mean over samples and node positions), ``valid`` (fully valid sequences);
+- ``validity_l1..lL_noncopy``: the same over the samples that are not copies (NaN when every
+  sample is a copy), ``noncopy_samples``: how many samples that is (copies are valid at every
+  level, so only these show what a model learned of the rules);
+- ``corr_t<t>`` / ``corr_train_t<t>`` for t = 1, 2, 4, .. < D: token-token correlation
+  (``correlation``) of the samples and of the model's training rows (the R loss rows);
 - ``copy``: samples equal to a row of the model's OWN training set (pool rows < P_i),
   ``novel_valid``: valid and not a copy, ``duplicates``: samples equal to an earlier sample;
 - ``rule_coverage_l*``: fraction of the level's rules used at least once by valid nodes,
@@ -52,6 +57,32 @@ def duplicate_fraction(tokens_NxD: jax.Array) -> jax.Array:
     return repeat_N.sum(dtype=jnp.float32) / tokens_NxD.shape[0]
 
 
+def correlation_distances(d: int) -> list[int]:
+    """Distances t at which ``correlation`` is logged: powers of two below the length ``d``."""
+    return [2**k for k in range(max(int(d) - 1, 0).bit_length())]
+
+
+def correlation(tokens_NxD: jax.Array, v: int, t: int) -> jax.Array:
+    """Token-token correlation at distance t, grammar-free: C(t) = mean_i ||C_i,i+t||^2 - bias.
+
+    C_i,j(a, b) = p_ij(a, b) - p_i(a) p_j(b) is the connected correlation of the tokens at
+    positions i and j estimated from the N rows (p_ij: empirical joint, p_i: marginal); its
+    squared Frobenius norm is averaged over the D - t pairs (i, i + t). Finite N adds
+    (1 - sum_a p_i(a)**2)(1 - sum_b p_j(b)**2) / N for independent positions, which is
+    subtracted, so C(t) ~ 0 for independent tokens at any N (it can fall slightly below 0).
+    """
+    num, d = tokens_NxD.shape
+    if not 1 <= t < d:
+        raise ValueError(f"distance t={t} must be in 1..D-1 = 1..{d - 1}")
+    onehot_NxDxV = jax.nn.one_hot(tokens_NxD, v, dtype=jnp.float32)
+    left_NxKxV, right_NxKxV = onehot_NxDxV[:, :d - t], onehot_NxDxV[:, t:]
+    joint_KxVxV = jnp.einsum("nka,nkb->kab", left_NxKxV, right_NxKxV) / num
+    p_KxV, q_KxV = left_NxKxV.mean(0), right_NxKxV.mean(0)
+    connected_KxVxV = joint_KxVxV - p_KxV[:, :, None] * q_KxV[:, None, :]
+    bias_K = (1 - (p_KxV**2).sum(-1)) * (1 - (q_KxV**2).sum(-1)) / num
+    return ((connected_KxVxV**2).sum((1, 2)) - bias_K).mean()
+
+
 def _usage_scores(counts: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(coverage, normalized entropy) of a (symbols, m) rule-usage count table."""
     counts = counts.reshape(-1).astype(jnp.float32)
@@ -67,6 +98,15 @@ def score_samples(grammar: Any, lookup: coherence.Lookup, tokens_NxD: jax.Array,
     result = coherence.validity(grammar, tokens_NxD)
     copy_N = coherence.is_copy(lookup, tokens_NxD, P)
     scores = {f"validity_l{l}": result.per_level[:, l - 1].mean() for l in range(1, grammar.L + 1)}
+    noncopy_N = ~copy_N
+    num_noncopy = noncopy_N.sum(dtype=jnp.float32)
+    for l in range(1, grammar.L + 1):
+        total = jnp.where(noncopy_N, result.per_level[:, l - 1], 0.0).sum()
+        scores[f"validity_l{l}_noncopy"] = jnp.where(num_noncopy > 0, total / jnp.maximum(num_noncopy, 1.0),
+                                                     jnp.nan)
+    scores["noncopy_samples"] = noncopy_N.sum(dtype=jnp.int32)
+    for t in correlation_distances(grammar.d):
+        scores[f"corr_t{t}"] = correlation(tokens_NxD, grammar.v, t)
     scores["valid"] = result.valid.mean(dtype=jnp.float32)
     scores["copy"] = copy_N.mean(dtype=jnp.float32)
     scores["novel_valid"] = (result.valid & ~copy_N).mean(dtype=jnp.float32)
@@ -136,6 +176,10 @@ def make_evaluator(config: Any, grammar: Any, process: Any, network: Any, pool_Q
         tokens_NxD = process.sample(params, network.apply, k_sample, num_samples, **sample_kwargs)
         metrics = score_samples(grammar, lookup, tokens_NxD, grid.P)
         train_RxD = pool_QxD[data.batch_indices(_EVAL_ROWS_SEED ^ grid.data_seed, grid.P, 0, rows)]
+        for t in correlation_distances(grammar.d):
+            # The R rows cycle through the model's P rows: C(t) of its training set as the model
+            # sees it (the empirical distribution when P divides R; a subsample of R rows when P > R).
+            metrics[f"corr_train_t{t}"] = correlation(train_RxD, grammar.v, t)
         metrics["train_loss"] = process.loss(params, network.apply, k_train, train_RxD)[0]
         metrics["test_loss"] = process.loss(params, network.apply, k_test, test_RxD)[0]
         metrics["train_loss_window"] = process.window_losses(params, network.apply, k_train_w, train_RxD,

@@ -83,6 +83,49 @@ def test_score_samples_match_brute_force():
     assert float(got["copy"]) == pytest.approx(copy.mean())  # pool[30:] are training rows of larger P only
     assert float(got["novel_valid"]) == pytest.approx((valid & ~copy).mean())
     assert float(got["duplicates"]) == pytest.approx(1 - len(np.unique(tokens, axis=0)) / len(tokens))
+    assert int(got["noncopy_samples"]) == (~copy).sum()
+    for l in range(1, G.L + 1):
+        want = np.mean([np.mean(np.asarray(p[l - 1]) >= 0) for p, c in zip(parses, copy) if not c])
+        assert float(got[f"validity_l{l}_noncopy"]) == pytest.approx(want, abs=1e-6)
+    assert {f"corr_t{t}" for t in (1, 2, 4)} <= set(got) and "corr_t8" not in got  # D = 8
+
+
+def test_noncopy_validity_is_nan_not_zero_when_every_sample_is_a_copy():
+    pool = np.asarray(grammar.sample(jax.random.key(0), G, 10))
+    got = evaluate.score_samples(G, coherence.make_lookup(pool), jnp.asarray(pool[:4]), jnp.int32(10))
+    assert int(got["noncopy_samples"]) == 0 and float(got["copy"]) == 1.0
+    assert all(np.isnan(float(got[f"validity_l{l}_noncopy"])) for l in range(1, G.L + 1))
+    row = evaluate.to_rows({k: np.asarray(v)[None] for k, v in got.items()}, [dict(index=0, P=10, seed=0, lr=1.0)],
+                           types.SimpleNamespace(step=np.array([1]), diverged=np.array([False]),
+                                                 diverged_step=np.array([-1])))[0]
+    assert row["validity_l1_noncopy"] is None and json.dumps(row, allow_nan=False)  # null in metrics.jsonl
+
+
+def brute_correlation(tokens, v, t):
+    """C(t) by loops over positions and token pairs (the docstring's definition)."""
+    num, d = tokens.shape
+    total = 0.0
+    for i in range(d - t):
+        p = np.bincount(tokens[:, i], minlength=v) / num
+        q = np.bincount(tokens[:, i + t], minlength=v) / num
+        joint = np.zeros((v, v))
+        for a, b in zip(tokens[:, i], tokens[:, i + t]):
+            joint[a, b] += 1 / num
+        total += ((joint - np.outer(p, q)) ** 2).sum() - (1 - (p**2).sum()) * (1 - (q**2).sum()) / num
+    return total / (d - t)
+
+
+def test_correlation_matches_brute_force_and_vanishes_for_independent_tokens():
+    assert evaluate.correlation_distances(8) == [1, 2, 4] and evaluate.correlation_distances(16) == [1, 2, 4, 8]
+    rhm = np.asarray(grammar.sample(jax.random.key(3), G, 200))
+    for t in (1, 2, 4):
+        got = float(evaluate.correlation(jnp.asarray(rhm), G.v, t))
+        assert got == pytest.approx(brute_correlation(rhm, G.v, t), rel=1e-4, abs=1e-7)
+    noise = np.asarray(jax.random.randint(jax.random.key(4), (4000, G.d), 0, G.v))
+    siblings = float(evaluate.correlation(jnp.asarray(rhm), G.v, 1))
+    assert abs(float(evaluate.correlation(jnp.asarray(noise), G.v, 1))) < 0.02 * siblings
+    with pytest.raises(ValueError, match="distance t=8"):
+        evaluate.correlation(jnp.asarray(rhm), G.v, 8)
 
 
 # ----------------------------------------------------------------------------- evaluator with stand-ins
@@ -166,6 +209,7 @@ def test_evaluate_copies_losses_and_rows_against_brute_force(tables, evaluator):
     assert rows[0]["test_loss_window_2"] == pytest.approx(rows[0]["test_loss"] + 2, rel=1e-6)
     assert "test_loss_window_3" not in rows[0] and rows[0]["diverged_step"] == -1
     assert {f"validity_l{l}" for l in (1, 2, 3)} <= set(rows[0])
+    assert {f"corr_train_t{t}" for t in (1, 2, 4)} <= set(rows[0]) and "noncopy_samples" in rows[0]
 
 
 def test_evaluate_grid_equals_single_models_and_model_batches(tables, evaluator):
