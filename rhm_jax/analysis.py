@@ -1,8 +1,14 @@
-"""Thresholds, learning times and collapse from the metrics table of one or more work directories.
+"""Thresholds, ratios, the constant c and the collapse from the metrics table of one or more runs.
 
 Shape letters: K evaluation points of one curve (P values or steps). Every function takes and
 returns pandas DataFrames in long format so that grids, seeds and work directories mix freely.
 Level l = 1 is the tuple just above the leaves, l = L the root (as in ``rhm_jax.grammar``).
+
+Readings (SPEC section 7). ``reading='normalized'`` (the default) measures level l on
+``(V_l - V_l^unif) / (1 - V_l^unif)``, the fraction of the way from chance (i.i.d. uniform tokens,
+``theory.uniform_validity``) to perfect; ``'raw'`` on V_l itself. ``samples='noncopy'`` reads the
+validity over the samples that are not copies of the model's training set
+(``validity_l<l>_noncopy``) instead of over all of them. P*_l is where the reading crosses 1/2.
 """
 from __future__ import annotations
 
@@ -11,11 +17,18 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import scipy.optimize
 
 from rhm_jax import results, theory
 
 GRAMMAR_KEYS = ("v", "n", "m", "s", "L")
+READINGS = ("normalized", "raw")
+SAMPLES = ("all", "noncopy")
+# Per-row flags of a model that went non-finite: its rows are reported, never fitted.
+DIVERGENCE_COLUMNS = ("diverged",)
+MIN_NONCOPY = 32  # fewest non-copied samples whose validity is read (binomial error <= 0.09)
 _VALIDITY = re.compile(r"^validity_l(\d+)$")
+NORMALIZED = "(V_l - V_l^unif) / (1 - V_l^unif)"  # how every normalized number is defined
 
 
 # ----------------------------------------------------------------------------- loading
@@ -38,6 +51,11 @@ def levels(df: pd.DataFrame) -> list[int]:
     return found
 
 
+def copies_column(df: pd.DataFrame) -> str | None:
+    """Name of the copy-fraction column: ``copies`` (current) or ``copy`` (older work directories)."""
+    return next((c for c in ("copies", "copy") if c in df), None)
+
+
 def curve_keys(df: pd.DataFrame) -> list[str]:
     """Columns that separate validity-vs-P curves: the workdir, and lr where a run sweeps it."""
     if "lr" in df and "workdir" in df and df.groupby("workdir")["lr"].nunique().max() > 1:
@@ -50,12 +68,68 @@ def _keyed(df: pd.DataFrame) -> pd.DataFrame:
     return df if "workdir" in df else df.assign(workdir="")
 
 
+def _flagged(df: pd.DataFrame) -> pd.Series:
+    """Rows whose model is flagged non-finite in any DIVERGENCE_COLUMNS at any evaluation."""
+    flag = pd.Series(False, index=df.index)
+    for column in DIVERGENCE_COLUMNS:
+        if column in df:
+            flag |= df[column].fillna(False).astype(bool)
+    return flag.groupby([df["workdir"], df["model"]]).transform("any")
+
+
 def healthy(df: pd.DataFrame) -> pd.DataFrame:
     """Rows of models that never diverged (non-finite models are reported, never fitted)."""
-    if "diverged" not in df:
-        return df
-    bad = df.groupby(["workdir", "model"])["diverged"].transform(lambda d: d.fillna(False).astype(bool).any())
-    return df[~bad]
+    df = _keyed(df)
+    return df[~_flagged(df)]
+
+
+def baseline(df: pd.DataFrame, level: int) -> np.ndarray:
+    """V_l^unif per row: validity at ``level`` of i.i.d. uniform tokens under the row's grammar."""
+    missing = [k for k in ("v", "m", "s", "L") if k not in df]
+    if missing:
+        raise ValueError(f"the normalized reading needs the grammar columns {missing} (or reading='raw')")
+    grammar = df[list(GRAMMAR_KEYS if "n" in df else ("v", "m", "s", "L"))].astype(int)
+    cache: dict[tuple, float] = {}
+    out = np.empty(len(df))
+    for i, row in enumerate(grammar.itertuples(index=False)):
+        key = tuple(row)
+        if key not in cache:
+            g = row._asdict()
+            cache[key] = float(theory.uniform_validity(g["v"], g["m"], g["s"], g["L"], g.get("n"))[level - 1])
+        out[i] = cache[key]
+    return out
+
+
+def readout(df: pd.DataFrame, reading: str = "normalized", samples: str = "all",
+            min_noncopy: int = MIN_NONCOPY) -> pd.DataFrame:
+    """The table with ``validity_l<l>`` replaced by the chosen reading (raw kept as ``validity_l<l>_raw``).
+
+    With samples='noncopy', rows with fewer than ``min_noncopy`` non-copied samples read NaN: a
+    handful of samples is no measurement (the fits leave NaN rows out and count them).
+    """
+    if reading not in READINGS:
+        raise ValueError(f"reading must be one of {READINGS}, got {reading!r}")
+    if samples not in SAMPLES:
+        raise ValueError(f"samples must be one of {SAMPLES}, got {samples!r}")
+    out = df.copy()
+    for level in levels(df):
+        column = f"validity_l{level}"
+        if samples == "noncopy":
+            if f"{column}_noncopy" not in df:
+                raise ValueError(f"samples='noncopy' needs the column {column}_noncopy (written since "
+                                 "evaluate logs validity over non-copied samples)")
+            raw = df[f"{column}_noncopy"].astype(float)
+            if "noncopy_samples" in df:
+                raw = raw.where(df["noncopy_samples"].astype(float) >= min_noncopy)
+        else:
+            raw = df[column].astype(float)
+        out[f"{column}_raw"] = raw
+        if reading == "normalized":
+            base = baseline(df, level)
+            out[column] = (raw - base) / (1.0 - base)
+        else:
+            out[column] = raw
+    return out
 
 
 def final(df: pd.DataFrame, at: str = "last") -> pd.DataFrame:
@@ -87,13 +161,21 @@ def selection_loss(df: pd.DataFrame) -> np.ndarray:
     return df["test_loss"].to_numpy(float)
 
 
-def final_validity(df: pd.DataFrame, at: str = "last") -> pd.DataFrame:
-    """Long table of final validity: one row per (workdir, model, level) with P and seed."""
-    last = final(healthy(_keyed(df)), at)
-    ids = [c for c in ("workdir", "model", "P", "seed", "lr", "step", *GRAMMAR_KEYS) if c in last]
-    long = last.melt(id_vars=ids, value_vars=[f"validity_l{l}" for l in levels(df)],
-                     var_name="level", value_name="validity")
-    long["level"] = long["level"].str.removeprefix("validity_l").astype(int)
+def final_validity(df: pd.DataFrame, at: str = "last", reading: str = "normalized",
+                   samples: str = "all") -> pd.DataFrame:
+    """Long table of each model's validity at its ``at`` evaluation: one row per (workdir, model, level).
+
+    ``validity`` is the chosen reading, ``raw`` the raw validity it comes from (NaN rows kept:
+    the fits drop them and say so).
+    """
+    last = readout(final(healthy(df), at), reading, samples)
+    ids = [c for c in ("workdir", "model", "P", "seed", "lr", "step", "epoch", *GRAMMAR_KEYS) if c in last]
+    parts = []
+    for level in levels(df):
+        part = last[ids].assign(level=level, validity=last[f"validity_l{level}"],
+                                raw=last[f"validity_l{level}_raw"])
+        parts.append(part)
+    long = pd.concat(parts, ignore_index=True)
     return long.sort_values(["workdir", "level", "P", "seed"]).reset_index(drop=True)
 
 
@@ -114,26 +196,10 @@ def crossing(x_K: np.ndarray, y_K: np.ndarray, level: float = 0.5) -> float:
     return float(x0 + (level - y0) / (y1 - y0) * (x1 - x0))
 
 
-def crossing_time(step_K: np.ndarray, y_K: np.ndarray, level: float = 0.5) -> float:
-    """First step where y rises through ``level``, interpolated in log step (steps > 0 only)."""
-    step_K, y_K = np.asarray(step_K, float), np.asarray(y_K, float)
-    positive = step_K > 0
-    if not positive.any():
-        return float("nan")
-    if (~positive).any() and np.nanmax(y_K[~positive]) >= level:
-        return 0.0  # already above at initialization
-    return float(np.exp(crossing(np.log(step_K[positive]), y_K[positive], level)))
-
-
 def isotonic(y_K: np.ndarray) -> np.ndarray:
-    """Non-decreasing least-squares fit of y (pool adjacent violators)."""
-    blocks: list[list[float]] = []  # [mean, weight]
-    for y in np.asarray(y_K, float):
-        blocks.append([y, 1.0])
-        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
-            (m1, w1), (m2, w2) = blocks.pop(-2), blocks.pop(-1)
-            blocks.append([(m1 * w1 + m2 * w2) / (w1 + w2), w1 + w2])
-    return np.concatenate([np.full(int(w), m) for m, w in blocks])
+    """Non-decreasing least-squares fit of y (``scipy.optimize.isotonic_regression``)."""
+    y_K = np.asarray(y_K, float)
+    return scipy.optimize.isotonic_regression(y_K).x if y_K.size else y_K
 
 
 def sigmoid(x: np.ndarray, center: float, slope: float) -> np.ndarray:
@@ -141,8 +207,8 @@ def sigmoid(x: np.ndarray, center: float, slope: float) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-slope * (np.asarray(x, float) - center)))
 
 
-def fit_sigmoid(x_K: np.ndarray, y_K: np.ndarray, iters: int = 200) -> tuple[float, float]:
-    """Least-squares logistic fit (center, slope) of y against x by Levenberg-Marquardt.
+def fit_sigmoid(x_K: np.ndarray, y_K: np.ndarray) -> tuple[float, float]:
+    """Least-squares logistic fit (center, slope) of y against x (``scipy.optimize.least_squares``).
 
     Starts from the isotonic crossing of 1/2 so that the fit lands on the right side even for
     noisy curves (from the median x, slope following the trend, when y does not rise through 1/2).
@@ -159,31 +225,10 @@ def fit_sigmoid(x_K: np.ndarray, y_K: np.ndarray, iters: int = 200) -> tuple[flo
     if not np.isfinite(center):
         center, rising = float(np.median(x_K)), bool(np.cov(x_K, y_K)[0, 1] >= 0)
     span = max(np.ptp(x_K), 1e-6)
-    theta = np.array([center, (8.0 if rising else -8.0) / span])  # 1/8 of the span per unit of logit
-    damping = 1e-3
-
-    def sse(t: np.ndarray) -> float:
-        return float(np.sum((sigmoid(x_K, *t) - y_K) ** 2))
-
-    cost = sse(theta)
-    for _ in range(iters):
-        f = sigmoid(x_K, *theta)
-        df = f * (1 - f)
-        jac_Kx2 = np.stack([-theta[1] * df, (x_K - theta[0]) * df], axis=1)
-        grad = jac_Kx2.T @ (f - y_K)
-        hess = jac_Kx2.T @ jac_Kx2
-        step = np.linalg.solve(hess + damping * np.diag(np.diag(hess) + 1e-12), -grad)
-        trial = theta + step
-        trial_cost = sse(trial)
-        if trial_cost < cost:
-            theta, cost, damping = trial, trial_cost, max(damping / 3, 1e-9)
-            if np.abs(step).max() < 1e-10 * (1 + np.abs(theta).max()):
-                break
-        else:
-            damping *= 4
-            if damping > 1e10:
-                break
-    return float(theta[0]), float(theta[1])
+    start = np.array([center, (8.0 if rising else -8.0) / span])  # 1/8 of the span per unit of logit
+    fit = scipy.optimize.least_squares(lambda t: sigmoid(x_K, *t) - y_K, start, method="lm",
+                                       xtol=1e-12, ftol=1e-12, gtol=1e-12)
+    return float(fit.x[0]), float(fit.x[1])
 
 
 def threshold(P_K: np.ndarray, validity_K: np.ndarray, method: str = "sigmoid") -> float:
@@ -196,16 +241,25 @@ def threshold(P_K: np.ndarray, validity_K: np.ndarray, method: str = "sigmoid") 
             return float("nan")
         return float(10**center)
     if method == "interp":
+        ok = np.isfinite(logP_K) & np.isfinite(np.asarray(validity_K, float))
+        logP_K, validity_K = logP_K[ok], np.asarray(validity_K, float)[ok]
         order = np.argsort(logP_K, kind="stable")
-        return float(10 ** crossing(logP_K[order], isotonic(np.asarray(validity_K, float)[order])))
+        fit_K = isotonic(validity_K[order])
+        # as for the fit: a crossing among the measured P, not a curve that starts above 1/2
+        return float(10 ** crossing(logP_K[order], fit_K)) if fit_K.size and fit_K[0] < 0.5 else float("nan")
     raise ValueError(f"method must be 'sigmoid' or 'interp', got {method!r}")
 
 
 # ----------------------------------------------------------------------------- thresholds in P
 
 def _censor(P: pd.Series, validity: pd.Series, P_star: float) -> str:
-    """Why a threshold is missing: 'one P' on the grid, 'above' the largest P, 'below' the smallest,
-    or 'not rising' (validity crosses 1/2 but falls with P, e.g. small-P models copying their data)."""
+    """Why a threshold is missing, one reason per level: 'no finite rows', 'one P' on the grid,
+    'above' the largest P (never reaches 1/2), 'below' the smallest, or 'not rising' (crosses 1/2
+    but falls with P, e.g. small-P models copying their data)."""
+    ok = np.isfinite(validity.to_numpy(float))
+    if not ok.any():
+        return "no finite rows"
+    P, validity = P[ok], validity[ok]
     if P.nunique() < 2:
         return "one P"
     if validity.max() < 0.5:
@@ -215,13 +269,15 @@ def _censor(P: pd.Series, validity: pd.Series, P_star: float) -> str:
     return "" if np.isfinite(P_star) else "not rising"
 
 
-def thresholds(df: pd.DataFrame, method: str = "sigmoid", at: str = "last") -> pd.DataFrame:
-    """Per (workdir, level, seed) and pooled over seeds (seed = -1): the threshold P*_l.
+def thresholds(df: pd.DataFrame, method: str = "sigmoid", at: str = "last", reading: str = "normalized",
+               samples: str = "all") -> pd.DataFrame:
+    """Per (workdir, level, seed) and pooled over seeds (seed = -1): the threshold P*_l of a reading.
 
     ``at`` picks each model's evaluation: 'last', or 'best' (lowest test loss, i.e. early stopping,
-    which keeps small-P models from counting memorized copies as learned rules).
+    which keeps small-P models from counting memorized copies as learned rules). ``num_nan``:
+    models whose reading is NaN (e.g. every sample a copy with samples='noncopy'), left out.
     """
-    long = final_validity(df, at)
+    long = final_validity(df, at, reading, samples)
     keys = curve_keys(long)
     rows = []
     for values, group in long.groupby([*keys, "level"]):
@@ -229,9 +285,11 @@ def thresholds(df: pd.DataFrame, method: str = "sigmoid", at: str = "last") -> p
         grammar = {k: group[k].iloc[0] for k in GRAMMAR_KEYS if k in group}
         per_seed = [(seed, g) for seed, g in group.groupby("seed")] + [(-1, group)]
         for seed, g in per_seed:
-            P_star = threshold(g["P"], g["validity"], method)
+            finite = g[np.isfinite(g["validity"].to_numpy(float))]
+            P_star = threshold(finite["P"], finite["validity"], method) if len(finite) else np.nan
             rows.append(dict(**ids, seed=seed, **grammar, P_star=P_star,
-                             censored=_censor(g["P"], g["validity"], P_star), num_P=g["P"].nunique()))
+                             censored=_censor(g["P"], g["validity"], P_star), num_P=finite["P"].nunique(),
+                             num_nan=int(len(g) - len(finite)), reading=reading, samples=samples, at=at))
     return pd.DataFrame(rows)
 
 
@@ -248,7 +306,8 @@ def threshold_summary(table: pd.DataFrame) -> pd.DataFrame:
             P_star_mean=seeds.mean() if seeds.size else np.nan,
             P_star_std=seeds.std(ddof=1) if seeds.size > 1 else np.nan,
             log10_P_star_std=np.log10(seeds).std(ddof=1) if seeds.size > 1 else np.nan,
-            num_seeds=int(seeds.size)))
+            num_seeds=int(seeds.size),
+            **{k: pooled[k] for k in ("reading", "samples", "at") if k in g}))
     return pd.DataFrame(rows)
 
 
@@ -297,74 +356,30 @@ def fit_constant(summary: pd.DataFrame) -> dict[str, float]:
                 num=int(len(s)))
 
 
-def collapse(df: pd.DataFrame, at: str = "last") -> pd.DataFrame:
-    """Final validity with the rescaled size x = P / (v m**(l+1)) for the collapse plot."""
-    long = final_validity(df, at)
+def collapse(df: pd.DataFrame, at: str = "last", reading: str = "normalized", samples: str = "all") -> pd.DataFrame:
+    """Validity (the chosen reading) with the rescaled size x = P / (v m**(l+1)) for the collapse plot."""
+    long = final_validity(df, at, reading, samples)
     for key in ("v", "m"):
         if key not in long:
             raise ValueError(f"metrics need the grammar column {key!r} for the collapse")
     return long.assign(x=long["P"] / context_size(long["v"], long["m"], long["level"]))
 
 
-# ----------------------------------------------------------------------------- dynamics in time
-
-def _epoch_of(g: pd.DataFrame, step: float) -> float:
-    """Epoch at a (fractional) step, from the table's own step -> epoch proportion."""
-    if "epoch" not in g or not np.isfinite(step):
-        return float("nan")
-    last = g[g["step"] > 0]
-    if last.empty:
-        return float("nan")
-    last = last.iloc[-1]
-    return float(step * last["epoch"] / last["step"])
-
-
-def _model_ids(workdir: str, model: int, g: pd.DataFrame) -> dict:
-    """Identity of one model's rows: workdir, grid index, P, seed (and lr when present)."""
-    ids = dict(workdir=workdir, model=model, P=g["P"].iloc[0], seed=g["seed"].iloc[0])
-    if "lr" in g:
-        ids["lr"] = g["lr"].iloc[0]
-    return ids
-
-
-def learning_times(df: pd.DataFrame, level_value: float = 0.5) -> pd.DataFrame:
-    """Per model and level: first step (and epoch) at which validity crosses ``level_value``."""
-    df = healthy(_keyed(df)).sort_values("step")
-    rows = []
-    for (workdir, model), g in df.groupby(["workdir", "model"]):
-        for level in levels(df):
-            step = crossing_time(g["step"], g[f"validity_l{level}"], level_value)
-            rows.append(dict(**_model_ids(workdir, model, g), level=level, step=step, epoch=_epoch_of(g, step)))
-    return pd.DataFrame(rows)
-
-
-def memorization_onset(df: pd.DataFrame, copy_level: float = 0.1) -> pd.DataFrame:
-    """Per model: first step (and epoch) at which the copy fraction crosses ``copy_level``."""
-    df = healthy(_keyed(df)).sort_values("step")
-    rows = []
-    for (workdir, model), g in df.groupby(["workdir", "model"]):
-        step = crossing_time(g["step"], g["copy"], copy_level)
-        rows.append(dict(**_model_ids(workdir, model, g), step=step, epoch=_epoch_of(g, step),
-                         final_copy=g["copy"].iloc[-1]))
-    return pd.DataFrame(rows)
-
-
 def creativity(df: pd.DataFrame, at: str = "last") -> pd.DataFrame:
-    """Per model at its last (or best) evaluation: valid, copy, novel_valid and novel share of valid."""
-    last = final(healthy(_keyed(df)), at)
+    """Per model at its last (or best) evaluation: valid, copies, novel_valid and novel share of valid."""
+    last = final(healthy(df), at)
+    copies = copies_column(last)
     ids = [c for c in ("workdir", "model", "P", "seed", "lr", *GRAMMAR_KEYS) if c in last]
-    out = last[[*ids, "valid", "copy", "novel_valid"]].copy()
+    out = last[[*ids, "valid", copies, "novel_valid"]].rename(columns={copies: "copies"})
     with np.errstate(invalid="ignore", divide="ignore"):
         out["novel_share"] = np.where(out["valid"] > 0, out["novel_valid"] / out["valid"], np.nan)
     return out.sort_values(["workdir", "P", "seed"]).reset_index(drop=True)
 
 
 def diverged_models(df: pd.DataFrame) -> pd.DataFrame:
-    """Models that went non-finite at any evaluation, with their grid index, P and seed."""
+    """Models flagged non-finite at any evaluation, with their grid index, P and seed."""
     df = _keyed(df)
-    if "diverged" not in df:
-        return df.iloc[:0][["workdir", "model", "P", "seed"]]
-    bad = df[df["diverged"].fillna(False).astype(bool)]
+    bad = df[_flagged(df)]
     return bad.drop_duplicates(["workdir", "model"])[["workdir", "model", "P", "seed"]].reset_index(drop=True)
 
 

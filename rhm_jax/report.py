@@ -1,7 +1,7 @@
-"""Figures (PNG and PDF) and ``report.md`` for one or more work directories.
+"""``report.md`` and its figures for one or more work directories.
 
-Figures use ``matplotlib.figure.Figure`` directly (the Agg canvas; no pyplot, no global backend
-state), so a report can be written from any process, with or without a display.
+Every number is read on normalized validity, ``analysis.NORMALIZED``, unless its table says
+'raw'; the markdown writes each definition next to the numbers it defines.
 """
 from __future__ import annotations
 
@@ -11,158 +11,12 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from matplotlib import colormaps
-from matplotlib.figure import Figure
 
-from rhm_jax import analysis, theory
+from rhm_jax import analysis, dynamics, figures, theory
 
-FORMATS = ("png", "pdf")
-MAX_TIME_PANELS = 6
-
-
-# ----------------------------------------------------------------------------- helpers
-
-def _label(workdir: str) -> str:
-    """Short name of a work directory for legends and file names."""
-    return os.path.basename(os.path.normpath(workdir)) or "run"
-
-
-def _save(fig: Figure, out: str, name: str) -> list[str]:
-    """Write ``fig`` as every format in FORMATS; return the paths."""
-    paths = []
-    for fmt in FORMATS:
-        path = os.path.join(out, f"{name}.{fmt}")
-        fig.savefig(path, bbox_inches="tight", dpi=120)
-        paths.append(path)
-    return paths
-
-
-def _colors(num: int) -> list:
-    """``num`` distinguishable colours from the viridis map."""
-    cmap = colormaps["viridis"]
-    return [cmap(x) for x in np.linspace(0.0, 0.85, max(num, 1))]
-
-
-def _grammar(df: pd.DataFrame) -> dict:
-    """Grammar parameters of a one-workdir table, as ints."""
-    return {k: int(df[k].iloc[0]) for k in analysis.GRAMMAR_KEYS if k in df}
-
-
-def _uniform_baseline(g: dict, level: int) -> float:
-    """Validity at ``level`` of i.i.d. uniform tokens (what an untrained model scores)."""
-    return float(theory.uniform_validity(g["v"], g["m"], g["s"], g["L"], g.get("n"))[level - 1])
-
-
-# ----------------------------------------------------------------------------- figures
-
-def plot_validity_vs_p(df: pd.DataFrame, summary: pd.DataFrame, out: str, at: str = "last") -> list[str]:
-    """Final validity vs P per level (mean +- std over seeds), fitted logistic, fitted and theory P*."""
-    long = analysis.final_validity(df, at)
-    workdirs = sorted(long["workdir"].unique())
-    fig = Figure(figsize=(5.0 * len(workdirs), 3.8))
-    axes = fig.subplots(1, len(workdirs), squeeze=False)[0]
-    for ax, workdir in zip(axes, workdirs):
-        part = long[long["workdir"] == workdir]
-        g = _grammar(part)
-        lv = sorted(part["level"].unique())
-        for color, level in zip(_colors(len(lv)), lv):
-            stats = part[part["level"] == level].groupby("P")["validity"].agg(["mean", "std"]).reset_index()
-            ax.errorbar(stats["P"], stats["mean"], yerr=stats["std"].fillna(0), fmt="o", ms=4,
-                        color=color, label=f"level {level}")
-            row = summary[(summary["workdir"] == workdir) & (summary["level"] == level)]
-            p_star = float(row["P_star"].iloc[0]) if len(row) else np.nan
-            if np.isfinite(p_star):
-                grid = np.logspace(np.log10(stats["P"].min()), np.log10(stats["P"].max()), 200)
-                center, slope = analysis.fit_sigmoid(np.log10(part[part["level"] == level]["P"]),
-                                                     part[part["level"] == level]["validity"])
-                ax.plot(grid, analysis.sigmoid(np.log10(grid), center, slope), "-", color=color, lw=1)
-                ax.axvline(p_star, color=color, ls="--", lw=0.8)
-            if "v" in g and "m" in g:
-                ax.axvline(analysis.theory_threshold(g["v"], g["m"], level), color=color, ls=":", lw=1.2)
-            if {"v", "m", "s"} <= set(g):
-                ax.axhline(_uniform_baseline(g, level), color=color, ls="-.", lw=0.6, alpha=0.6)
-        ax.set_xscale("log")
-        ax.set_ylim(-0.03, 1.03)
-        ax.set_xlabel("training-set size P")
-        ax.set_ylabel(f"validity ({at} evaluation)")
-        ax.set_title(f"{_label(workdir)}: " + ", ".join(f"{k}={v}" for k, v in g.items()), fontsize=9)
-        ax.legend(fontsize=7, title="-- fit P*, : v m^(l+1), -. uniform", title_fontsize=6)
-    return _save(fig, out, "validity_vs_P")
-
-
-def plot_collapse(df: pd.DataFrame, out: str, at: str = "last") -> list[str]:
-    """Final validity against P / (v m**(l+1)) for every level and work directory."""
-    points = analysis.collapse(df, at)
-    fig = Figure(figsize=(5.5, 4.0))
-    ax = fig.subplots()
-    workdirs = sorted(points["workdir"].unique())
-    markers = "osD^vP*X"
-    lv = sorted(points["level"].unique())
-    for i, workdir in enumerate(workdirs):
-        for color, level in zip(_colors(len(lv)), lv):
-            part = points[(points["workdir"] == workdir) & (points["level"] == level)]
-            if part.empty:
-                continue
-            stats = part.groupby("x")["validity"].mean()
-            ax.plot(stats.index, stats.values, marker=markers[i % len(markers)], ms=4, lw=0.8, color=color,
-                    label=f"{_label(workdir)} (m={int(part['m'].iloc[0])}) l={level}")
-    ax.axvline(1.0, color="gray", ls=":", lw=1)
-    ax.set_xscale("log")
-    ax.set_xlabel("P / (v m^(l+1))")
-    ax.set_ylabel(f"validity ({at} evaluation)")
-    ax.set_title("collapse across levels and runs", fontsize=9)
-    ax.legend(fontsize=6, ncol=2)
-    return _save(fig, out, "collapse")
-
-
-def _panel_Ps(Ps: np.ndarray) -> np.ndarray:
-    """At most MAX_TIME_PANELS values of P, spread evenly in log."""
-    Ps = np.sort(np.unique(Ps))
-    if len(Ps) <= MAX_TIME_PANELS:
-        return Ps
-    return Ps[np.unique(np.round(np.linspace(0, len(Ps) - 1, MAX_TIME_PANELS)).astype(int))]
-
-
-def plot_time(df: pd.DataFrame, workdir: str, out: str, name: str) -> list[str]:
-    """Validity per level and copy fraction vs training steps, one panel per P (mean over seeds)."""
-    part = analysis.healthy(df[df["workdir"] == workdir])
-    Ps = _panel_Ps(part["P"].to_numpy())
-    lv = analysis.levels(part)
-    fig = Figure(figsize=(3.2 * len(Ps), 3.2))
-    axes = fig.subplots(1, len(Ps), squeeze=False, sharey=True)[0]
-    for ax, P in zip(axes, Ps):
-        curves = part[(part["P"] == P) & (part["step"] > 0)].groupby("step").mean(numeric_only=True)
-        for color, level in zip(_colors(len(lv)), lv):
-            ax.plot(curves.index, curves[f"validity_l{level}"], color=color, label=f"level {level}")
-        if "copy" in curves:
-            ax.plot(curves.index, curves["copy"], "k--", label="copies")
-        ax.set_xscale("log")
-        ax.set_title(f"P = {int(P)}", fontsize=9)
-        ax.set_xlabel("training step")
-    axes[0].set_ylabel("fraction of generated samples")
-    axes[0].legend(fontsize=7)
-    return _save(fig, out, name)
-
-
-def plot_windows(df: pd.DataFrame, workdir: str, out: str, name: str) -> list[str]:
-    """Final train (solid) and test (dashed) loss per diffusion-time window, one colour per P."""
-    last = analysis.final(analysis.healthy(df[df["workdir"] == workdir]))
-    train_RxW = analysis.window_losses(last, "train")
-    test_RxW = analysis.window_losses(last, "test")
-    fig = Figure(figsize=(5.0, 3.8))
-    ax = fig.subplots()
-    Ps = np.sort(last["P"].unique())
-    for color, P in zip(_colors(len(Ps)), Ps):
-        rows = (last["P"] == P).to_numpy()
-        if train_RxW.shape[1]:
-            ax.plot(train_RxW[rows].mean(0), "-", color=color, label=f"P={int(P)}")
-        if test_RxW.shape[1]:
-            ax.plot(test_RxW[rows].mean(0), "--", color=color)
-    ax.set_xlabel("diffusion-time window (0 = least noise)")
-    ax.set_ylabel("loss (solid train, dashed test)")
-    ax.set_yscale("log")
-    ax.legend(fontsize=6, ncol=2)
-    return _save(fig, out, name)
+DEFINITION = (f"**Normalized validity** of level l: {analysis.NORMALIZED}, the fraction of the way from "
+              "chance to perfect; V_l is the fraction of level-l nodes of the generated samples that parse, "
+              "V_l^unif the same for i.i.d. uniform tokens (`rhm_jax.theory.uniform_validity`).")
 
 
 # ----------------------------------------------------------------------------- tables
@@ -239,7 +93,7 @@ def _provenance_lines(workdir: str, config: dict, df: pd.DataFrame) -> list[str]
     g, tr = cfg.get("grammar", {}), cfg.get("train", {})
     seconds, how = wall_time(config, df, workdir)
     return [
-        f"### {_label(workdir)} (`{workdir}`)",
+        f"### {figures.label(workdir)} (`{workdir}`)",
         f"- grammar: {', '.join(f'{k}={v}' for k, v in g.items())}",
         f"- process: {cfg.get('process', {}).get('name', '?')}, network: "
         f"{cfg.get('network', {}).get('name', '?')} width {cfg.get('network', {}).get('width', '?')}",
@@ -261,115 +115,208 @@ def _mean_by_P(table: pd.DataFrame, value: str, columns: str | None = None) -> p
     if columns:
         agg = agg.pivot_table(index=index, columns=columns, values=value, dropna=False).reset_index()
         agg.columns = [c if isinstance(c, str) else f"{columns} {c}" for c in agg.columns]
-    agg["workdir"] = agg["workdir"].map(_label)
+    agg["workdir"] = agg["workdir"].map(figures.label)
     return agg
 
 
-def _other_evaluation(df: pd.DataFrame, method: str, at: str) -> list[str]:
-    """The pooled thresholds at the other choice of evaluation, to show what memorization does."""
-    other = "best" if at == "last" else "last"
-    if other == "best" and "test_loss" not in df:
-        return []
-    summary = analysis.threshold_summary(analysis.thresholds(df, method, other))
-    summary["workdir"] = summary["workdir"].map(_label)
-    columns = [c for c in (*analysis.curve_keys(summary), "level", "P_star", "censored", "P_star_mean",
-                           "P_star_std") if c in summary]
-    return [f"The same fit at each model's {other} evaluation ('best' = lowest test loss, i.e. early "
-            "stopping; small-P models that copy their training set look valid at 'last'):\n",
-            markdown_table(summary[columns])]
+def _has_best(df: pd.DataFrame) -> bool:
+    """Whether the table can pick each model's best evaluation (a test loss is logged)."""
+    return "test_loss" in df or analysis.window_losses(df.iloc[:1], "test").shape[1] > 0
+
+
+def readings(df: pd.DataFrame, method: str = "sigmoid") -> pd.DataFrame:
+    """Pooled P*_l of every available reading: normalized/raw x all/non-copied samples x best/last.
+
+    One row per (workdir, reading, samples, at); a threshold that is missing shows its reason.
+    """
+    rows = []
+    choices = [(r, s, a) for r in analysis.READINGS for s in analysis.SAMPLES for a in ("best", "last")
+               if (s == "all" or "validity_l1_noncopy" in df) and (a == "last" or _has_best(df))
+               and (r == "normalized" or s == "all")]
+    for reading, samples, at in choices:
+        summary = analysis.threshold_summary(analysis.thresholds(df, method, at, reading, samples))
+        for workdir, g in summary.groupby("workdir"):
+            row = dict(workdir=figures.label(workdir), reading=reading, samples=samples, at=at)
+            for r in g.itertuples():
+                row[f"P*_{r.level}"] = r.P_star if np.isfinite(r.P_star) else f"({r.censored})"
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _threshold_table(summary: pd.DataFrame, rising: pd.DataFrame) -> pd.DataFrame:
+    """Summary with theory v m^(l+1), P*/theory and how many models were still rising per level."""
+    out = summary.copy()
+    if {"v", "m"} <= set(out):
+        out["theory"] = analysis.context_size(out["v"], out["m"], out["level"])
+        out["P_star / theory"] = out["P_star"] / out["theory"]
+    counts = rising.groupby(["workdir", "level"])["rising"].sum() if len(rising) else pd.Series(dtype=int)
+    out["still_rising"] = [int(counts.get((w, l), 0)) for w, l in zip(out["workdir"], out["level"])]
+    out["workdir"] = out["workdir"].map(figures.label)
+    return out.drop(columns=[c for c in ("n", "s", "L", "reading", "samples", "at") if c in out])
 
 
 def _creativity_table(creative: pd.DataFrame) -> str:
-    """Mean over seeds per P of valid, copy, novel valid and novel share, beside P / P_max."""
+    """Mean over seeds per P of valid, copies, novel valid and novel share, beside P / P_max."""
     keys = [*analysis.curve_keys(creative), "P"]
-    table = creative.groupby(keys)[["valid", "copy", "novel_valid", "novel_share"]].mean().reset_index()
+    table = creative.groupby(keys)[["valid", "copies", "novel_valid", "novel_share"]].mean().reset_index()
     if set(analysis.GRAMMAR_KEYS) <= set(creative):
         grammar = creative.groupby(keys)[list(analysis.GRAMMAR_KEYS)].first().reset_index(drop=True)
-        table["copy_if_perfect"] = [
+        table["copies_if_perfect"] = [
             theory.expected_copy_fraction(int(P), theory.p_max(*(int(g[k]) for k in ("v", "n", "m", "s", "L"))))
             for P, (_, g) in zip(table["P"], grammar.iterrows())]
-    table["workdir"] = table["workdir"].map(_label)
+    table["workdir"] = table["workdir"].map(figures.label)
     return markdown_table(table)
 
 
-def write_markdown(workdirs: Sequence[str], df: pd.DataFrame, out: str, figures: list[str],
-                   method: str = "sigmoid", at: str = "last") -> str:
-    """``report.md``: provenance, thresholds vs theory, ratios, c, learning times, copies, creativity."""
+def _coherence_table(df: pd.DataFrame, at: str) -> pd.DataFrame:
+    """Mean coherence length per P at each model's ``at`` evaluation beside the theory's."""
+    xi = dynamics.coherence_length(analysis.final(analysis.healthy(df), at))
+    table = _mean_by_P(xi, "xi")
+    if {"v", "m", "s"} <= set(xi):
+        g = xi.iloc[0]
+        table["theory (P/(v m))^(log s/log m)"] = dynamics.theory_coherence_length(
+            table["P"], int(g["v"]), int(g["m"]), int(g["s"]))
+    return table
+
+
+def _section(title: str, definition: str, body: str) -> list[str]:
+    """A markdown section: heading, the definition of its numbers, then the table or text."""
+    return [f"## {title}\n", f"{definition}\n", body]
+
+
+def write_markdown(workdirs: Sequence[str], df: pd.DataFrame, out: str, paths: list[str],
+                   method: str = "sigmoid", at: str = "last", extra: pd.DataFrame | None = None) -> str:
+    """``report.md``: provenance, normalized thresholds vs theory, readings compared, ratios, c,
+    budgets, learning times, coherence length, C(t), copies, creativity, diverged models."""
     table = analysis.thresholds(df, method, at)
     summary = analysis.threshold_summary(table)
+    rising = dynamics.still_rising(df)
     fit = analysis.fit_constant(summary) if {"v", "m"} <= set(summary) else {}
-    summary = summary.assign(
-        theory=[analysis.theory_threshold(int(r.v), int(r.m), int(r.level)) for r in summary.itertuples()]
-        if {"v", "m"} <= set(summary) else np.nan,
-    )
-    if {"v", "m"} <= set(summary):
-        summary["P_star / (v m^(l+1))"] = summary["P_star"] / analysis.context_size(
-            summary["v"], summary["m"], summary["level"])
-    shown = summary.drop(columns=[c for c in ("n", "s", "L") if c in summary])
-    shown["workdir"] = shown["workdir"].map(_label)
     ratios = analysis.ratios(table)
-    ratios["workdir"] = ratios["workdir"].map(_label)
-    times = analysis.learning_times(df)
-    onset = analysis.memorization_onset(df) if "copy" in df else pd.DataFrame()
-    creative = analysis.creativity(df, at) if {"valid", "copy", "novel_valid"} <= set(df) else pd.DataFrame()
-    diverged = analysis.diverged_models(df)
-    lines = [f"# rhm_jax report\n", f"Written {datetime.datetime.now().isoformat(timespec='seconds')} "
-             f"from {len(workdirs)} work director{'y' if len(workdirs) == 1 else 'ies'}.\n", "## Runs\n"]
+    ratios["workdir"] = ratios["workdir"].map(figures.label)
+    times = dynamics.learning_times(df)
+    copies = analysis.copies_column(df)
+    onset = dynamics.memorization_onset(df) if copies else pd.DataFrame()
+    creative = analysis.creativity(df, at) if copies and {"valid", "novel_valid"} <= set(df) else pd.DataFrame()
+    flagged = rising[rising["rising"]].assign(workdir=lambda d: d["workdir"].map(figures.label))
+    corr = dynamics.correlations(df, at)
+    fit_text = "one logistic in log10 P fitted to all seeds" if method == "sigmoid" else "monotone interpolation in log P"
+    one_P = [figures.label(w) for w, g in df.groupby("workdir") if g["P"].nunique() < 2]
+    lines = ["# rhm_jax report\n", f"Written {datetime.datetime.now().isoformat(timespec='seconds')} "
+             f"from {len(workdirs)} work director{'y' if len(workdirs) == 1 else 'ies'}.\n", DEFINITION + "\n",
+             "## Runs\n"]
     for workdir in workdirs:
         lines += _provenance_lines(workdir, analysis.read_config(workdir), df[df["workdir"] == str(workdir)])
         lines.append("")
-    lines += [
-        f"## Thresholds P*_l (validity = 1/2 at each model's {at} evaluation; {method} fit in log P)\n",
-        "`P_star`: fit pooled over seeds; `P_star_mean`/`P_star_std`: over per-seed fits; `censored`: "
-        "'above' when no P reaches 1/2 (P* > largest P), 'below' when all do. `theory`: v m^(l+1) "
-        "(rhm_jax.theory.sample_complexity).\n",
-        markdown_table(shown),
-        *_other_evaluation(df, method, at),
-        "## Ratios P*_(l+1) / P*_l (theory: m)\n", markdown_table(ratios),
-        "## Constant c in P*_l = c v m^(l+1) (least squares in log10, all runs and levels)\n",
-        f"c = {_fmt(fit.get('c', np.nan))}; spread of log10 rescaled thresholds = "
-        f"{_fmt(fit.get('log10_spread', np.nan))} (collapse quality: 0 is perfect) over "
-        f"{fit.get('num', 0)} thresholds.\n",
-        "## Learning time per level (first step with validity >= 1/2, log-interpolated; mean over seeds)\n",
-        markdown_table(_mean_by_P(times, "step", "level")),
-        "The same in epochs (the paper's unit for the time experiment):\n",
-        markdown_table(_mean_by_P(times, "epoch", "level")),
-        "## Memorization onset (first step with copy fraction >= 0.1) and final copies\n",
-        markdown_table(pd.concat([_mean_by_P(onset, "step"), _mean_by_P(onset, "final_copy")[["final_copy"]]],
-                                 axis=1)) if len(onset) else "_(no copy column)_\n",
-        f"## Creativity at the {at} evaluation (novel_share = novel valid / valid)\n",
-        "`copy_if_perfect`: copies of a generator uniform over all valid sequences, P / P_max "
-        "(rhm_jax.theory.expected_copy_fraction).\n",
-        _creativity_table(creative) if len(creative) else "_(no valid/copy columns)_\n",
-        "## Diverged models (excluded from every fit)\n", markdown_table(diverged),
-        "## Figures\n", *[f"- [{os.path.basename(p)}]({os.path.basename(p)})" for p in figures if p.endswith(".png")],
-    ]
+    if one_P:
+        lines.append(f"Runs with a single P ({', '.join(one_P)}): no threshold in P can be read (censored 'one P'), "
+                     "and no validity-vs-P figure is drawn.\n")
+    lines += _section(
+        f"Thresholds P*_l (normalized validity = 1/2 at each model's {at} evaluation, all samples)",
+        f"`P_star`: P where normalized validity {analysis.NORMALIZED} crosses 1/2, {fit_text}; "
+        "`P_star_mean`/`P_star_std`: over per-seed fits; `censored`: why a threshold is missing ('above': "
+        "no P reaches 1/2, 'below': all do, 'not rising': it falls with P, 'one P', 'no finite rows'). "
+        "`theory`: v m^(l+1) (`rhm_jax.theory.sample_complexity`). `still_rising`: models whose normalized "
+        "validity at that level rose by more than 0.05 (and twice its sampling error) over their last "
+        "doubling of steps: their budget was too short, so a P* read there is an upper bound.",
+        markdown_table(_threshold_table(summary, rising)))
+    lines += _section(
+        "The same thresholds in every reading",
+        "P*_l pooled over seeds; `reading`: normalized = crossing of 1/2 by the normalized validity, raw = "
+        "crossing of 1/2 by the raw fraction of valid level-l nodes (biased low at level 1, where chance is "
+        "high); `samples`: all, or only the samples that are not copies of the model's training set (copies "
+        f"are valid at every level; models with fewer than {analysis.MIN_NONCOPY} such samples are left out); `at`: best = lowest test loss (early stopping), last = end of training. "
+        "A parenthesis gives the reason a threshold is missing.",
+        markdown_table(readings(df, method)))
+    if extra is not None and len(extra):
+        shown = extra.assign(workdir=extra["workdir"].map(figures.label)) if "workdir" in extra else extra
+        lines += _section("Other thresholds drawn on the P figure", "Thresholds handed to the report "
+                          "(`make_report(extra_thresholds=...)`), with the definitions of their source.",
+                          markdown_table(shown))
+    lines += _section("Ratios P*_(l+1) / P*_l (normalized thresholds; theory: m)",
+                      "`ratio`: of the pooled thresholds above; `ratio_mean`/`ratio_std`: over seeds.",
+                      markdown_table(ratios))
+    lines += _section(
+        "Constant c in P*_l = c v m^(l+1)",
+        "Least squares in log10 over all finite normalized thresholds P_star of all runs and levels; the "
+        "spread (std of log10 of P*_l / (v m^(l+1))) measures the collapse: 0 is perfect.",
+        f"c = {_fmt(fit.get('c', np.nan))}; spread = {_fmt(fit.get('log10_spread', np.nan))} over "
+        f"{fit.get('num', 0)} thresholds.\n")
+    lines += _section(
+        "Budget: models still learning at the end", "Models whose normalized validity at a level rose by "
+        "more than 0.05 and twice its sampling error between the evaluation at half their last step and their last (`rise`), i.e. still "
+        "rising over their last doubling of steps; `value`: normalized validity at the last evaluation.",
+        markdown_table(flagged[[c for c in ("workdir", "model", "P", "seed", "level", "step", "value", "rise")
+                                if c in flagged]]))
+    lines += _section(
+        "Learning time per level", "First step at which normalized validity reaches 1/2, interpolated in "
+        "log step, mean over seeds ('-': never within the budget). In steps:",
+        markdown_table(_mean_by_P(times, "step", "level")))
+    lines += ["In epochs (passes over the P training rows, the paper's unit):\n",
+              markdown_table(_mean_by_P(times, "epoch", "level"))]
+    lines += _section(
+        f"Coherence length at the {at} evaluation", "xi = s^l*, l* = the highest level whose normalized "
+        "validity reaches 1/2 (xi = 1 when none does), mean over seeds; theory: xi ~ (P / (v m))^(log s / "
+        "log m), which is s^l at P = v m^(l+1).", markdown_table(_coherence_table(df, at)))
+    if len(corr):
+        wide = _mean_by_P(corr, "samples", "t")
+        train = _mean_by_P(corr, "train", "t")
+        wide = pd.concat([wide[["workdir", "P"]], *[pd.DataFrame({f"{c} samples": wide[c], f"{c} train": train[c]})
+                                                   for c in wide.columns if c.startswith("t ")]], axis=1)
+        lines += _section(
+            f"Token-token correlations at the {at} evaluation", "C(t) = mean over positions i of the squared "
+            "Frobenius norm of the connected correlation p(x_i, x_(i+t)) - p(x_i) p(x_(i+t)), minus its "
+            "finite-sample bias (`rhm_jax.evaluate.correlation`; ~0 for independent tokens, so values near 0 are "
+            "noise), mean over seeds, for the generated samples and for the model's training rows.",
+            markdown_table(wide))
+    lines += _section(
+        "Memorization onset and final copies", "`step`: first step at which the fraction of samples equal to "
+        "a training row reaches 0.1 (log-interpolated); `final_copies`: that fraction at the last evaluation.",
+        markdown_table(pd.concat([_mean_by_P(onset, "step"), _mean_by_P(onset, "final_copies")[["final_copies"]]],
+                                 axis=1)) if len(onset) else "_(no copies column)_\n")
+    lines += _section(
+        f"Creativity at the {at} evaluation", "Fractions of samples: `valid` (whole sequence parses), `copies` "
+        "(equal to a training row), `novel_valid` (valid, not a copy); `novel_share` = novel_valid / valid; "
+        "`copies_if_perfect`: copies of a generator uniform over all valid sequences, P / P_max "
+        "(`rhm_jax.theory.expected_copy_fraction`).",
+        _creativity_table(creative) if len(creative) else "_(no valid/copies columns)_\n")
+    lines += _section("Diverged models (excluded from every fit)", "Models flagged non-finite at any evaluation.",
+                      markdown_table(analysis.diverged_models(df)))
+    lines += ["## Figures\n", *[f"- [{os.path.basename(p)}]({os.path.basename(p)})" for p in paths
+                                if p.endswith(".png")]]
     path = os.path.join(out, "report.md")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     return path
 
 
-def make_report(workdirs: Sequence[str], out: str | None = None, method: str = "sigmoid",
-                at: str = "last") -> dict[str, list[str]]:
+def make_report(workdirs: Sequence[str], out: str | None = None, method: str = "sigmoid", at: str = "last",
+                time_axis: str = "epoch", extra_thresholds: pd.DataFrame | None = None) -> dict[str, list[str]]:
     """Load the work directories, write every figure and ``report.md`` into ``out``; return paths.
 
-    ``at``: which evaluation of each model counts, 'last' or 'best' (lowest test loss).
+    ``at``: which evaluation of each model counts, 'last' or 'best' (lowest test loss);
+    ``time_axis``: 'epoch' (the paper's unit) or 'step'; ``extra_thresholds``: a table with
+    columns label, level, P_star (and workdir) of thresholds from elsewhere (e.g. the clustering
+    learner on the same data), drawn on the P figure and listed in the report.
     """
     workdirs = [str(w) for w in ([workdirs] if isinstance(workdirs, (str, os.PathLike)) else workdirs)]
     if not workdirs:
         raise ValueError("workdirs must name at least one work directory")
+    if extra_thresholds is not None and not {"label", "level", "P_star"} <= set(extra_thresholds):
+        raise ValueError("extra_thresholds needs the columns label, level, P_star (and optionally workdir)")
+    df = analysis.load(workdirs)
     out = out or os.path.join(workdirs[0], "report")
     os.makedirs(out, exist_ok=True)
-    df = analysis.load(workdirs)
     summary = analysis.threshold_summary(analysis.thresholds(df, method, at))
-    figures = plot_validity_vs_p(df, summary, out, at)
-    if {"v", "m"} <= set(df):
-        figures += plot_collapse(df, out, at)
+    paths = figures.plot_validity_vs_p(df, summary, out, at, extra=extra_thresholds)
+    if {"v", "m"} <= set(df) and df.groupby("workdir")["P"].nunique().max() > 1:
+        paths += figures.plot_collapse(df, out, at)
     many = len(workdirs) > 1
     for i, workdir in enumerate(workdirs):
-        suffix = f"_{i}_{_label(workdir)}" if many else ""
-        figures += plot_time(df, workdir, out, f"time{suffix}")
-        figures += plot_windows(df, workdir, out, f"windows{suffix}")
-    report = write_markdown(workdirs, df, out, figures, method, at)
-    return dict(figures=figures, report=[report])
+        suffix = f"_{i}_{figures.label(workdir)}" if many else ""
+        paths += figures.plot_time(df, workdir, out, f"time{suffix}", time_axis)
+        paths += figures.plot_windows(df, workdir, out, f"windows{suffix}")
+        paths += figures.plot_coherence(df, workdir, out, f"coherence{suffix}", time_axis)
+        paths += figures.plot_correlation(df, workdir, out, f"correlation{suffix}", at)
+    report = write_markdown(workdirs, df, out, paths, method, at, extra_thresholds)
+    return dict(figures=paths, report=[report])

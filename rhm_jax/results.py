@@ -40,7 +40,7 @@ SUMMARY_FILE = "summary.txt"
 CONFIG_COLUMNS = {
     "v": "grammar.v", "n": "grammar.n", "m": "grammar.m", "s": "grammar.s", "L": "grammar.L",
     "process": "process.name", "network": "network.name", "width": "network.width",
-    "batch_size": "train.batch_size",
+    "batch_size": "train.batch_size", "num_samples": "eval.num_samples",
 }
 
 

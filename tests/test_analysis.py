@@ -1,4 +1,5 @@
-"""Analysis on synthetic metrics tables whose thresholds and times are known by construction."""
+"""Analysis on synthetic metrics tables whose thresholds are known by construction, and on the
+stored rows of a real quick P sweep (tests/data/quick_p_sweep_rows.csv, no training)."""
 import json
 import os
 
@@ -6,15 +7,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rhm_jax import analysis
+from rhm_jax import analysis, theory
+
+QUICK_ROWS = os.path.join(os.path.dirname(__file__), "data", "quick_p_sweep_rows.csv")
 
 
 def synthetic_metrics(v=8, m=3, L=3, c=1.5, seeds=(0, 1, 2), jitter=0.05, noise=0.02,
                       num_P=12, slope=6.0, steps=(0, 64, 256, 1024, 4096), batch=64, rng_seed=0):
-    """A metrics table whose final validity at level l is a logistic in log10 P centred on
-    c * v * m**(l+1) (times a per-seed factor 10**(jitter * z)), plus noise; earlier steps are
-    scaled-down copies so the time curves rise too."""
+    """A metrics table whose final NORMALIZED validity at level l is a logistic in log10 P centred
+    on c * v * m**(l+1) (times a per-seed factor 10**(jitter * z)), plus noise; earlier steps are
+    scaled-down copies so the time curves rise too. Raw validity adds back the chance floor."""
     rng = np.random.default_rng(rng_seed)
+    chance = theory.uniform_validity(v, m, 2, L, v)
     P_grid = np.unique(np.round(np.logspace(np.log10(v * m**2 / 4), np.log10(4 * v * m ** (L + 1)), num_P)))
     rows, model = [], 0
     for seed in seeds:
@@ -27,10 +31,10 @@ def synthetic_metrics(v=8, m=3, L=3, c=1.5, seeds=(0, 1, 2), jitter=0.05, noise=
                 for l in range(1, L + 1):
                     center = np.log10(c * v * m ** (l + 1)) + shift[l]
                     val = frac * analysis.sigmoid(np.log10(P), center, slope) + noise * rng.standard_normal()
-                    row[f"validity_l{l}"] = float(np.clip(val, 0, 1))
+                    row[f"validity_l{l}"] = float(chance[l - 1] + (1 - chance[l - 1]) * np.clip(val, 0, 1))
                 row["valid"] = row[f"validity_l{L}"]
-                row["copy"] = float(frac**2 * min(1.0, 30 / P))
-                row["novel_valid"] = max(0.0, row["valid"] - row["copy"])
+                row["copies"] = float(frac**2 * min(1.0, 30 / P))
+                row["novel_valid"] = max(0.0, row["valid"] - row["copies"])
                 for w in range(10):
                     row[f"train_loss_window_{w}"] = row["train_loss"] * (w + 1) / 10
                     row[f"test_loss_window_{w}"] = row["test_loss"] * (w + 1) / 10
@@ -143,36 +147,6 @@ def test_final_takes_last_evaluation_per_model_and_skips_diverged():
     assert analysis.diverged_models(df)["model"].tolist() == [2]
 
 
-def test_crossing_time_interpolates_in_log_step():
-    steps = np.array([0, 10, 100, 1000])
-    y = np.array([0.0, 0.2, 0.4, 0.8])
-    # 0.5 is a quarter of the way from 0.4 to 0.8, so a quarter of a decade above 100
-    assert analysis.crossing_time(steps, y) == pytest.approx(100 * 10**0.25)
-    assert np.isnan(analysis.crossing_time(steps, np.full(4, 0.1)))
-    assert analysis.crossing_time(steps, np.array([0.6, 0.7, 0.8, 0.9])) == 0.0
-
-
-def test_learning_times_and_memorization_onset_on_synthetic_curves():
-    steps = np.unique(np.round(np.logspace(0, 4, 33))).astype(int)
-    t_star = {1: 50.0, 2: 400.0, 3: 3000.0}
-    rows = []
-    for step in steps:
-        row = dict(model=0, P=1024, seed=0, step=step, epoch=step * 64 / 1024, diverged=False)
-        for l, t in t_star.items():
-            row[f"validity_l{l}"] = float(analysis.sigmoid(np.log10(step), np.log10(t), 5.0))
-        row["copy"] = float(analysis.sigmoid(np.log10(step), np.log10(5000.0), 5.0) * 0.4)
-        rows.append(row)
-    df = pd.DataFrame(rows)
-    times = analysis.learning_times(df).set_index("level")
-    for l, t in t_star.items():
-        assert times.loc[l, "step"] == pytest.approx(t, rel=0.05)
-        assert times.loc[l, "epoch"] == pytest.approx(t * 64 / 1024, rel=0.05)
-    assert list(times["step"]) == sorted(times["step"])  # levels learned in order
-    onset = analysis.memorization_onset(df, copy_level=0.2).iloc[0]
-    assert onset["step"] == pytest.approx(5000.0, rel=0.05)
-    assert onset["final_copy"] == pytest.approx(0.4 * analysis.sigmoid(4.0, np.log10(5000.0), 5.0))
-
-
 def test_creativity_is_novel_share_of_valid():
     df = synthetic_metrics(seeds=(0,), num_P=5)
     out = analysis.creativity(df)
@@ -220,7 +194,6 @@ def test_learning_rates_on_one_grid_give_separate_curves():
     by_lr = summary.set_index(["lr", "level"])["P_star"]
     for level in (1, 2):
         assert by_lr[(1e-4, level)] / by_lr[(1e-3, level)] == pytest.approx(4.0, rel=0.1)
-    assert analysis.learning_times(fast)["lr"].eq(1e-3).all()
 
 
 def test_best_evaluation_ignores_memorized_small_p_models():
@@ -233,9 +206,9 @@ def test_best_evaluation_ignores_memorized_small_p_models():
         rows.append(dict(model=model, P=P, seed=0, step=200, validity_l1=1.0 if overfit else learned,
                          test_loss=2.0 if overfit else 0.5))
     df = pd.DataFrame(rows)
-    best = analysis.threshold_summary(analysis.thresholds(df, at="best")).iloc[0]
+    best = analysis.threshold_summary(analysis.thresholds(df, at="best", reading="raw")).iloc[0]
     assert best["P_star"] == pytest.approx(truth, rel=0.02)
-    last = analysis.threshold_summary(analysis.thresholds(df, at="last")).iloc[0]
+    last = analysis.threshold_summary(analysis.thresholds(df, at="last", reading="raw")).iloc[0]
     assert last["censored"] == "below"  # memorized copies look like learned rules
     assert set(analysis.final(df, "best").query("P < 200")["step"]) == {100}
     with pytest.raises(ValueError, match="at"):
@@ -261,7 +234,110 @@ def test_falling_curve_gives_no_threshold_but_a_reason():
     center, slope = analysis.fit_sigmoid(np.log10(P), falling)
     assert center == pytest.approx(2.0, abs=1e-4) and slope == pytest.approx(-6.0, rel=1e-3)
     assert np.isnan(analysis.threshold(P, falling))
+    assert np.isnan(analysis.threshold(P, falling, "interp"))  # its isotonic fit starts above 1/2
     df = pd.DataFrame(dict(model=range(9), P=P, seed=0, step=1, validity_l1=falling))
-    assert analysis.thresholds(df).iloc[0]["censored"] == "not rising"
+    assert analysis.thresholds(df, reading="raw").iloc[0]["censored"] == "not rising"
     one_P = df.assign(P=64.0)
-    assert analysis.thresholds(one_P).iloc[0]["censored"] == "one P"
+    assert analysis.thresholds(one_P, reading="raw").iloc[0]["censored"] == "one P"
+
+
+# ----------------------------------------------------------------------------- readings
+
+
+def test_normalized_reading_is_the_fraction_of_the_way_from_chance():
+    df = synthetic_metrics(seeds=(0,), num_P=3)
+    read = analysis.readout(df)
+    chance = theory.uniform_validity(8, 3, 2, 3, 8)
+    assert chance[0] == pytest.approx(0.375)  # m / v**(s-1)
+    for l in (1, 2, 3):
+        np.testing.assert_allclose(read[f"validity_l{l}_raw"], df[f"validity_l{l}"])
+        np.testing.assert_allclose(read[f"validity_l{l}"], (df[f"validity_l{l}"] - chance[l - 1]) / (1 - chance[l - 1]))
+    np.testing.assert_allclose(analysis.readout(df, "raw")["validity_l1"], df["validity_l1"])
+    with pytest.raises(ValueError, match=r"grammar columns \['v', 'm', 's', 'L'\]"):
+        analysis.readout(df.drop(columns=["v", "n", "m", "s", "L"]))
+    with pytest.raises(ValueError, match="validity_l1_noncopy"):
+        analysis.readout(df, samples="noncopy")
+    with pytest.raises(ValueError, match="reading"):
+        analysis.readout(df, "chance")
+
+
+def test_noncopy_reading_leaves_out_models_with_too_few_noncopied_samples():
+    df = synthetic_metrics(seeds=(0,), num_P=4)
+    df = df.assign(validity_l1_noncopy=0.5, validity_l2_noncopy=0.5, validity_l3_noncopy=np.nan,
+                   noncopy_samples=np.where(df["model"] == 0, analysis.MIN_NONCOPY - 1, 100))
+    read = analysis.readout(df, "raw", "noncopy")
+    assert read.loc[df["model"] == 0, "validity_l1"].isna().all()
+    assert (read.loc[df["model"] != 0, "validity_l1"] == 0.5).all()
+    table = analysis.thresholds(df, reading="raw", samples="noncopy").set_index(["level", "seed"])
+    assert table.loc[(1, -1), "num_nan"] == 1 and table.loc[(3, -1), "censored"] == "no finite rows"
+
+
+def quick_rows() -> pd.DataFrame:
+    """Rows of `python -m launch.local --config sweeps/hierarchy_in_p.py:quick` (CPU, grammar seed 0)."""
+    return pd.read_csv(QUICK_ROWS)
+
+
+def test_quick_sweep_normalized_thresholds_match_theory_and_raw_ones_do_not():
+    """SPEC section 7 on real rows: read above chance, P*_l ~ v m**(l+1) and P*_2 / P*_1 ~ m."""
+    df = quick_rows()
+    summary = analysis.threshold_summary(analysis.thresholds(df, at="best")).set_index("level")
+    for level in (1, 2):
+        ratio = summary.loc[level, "P_star"] / analysis.theory_threshold(8, 3, level)
+        assert 0.5 < ratio < 2, (level, summary.loc[level, "P_star"])
+    assert 1.5 < summary.loc[2, "P_star"] / summary.loc[1, "P_star"] < 6  # within a factor 2 of m = 3
+    assert summary.loc[3, "censored"] == "above"  # level 3 never gets half way from chance
+    raw = analysis.threshold_summary(analysis.thresholds(df, at="best", reading="raw")).set_index("level")
+    # raw validity at 1/2 is a fifth of the way from chance at level 1: P*_1 about 4x too small
+    assert raw.loc[1, "P_star"] < summary.loc[1, "P_star"] / 3
+
+
+def test_quick_sweep_copies_cannot_fool_the_noncopy_reading():
+    """At the last evaluation the small-P models copy their data: level 3 looks learned on all
+    samples (validity falls with P: 'not rising'), not on the non-copied ones (never reaches 1/2)."""
+    df = quick_rows()
+    all_samples = analysis.thresholds(df, at="last").query("seed == -1").set_index("level")
+    noncopy = analysis.thresholds(df, at="last", samples="noncopy").query("seed == -1").set_index("level")
+    assert all_samples.loc[3, "censored"] == "not rising"
+    assert noncopy.loc[3, "censored"] == "above" and noncopy.loc[3, "num_nan"] >= 2
+
+
+def test_scipy_fits_give_the_hand_written_fits_results_on_the_quick_rows():
+    """The Levenberg-Marquardt and pool-adjacent-violators code these replace (commit b6ef361) gave
+    these thresholds on the stored rows; scipy's least_squares / isotonic_regression give the same."""
+    df = quick_rows()
+    expected = {("sigmoid", "raw"): (16.8003978, 219.237200), ("interp", "raw"): (19.6875356, 200.921258),
+                ("sigmoid", "normalized"): (70.3629814, 255.243740)}
+    for (method, reading), want in expected.items():
+        got = analysis.threshold_summary(analysis.thresholds(df, method, "best", reading))["P_star"]
+        np.testing.assert_allclose(got[:2], want, rtol=1e-6)
+
+
+def test_fit_sigmoid_reaches_the_least_squares_minimum_of_a_grid_search():
+    long = analysis.final_validity(quick_rows(), "best").query("level == 2")
+    x, y = np.log10(long["P"].to_numpy()), long["validity"].to_numpy()
+    center, slope = analysis.fit_sigmoid(x, y)
+    sse = lambda c, k: ((analysis.sigmoid(x, c, k) - y) ** 2).sum()
+    grid = min(sse(c, k) for c in np.linspace(1.5, 3.5, 201) for k in np.linspace(0.5, 8, 151))
+    assert sse(center, slope) <= grid + 1e-12
+
+
+def test_bad_input_gives_one_reason_per_level_never_a_number():
+    df = quick_rows()
+    one_P = analysis.thresholds(df[df["P"] == 256], at="best").query("seed == -1")
+    assert one_P["censored"].tolist() == ["one P"] * 3 and one_P["P_star"].isna().all()
+    flat = df.assign(validity_l1=0.375, validity_l2=0.06, validity_l3=0.0)  # at chance: nothing rises
+    flat_table = analysis.thresholds(flat).query("seed == -1")
+    assert flat_table["censored"].tolist() == ["above"] * 3 and flat_table["P_star"].isna().all()
+    nan_rows = df.assign(validity_l2=np.nan)
+    nan_table = analysis.thresholds(nan_rows, at="best").query("seed == -1").set_index("level")
+    assert nan_table.loc[2, "censored"] == "no finite rows" and np.isnan(nan_table.loc[2, "P_star"])
+    assert nan_table.loc[1, "P_star"] == pytest.approx(70.36, rel=1e-3)  # other levels unaffected
+
+
+def test_divergence_flag_excludes_the_model_and_old_copy_column_is_read():
+    df = quick_rows()
+    df.loc[(df["P"] == 64) & (df["step"] == 512), "diverged"] = True
+    assert 64 not in set(analysis.final_validity(df)["P"])
+    assert analysis.diverged_models(df)["P"].tolist() == [64]
+    assert analysis.copies_column(df) == "copy" and analysis.copies_column(df.rename(columns={"copy": "copies"})) == "copies"
+    assert "copies" in analysis.creativity(df).columns

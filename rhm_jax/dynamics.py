@@ -1,0 +1,149 @@
+"""What happens over training time: learning times, memorization, budgets, coherence length, C(t).
+
+Every quantity is read on ``analysis.readout`` (normalized validity by default, SPEC section 7).
+The coherence length of an evaluation is ``xi = s**l*`` with l* the highest level whose
+normalized validity reaches 1/2 (xi = 1, a single token, when none does); the theory predicts
+``xi ~ (P / (v m))**(log s / log m)``, which is s**l exactly at P = v m**(l+1).
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+
+from rhm_jax import analysis
+
+_CORR = re.compile(r"^corr_t(\d+)$")
+
+
+def crossing_time(step_K: np.ndarray, y_K: np.ndarray, level: float = 0.5) -> float:
+    """First step where y rises through ``level``, interpolated in log step (steps > 0 only)."""
+    step_K, y_K = np.asarray(step_K, float), np.asarray(y_K, float)
+    positive = step_K > 0
+    if not positive.any():
+        return float("nan")
+    if (~positive).any() and np.nanmax(y_K[~positive], initial=-np.inf) >= level:
+        return 0.0  # already above at initialization
+    return float(np.exp(analysis.crossing(np.log(step_K[positive]), y_K[positive], level)))
+
+
+def _epoch_of(g: pd.DataFrame, step: float) -> float:
+    """Epoch at a (fractional) step, from the table's own step -> epoch proportion."""
+    if "epoch" not in g or not np.isfinite(step):
+        return float("nan")
+    last = g[g["step"] > 0]
+    if last.empty:
+        return float("nan")
+    last = last.iloc[-1]
+    return float(step * last["epoch"] / last["step"])
+
+
+def _model_ids(workdir: str, model: int, g: pd.DataFrame) -> dict:
+    """Identity of one model's rows: workdir, grid index, P, seed (and lr when present)."""
+    ids = dict(workdir=workdir, model=model, P=g["P"].iloc[0], seed=g["seed"].iloc[0])
+    if "lr" in g:
+        ids["lr"] = g["lr"].iloc[0]
+    return ids
+
+
+def _models(df: pd.DataFrame, reading: str, samples: str):
+    """(workdir, model, rows sorted by step) of the healthy models, validity in the chosen reading."""
+    df = analysis.readout(analysis.healthy(df), reading, samples).sort_values("step")
+    return df.groupby(["workdir", "model"])
+
+
+def learning_times(df: pd.DataFrame, level_value: float = 0.5, reading: str = "normalized",
+                   samples: str = "all") -> pd.DataFrame:
+    """Per model and level: first step (and epoch) at which the reading crosses ``level_value``."""
+    rows = []
+    for (workdir, model), g in _models(df, reading, samples):
+        for level in analysis.levels(df):
+            step = crossing_time(g["step"], g[f"validity_l{level}"], level_value)
+            rows.append(dict(**_model_ids(workdir, model, g), level=level, step=step, epoch=_epoch_of(g, step)))
+    return pd.DataFrame(rows)
+
+
+def memorization_onset(df: pd.DataFrame, copy_level: float = 0.1) -> pd.DataFrame:
+    """Per model: first step (and epoch) at which the copy fraction crosses ``copy_level``."""
+    df = analysis.healthy(df).sort_values("step")
+    copies = analysis.copies_column(df)
+    if copies is None:
+        raise ValueError("metrics table has no copies (or copy) column")
+    rows = []
+    for (workdir, model), g in df.groupby(["workdir", "model"]):
+        step = crossing_time(g["step"], g[copies], copy_level)
+        rows.append(dict(**_model_ids(workdir, model, g), step=step, epoch=_epoch_of(g, step),
+                         final_copies=g[copies].iloc[-1]))
+    return pd.DataFrame(rows)
+
+
+def still_rising(df: pd.DataFrame, tolerance: float = 0.05, reading: str = "normalized",
+                 samples: str = "all") -> pd.DataFrame:
+    """Per model and level: the rise of the reading over the model's last doubling of steps.
+
+    ``rise`` = value at the last evaluation - value at the last evaluation at or before half of
+    its step. ``rising`` when rise exceeds both ``tolerance`` and twice its sampling error (from
+    the ``num_samples`` column when present: per-sample validity varies by at most V(1 - V), over
+    num_samples samples at each end): the step budget was too short for that level, so a threshold
+    read there is an upper bound, not a measurement.
+    """
+    rows = []
+    for (workdir, model), g in _models(df, reading, samples):
+        last = g.iloc[-1]
+        half = g[(g["step"] <= last["step"] / 2) & (g["step"] > 0)]
+        for level in analysis.levels(df):
+            column = f"validity_l{level}"
+            rise = float(last[column] - half[column].iloc[-1]) if len(half) else np.nan
+            noise = 0.0
+            if len(half) and "num_samples" in g and pd.notna(last["num_samples"]):
+                raw = np.array([last[f"{column}_raw"], half[f"{column}_raw"].iloc[-1]], float)
+                scale = 1.0 if reading == "raw" else 1.0 - float(analysis.baseline(g.iloc[:1], level)[0])
+                noise = 2 * np.sqrt(np.sum(raw * (1 - raw)) / float(last["num_samples"])) / scale
+            rows.append(dict(**_model_ids(workdir, model, g), level=level, step=last["step"],
+                             value=last[column], rise=rise, rising=bool(rise > max(tolerance, noise))))
+    return pd.DataFrame(rows)
+
+
+def coherence_length(df: pd.DataFrame, reading: str = "normalized", samples: str = "all") -> pd.DataFrame:
+    """Per row: ``level_star`` (highest level whose reading is >= 1/2, 0 if none) and xi = s**level_star."""
+    read = analysis.readout(analysis.healthy(df), reading, samples)
+    if "s" not in read:
+        raise ValueError("the coherence length needs the grammar column 's'")
+    lv = analysis.levels(read)
+    passed_RxL = np.stack([read[f"validity_l{l}"].to_numpy(float) >= 0.5 for l in lv], axis=1)
+    level_star = np.where(passed_RxL.any(1), np.asarray(lv)[::-1][np.argmax(passed_RxL[:, ::-1], axis=1)], 0)
+    ids = [c for c in ("workdir", "model", "P", "seed", "lr", "step", "epoch", *analysis.GRAMMAR_KEYS) if c in read]
+    return read[ids].assign(level_star=level_star, xi=read["s"].to_numpy(float) ** level_star).reset_index(drop=True)
+
+
+def theory_coherence_length(P: np.ndarray, v: int, m: int, s: int) -> np.ndarray:
+    """The theory's xi(P) = (P / (v m))**(log s / log m): s**l at P = v m**(l+1)."""
+    return (np.asarray(P, float) / (v * m)) ** (np.log(s) / np.log(m))
+
+
+def correlation_distances(df: pd.DataFrame) -> list[int]:
+    """Distances t with a ``corr_t<t>`` column (``evaluate.correlation``), ascending."""
+    return sorted(int(m.group(1)) for c in df.columns if (m := _CORR.match(str(c))))
+
+
+def correlations(df: pd.DataFrame, at: str = "last") -> pd.DataFrame:
+    """Long table per model and distance t at its ``at`` evaluation: C(t) of samples and training rows.
+
+    ``ratio`` = samples / training: 1 when the model reproduces its data's correlations at t
+    (NaN where the training rows show none, C_train(t) <= 0).
+    """
+    ts = correlation_distances(df)
+    if not ts:
+        return pd.DataFrame(columns=["workdir", "model", "P", "seed", "t", "samples", "train", "ratio"])
+    last = analysis.final(analysis.healthy(df), at)
+    ids = [c for c in ("workdir", "model", "P", "seed", "lr", "step") if c in last]
+    parts = []
+    for t in ts:
+        train = last[f"corr_train_t{t}"].astype(float) if f"corr_train_t{t}" in last else np.nan
+        part = last[ids].assign(t=t, samples=last[f"corr_t{t}"].astype(float), train=train)
+        parts.append(part)
+    long = pd.concat(parts, ignore_index=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        long["ratio"] = np.where(long["train"] > 0, long["samples"] / long["train"], np.nan)
+    return long.sort_values(["workdir", "P", "seed", "t"]).reset_index(drop=True)

@@ -1,0 +1,272 @@
+"""Figures (PNG and PDF) of a run: validity vs P, collapse, time courses, windows, coherence, C(t).
+
+Figures use ``matplotlib.figure.Figure`` directly (the Agg canvas; no pyplot, no global backend
+state), so they can be written from any process, with or without a display. Validity is drawn in
+the normalized reading (``analysis.NORMALIZED``) unless a panel says 'raw'; points are the mean
+over seeds and shaded bands their range (min to max).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from rhm_jax import analysis, dynamics
+
+FORMATS = ("png", "pdf")
+MAX_TIME_PANELS = 6
+NORM_LABEL = "level-l nodes valid, above chance\n(V_l - V_l^unif) / (1 - V_l^unif)"
+TIME_AXES = {"epoch": "epochs (passes over the P training rows)", "step": "training steps"}
+
+
+def label(workdir: str) -> str:
+    """Short name of a work directory for legends and file names."""
+    return os.path.basename(os.path.normpath(workdir)) or "run"
+
+
+def _save(fig: Figure, out: str, name: str) -> list[str]:
+    """Write ``fig`` as every format in FORMATS; return the paths."""
+    paths = []
+    for fmt in FORMATS:
+        path = os.path.join(out, f"{name}.{fmt}")
+        fig.savefig(path, bbox_inches="tight", dpi=120)
+        paths.append(path)
+    return paths
+
+
+def _colors(num: int) -> list:
+    """``num`` distinguishable colours from the viridis map."""
+    cmap = colormaps["viridis"]
+    return [cmap(x) for x in np.linspace(0.0, 0.85, max(num, 1))]
+
+
+def _grammar(df: pd.DataFrame) -> dict:
+    """Grammar parameters of a one-workdir table, as ints."""
+    return {k: int(df[k].iloc[0]) for k in analysis.GRAMMAR_KEYS if k in df and pd.notna(df[k].iloc[0])}
+
+
+def _spread(ax, table: pd.DataFrame, x: str, y: str, color, label: str | None = None, **style) -> None:
+    """Mean of ``y`` over seeds per ``x`` (line and markers) and its range (shaded band)."""
+    stats = table.groupby(x)[y].agg(["mean", "min", "max"]).reset_index().dropna(subset=["mean"])
+    if stats.empty:
+        return
+    ax.plot(stats[x], stats["mean"], color=color, label=label, **{"marker": "o", "ms": 3, "lw": 1, **style})
+    if (stats["max"] > stats["min"]).any():
+        ax.fill_between(stats[x], stats["min"], stats["max"], color=color, alpha=0.2, lw=0)
+
+
+def _key(ax, level_colors: dict, styles: list[tuple[str, dict]], **kwargs) -> None:
+    """Legend: one colour per level, then one grey proxy per line style (fit, P*, theory, ...)."""
+    handles = [Line2D([], [], color=c, marker="o", ms=3, lw=1, label=f"level {l}") for l, c in level_colors.items()]
+    handles += [Line2D([], [], label=text, **{"color": "0.35", **style}) for text, style in styles]
+    ax.legend(handles=handles, fontsize=6.5, **kwargs)
+
+
+def plot_validity_vs_p(df: pd.DataFrame, summary: pd.DataFrame, out: str, at: str = "last",
+                       samples: str = "all", extra: pd.DataFrame | None = None) -> list[str]:
+    """Per run: normalized validity vs P with fit, P* and theory; raw validity with chance and the
+    raw value where the normalized reading is 1/2. ``extra``: other thresholds (label, level, P_star[,
+    workdir]) drawn as triangles at 1/2, e.g. the clustering learner's. No figure for one-P runs."""
+    long = analysis.final_validity(df, at, "normalized", samples)
+    workdirs = [w for w in sorted(long["workdir"].unique()) if long[long["workdir"] == w]["P"].nunique() > 1]
+    if not workdirs:
+        return []
+    fig = Figure(figsize=(10.0, 3.9 * len(workdirs)))
+    axes = fig.subplots(len(workdirs), 2, squeeze=False)
+    markers = "v^<>sD"
+    for (ax, ax_raw), workdir in zip(axes, workdirs):
+        part = long[long["workdir"] == workdir]
+        g = _grammar(part)
+        lv = sorted(part["level"].unique())
+        colors = dict(zip(lv, _colors(len(lv))))
+        for level, color in colors.items():
+            points = part[part["level"] == level]
+            _spread(ax, points, "P", "validity", color, ls="none")
+            _spread(ax_raw, points, "P", "raw", color, ls="none")
+            row = summary[(summary["workdir"] == workdir) & (summary["level"] == level)]
+            p_star = float(row["P_star"].iloc[0]) if len(row) else np.nan
+            if np.isfinite(p_star):
+                grid = np.logspace(np.log10(points["P"].min()), np.log10(points["P"].max()), 200)
+                center, slope = analysis.fit_sigmoid(np.log10(points["P"]), points["validity"])
+                ax.plot(grid, analysis.sigmoid(np.log10(grid), center, slope), "-", color=color, lw=1)
+                ax.axvline(p_star, color=color, ls="--", lw=0.9)
+                ax_raw.axvline(p_star, color=color, ls="--", lw=0.9)
+            if "v" in g and "m" in g:
+                ax.axvline(analysis.theory_threshold(g["v"], g["m"], level), color=color, ls=":", lw=1.3)
+            base = float(analysis.baseline(points.iloc[:1], level)[0])
+            ax_raw.axhline(base, color=color, ls="-.", lw=0.8)
+            ax_raw.axhline(base + (1 - base) / 2, color=color, ls=(0, (1, 3)), lw=0.8)
+            if extra is not None and len(extra):
+                mine = extra[(extra["level"] == level) & (extra.get("workdir", workdir) == workdir)]
+                for i, (name, rows) in enumerate(mine.groupby("label")):
+                    ax.plot(rows["P_star"], np.full(len(rows), 0.5), markers[i % len(markers)], color=color,
+                            mec="k", ms=7, ls="none")
+        ax.axhline(0.5, color="0.6", lw=0.6)
+        styles = [("logistic fit in log P", dict(ls="-")), ("P*: normalized = 1/2", dict(ls="--")),
+                  ("theory v m^(l+1)", dict(ls=":"))]
+        if extra is not None and len(extra):
+            styles += [(f"{name}: P*", dict(marker=markers[i % len(markers)], ls="none", mec="k"))
+                       for i, name in enumerate(sorted(extra["label"].unique()))]
+        _key(ax, colors, styles, loc="upper left")
+        _key(ax_raw, colors, [("chance V_l^unif (uniform tokens)", dict(ls="-.")),
+                              ("normalized = 1/2", dict(ls=(0, (1, 3)))), ("P* (normalized)", dict(ls="--"))],
+             loc="upper left")
+        ax.set_ylabel(NORM_LABEL, fontsize=8)
+        ax_raw.set_ylabel("level-l nodes valid (raw fraction)", fontsize=8)
+        which = "non-copied samples" if samples == "noncopy" else "all samples"
+        title = f"{label(workdir)}: " + ", ".join(f"{k}={v}" for k, v in g.items()) + f"; {at} evaluation, {which}"
+        for a in (ax, ax_raw):
+            a.set_xscale("log")
+            a.set_ylim(-0.1 if a is ax else -0.03, 1.03)
+            a.set_xlabel("training-set size P")
+            a.set_title(title, fontsize=8)
+    return _save(fig, out, "validity_vs_P")
+
+
+def plot_collapse(df: pd.DataFrame, out: str, at: str = "last") -> list[str]:
+    """Normalized validity against P / (v m**(l+1)) for every level and work directory."""
+    points = analysis.collapse(df, at)
+    fig = Figure(figsize=(5.5, 4.0))
+    ax = fig.subplots()
+    markers = "osD^vP*X"
+    lv = sorted(points["level"].unique())
+    for i, workdir in enumerate(sorted(points["workdir"].unique())):
+        for color, level in zip(_colors(len(lv)), lv):
+            part = points[(points["workdir"] == workdir) & (points["level"] == level)]
+            if len(part):
+                _spread(ax, part, "x", "validity", color, marker=markers[i % len(markers)],
+                        label=f"{label(workdir)} (m={int(part['m'].iloc[0])}) l={level}")
+    ax.axvline(1.0, color="gray", ls=":", lw=1)
+    ax.axhline(0.5, color="0.6", lw=0.6)
+    ax.set_xscale("log")
+    ax.set_xlabel("P / (v m^(l+1))")
+    ax.set_ylabel(NORM_LABEL, fontsize=8)
+    ax.set_title(f"collapse across levels and runs ({at} evaluation)", fontsize=9)
+    ax.legend(fontsize=6, ncol=2)
+    return _save(fig, out, "collapse")
+
+
+def _panel_Ps(Ps: np.ndarray) -> np.ndarray:
+    """At most MAX_TIME_PANELS values of P, spread evenly in log."""
+    Ps = np.sort(np.unique(Ps))
+    if len(Ps) <= MAX_TIME_PANELS:
+        return Ps
+    return Ps[np.unique(np.round(np.linspace(0, len(Ps) - 1, MAX_TIME_PANELS)).astype(int))]
+
+
+def _time_column(part: pd.DataFrame, axis: str) -> str:
+    """The time column for ``axis`` ('epoch' or 'step'), checked."""
+    if axis not in TIME_AXES:
+        raise ValueError(f"time axis must be one of {tuple(TIME_AXES)}, got {axis!r}")
+    if axis not in part:
+        raise ValueError(f"metrics have no {axis!r} column for the time axis")
+    return axis
+
+
+def plot_time(df: pd.DataFrame, workdir: str, out: str, name: str, axis: str = "epoch") -> list[str]:
+    """Normalized validity per level and copies vs training time, one panel per P (mean, seed range)."""
+    part = analysis.readout(analysis.healthy(df[df["workdir"] == workdir]))
+    x = _time_column(part, axis)
+    copies = analysis.copies_column(part)
+    Ps = _panel_Ps(part["P"].to_numpy())
+    lv = analysis.levels(part)
+    fig = Figure(figsize=(3.2 * len(Ps), 3.4))
+    axes = fig.subplots(1, len(Ps), squeeze=False, sharey=True)[0]
+    colors = dict(zip(lv, _colors(len(lv))))
+    for ax, P in zip(axes, Ps):
+        rows = part[(part["P"] == P) & (part["step"] > 0)]
+        for level, color in colors.items():
+            _spread(ax, rows, x, f"validity_l{level}", color, marker=None)
+        if copies:
+            _spread(ax, rows, x, copies, "k", marker=None, ls="--")
+        ax.axhline(0.5, color="0.6", lw=0.6)
+        ax.set_xscale("log")
+        ax.set_title(f"P = {int(P)}", fontsize=9)
+        ax.set_xlabel(TIME_AXES[axis], fontsize=8)
+    axes[0].set_ylabel(NORM_LABEL, fontsize=8)
+    _key(axes[0], colors, [("copies (fraction of samples)", dict(ls="--", color="k"))] if copies else [])
+    return _save(fig, out, name)
+
+
+def plot_windows(df: pd.DataFrame, workdir: str, out: str, name: str) -> list[str]:
+    """Final train (solid) and test (dashed) loss per diffusion-time window, one colour per P."""
+    last = analysis.final(analysis.healthy(df[df["workdir"] == workdir]))
+    train_RxW = analysis.window_losses(last, "train")
+    test_RxW = analysis.window_losses(last, "test")
+    fig = Figure(figsize=(5.0, 3.8))
+    ax = fig.subplots()
+    Ps = np.sort(last["P"].unique())
+    for color, P in zip(_colors(len(Ps)), Ps):
+        rows = (last["P"] == P).to_numpy()
+        if train_RxW.shape[1]:
+            ax.plot(train_RxW[rows].mean(0), "-", color=color, label=f"P={int(P)}")
+        if test_RxW.shape[1]:
+            ax.plot(test_RxW[rows].mean(0), "--", color=color)
+    ax.set_xlabel("diffusion-time window (0 = least noise)")
+    ax.set_ylabel("loss per window (solid train, dashed test)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=6, ncol=2)
+    return _save(fig, out, name)
+
+
+def plot_coherence(df: pd.DataFrame, workdir: str, out: str, name: str, axis: str = "epoch") -> list[str]:
+    """Coherence length xi = s**l*: against P at the last and best evaluations with the theory's
+    (P / (v m))**(log s / log m), and against training time per P."""
+    part = analysis.healthy(df[df["workdir"] == workdir])
+    xi = dynamics.coherence_length(part)
+    g = _grammar(part)
+    many_P = part["P"].nunique() > 1
+    fig = Figure(figsize=(10.0 if many_P else 5.0, 3.6))
+    axes = fig.subplots(1, 2 if many_P else 1, squeeze=False)[0]
+    if many_P:
+        ax = axes[0]
+        for at, color in (("last", "C0"), ("best", "C1")):
+            if at == "best" and "test_loss" not in part and not analysis.window_losses(part, "test").shape[1]:
+                continue
+            _spread(ax, dynamics.coherence_length(analysis.final(part, at)), "P", "xi", color,
+                    label=f"measured, {at} evaluation")
+        grid = np.logspace(np.log10(part["P"].min()), np.log10(part["P"].max()), 100)
+        ax.plot(grid, dynamics.theory_coherence_length(grid, g["v"], g["m"], g["s"]), "k:",
+                label="theory (P / (v m))^(log s / log m)")
+        ax.set_xscale("log")
+        ax.set_yscale("log", base=g["s"])
+        ax.set_xlabel("training-set size P")
+        ax.set_ylabel("coherence length xi = s^l* (tokens)", fontsize=8)
+        ax.legend(fontsize=7)
+    ax = axes[-1]
+    x = _time_column(xi, axis)
+    Ps = np.sort(xi["P"].unique())
+    for color, P in zip(_colors(len(Ps)), Ps):
+        _spread(ax, xi[(xi["P"] == P) & (xi["step"] > 0)], x, "xi", color, marker=None, label=f"P={int(P)}")
+    ax.set_xscale("log")
+    ax.set_yscale("log", base=g["s"])
+    ax.set_xlabel(TIME_AXES[axis], fontsize=8)
+    ax.set_ylabel("coherence length xi = s^l* (tokens)", fontsize=8)
+    ax.legend(fontsize=6, ncol=2)
+    fig.suptitle(f"{label(workdir)}: l* = highest level with normalized validity >= 1/2", fontsize=9)
+    return _save(fig, out, name)
+
+
+def plot_correlation(df: pd.DataFrame, workdir: str, out: str, name: str, at: str = "last") -> list[str]:
+    """C(t) of generated samples (solid) and of the training rows (dashed) per P, at one evaluation."""
+    corr = dynamics.correlations(analysis.healthy(df[df["workdir"] == workdir]), at)
+    if corr.empty:
+        return []
+    fig = Figure(figsize=(5.0, 3.8))
+    ax = fig.subplots()
+    Ps = np.sort(corr["P"].unique())
+    for color, P in zip(_colors(len(Ps)), Ps):
+        rows = corr[corr["P"] == P]
+        _spread(ax, rows, "t", "samples", color, label=f"P={int(P)}")
+        _spread(ax, rows, "t", "train", color, marker=None, ls="--")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("symlog", linthresh=1e-4)
+    ax.set_xlabel("distance t between positions")
+    ax.set_ylabel("C(t): mean squared connected correlation", fontsize=8)
+    ax.set_title(f"{label(workdir)}: samples (solid) vs training rows (dashed), {at} evaluation", fontsize=8)
+    ax.legend(fontsize=6, ncol=2)
+    return _save(fig, out, name)

@@ -1,0 +1,76 @@
+"""dynamics: learning times, memorization onset, budgets, coherence length and C(t) tables."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from rhm_jax import analysis, dynamics, theory
+from test_analysis import quick_rows
+
+
+def test_crossing_time_interpolates_in_log_step():
+    steps = np.array([0, 10, 100, 1000])
+    y = np.array([0.0, 0.2, 0.4, 0.8])
+    # 0.5 is a quarter of the way from 0.4 to 0.8, so a quarter of a decade above 100
+    assert dynamics.crossing_time(steps, y) == pytest.approx(100 * 10**0.25)
+    assert np.isnan(dynamics.crossing_time(steps, np.full(4, 0.1)))
+    assert dynamics.crossing_time(steps, np.array([0.6, 0.7, 0.8, 0.9])) == 0.0
+
+
+def time_curves(t_star: dict, copy_name: str = "copies", v=8, m=3, L=3) -> pd.DataFrame:
+    """One model whose NORMALIZED validity at level l is a logistic in log step centred on t_star[l]."""
+    chance = theory.uniform_validity(v, m, 2, L, v)
+    rows = []
+    for step in np.unique(np.round(np.logspace(0, 4, 33))).astype(int):
+        row = dict(model=0, P=1024, seed=0, step=step, epoch=step * 64 / 1024, diverged=False)
+        for l, t in t_star.items():
+            norm = float(analysis.sigmoid(np.log10(step), np.log10(t), 5.0))
+            row[f"validity_l{l}"] = chance[l - 1] + (1 - chance[l - 1]) * norm
+        row[copy_name] = float(analysis.sigmoid(np.log10(step), np.log10(5000.0), 5.0) * 0.4)
+        rows.append(row)
+    return pd.DataFrame(rows).assign(v=v, n=v, m=m, s=2, L=L)
+
+
+@pytest.mark.parametrize("copy_name", ["copies", "copy"])
+def test_learning_times_read_normalized_validity_and_memorization_onset(copy_name):
+    t_star = {1: 50.0, 2: 400.0, 3: 3000.0}
+    df = time_curves(t_star, copy_name)
+    times = dynamics.learning_times(df).set_index("level")
+    for l, t in t_star.items():
+        assert times.loc[l, "step"] == pytest.approx(t, rel=0.05)
+        assert times.loc[l, "epoch"] == pytest.approx(t * 64 / 1024, rel=0.05)
+    # raw validity starts at chance (0.375 at level 1) and so crosses 1/2 earlier
+    assert dynamics.learning_times(df, reading="raw").set_index("level").loc[1, "step"] < 0.7 * t_star[1]
+    onset = dynamics.memorization_onset(df, copy_level=0.2).iloc[0]
+    assert onset["step"] == pytest.approx(5000.0, rel=0.05)
+    assert onset["final_copies"] == pytest.approx(0.4 * analysis.sigmoid(4.0, np.log10(5000.0), 5.0))
+
+
+def test_still_rising_flags_levels_still_learning_over_the_last_doubling():
+    df = time_curves({1: 50.0, 2: 400.0, 3: 8000.0})
+    flags = dynamics.still_rising(df).set_index("level")
+    assert flags["rising"].tolist() == [False, False, True]
+    assert flags.loc[3, "rise"] > 0.3 and abs(flags.loc[1, "rise"]) < 1e-3
+    # with few samples, the same rise can be sampling noise: not flagged
+    small = df.assign(validity_l3=df["validity_l3"] * 0.2)  # a rise of ~0.09, above the 0.05 tolerance
+    few = dynamics.still_rising(small.assign(num_samples=16)).set_index("level").loc[3]
+    many = dynamics.still_rising(small.assign(num_samples=4096)).set_index("level").loc[3]
+    assert few["rise"] == pytest.approx(many["rise"]) and few["rise"] > 0.05
+    assert not few["rising"] and many["rising"]
+
+
+def test_coherence_length_is_s_to_the_highest_level_above_half():
+    df = time_curves({1: 10.0, 2: 100.0, 3: 1000.0})
+    xi = dynamics.coherence_length(df).set_index("step")
+    assert xi.loc[1, "xi"] == 1 and xi.loc[32, "level_star"] == 1 and xi.loc[316, "xi"] == 4
+    assert xi.loc[10000, "xi"] == 8
+    for level in (1, 2, 3):
+        P_l = analysis.theory_threshold(8, 3, level)
+        assert dynamics.theory_coherence_length(P_l, 8, 3, 2) == pytest.approx(2**level)
+
+
+def test_correlations_pair_samples_with_training_rows_per_distance():
+    df = quick_rows().assign(corr_t1=0.02, corr_train_t1=0.04, corr_t2=0.01, corr_train_t2=0.0)
+    corr = dynamics.correlations(df)
+    assert sorted(corr["t"].unique()) == [1, 2] and len(corr) == 2 * df["model"].nunique()
+    assert corr.query("t == 1")["ratio"].eq(0.5).all() and corr.query("t == 2")["ratio"].isna().all()
+    assert dynamics.correlations(quick_rows()).empty
