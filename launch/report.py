@@ -12,8 +12,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="threshold estimate: logistic fit in log P, or monotone interpolation")
     parser.add_argument("--at", default="last", choices=("last", "best"),
                         help="evaluation of each model that counts: its last, or its lowest test loss")
+    parser.add_argument("--time_axis", default="epoch", choices=("epoch", "step"),
+                        help="time axis of the time-course figures: epochs (the paper's unit) or steps")
     args = parser.parse_args(argv)
-    paths = report.make_report(args.workdir, args.out, args.method, args.at)
+    paths = report.make_report(args.workdir, args.out, args.method, args.at, args.time_axis)
     print(f"wrote {len(paths['figures'])} figures and {paths['report'][0]}")
 
 

@@ -205,7 +205,7 @@ def plot_windows(df: pd.DataFrame, workdir: str, out: str, name: str) -> list[st
         if train_RxW.shape[1]:
             ax.plot(train_RxW[rows].mean(0), "-", color=color, label=f"P={int(P)}")
         if test_RxW.shape[1]:
-            ax.plot(test_RxW[rows].mean(0), "--", color=color)
+            ax.plot(test_RxW[rows].mean(0), "--", color=color, label=None if train_RxW.shape[1] else f"P={int(P)}")
     ax.set_xlabel("diffusion-time window (0 = least noise)")
     ax.set_ylabel("loss per window (solid train, dashed test)")
     ax.set_yscale("log")

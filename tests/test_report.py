@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from launch import report as launch_report
-from rhm_jax import analysis, report
-from test_analysis import synthetic_metrics, write_workdir
+from rhm_jax import analysis, figures, report
+from test_analysis import quick_rows, synthetic_metrics, write_workdir
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,8 @@ def written(two_workdirs, tmp_path_factory):
 def test_report_writes_all_figures_and_markdown(written):
     out, paths = written
     names = sorted(os.listdir(out))
-    for stem in ("validity_vs_P", "collapse", "time_0_m3", "time_1_m2", "windows_0_m3", "windows_1_m2"):
+    for stem in ("validity_vs_P", "collapse", "time_0_m3", "time_1_m2", "windows_0_m3", "windows_1_m2",
+                 "coherence_0_m3", "coherence_1_m2"):
         for fmt in ("png", "pdf"):
             assert f"{stem}.{fmt}" in names
             assert os.path.getsize(os.path.join(out, f"{stem}.{fmt}")) > 1000
@@ -38,8 +39,13 @@ def test_report_writes_all_figures_and_markdown(written):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert paths["report"] == [os.path.join(out, "report.md")]
     text = open(paths["report"][0]).read()
-    for heading in ("Thresholds", "Ratios", "Constant c", "Learning time", "Memorization", "Creativity"):
+    for heading in ("Thresholds", "every reading", "Ratios", "Constant c", "Budget", "Learning time",
+                    "Coherence length", "Memorization", "Creativity"):
         assert heading in text
+    # every section states what its numbers are, right under its heading
+    sections = text.split("\n## ")[2:-1]
+    assert all(len(sec.split("\n\n")) >= 3 for sec in sections)
+    assert text.count(analysis.NORMALIZED) >= 2 and "raw" in text
     assert "deadbeef" in text and "jax 0.12" in text and "1 x cpu (cpu) on testhost" in text
     # wall time of the m3 run comes from its time column: 4096 steps / 10 = 409.6 s
     assert "wall time: 410 s (span of metrics column time)" in text
@@ -81,3 +87,46 @@ def test_wall_time_prefers_provenance_then_timestamps_then_file_times(tmp_path):
 def test_make_report_rejects_empty_workdirs():
     with pytest.raises(ValueError, match="workdirs"):
         report.make_report([])
+
+
+@pytest.fixture(scope="module")
+def quick_report(tmp_path_factory):
+    """The report of the stored quick-sweep rows, with an extra thresholds table (the hook)."""
+    workdir = write_workdir(tmp_path_factory.mktemp("quick") / "quick", quick_rows())
+    extra = pd.DataFrame(dict(label=["clustering"] * 2, level=[1, 2], P_star=[60.0, 200.0]))
+    out = str(tmp_path_factory.mktemp("quick_report"))
+    return out, report.make_report(workdir, out, at="best", extra_thresholds=extra)
+
+
+def test_report_of_the_quick_rows_shows_normalized_thresholds_and_every_reading(quick_report):
+    out, paths = quick_report
+    text = open(paths["report"][0]).read()
+    main = text.split("## Thresholds")[1].split("## ")[0]
+    assert "| quick | 1 | 8 | 3 | 70.4 |" in main and "| quick | 3 | 8 | 3 | - | above |" in main
+    readings = text.split("every reading")[1].split("## ")[0]
+    assert "| quick | raw | all | best | 16.8 | 219 | (above) |" in readings
+    assert "| quick | normalized | noncopy | last |" in readings
+    assert "| clustering | 1 | 60 |" in text  # the extra thresholds are listed
+    assert os.path.exists(os.path.join(out, "validity_vs_P.png")) and os.path.exists(os.path.join(out, "coherence.png"))
+
+
+def test_one_p_run_gets_reasons_and_no_p_figure(tmp_path):
+    rows = quick_rows()
+    workdir = write_workdir(tmp_path / "oneP", rows[rows["P"] == 256])
+    paths = report.make_report(workdir, str(tmp_path / "out"))
+    assert not any("validity_vs_P" in p or "collapse" in p for p in paths["figures"])
+    text = open(paths["report"][0]).read()
+    assert "single P (oneP)" in text and text.count("| one P |") == 3
+
+
+def test_extra_thresholds_need_label_level_and_p_star(two_workdirs, tmp_path):
+    with pytest.raises(ValueError, match="extra_thresholds needs the columns label, level, P_star"):
+        report.make_report(list(two_workdirs), str(tmp_path), extra_thresholds=pd.DataFrame({"level": [1]}))
+
+
+def test_time_figures_take_epochs_or_steps(two_workdirs, tmp_path):
+    df = analysis.load(two_workdirs[0])
+    for axis in ("epoch", "step"):
+        assert figures.plot_time(df, two_workdirs[0], str(tmp_path), f"time_{axis}", axis)
+    with pytest.raises(ValueError, match="time axis must be one of"):
+        figures.plot_time(df, two_workdirs[0], str(tmp_path), "t", "hours")
