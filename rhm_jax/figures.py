@@ -189,6 +189,7 @@ def plot_time(df: pd.DataFrame, workdir: str, out: str, name: str, axis: str = "
         ax.set_xlabel(TIME_AXES[axis], fontsize=8)
     axes[0].set_ylabel(NORM_LABEL, fontsize=8)
     _key(axes[0], colors, [("copies (fraction of samples)", dict(ls="--", color="k"))] if copies else [])
+    fig.suptitle(f"{label(workdir)}: mean over seeds, band = their range", fontsize=9)
     return _save(fig, out, name)
 
 

@@ -190,7 +190,9 @@ def write_markdown(workdirs: Sequence[str], df: pd.DataFrame, out: str, paths: l
     budgets, learning times, coherence length, C(t), copies, creativity, diverged models."""
     table = analysis.thresholds(df, method, at)
     summary = analysis.threshold_summary(table)
-    rising = dynamics.still_rising(df)
+    # copies rise too when a small-P model memorizes: learning is read on the non-copied samples
+    rising_samples = "noncopy" if "validity_l1_noncopy" in df else "all"
+    rising = dynamics.still_rising(df, samples=rising_samples)
     fit = analysis.fit_constant(summary) if {"v", "m"} <= set(summary) else {}
     ratios = analysis.ratios(table)
     ratios["workdir"] = ratios["workdir"].map(figures.label)
@@ -217,7 +219,7 @@ def write_markdown(workdirs: Sequence[str], df: pd.DataFrame, out: str, paths: l
         "`P_star_mean`/`P_star_std`: over per-seed fits; `censored`: why a threshold is missing ('above': "
         "no P reaches 1/2, 'below': all do, 'not rising': it falls with P, 'one P', 'no finite rows'). "
         "`theory`: v m^(l+1) (`rhm_jax.theory.sample_complexity`). `still_rising`: models whose normalized "
-        "validity at that level rose by more than 0.05 (and twice its sampling error) over their last "
+        "validity at that level (over non-copied samples when logged) rose by more than 0.05 (and twice its sampling error) over their last "
         "doubling of steps: their budget was too short, so a P* read there is an upper bound.",
         markdown_table(_threshold_table(summary, rising)))
     lines += _section(
@@ -243,9 +245,11 @@ def write_markdown(workdirs: Sequence[str], df: pd.DataFrame, out: str, paths: l
         f"c = {_fmt(fit.get('c', np.nan))}; spread = {_fmt(fit.get('log10_spread', np.nan))} over "
         f"{fit.get('num', 0)} thresholds.\n")
     lines += _section(
-        "Budget: models still learning at the end", "Models whose normalized validity at a level rose by "
-        "more than 0.05 and twice its sampling error between the evaluation at half their last step and their last (`rise`), i.e. still "
-        "rising over their last doubling of steps; `value`: normalized validity at the last evaluation.",
+        "Budget: models still learning at the end", f"Models whose normalized validity at a level, over "
+        f"{'non-copied samples (copies rise too when a model memorizes)' if rising_samples == 'noncopy' else 'all samples'}"
+        ", rose by more than 0.05 and twice its sampling error between the evaluation at half their last "
+        "step and their last (`rise`), i.e. still rising over their last doubling of steps; `value`: "
+        "normalized validity at the last evaluation. Also counted as `still_rising` in the thresholds table.",
         markdown_table(flagged[[c for c in ("workdir", "model", "P", "seed", "level", "step", "value", "rise")
                                 if c in flagged]]))
     lines += _section(
