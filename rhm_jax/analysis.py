@@ -40,7 +40,10 @@ def read_config(workdir: str) -> dict:
 
 def load(workdirs: str | Sequence[str]) -> pd.DataFrame:
     """Metrics of one or more work directories, each row tagged with ``workdir`` and the grammar."""
-    return results.load(workdirs)
+    df = results.load(workdirs)
+    if "step" not in df or "model" not in df:
+        raise ValueError(f"no evaluation rows in {results.METRICS_FILE} of {workdirs}: nothing to analyse yet")
+    return df
 
 
 def levels(df: pd.DataFrame) -> list[int]:

@@ -180,6 +180,9 @@ def test_bad_input_raises_clear_value_errors(tmp_path):
         analysis.load([])
     with pytest.raises(ValueError, match="config.json"):
         analysis.load(str(tmp_path))
+    write_workdir(tmp_path / "empty", synthetic_metrics(seeds=(0,), num_P=3).iloc[:0])
+    with pytest.raises(ValueError, match="no evaluation rows in metrics.jsonl"):
+        analysis.load(str(tmp_path / "empty"))
     with pytest.raises(ValueError, match="method"):
         analysis.threshold([1, 2], [0.1, 0.9], method="spline")
     with pytest.raises(ValueError, match="validity_l"):
