@@ -118,12 +118,13 @@ def plot_validity_vs_p(df: pd.DataFrame, summary: pd.DataFrame, out: str, at: st
         ax.set_ylabel(NORM_LABEL, fontsize=8)
         ax_raw.set_ylabel("level-l nodes valid (raw fraction)", fontsize=8)
         which = "non-copied samples" if samples == "noncopy" else "all samples"
-        title = f"{label(workdir)}: " + ", ".join(f"{k}={v}" for k, v in g.items()) + f"; {at} evaluation, {which}"
+        title = f"{label(workdir)}: " + ", ".join(f"{k}={v}" for k, v in g.items()) + f"\n{at} evaluation, {which}"
+        ax.set_title(title + ": read above chance", fontsize=8)
+        ax_raw.set_title(title + ": raw, with chance and the normalized 1/2", fontsize=8)
         for a in (ax, ax_raw):
             a.set_xscale("log")
             a.set_ylim(-0.1 if a is ax else -0.03, 1.03)
             a.set_xlabel("training-set size P")
-            a.set_title(title, fontsize=8)
     return _save(fig, out, "validity_vs_P")
 
 
