@@ -320,7 +320,8 @@ def make_report(workdirs: Sequence[str], out: str | None = None, method: str = "
         suffix = f"_{i}_{figures.label(workdir)}" if many else ""
         paths += figures.plot_time(df, workdir, out, f"time{suffix}", time_axis)
         paths += figures.plot_windows(df, workdir, out, f"windows{suffix}")
-        paths += figures.plot_coherence(df, workdir, out, f"coherence{suffix}", time_axis)
+        if {"v", "m", "s"} <= set(df.dropna(axis=1, how="all")):  # the theory's xi needs the grammar
+            paths += figures.plot_coherence(df, workdir, out, f"coherence{suffix}", time_axis)
         paths += figures.plot_correlation(df, workdir, out, f"correlation{suffix}", at)
     report = write_markdown(workdirs, df, out, paths, method, at, extra_thresholds)
     return dict(figures=paths, report=[report])
