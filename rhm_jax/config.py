@@ -310,6 +310,23 @@ def flatten(values: dict, prefix: str = "") -> dict:
     return flat
 
 
+def with_defaults(values: dict) -> dict:
+    """``values`` (e.g. an older config.json's) with every schema key it lacks set to its default.
+
+    A key added to the schema after a work directory was written then reads as the default that
+    reproduces the older behaviour, so that directory can still be resumed; keys the schema no
+    longer has are kept (they still count as differences).
+    """
+    def merge(defaults: dict, given: dict) -> dict:
+        out = dict(defaults)
+        for key, value in given.items():
+            both = isinstance(value, dict) and isinstance(defaults.get(key), dict)
+            out[key] = merge(defaults[key], value) if both else value
+        return out
+
+    return merge(to_dict(base_config()), values)
+
+
 def differences(a: dict, b: dict, ignore: Sequence[str] = ()) -> list[str]:
     """Dotted keys whose values differ between two config dicts (missing counts as different)."""
     flat_a, flat_b = flatten(a), flatten(b)

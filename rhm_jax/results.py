@@ -157,15 +157,17 @@ def _check_same(workdir: str, config_dict: dict, grid: list) -> None:
     if not os.path.isfile(path):
         raise ValueError(f"workdir={workdir!r} is not empty and holds no {CONFIG_FILE}; {how}")
     stored = read_config_json(workdir)
-    differing = config_lib.differences(stored.get("config", {}), config_dict, ignore=config_lib.EXECUTION_KEYS)
+    # a key the stored config lacks (added to the schema since) compares as its default
+    stored_config = config_lib.with_defaults(stored.get("config", {}))
+    differing = config_lib.differences(stored_config, config_dict, ignore=config_lib.EXECUTION_KEYS)
     if differing:
         details = ", ".join(
-            f"{k}: {config_lib.flatten(stored.get('config', {})).get(k, '<missing>')!r} -> "
+            f"{k}: {config_lib.flatten(stored_config).get(k, '<missing>')!r} -> "
             f"{config_lib.flatten(config_dict).get(k, '<missing>')!r}" for k in differing[:10])
         raise ValueError(f"workdir={workdir!r} holds a run with a different config ({details}); {how}")
     if stored.get("grid") != grid:
         raise ValueError(f"workdir={workdir!r} holds a run with a different grid of models; {how}")
-    execution = config_lib.differences(stored.get("config", {}), config_dict)
+    execution = config_lib.differences(stored_config, config_dict)
     if execution:
         log.info("resuming %s with other execution settings (results unaffected): %s", workdir, execution)
 

@@ -259,9 +259,12 @@ def kept_evaluations(eval_points: set[int], mode: str, budgets: Sequence[int]) -
 
 
 def _run_part(config: ml_collections.ConfigDict, progs: Programs, writer: results.MetricsWriter,
-              directory: str, part: Part, bar: tqdm.tqdm) -> None:
-    """Train one sub-grid to its end, resuming from its newest readable checkpoint."""
-    eval_points, digest = part.eval_points, config_lib.config_hash(config)
+              directory: str, part: Part, bar: tqdm.tqdm, digest: str) -> None:
+    """Train one sub-grid to its end, resuming from its newest readable checkpoint.
+
+    ``digest``: the config hash its checkpoints carry (``stored_hash``).
+    """
+    eval_points = part.eval_points
     keep = kept_evaluations(eval_points, config.run.keep_evaluations, [r["budget_steps"] for r in part.rows])
     with checkpoint.Checkpointer(directory, config.run.keep_last, keep_steps=keep) as ckpt:
         t, state, restored = _start(config, progs, part, ckpt, writer, digest)
@@ -298,6 +301,16 @@ def _span(models: Sequence[int]) -> str:
     return f"{models[0]}..{models[-1]}" if len(models) > 1 else str(models[0])
 
 
+def stored_hash(workdir: str) -> str:
+    """Config hash of the work directory's config.json as written (not of the config resuming it).
+
+    A schema key added since the directory was created is absent there, so its checkpoints keep
+    the hash they were saved with; ``results.prepare_workdir`` has checked that the key holds its
+    default.
+    """
+    return config_lib.config_hash(results.read_config_json(workdir)["config"])
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, *, force: bool = False,
         progress: bool = True) -> list[dict]:
     """Train and evaluate the config's grid in ``workdir`` (new or resumed); returns all metrics rows."""
@@ -306,6 +319,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, force: bool = False,
     setup = progs.setup
     workdir = os.path.abspath(workdir)
     status = results.prepare_workdir(workdir, config, progs.grid_rows, force=force)
+    digest = stored_hash(workdir)
     log.info("%s run in %s: %d models on %d device(s), largest P=%d, %d test rows", status, workdir,
              len(progs.grid_rows), progs.place.num_devices, setup.pool_QxD.shape[0], setup.test_NxD.shape[0])
     parts = partition(config, progs, workdir)
@@ -317,7 +331,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, force: bool = False,
             part = make_part(config, progs, positions)
             if len(parts) > 1:
                 log.info("sub-grid %d/%d: models %s", index + 1, len(parts), _span(part.models))
-            _run_part(config, progs, writer, part_dir(workdir, index), part, bar)
+            _run_part(config, progs, writer, part_dir(workdir, index), part, bar, digest)
     rows = writer.rows()
     table = results.summary_table(rows)
     results.write_summary(workdir, table)

@@ -94,6 +94,27 @@ def test_same_config_resumes_and_execution_keys_may_differ(tmp_path, smoke):
     assert results.prepare_workdir(workdir, smoke, GRID) == "resume"
 
 
+def drop_stored_key(workdir, section, key):
+    """config.json as an older version wrote it: without ``section.key`` (added to the schema later)."""
+    path = os.path.join(workdir, "config.json")
+    with open(path) as f:
+        stored = json.load(f)
+    del stored["config"][section][key]
+    with open(path, "w") as f:
+        json.dump(stored, f)
+
+
+def test_a_key_missing_from_an_older_config_json_reads_as_its_default(tmp_path, smoke):
+    workdir = str(tmp_path)
+    results.prepare_workdir(workdir, smoke, GRID)
+    drop_stored_key(workdir, "train", "p_below_batch")
+    assert smoke.train.p_below_batch == "repeat"  # the schema default: the behaviour before the key
+    assert results.prepare_workdir(workdir, smoke, GRID) == "resume"
+    smoke.train.p_below_batch = "full_batch"
+    with pytest.raises(ValueError, match=r"train.p_below_batch: 'repeat' -> 'full_batch'"):
+        results.prepare_workdir(workdir, smoke, GRID)
+
+
 def test_different_config_is_refused_and_nothing_changes(tmp_path, smoke):
     workdir = str(tmp_path)
     results.prepare_workdir(workdir, smoke, GRID)

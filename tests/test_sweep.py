@@ -153,6 +153,30 @@ def test_resume_after_a_stop_equals_an_uninterrupted_run(reference, tmp_path, mo
         assert ckpt.steps() == sorted(STEPS + [48])  # 24 pruned: neither among the last 2 nor evaluated
 
 
+def test_a_work_directory_older_than_a_schema_key_resumes_from_its_checkpoints(reference, tmp_path, monkeypatch):
+    config, _, ref_rows = reference
+    workdir = str(tmp_path)
+    # config.json and checkpoints as a version without train.p_below_batch wrote them
+    old = config_lib.to_dict(config)
+    del old["train"]["p_below_batch"]
+    grid = results.to_json_value(sweep.programs(config).grid_rows)
+    results.write_json_atomic(os.path.join(workdir, "config.json"), {"config": old, "provenance": {}, "grid": grid})
+    save, hashes = checkpoint.Checkpointer.save, set()
+
+    def stop_at_32(self, step, state, meta):
+        if step == 32:
+            raise _Stop
+        hashes.add(meta["config_hash"])
+        save(self, step, state, meta)
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", stop_at_32)
+    with pytest.raises(_Stop):
+        sweep.run(config, workdir, progress=False)
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", save)
+    assert hashes == {config_lib.config_hash(old)}  # the hash that version saved its checkpoints with
+    assert sweep.run(config, workdir, progress=False) == ref_rows
+
+
 def _damage_latest(part_directory, step):
     data = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(part_directory, str(step))) for f in fs
             if f"state{os.sep}d{os.sep}" in os.path.join(d, f)]
