@@ -7,7 +7,8 @@ Layout of a work directory::
     checkpoints/    orbax checkpoints (rhm_jax.checkpoint), one subdirectory per sub-grid
     summary.txt     the per-model table printed at the end of a run
 
-Resuming needs an identical config (up to ``config.EXECUTION_KEYS``). ``force=True`` never deletes:
+Resuming needs an identical config (up to ``config.EXECUTION_KEYS``; a key the stored config lacks
+compares as its schema default). ``force=True`` never deletes:
 it moves the old directory aside to ``<workdir>.bak-<UTC timestamp>`` and starts fresh.
 pandas is imported only by ``load``.
 """
