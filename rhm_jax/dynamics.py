@@ -84,10 +84,12 @@ def still_rising(df: pd.DataFrame, tolerance: float = 0.05, reading: str = "norm
 
     ``rise`` = value at the last evaluation - value at the last evaluation at or before half of
     its step. ``rising`` when rise exceeds both ``tolerance`` and twice its sampling error (from
-    the ``num_samples`` column when present: per-sample validity varies by at most V(1 - V), over
-    num_samples samples at each end): the step budget was too short for that level, so a threshold
-    read there is an upper bound, not a measurement.
+    the sample counts when logged: per-sample validity varies by at most V(1 - V), over
+    ``num_samples`` samples at each end, or ``noncopy_samples`` with samples='noncopy'): the step
+    budget was too short for that level, so a threshold read there is an upper bound, not a
+    measurement.
     """
+    count = "noncopy_samples" if samples == "noncopy" else "num_samples"
     rows = []
     for (workdir, model), g in _models(df, reading, samples):
         last = g.iloc[-1]
@@ -96,10 +98,11 @@ def still_rising(df: pd.DataFrame, tolerance: float = 0.05, reading: str = "norm
             column = f"validity_l{level}"
             rise = float(last[column] - half[column].iloc[-1]) if len(half) else np.nan
             noise = 0.0
-            if len(half) and "num_samples" in g and pd.notna(last["num_samples"]):
-                raw = np.array([last[f"{column}_raw"], half[f"{column}_raw"].iloc[-1]], float)
+            if len(half) and count in g and pd.notna(last[count]):
+                ends = [last, half.iloc[-1]]
+                raw, num = (np.array([e[name] for e in ends], float) for name in (f"{column}_raw", count))
                 scale = 1.0 if reading == "raw" else 1.0 - float(analysis.baseline(g.iloc[:1], level)[0])
-                noise = 2 * np.sqrt(np.sum(raw * (1 - raw)) / float(last["num_samples"])) / scale
+                noise = 2 * np.sqrt(np.sum(raw * (1 - raw) / num)) / scale
             rows.append(dict(**_model_ids(workdir, model, g), level=level, step=last["step"],
                              value=last[column], rise=rise, rising=bool(rise > max(tolerance, noise))))
     return pd.DataFrame(rows)

@@ -58,6 +58,18 @@ def test_still_rising_flags_levels_still_learning_over_the_last_doubling():
     assert not few["rising"] and many["rising"]
 
 
+def test_still_rising_on_noncopied_samples_weighs_the_rise_by_their_count():
+    # Most samples are copies: the non-copied validity is read on few samples, hence noisier.
+    small = time_curves({1: 50.0, 2: 400.0, 3: 8000.0})
+    small["validity_l3"] *= 0.2  # a rise of ~0.09: real with 4096 samples, noise with 40
+    small = small.assign(**{f"validity_l{l}_noncopy": small[f"validity_l{l}"] for l in (1, 2, 3)},
+                         num_samples=4096)
+    few = dynamics.still_rising(small.assign(noncopy_samples=40), samples="noncopy").set_index("level").loc[3]
+    many = dynamics.still_rising(small.assign(noncopy_samples=4096), samples="noncopy").set_index("level").loc[3]
+    assert few["rise"] == pytest.approx(many["rise"]) and few["rise"] > 0.05
+    assert not few["rising"] and many["rising"]
+
+
 def test_coherence_length_is_s_to_the_highest_level_above_half():
     df = time_curves({1: 10.0, 2: 100.0, 3: 1000.0})
     xi = dynamics.coherence_length(df).set_index("step")
