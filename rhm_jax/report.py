@@ -172,10 +172,9 @@ def _coherence_table(df: pd.DataFrame, at: str) -> pd.DataFrame:
     """Mean coherence length per P at each model's ``at`` evaluation beside the theory's."""
     xi = dynamics.coherence_length(analysis.final(analysis.healthy(df), at))
     table = _mean_by_P(xi, "xi")
-    if {"v", "m", "s"} <= set(xi):
-        g = xi.iloc[0]
-        table["theory (P/(v m))^(log s/log m)"] = dynamics.theory_coherence_length(
-            table["P"], int(g["v"]), int(g["m"]), int(g["s"]))
+    if {"v", "m", "s"} <= set(xi):  # per row: work directories may differ in their grammar
+        xi["theory"] = dynamics.theory_coherence_length(xi["P"], *(xi[k].to_numpy(float) for k in ("v", "m", "s")))
+        table["theory (P/(v m))^(log s/log m)"] = _mean_by_P(xi, "theory")["theory"]
     return table
 
 

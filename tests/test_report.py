@@ -59,6 +59,14 @@ def test_report_constant_matches_analysis(two_workdirs, written):
     assert c_text == pytest.approx(1.0, rel=0.1)  # the synthetic runs were built with c = 1
 
 
+def test_coherence_table_reads_the_theory_with_each_runs_own_grammar(two_workdirs):
+    table = report._coherence_table(analysis.load(list(two_workdirs)), "last")
+    for label, m in (("m3", 3), ("m2", 2)):
+        rows = table[table["workdir"] == label]
+        want = (rows["P"] / (8 * m)) ** (np.log(2) / np.log(m))
+        np.testing.assert_allclose(rows["theory (P/(v m))^(log s/log m)"], want)
+
+
 def test_launch_report_cli_defaults_out_to_workdir(two_workdirs, capsys):
     launch_report.main(["--workdir", two_workdirs[1], "--at", "best"])
     assert os.path.exists(os.path.join(two_workdirs[1], "report", "report.md"))
