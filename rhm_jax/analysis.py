@@ -150,6 +150,11 @@ def final(df: pd.DataFrame, at: str = "last") -> pd.DataFrame:
     return df.loc[pick].drop(columns="_selection_loss", errors="ignore").reset_index(drop=True)
 
 
+def can_pick_best(df: pd.DataFrame) -> bool:
+    """Whether ``final(df, 'best')`` can pick each model's best evaluation (a test loss is logged)."""
+    return "test_loss" in df or window_losses(df.iloc[:1], "test").shape[1] > 0
+
+
 def selection_loss(df: pd.DataFrame) -> np.ndarray:
     """Test loss used for early stopping: the mean over diffusion-time windows when logged, else test_loss.
 

@@ -17,7 +17,7 @@ Per model i (vmapped; sub-batches of models in a ``lax.map`` to bound memory):
   ``rule_entropy_l*``: entropy of that usage over log(number of rules) (0 when nothing is valid);
 - ``train_loss`` / ``test_loss`` on R fixed rows (train rows cycle through the model's own P_i rows),
   ``train_loss_window`` / ``test_loss_window`` (W,) per window of diffusion time;
-- ``step`` and ``epoch`` = step * B / P_i.
+- ``step`` and ``epoch`` = step * b / P_i, b = B (or min(P_i, B) with ``train.p_below_batch='full_batch'``).
 """
 from __future__ import annotations
 

@@ -227,7 +227,7 @@ def plot_coherence(df: pd.DataFrame, workdir: str, out: str, name: str, axis: st
     if many_P:
         ax = axes[0]
         for at, color in (("last", "C0"), ("best", "C1")):
-            if at == "best" and "test_loss" not in part and not analysis.window_losses(part, "test").shape[1]:
+            if at == "best" and not analysis.can_pick_best(part):
                 continue
             _spread(ax, dynamics.coherence_length(analysis.final(part, at)), "P", "xi", color,
                     label=f"measured, {at} evaluation")

@@ -119,11 +119,6 @@ def _mean_by_P(table: pd.DataFrame, value: str, columns: str | None = None) -> p
     return agg
 
 
-def _has_best(df: pd.DataFrame) -> bool:
-    """Whether the table can pick each model's best evaluation (a test loss is logged)."""
-    return "test_loss" in df or analysis.window_losses(df.iloc[:1], "test").shape[1] > 0
-
-
 def readings(df: pd.DataFrame, method: str = "sigmoid") -> pd.DataFrame:
     """Pooled P*_l of every available reading: normalized/raw x all/non-copied samples x best/last.
 
@@ -131,7 +126,7 @@ def readings(df: pd.DataFrame, method: str = "sigmoid") -> pd.DataFrame:
     """
     rows = []
     choices = [(r, s, a) for r in analysis.READINGS for s in analysis.SAMPLES for a in ("best", "last")
-               if (s == "all" or "validity_l1_noncopy" in df) and (a == "last" or _has_best(df))
+               if (s == "all" or "validity_l1_noncopy" in df) and (a == "last" or analysis.can_pick_best(df))
                and (r == "normalized" or s == "all")]
     for reading, samples, at in choices:
         summary = analysis.threshold_summary(analysis.thresholds(df, method, at, reading, samples))
