@@ -6,8 +6,7 @@ Usage:
     python benchmarks/network_throughput.py --width 256 --dtype bfloat16
 
 Setting (SPEC section 6): v=8, s=2, L=3 (d=8), bpUNet width W, batch 64, Adam lr 1e-4 (optax), on
-random tokens. The loss is the uniform process's D3PM loss (T=200) when ``rhm_jax.diffusion`` is
-importable, else a plain cross-entropy on the clean tokens. One model: ``jit(step)``; M models:
+random tokens. The loss is the uniform process's D3PM loss (T=200). One model: ``jit(step)``; M models:
 ``jit(vmap(step))``, parameters and optimizer state donated. Sampling: ``process.sample`` of
 1024 sequences with 200 ancestral steps for one model (its per-step cost is constant, so
 ``--sample-steps k`` times the k-step run and scales it to 200; the printout says which).
@@ -24,12 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rhm_jax import networks
-
-try:
-    from rhm_jax import diffusion
-except ImportError:  # the diffusion module is optional for this benchmark
-    diffusion = None
+from rhm_jax import diffusion, networks
 
 V, S, L = 8, 2, 3
 REF_H100_STEPS = 152.0
@@ -37,28 +31,8 @@ REF_CPU_STEPS = 1.45
 REF_H100_EVAL_S = 2.3
 
 
-class StandInProcess:
-    """Enough of a uniform process for the network (used only without rhm_jax.diffusion)."""
-
-    v = input_vocab = V
-    T = 200
-
-    def feature_stats(self, authors_schedule: bool = False) -> tuple[float, float]:
-        a_T1 = np.cumprod(1.0 - (1e-3 + (0.1 - 1e-3) * np.arange(self.T + 1) / self.T))
-        mean = float(np.mean(a_T1 + (1 - a_T1) / V))
-        return mean, float(np.sqrt(np.mean(a_T1 + (1 - a_T1) / V**2) - mean**2))
-
-    def input_features(self, x_t_BxD: jax.Array, t_B: jax.Array, authors_schedule: bool = False) -> jax.Array:
-        a_T1 = np.cumprod(1.0 - (1e-3 + (0.1 - 1e-3) * np.arange(self.T + 1) / self.T))
-        a_Bx1x1 = jnp.asarray(a_T1, jnp.float32)[jnp.round(t_B * self.T).astype(jnp.int32)][:, None, None]
-        mean, std = self.feature_stats()
-        return (a_Bx1x1 * jax.nn.one_hot(x_t_BxD, V) + (1.0 - a_Bx1x1) / V - mean) / std
-
-
 def make_process():
-    """The uniform process with SPEC defaults, or the stand-in."""
-    if diffusion is None:
-        return StandInProcess()
+    """The uniform process with SPEC defaults."""
     return diffusion.make(diffusion.default_config("uniform"), V, S**L)
 
 
@@ -69,10 +43,7 @@ def make_step(net: networks.Network, process, batch: int, optimizer: optax.Gradi
     def loss_fn(params, key):
         key_x, key_loss = jax.random.split(key)
         x0_BxD = jax.random.randint(key_x, (batch, d), 0, V, dtype=jnp.int32)
-        if diffusion is not None:
-            return process.loss(params, net.apply, key_loss, x0_BxD)[0]
-        logits_BxDxV = net.apply(params, x0_BxD, jnp.full((batch,), 0.5))
-        return optax.softmax_cross_entropy_with_integer_labels(logits_BxDxV, x0_BxD).mean()
+        return process.loss(params, net.apply, key_loss, x0_BxD)[0]
 
     def step(params, opt_state, key):
         loss, grads = jax.value_and_grad(loss_fn)(params, key)
@@ -134,7 +105,7 @@ def main() -> None:
     cfg.update(dict(name="bpunet", width=args.width, dtype=args.dtype))
     net = networks.make(cfg, V, S, L, process)
     num_params = net.num_params(jax.eval_shape(net.init, jax.random.key(0)))
-    loss_name = "uniform D3PM loss (rhm_jax.diffusion)" if diffusion is not None else "cross-entropy (stand-in)"
+    loss_name = "uniform D3PM loss (rhm_jax.diffusion)"
     print(f"devices: {jax.devices()}; jax {jax.__version__}")
     print(f"bpUNet v={V} s={S} L={L} W={args.width} dtype={args.dtype}: {num_params:,} params; "
           f"batch {args.batch}; Adam 1e-4; loss: {loss_name}")
@@ -146,8 +117,6 @@ def main() -> None:
               f"x{rate * models / REF_H100_STEPS:.4f} their H100 ({REF_H100_STEPS:.0f})", flush=True)
     if args.sample_steps == 0:
         print("sampling: skipped (--sample-steps 0)")
-    elif diffusion is None:
-        print("sampling: skipped (rhm_jax.diffusion is not available)")
     else:
         seconds = time_sampling(net, process, args.sample_num, args.sample_steps)
         full = seconds * 200 / args.sample_steps * 1024 / args.sample_num
