@@ -108,10 +108,15 @@ def _provenance_lines(workdir: str, config: dict, df: pd.DataFrame) -> list[str]
     ]
 
 
-def _mean_by_P(table: pd.DataFrame, value: str, columns: str | None = None) -> pd.DataFrame:
-    """Mean of ``value`` over seeds per (workdir, P[, columns]) as a wide table."""
+def _mean_by_P(table: pd.DataFrame, value: str, columns: str | None = None, censored: bool = False) -> pd.DataFrame:
+    """Mean of ``value`` over seeds per (workdir, P[, columns]) as a wide table.
+
+    ``censored``: NaN means 'not within the budget', so a cell is NaN when any seed's is (the mean
+    of the seeds that got there would understate the time).
+    """
     index = [*analysis.curve_keys(table), "P"]
-    agg = table.groupby(index + ([columns] if columns else []))[value].mean().reset_index()
+    groups = table.groupby(index + ([columns] if columns else []))[value]
+    agg = (groups.agg(lambda x: x.mean(skipna=False)) if censored else groups.mean()).reset_index()
     if columns:
         agg = agg.pivot_table(index=index, columns=columns, values=value, dropna=False).reset_index()
         agg.columns = [c if isinstance(c, str) else f"{columns} {c}" for c in agg.columns]
@@ -248,10 +253,10 @@ def write_markdown(workdirs: Sequence[str], df: pd.DataFrame, out: str, paths: l
                                 if c in flagged]]))
     lines += _section(
         "Learning time per level", "First step at which normalized validity reaches 1/2, interpolated in "
-        "log step, mean over seeds ('-': never within the budget). In steps:",
-        markdown_table(_mean_by_P(times, "step", "level")))
+        "log step, mean over seeds ('-': some seed never within the budget). In steps:",
+        markdown_table(_mean_by_P(times, "step", "level", censored=True)))
     lines += ["In epochs (passes over the P training rows, the paper's unit):\n",
-              markdown_table(_mean_by_P(times, "epoch", "level"))]
+              markdown_table(_mean_by_P(times, "epoch", "level", censored=True))]
     lines += _section(
         f"Coherence length at the {at} evaluation", "xi = s^l*, l* = the highest level whose normalized "
         "validity reaches 1/2 (xi = 1 when none does), mean over seeds; theory: xi ~ (P / (v m))^(log s / "
@@ -269,8 +274,9 @@ def write_markdown(workdirs: Sequence[str], df: pd.DataFrame, out: str, paths: l
             markdown_table(wide))
     lines += _section(
         "Memorization onset and final copies", "`step`: first step at which the fraction of samples equal to "
-        "a training row reaches 0.1 (log-interpolated); `final_copies`: that fraction at the last evaluation.",
-        markdown_table(pd.concat([_mean_by_P(onset, "step"), _mean_by_P(onset, "final_copies")[["final_copies"]]],
+        "a training row reaches 0.1 (log-interpolated; '-': some seed never within the budget); `final_copies`: "
+        "that fraction at the last evaluation; means over seeds.",
+        markdown_table(pd.concat([_mean_by_P(onset, "step", censored=True), _mean_by_P(onset, "final_copies")[["final_copies"]]],
                                  axis=1)) if len(onset) else "_(no copies column)_\n")
     lines += _section(
         f"Creativity at the {at} evaluation", "Fractions of samples: `valid` (whole sequence parses), `copies` "

@@ -67,6 +67,14 @@ def test_coherence_table_reads_the_theory_with_each_runs_own_grammar(two_workdir
         np.testing.assert_allclose(rows["theory (P/(v m))^(log s/log m)"], want)
 
 
+def test_a_seed_that_never_learned_makes_the_mean_learning_time_missing_not_shorter():
+    times = pd.DataFrame(dict(workdir="w", P=[64, 64, 256, 256], seed=[0, 1, 0, 1], level=1,
+                              step=[100.0, np.nan, 40.0, 60.0]))
+    table = report._mean_by_P(times, "step", "level", censored=True).set_index("P")
+    assert np.isnan(table.loc[64, "level 1"]) and table.loc[256, "level 1"] == 50.0
+    assert report._mean_by_P(times, "step", "level").set_index("P").loc[64, "level 1"] == 100.0  # a plain mean
+
+
 def test_launch_report_cli_defaults_out_to_workdir(two_workdirs, capsys):
     launch_report.main(["--workdir", two_workdirs[1], "--at", "best"])
     assert os.path.exists(os.path.join(two_workdirs[1], "report", "report.md"))
