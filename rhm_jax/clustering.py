@@ -230,15 +230,14 @@ def accuracy(confusion_VxV1: jax.Array) -> jax.Array:
     return jnp.where(matched, assigned[jnp.arange(v), label_of], 0.0).mean()
 
 
-def score(grammar: Grammar, learned: Learned, key: jax.Array, num_samples: int, lookup: coherence.Lookup,
+def score(grammar: Grammar, learned: Learned, tokens_NxD: jax.Array, lookup: coherence.Lookup,
           P: jax.Array) -> dict[str, jax.Array]:
-    """A learned grammar's ``accuracy`` (L-1,), ``validity`` and ``validity_novel`` (L,), ``valid``
-    and ``copy`` (fraction of samples equal to one of the P training rows of ``lookup``); traceable.
+    """A learned grammar's ``accuracy`` (L-1,) and, on its samples, ``validity`` and ``validity_novel``
+    (L,), ``valid`` and ``copy`` (fraction equal to one of the P training rows of ``lookup``); traceable.
 
     ``validity_novel`` averages over the samples that are not copies (NaN when all are).
     """
     acc = jnp.stack([accuracy(a) for a in confusion(grammar, learned.labels)]) if grammar.L > 1 else jnp.zeros(0)
-    tokens_NxD = generate(learned, key, num_samples, grammar.v, grammar.s, grammar.L)
     result = coherence.validity(grammar, tokens_NxD)
     novel_N = ~coherence.is_copy(lookup, tokens_NxD, P)
     novel = (result.per_level * novel_N[:, None]).sum(0) / novel_N.sum()  # 0/0 = NaN: all copies
@@ -250,7 +249,8 @@ def run_grid(grammar: Grammar, pool_QxD, P_M, seed_M, num_samples: int, restarts
              iterations: int = 30) -> dict[str, jax.Array]:
     """Learn and score M learners at once (vmapped over P and seed): dict of (M, ...) arrays.
 
-    Learner i reads the first ``P_M[i]`` rows of the pool; its seed draws its k-means starts and its
+    Holds the ``score`` entries, ``learned`` (a ``Learned`` with leading axis M) and ``samples``
+    (M, num_samples, D), the sequences that were scored. Learner i reads the first ``P_M[i]`` rows of the pool; its seed draws its k-means starts and its
     samples. One compilation per (grammar sizes, pool shape, M, num_samples).
     """
     pool_QxD = jnp.asarray(pool_QxD, jnp.int32)
@@ -274,7 +274,9 @@ def _run_grid(grammar: Grammar, pool_QxD: jax.Array, lookup: coherence.Lookup, P
         key = jax.random.key(seed)
         learned = learn(pool_QxD, P, jax.random.fold_in(key, _LEARN_TAG), grammar.v, grammar.s, grammar.L,
                         restarts, iterations)
-        return score(grammar, learned, jax.random.fold_in(key, _SAMPLE_TAG), num_samples, lookup, P)
+        tokens_NxD = generate(learned, jax.random.fold_in(key, _SAMPLE_TAG), num_samples, grammar.v, grammar.s,
+                              grammar.L)
+        return dict(score(grammar, learned, tokens_NxD, lookup, P), learned=learned, samples=tokens_NxD)
 
     return jax.vmap(one)(P_M, seed_M)
 
@@ -343,9 +345,14 @@ def normalized(rows: Sequence[dict], quantity: str, level: int) -> tuple[np.ndar
     else:
         raise ValueError(f"quantity must be 'accuracy', 'validity' or 'validity_novel', got {quantity!r}")
     P_K = np.array(sorted({r["P"] for r in rows}), float)
-    raw_K = np.array([np.nanmean([r[f"{quantity}_l{level}"] for r in rows if r["P"] == P] + [np.nan])
-                      for P in P_K])
+    raw_K = np.array([_finite_mean([r[f"{quantity}_l{level}"] for r in rows if r["P"] == P]) for P in P_K])
     return P_K, (raw_K - base) / (1.0 - base)
+
+
+def _finite_mean(values: Sequence[float]) -> float:
+    """Mean of the finite values, NaN when there are none."""
+    finite = [x for x in values if np.isfinite(x)]
+    return float(np.mean(finite)) if finite else float("nan")
 
 
 def crossing(P_K: np.ndarray, y_K: np.ndarray) -> tuple[float, str]:

@@ -1,0 +1,67 @@
+"""Run the theory's clustering learner (no network) on a sweep's datasets.
+
+    python -m launch.cluster --workdir DIR [--config sweeps/<exp>.py[:arg]] [--config.section.key=value ...]
+
+Writes ``DIR/clustering.jsonl``: one row per (P, seed) of the sweep's grid, the learner trained on
+the same P rows as that model (same grammar seed, data seed and pool), and prints its thresholds
+beside v m**(l+1). Without ``--config`` it reads ``DIR/config.json``, the record of a sweep run
+there; with both, their grammar and data sections must agree. Bad input exits with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from rhm_jax import clustering, results
+from rhm_jax import config as config_lib
+
+FILE = "clustering.jsonl"
+
+
+def load_config(workdir: str, spec: str | None, overrides: list[str]):
+    """The sweep config: ``spec`` (with overrides), else the work directory's config.json."""
+    stored = os.path.join(workdir, "config.json")
+    if spec is None:
+        if not os.path.exists(stored):
+            raise ValueError(f"--workdir {workdir} holds no config.json; pass --config")
+        config = config_lib.from_dict(results.read_config_json(workdir)["config"])
+        for item in overrides:
+            config_lib.apply_override(config, item)
+        return config
+    config = config_lib.load(spec, overrides)
+    if os.path.exists(stored):
+        recorded = results.read_config_json(workdir)["config"]
+        mine = config_lib.to_dict(config)
+        for section in ("grammar", "data"):
+            diff = config_lib.differences({section: recorded[section]}, {section: mine[section]})
+            if diff:
+                raise ValueError(f"--config differs from {stored} in {section}: {', '.join(diff)}")
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line, run the learner, write its rows; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m launch.cluster", description=__doc__.splitlines()[0],
+                                     epilog="Overrides: --config.section.key=value (Python literals).")
+    parser.add_argument("--workdir", required=True, help="work directory (a sweep's, or a new one)")
+    parser.add_argument("--config", default=None, help="sweeps/<exp>.py or sweeps/<exp>.py:arg")
+    args, overrides = parser.parse_known_args(argv)
+    try:
+        config = load_config(args.workdir, args.config, overrides)
+        rows = clustering.run_sweep(config)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    os.makedirs(args.workdir, exist_ok=True)
+    path = os.path.join(args.workdir, FILE)
+    results.write_rows(path, rows)
+    print(f"wrote {path} ({len(rows)} rows)")
+    for t in clustering.thresholds(rows):
+        value = f"{t['P_star']:.0f}" if t["censored"] == "" else f"- ({t['censored']})"
+        print(f"  {t['quantity']:>14} level {t['level']}: P* = {value:>12}   v m^(l+1) = {t['theory']:.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

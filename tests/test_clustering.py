@@ -1,0 +1,174 @@
+"""The clustering learner: exact recovery with all data, chance with little, thresholds rising with
+the level, exact confusion against enumeration, vmapped grid equal to separate runs, a sweep's pools."""
+import itertools
+import json
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from launch import cluster as launch_cluster
+from rhm_jax import clustering, grammar, sweep, theory
+from rhm_jax import config as config_lib
+
+V, N, M, S, L = 8, 8, 3, 2, 3
+P_GRID = [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
+
+
+def grid_rows(g, pool, P_list, seed=0):
+    """Learner rows (as run_sweep writes them) for one seed over a P grid."""
+    out = jax.device_get(clustering.run_grid(g, pool, P_list, np.full(len(P_list), seed), 256))
+    chance = np.asarray(clustering.chance_accuracy(g, jax.random.key(0)))
+    rows = []
+    for i, P in enumerate(P_list):
+        row = dict(P=P, seed=seed, v=g.v, n=g.n, m=g.m, s=g.s, L=g.L)
+        for level in range(1, g.L):
+            row[f"accuracy_l{level}"] = float(out["accuracy"][i, level - 1])
+            row[f"accuracy_chance_l{level}"] = float(chance[level - 1])
+        for level in range(1, g.L + 1):
+            row[f"validity_novel_l{level}"] = float(out["validity_novel"][i, level - 1])
+        rows.append(row)
+    return rows, out
+
+
+@pytest.fixture(scope="module")
+def full():
+    """v=8, m=3, L=3 grammars (seeds 0, 1): every one of the P_max sequences in the pool."""
+    data = {}
+    for seed in (0, 1):
+        g = grammar.sample_rules(seed, V, N, M, S, L)
+        pool, _ = grammar.sample_dataset(0, g, g.p_max, 0)
+        rows, out = grid_rows(g, pool, P_GRID + [g.p_max])
+        data[seed] = (g, pool, rows, out)
+    return data
+
+
+def true_partition(g, level_table, codes):
+    """Learned-label-free reference: the true symbol of each base-(v+1) code of two tokens."""
+    a, b = codes // (g.v + 1), codes % (g.v + 1)
+    return np.asarray(g.parent[level_table])[a * g.v + b]
+
+
+def test_all_sequences_recover_the_synonym_classes_exactly(full):
+    for g, pool, rows, out in full.values():
+        # every level-1 code that occurs is a production, and its learned class is its true symbol up to relabelling
+        counts, labels = np.asarray(out["learned"].counts[0][-1]), np.asarray(out["learned"].labels[0][-1])
+        seen = np.flatnonzero(counts > 0)
+        assert seen.size == g.v * g.m
+        truth = true_partition(g, g.L - 1, seen)
+        labels = labels[seen]
+        assert len(set(zip(truth, labels))) == g.v == len(set(labels))  # a bijection of classes
+        np.testing.assert_array_equal(out["accuracy"][-1], 1.0)
+        np.testing.assert_array_equal(out["validity"][-1], 1.0)
+
+
+def test_far_below_v_m2_the_learner_is_at_chance(full):
+    # P = 2, 4 rows against v m^2 = 72: no level is better than random labels of every tuple
+    for g, pool, rows, out in full.values():
+        for i in range(2):
+            for level in (1, 2):
+                assert rows[i][f"accuracy_l{level}"] <= rows[i][f"accuracy_chance_l{level}"], (rows[i], level)
+
+
+def test_thresholds_rise_with_the_level_and_are_printed_beside_v_m_l_plus_1(full):
+    for seed, (g, pool, rows, out) in full.items():
+        table = {(t["quantity"], t["level"]): t for t in clustering.thresholds(rows)}
+        first, second = table["accuracy", 1], table["accuracy", 2]
+        print(f"grammar seed {seed}: learner P*_1 = {first['P_star']:.0f} (v m^2 = {first['theory']:.0f}),"
+              f" P*_2 = {second['P_star']:.0f} (v m^3 = {second['theory']:.0f})")
+        assert first["censored"] == second["censored"] == ""
+        assert 2 <= first["P_star"] < second["P_star"] <= 8192
+        # every level is exact from some P on: accuracy 1 at the largest P of the grid
+        assert rows[-2]["accuracy_l1"] == rows[-2]["accuracy_l2"] == 1.0
+
+
+def test_generated_tuples_are_observed_ones(full):
+    g, pool, rows, out = full[0]
+    # a learned grammar emits only level-1 tuples from its data, so level 1 is valid at every P
+    np.testing.assert_array_equal(out["validity"][:, 0], 1.0)
+    assert rows[1]["P"] == 4
+    tokens = np.asarray(out["samples"][1])
+    observed = {tuple(t) for t in np.asarray(pool[:4]).reshape(-1, g.s).tolist()}
+    assert {tuple(t) for t in tokens.reshape(-1, g.s).tolist()} <= observed
+
+
+def test_vmapped_grid_equals_separate_runs(full):
+    g, pool, rows, out = full[0]
+    picks = [1, 6, 9]  # P = 4, 128, 1024
+    for i in picks:
+        one = clustering.run_grid(g, pool, [P_GRID[i]], [0], 256)
+        chex.assert_trees_all_close(jax.tree.map(lambda x: x[0], one), jax.tree.map(lambda x: x[i], out))
+
+
+def test_confusion_equals_enumeration_of_subtrees():
+    g = grammar.sample_rules(3, 4, 4, 2, 2, 3)
+    rng = np.random.default_rng(0)
+    labels = [rng.integers(0, g.v + 1, (g.v + 1) ** g.s) for _ in range(g.L - 1)]
+    A = [np.asarray(a) for a in clustering.confusion(g, [jax.numpy.asarray(x) for x in labels])]
+    rules = [np.asarray(r) for r in g.rules]
+
+    def subtrees(z, level):  # learned label of every expansion of symbol z at level (uniform over them)
+        out = []
+        for rule in rules[g.L - level][z]:
+            kids = [[int(t)] for t in rule] if level == 1 else [subtrees(int(c), level - 1) for c in rule]
+            for combo in itertools.product(*kids):
+                out.append(int(labels[level - 1][combo[0] * (g.v + 1) + combo[1]]))
+        return out
+
+    for level in (1, 2):
+        for z in range(g.v):
+            counts = np.bincount(subtrees(z, level), minlength=g.v + 1)
+            np.testing.assert_allclose(A[level - 1][z], counts / counts.sum(), atol=1e-6)
+
+
+def test_accuracy_is_invariant_to_relabelling_and_needs_mutual_majority():
+    A = np.eye(3, 4)
+    assert float(clustering.accuracy(A)) == 1.0
+    assert float(clustering.accuracy(A[:, [2, 0, 1, 3]])) == 1.0
+    merged = np.array([[1, 0, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0]], float)  # two classes in one label
+    assert float(clustering.accuracy(merged)) == pytest.approx(2 / 3)
+    assert float(clustering.accuracy(np.eye(3, 4)[:, [3, 3, 3, 0]])) == 0.0  # all unassigned
+
+
+def test_crossing_reads_the_last_rise_and_names_the_censoring():
+    P = np.array([1.0, 10, 100, 1000])
+    assert clustering.crossing(P, np.array([0.9, 0.2, 0.4, 0.6]))[0] == pytest.approx(10**2.5)
+    assert clustering.crossing(P, np.array([0.0, 0.1, 0.2, 0.3])) == (pytest.approx(np.nan, nan_ok=True), "above")
+    assert clustering.crossing(P, np.array([0.6, 0.7, 0.8, 0.9]))[1] == "below"
+    assert clustering.crossing(P[:1], np.array([0.6]))[1] == "one P"
+    assert clustering.crossing(P, np.array([np.nan, 0.2, 0.4, 0.6]))[0] == pytest.approx(10**2.5)
+
+
+def test_bad_input_is_refused_before_compiling():
+    g = grammar.sample_rules(0, V, N, M, S, L)
+    pool, _ = grammar.sample_dataset(0, g, 16, 0)
+    with pytest.raises(ValueError, match="every P must lie in 1..16"):
+        clustering.run_grid(g, pool, [0, 8], [0, 0], 16)
+    with pytest.raises(ValueError, match="every P must lie in 1..16"):
+        clustering.run_grid(g, pool, [17], [0], 16)
+    with pytest.raises(ValueError, match="equal length"):
+        clustering.run_grid(g, pool, [4, 8], [0], 16)
+    with pytest.raises(ValueError, match="learner rows"):
+        clustering.thresholds([])
+
+
+def test_a_sweeps_learner_reads_its_pool_and_writes_its_rows(tmp_path, capsys):
+    overrides = ["--config.data.num_train=(8, 512)", "--config.eval.num_samples=64"]
+    config = config_lib.load("sweeps/hierarchy_in_p.py:quick", overrides)
+    g, pool = clustering.sweep_data(config)
+    setup = sweep.build(config)
+    np.testing.assert_array_equal(pool, np.asarray(setup.pool_QxD))
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool((np.asarray(a) == np.asarray(b)).all()), g, setup.grammar))
+    assert launch_cluster.main(["--workdir", str(tmp_path), "--config", "sweeps/hierarchy_in_p.py:quick",
+                                *overrides]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "clustering.jsonl").read_text().splitlines()]
+    assert [(r["P"], r["seed"]) for r in rows] == [(8, 0), (512, 0)]
+    assert rows[0]["accuracy_chance_l1"] == rows[1]["accuracy_chance_l1"] > 0
+    assert "accuracy level 1" in capsys.readouterr().out
+    # the work directory's config is the default; a different grammar is refused
+    (tmp_path / "config.json").write_text(json.dumps({"config": config_lib.to_dict(config)}))
+    assert launch_cluster.main(["--workdir", str(tmp_path), "--config", "sweeps/hierarchy_in_p.py:quick",
+                                "--config.grammar.seed=1", *overrides]) == 2
+    assert "grammar.seed" in capsys.readouterr().err
+    assert theory.sample_complexity(8, 3, 1) == 72
