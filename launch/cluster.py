@@ -1,11 +1,13 @@
 """Run the theory's clustering learner (no network) on a sweep's datasets.
 
-    python -m launch.cluster --workdir DIR [--config sweeps/<exp>.py[:arg]] [--config.section.key=value ...]
+    python -m launch.cluster --workdir DIR [--config sweeps/<exp>.py[:arg]] [--context tokens|labels]
+                             [--config.section.key=value ...]
 
-Writes ``DIR/clustering.jsonl``: one row per (P, seed) of the sweep's grid, the learner trained on
-the same P rows as that model (same grammar seed, data seed and pool), and prints its thresholds
-beside v m**(l+1). Without ``--config`` it reads ``DIR/config.json``, the record of a sweep run
-there; with both, their grammar and data sections must agree. Bad input exits with status 2.
+Writes ``DIR/clustering.jsonl`` (``clustering_labels.jsonl`` with ``--context labels``): one row
+per (P, seed) of the sweep's grid, the learner trained on the same P rows as that model (same
+grammar seed, data seed and pool), and prints its thresholds beside v m**(l+1). Without
+``--config`` it reads ``DIR/config.json``, the record of a sweep run there; with both, their
+grammar and data sections must agree. Bad input exits with status 2.
 """
 from __future__ import annotations
 
@@ -15,9 +17,6 @@ import sys
 
 from rhm_jax import clustering, results
 from rhm_jax import config as config_lib
-
-FILE = "clustering.jsonl"
-
 
 def load_config(workdir: str, spec: str | None, overrides: list[str]):
     """The sweep config: ``spec`` (with overrides), else the work directory's config.json."""
@@ -46,15 +45,18 @@ def main(argv: list[str] | None = None) -> int:
                                      epilog="Overrides: --config.section.key=value (Python literals).")
     parser.add_argument("--workdir", required=True, help="work directory (a sweep's, or a new one)")
     parser.add_argument("--config", default=None, help="sweeps/<exp>.py or sweeps/<exp>.py:arg")
+    parser.add_argument("--context", default="tokens", choices=clustering.CONTEXTS,
+                        help="what describes a tuple: its sibling blocks' tokens (the theory's), or their labels")
     args, overrides = parser.parse_known_args(argv)
     try:
         config = load_config(args.workdir, args.config, overrides)
-        rows = clustering.run_sweep(config)
+        rows = clustering.run_sweep(config, args.context)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     os.makedirs(args.workdir, exist_ok=True)
-    path = os.path.join(args.workdir, FILE)
+    path = os.path.join(args.workdir, clustering.FILE if args.context == "tokens" else
+                        f"clustering_{args.context}.jsonl")
     results.write_rows(path, rows)
     print(f"wrote {path} ({len(rows)} rows)")
     for t in clustering.thresholds(rows):

@@ -6,23 +6,25 @@ level in a sequence, C = (v+1)**s tuple codes, E context features, M models (gri
 **What it learns.** Level l = 1..L-1, bottom up. A level-l block (s**l leaves) is read as the
 s-tuple of its children's labels at level l-1 (the tokens at level 1), coded in base v+1 with the
 first child most significant; label v means "unassigned". For every code the learner counts, over
-the P training rows only, its occurrences and the tokens at each leaf of its sibling blocks (the
+the P training rows only, its occurrences and the values at each leaf of its sibling blocks (the
 other children of the same level-(l+1) parent), per own position j and sibling position j'. The
-context of a code is then the concatenation over (j, j' != j, leaf r) of the empirical conditional
-token distributions (E = s (s-1) s**l v features; a position never seen takes the pooled mean, so
-it carries no information). Codes are clustered by count-weighted k-means with k = v (the number
-of latent symbols, assumed known), k-means++ starts, ``restarts`` restarts, the lowest inertia
-wins. Count weights make this k-means over occurrences: a code observed n times weighs n, which is
-its inverse noise variance. Unobserved codes are unassigned, and so is every block above them.
-The root level L is not clustered (it has no context); the learner keeps its observed root tuples.
+context of a code is the concatenation over (j, j' != j, leaf r) of these empirical conditional
+distributions (a position never seen takes the pooled mean, so it carries no information). Codes
+are clustered by count-weighted k-means with k = v (the number of latent symbols, assumed known),
+k-means++ starts, the lowest inertia of ``restarts`` runs wins. Count weights make this k-means
+over occurrences: a code seen n times weighs n, its inverse noise variance. Unobserved codes are
+unassigned, and so is every block above them. The root level L has no context and is not
+clustered; the learner keeps its observed root tuples.
 
-**Why sibling tokens.** SPEC section 8: a tuple's latent is seen through tokens outside its block;
-the class signal shrinks by about m**(-1/2) per tree level crossed between the tuple and the token,
-while the noise of an empirical context shrinks as 1/sqrt(occurrences) ~ 1/sqrt(v P). Sibling
-tokens are the nearest context (lowest common ancestor at level l+1), which gives the theory's
-P_l ~ v m**(l+1); farther tokens add the same noise for less signal, so they are left out. Tokens
-rather than the siblings' already-clustered labels keep the learner on the theory's footing (its
-signal is a token-tuple correlation) and keep a level's context free of lower-level errors.
+**Which context.** SPEC section 8: a tuple's latent shows through what lies outside its block; the
+class signal shrinks by about m**(-1/2) per tree level between the tuple and what is counted, the
+noise of an empirical context as 1/sqrt(occurrences) ~ 1/sqrt(v P). Sibling blocks are the nearest
+context (lowest common ancestor at level l+1); farther leaves add the same noise for less signal,
+so they are left out. ``context='tokens'`` (default) counts the siblings' tokens (E = s (s-1) s**l
+v): the theory's token-tuple correlation, l levels below the sibling, which gives P_l ~ v
+m**(l+1), and a context free of lower-level clustering errors. ``context='labels'`` counts the
+siblings' level-(l-1) labels (E = s (s-1) s (v+1)), one level below: more signal once level l-1
+is resolved (the same as 'tokens' at level 1).
 
 **What is measured.** ``accuracy_l`` (l < L): let A_l[z, c] be the probability that a uniformly
 random expansion of true level-l symbol z (each of its m**((s**l-1)/(s-1)) subtrees equally
@@ -36,8 +38,8 @@ grammar: a root tuple drawn uniformly from those observed, then each label expan
 observed member codes, uniformly, down to tokens. Level-1 tuples are always observed ones, so
 ``validity_l1`` is 1 at any P (the learner's analogue of copying); level l >= 2 is valid when the
 clusters of level l-1 are pure. Thresholds (``thresholds``) are read on normalized values:
-(V_l - V_l^unif) / (1 - V_l^unif) with ``theory.uniform_validity``, and (A_l - A_l^rand) /
-(1 - A_l^rand) with A_l^rand the accuracy of uniformly random labels (``chance_accuracy``).
+(A_l - A_l^rand) / (1 - A_l^rand) with A_l^rand the accuracy of uniformly random labels
+(``chance_accuracy``), and (V_l - V_l^unif) / (1 - V_l^unif) with ``theory.uniform_validity``.
 """
 from __future__ import annotations
 
@@ -55,6 +57,8 @@ from rhm_jax import grammar as grammar_lib
 from rhm_jax.grammar import Grammar
 
 _LEARN_TAG, _SAMPLE_TAG = 0, 1  # fold_in tags of a seed's key
+CONTEXTS = ("tokens", "labels")
+FILE = "clustering.jsonl"  # the learner's rows in a work directory (launch.cluster)
 
 
 @struct.dataclass
@@ -85,26 +89,28 @@ def _digits(code: jax.Array, v: int, s: int) -> jax.Array:
     return (code[..., None] // places) % (v + 1)
 
 
-def _context(pool_QxD: jax.Array, codes_QxK: jax.Array, weight_Q: jax.Array, level: int, v: int,
-             s: int) -> jax.Array:
-    """Context features (C, E) of level-``level`` codes: sibling-token distributions per (j, j', r)."""
+def _context(leaves_QxX: jax.Array, codes_QxK: jax.Array, weight_Q: jax.Array, vocab: int, s: int,
+             num_codes: int) -> jax.Array:
+    """Context features (C, E) of codes: distributions of the sibling blocks' leaves per (j, j', r).
+
+    ``leaves_QxX`` holds what the context counts, values in 0..vocab-1: the tokens (X = D), or the
+    labels of level l-1 (X = s K); each of the K blocks owns X / K consecutive leaves.
+    """
     Q, K = codes_QxK.shape
-    R, C = s**level, (v + 1) ** s
+    R, C = leaves_QxX.shape[1] // K, num_codes
     codes = codes_QxK.reshape(Q, K // s, s)  # (q, parent, j)
-    leaves = pool_QxD.reshape(Q, K // s, s, R)  # (q, parent, j', r)
+    leaves = leaves_QxX.reshape(Q, K // s, s, R)  # (q, parent, j', r)
     j = np.arange(s)[:, None, None]
     jp = np.arange(s)[None, :, None]
     r = np.arange(R)[None, None, :]
-    index = (((codes[..., :, None, None] * s + j) * s + jp) * R + r) * v + leaves[..., None, :, :]
-    weight = weight_Q[:, None, None, None, None] * (j != jp)  # a block's own leaves are not context
-    shape = (Q, K // s, s, s, R)
-    counts = jax.ops.segment_sum(jnp.broadcast_to(weight, shape).ravel(), index.ravel(), C * s * s * R * v)
-    counts_CxSxSxRxV = counts.reshape(C, s, s, R, v)
+    index = (((codes[..., :, None, None] * s + j) * s + jp) * R + r) * vocab + leaves[..., None, :, :]
+    weight = jnp.broadcast_to(weight_Q[:, None, None, None, None] * (j != jp), index.shape)  # own leaves: no
+    counts = jax.ops.segment_sum(weight.ravel(), index.ravel(), C * s * s * R * vocab).reshape(C, s, s, R, vocab)
     seen_CxS = jax.ops.segment_sum(jnp.broadcast_to(weight_Q[:, None, None], codes.shape).ravel(),
                                    (codes * s + np.arange(s)).ravel(), C * s).reshape(C, s)
-    pooled = counts_CxSxSxRxV.sum(0) / jnp.maximum(seen_CxS.sum(0), 1.0)[:, None, None, None]
+    pooled = counts.sum(0) / jnp.maximum(seen_CxS.sum(0), 1.0)[:, None, None, None]
     own = seen_CxS[:, :, None, None, None]
-    dist = jnp.where(own > 0, counts_CxSxSxRxV / jnp.maximum(own, 1.0), pooled)
+    dist = jnp.where(own > 0, counts / jnp.maximum(own, 1.0), pooled)
     pairs = [(a, b) for a in range(s) for b in range(s) if a != b]
     return dist[:, [a for a, _ in pairs], [b for _, b in pairs]].reshape(C, -1)
 
@@ -157,8 +163,13 @@ def _kmeans(key: jax.Array, x_CxE: jax.Array, w_C: jax.Array, k: int, restarts: 
 
 
 def learn(pool_QxD: jax.Array, P: jax.Array, key: jax.Array, v: int, s: int, L: int, restarts: int = 32,
-          iterations: int = 30) -> Learned:
-    """Cluster the first P rows of the pool level by level (see the module docstring); traceable in P."""
+          iterations: int = 30, context: str = "tokens") -> Learned:
+    """Cluster the first P rows of the pool level by level (see the module docstring); traceable in P.
+
+    ``context``: 'tokens' (the sibling blocks' tokens) or 'labels' (their level-(l-1) labels).
+    """
+    if context not in CONTEXTS:
+        raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
     Q = pool_QxD.shape[0]
     weight_Q = (jnp.arange(Q) < P).astype(jnp.float32)
     symbols_QxK = pool_QxD.astype(jnp.int32)
@@ -170,7 +181,10 @@ def learn(pool_QxD: jax.Array, P: jax.Array, key: jax.Array, v: int, s: int, L: 
                                           codes_QxK.ravel(), C))
         if level == L:
             break
-        x_CxE = _context(pool_QxD, codes_QxK, weight_Q, level, v, s)
+        if context == "tokens":
+            x_CxE = _context(pool_QxD, codes_QxK, weight_Q, v, s, C)
+        else:  # unassigned (v) is a value of its own; at level 1 the labels are the tokens
+            x_CxE = _context(symbols_QxK, codes_QxK, weight_Q, v + 1, s, C)
         label_C = _kmeans(jax.random.fold_in(key, level), x_CxE, counts[-1], v, restarts, iterations)
         labels.append(label_C)
         symbols_QxK = label_C[codes_QxK]
@@ -246,7 +260,7 @@ def score(grammar: Grammar, learned: Learned, tokens_NxD: jax.Array, lookup: coh
 
 
 def run_grid(grammar: Grammar, pool_QxD, P_M, seed_M, num_samples: int, restarts: int = 32,
-             iterations: int = 30) -> dict[str, jax.Array]:
+             iterations: int = 30, context: str = "tokens") -> dict[str, jax.Array]:
     """Learn and score M learners at once (vmapped over P and seed): dict of (M, ...) arrays.
 
     Holds the ``score`` entries, ``learned`` (a ``Learned`` with leading axis M) and ``samples``
@@ -261,19 +275,21 @@ def run_grid(grammar: Grammar, pool_QxD, P_M, seed_M, num_samples: int, restarts
     if low < 1 or high > pool_QxD.shape[0]:
         raise ValueError(f"every P must lie in 1..{pool_QxD.shape[0]} (the pool's rows), got {low}..{high}")
     grammar_lib.check_tokens(grammar, pool_QxD, "pool_QxD")
+    if context not in CONTEXTS:
+        raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
     return _run_grid(grammar, pool_QxD, coherence.make_lookup(pool_QxD), P_M, seed_M, num_samples, restarts,
-                     iterations)
+                     iterations, context)
 
 
-@functools.partial(jax.jit, static_argnames=("num_samples", "restarts", "iterations"))
+@functools.partial(jax.jit, static_argnames=("num_samples", "restarts", "iterations", "context"))
 def _run_grid(grammar: Grammar, pool_QxD: jax.Array, lookup: coherence.Lookup, P_M: jax.Array, seed_M: jax.Array,
-              num_samples: int, restarts: int, iterations: int) -> dict[str, jax.Array]:
+              num_samples: int, restarts: int, iterations: int, context: str) -> dict[str, jax.Array]:
     """Traced body of ``run_grid``."""
 
     def one(P, seed):
         key = jax.random.key(seed)
         learned = learn(pool_QxD, P, jax.random.fold_in(key, _LEARN_TAG), grammar.v, grammar.s, grammar.L,
-                        restarts, iterations)
+                        restarts, iterations, context)
         tokens_NxD = generate(learned, jax.random.fold_in(key, _SAMPLE_TAG), num_samples, grammar.v, grammar.s,
                               grammar.L)
         return dict(score(grammar, learned, tokens_NxD, lookup, P), learned=learned, samples=tokens_NxD)
@@ -304,7 +320,7 @@ def sweep_data(config: Any) -> tuple[Grammar, np.ndarray]:
     return rules, pool_QxD
 
 
-def run_sweep(config: Any, restarts: int = 32, iterations: int = 30) -> list[dict]:
+def run_sweep(config: Any, context: str = "tokens", restarts: int = 32, iterations: int = 30) -> list[dict]:
     """One row per (P, seed) of the sweep's grid: the learner on that model's P training rows."""
     config_lib.validate(config)
     rules, pool_QxD = sweep_data(config)
@@ -312,12 +328,12 @@ def run_sweep(config: Any, restarts: int = 32, iterations: int = 30) -> list[dic
     P_M = np.asarray([p for p, _ in pairs], np.int32)
     seed_M = np.asarray([seed for _, seed in pairs], np.uint32)
     out = jax.device_get(run_grid(rules, pool_QxD, P_M, seed_M, int(config.eval.num_samples), restarts,
-                                  iterations))
+                                  iterations, context))
     chance = np.asarray(chance_accuracy(rules, jax.random.key(0)))
     g = config.grammar
     rows = []
     for i, (P, seed) in enumerate(pairs):
-        row = dict(learner="clustering", P=P, seed=seed, v=g.v, n=g.n, m=g.m, s=g.s, L=g.L,
+        row = dict(learner="clustering", context=context, P=P, seed=seed, v=g.v, n=g.n, m=g.m, s=g.s, L=g.L,
                    grammar_seed=g.seed, data_seed=config.data.seed)
         for level in range(1, g.L):
             row[f"accuracy_l{level}"] = float(out["accuracy"][i, level - 1])

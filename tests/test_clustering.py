@@ -163,7 +163,7 @@ def test_a_sweeps_learner_reads_its_pool_and_writes_its_rows(tmp_path, capsys):
     assert launch_cluster.main(["--workdir", str(tmp_path), "--config", "sweeps/hierarchy_in_p.py:quick",
                                 *overrides]) == 0
     rows = [json.loads(line) for line in (tmp_path / "clustering.jsonl").read_text().splitlines()]
-    assert [(r["P"], r["seed"]) for r in rows] == [(8, 0), (512, 0)]
+    assert [(r["P"], r["seed"], r["context"]) for r in rows] == [(8, 0, "tokens"), (512, 0, "tokens")]
     assert rows[0]["accuracy_chance_l1"] == rows[1]["accuracy_chance_l1"] > 0
     assert "accuracy level 1" in capsys.readouterr().out
     # the work directory's config is the default; a different grammar is refused
@@ -172,3 +172,13 @@ def test_a_sweeps_learner_reads_its_pool_and_writes_its_rows(tmp_path, capsys):
                                 "--config.grammar.seed=1", *overrides]) == 2
     assert "grammar.seed" in capsys.readouterr().err
     assert theory.sample_complexity(8, 3, 1) == 72
+
+
+def test_labels_context_is_the_tokens_context_at_level_1_and_recovers_every_level(full):
+    g, pool, rows, out = full[0]
+    picks = [7, len(P_GRID)]  # P = 256 and P_max
+    labels = clustering.run_grid(g, pool, [rows[i]["P"] for i in picks], [0, 0], 64, context="labels")
+    np.testing.assert_array_equal(labels["learned"].labels[0], out["learned"].labels[0][np.array(picks)])
+    np.testing.assert_array_equal(labels["accuracy"][-1], 1.0)
+    with pytest.raises(ValueError, match="context must be one of"):
+        clustering.run_grid(g, pool, [4], [0], 16, context="siblings")
