@@ -55,8 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     os.makedirs(args.workdir, exist_ok=True)
-    path = os.path.join(args.workdir, clustering.FILE if args.context == "tokens" else
-                        f"clustering_{args.context}.jsonl")
+    path = clustering.path(args.workdir, args.context)
     results.write_rows(path, rows)
     print(f"wrote {path} ({len(rows)} rows)")
     for t in clustering.thresholds(rows):

@@ -44,6 +44,7 @@ clusters of level l-1 are pure. Thresholds (``thresholds``) are read on normaliz
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any, Sequence
 
 import jax
@@ -51,14 +52,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from rhm_jax import coherence, theory, train
+from rhm_jax import coherence, results, theory, train
 from rhm_jax import config as config_lib
 from rhm_jax import grammar as grammar_lib
 from rhm_jax.grammar import Grammar
 
 _LEARN_TAG, _SAMPLE_TAG = 0, 1  # fold_in tags of a seed's key
 CONTEXTS = ("tokens", "labels")
-FILE = "clustering.jsonl"  # the learner's rows in a work directory (launch.cluster)
+_CURVE_KEYS = ("v", "n", "m", "s", "L", "grammar_seed", "data_seed", "context")  # one learner curve
 
 
 @struct.dataclass
@@ -346,6 +347,16 @@ def run_sweep(config: Any, context: str = "tokens", restarts: int = 32, iteratio
     return rows
 
 
+def path(workdir: str, context: str = "tokens") -> str:
+    """Where ``launch.cluster`` keeps the learner's rows: clustering.jsonl (clustering_labels.jsonl)."""
+    return os.path.join(workdir, "clustering.jsonl" if context == "tokens" else f"clustering_{context}.jsonl")
+
+
+def load(workdir: str, context: str = "tokens") -> list[dict]:
+    """The learner's rows stored in a work directory ([] when there are none)."""
+    return results.read_rows(path(workdir, context))
+
+
 def normalized(rows: Sequence[dict], quantity: str, level: int) -> tuple[np.ndarray, np.ndarray]:
     """(P values, mean over seeds of the normalized ``quantity``_l<level>) from learner rows.
 
@@ -401,6 +412,9 @@ def thresholds(rows: Sequence[dict]) -> list[dict]:
     """
     if not rows:
         raise ValueError("thresholds needs learner rows; got none")
+    curves = {tuple(r.get(k) for k in _CURVE_KEYS) for r in rows}
+    if len(curves) > 1:
+        raise ValueError(f"thresholds needs the rows of one grammar, data seed and context; got {len(curves)}")
     first = rows[0]
     out = []
     for quantity, levels in (("accuracy", range(1, first["L"])), ("validity_novel", range(1, first["L"] + 1))):

@@ -151,6 +151,9 @@ def test_bad_input_is_refused_before_compiling():
         clustering.run_grid(g, pool, [4, 8], [0], 16)
     with pytest.raises(ValueError, match="learner rows"):
         clustering.thresholds([])
+    row = dict(P=4, v=8, n=8, m=3, s=2, L=3, grammar_seed=0, accuracy_l1=0.5, accuracy_chance_l1=0.25)
+    with pytest.raises(ValueError, match="one grammar"):
+        clustering.thresholds([row, dict(row, grammar_seed=1)])
 
 
 def test_a_sweeps_learner_reads_its_pool_and_writes_its_rows(tmp_path, capsys):
@@ -162,7 +165,8 @@ def test_a_sweeps_learner_reads_its_pool_and_writes_its_rows(tmp_path, capsys):
     assert jax.tree.all(jax.tree.map(lambda a, b: bool((np.asarray(a) == np.asarray(b)).all()), g, setup.grammar))
     assert launch_cluster.main(["--workdir", str(tmp_path), "--config", "sweeps/hierarchy_in_p.py:quick",
                                 *overrides]) == 0
-    rows = [json.loads(line) for line in (tmp_path / "clustering.jsonl").read_text().splitlines()]
+    rows = clustering.load(str(tmp_path))
+    assert rows == [json.loads(line) for line in (tmp_path / "clustering.jsonl").read_text().splitlines()]
     assert [(r["P"], r["seed"], r["context"]) for r in rows] == [(8, 0, "tokens"), (512, 0, "tokens")]
     assert rows[0]["accuracy_chance_l1"] == rows[1]["accuracy_chance_l1"] > 0
     assert "accuracy level 1" in capsys.readouterr().out
