@@ -64,11 +64,13 @@ def test_all_sequences_recover_the_synonym_classes_exactly(full):
 
 
 def test_far_below_v_m2_the_learner_is_at_chance(full):
-    # P = 2, 4 rows against v m^2 = 72: no level is better than random labels of every tuple
+    # P = 2, 4 rows against v m^2 = 72: as good as random labels of every tuple, up to their spread
+    # (normalized accuracy measured <= 0.10 over 8 grammars x 4 seeds x P in {2, 4}), far from 1/2
     for g, pool, rows, out in full.values():
         for i in range(2):
             for level in (1, 2):
-                assert rows[i][f"accuracy_l{level}"] <= rows[i][f"accuracy_chance_l{level}"], (rows[i], level)
+                P_K, y_K = clustering.normalized(rows[i:i + 1], "accuracy", level)
+                assert y_K[0] < 0.2, (rows[i], level)
 
 
 def test_thresholds_rise_with_the_level_and_are_printed_beside_v_m_l_plus_1(full):
