@@ -52,13 +52,18 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from rhm_jax import coherence, results, theory, train
+from rhm_jax import coherence, data, results, theory, train
 from rhm_jax import config as config_lib
 from rhm_jax import grammar as grammar_lib
 from rhm_jax.grammar import Grammar
 
 _LEARN_TAG, _SAMPLE_TAG = 0, 1  # fold_in tags of a seed's key
 CONTEXTS = ("tokens", "labels")
+READING = ("Clustering learner (`rhm_jax.clustering`, no network, `python -m launch.cluster`): on the same "
+           "training rows, s-tuples are clustered level by level by the distribution of their sibling blocks' "
+           "tokens (or labels); P* is where its normalized accuracy (A_l - A_l^rand) / (1 - A_l^rand) last rises "
+           "through 1/2, A_l being the share of level-l subtrees whose learned class matches their true symbol "
+           "and A_l^rand that of random labels; mean over learner seeds.")
 _CURVE_KEYS = ("v", "n", "m", "s", "L", "grammar_seed", "data_seed", "context")  # one learner curve
 
 
@@ -316,7 +321,7 @@ def sweep_data(config: Any) -> tuple[Grammar, np.ndarray]:
     """The grammar and training pool (Q, D) of a sweep config, exactly as ``sweep.build`` draws them."""
     g = config.grammar
     rules = grammar_lib.sample_rules(g.seed, g.v, g.n, g.m, g.s, g.L)
-    pool_QxD, _ = grammar_lib.sample_dataset(config.data.seed, rules, max(config.data.num_train),
+    pool_QxD, _ = data.sample_dataset(config.data.seed, rules, max(config.data.num_train),
                                              config.data.num_test)
     return rules, pool_QxD
 
@@ -404,8 +409,8 @@ def crossing(P_K: np.ndarray, y_K: np.ndarray) -> tuple[float, str]:
     return float(10 ** (x0 + (0.5 - y0) / (y1 - y0) * (x1 - x0))), ""
 
 
-def thresholds(rows: Sequence[dict]) -> list[dict]:
-    """P* of the learner per quantity ('accuracy', 'validity_novel') and level, on normalized curves.
+def thresholds(rows: Sequence[dict], quantities: Sequence[str] = ("accuracy", "validity_novel")) -> list[dict]:
+    """P* of the learner per quantity ('accuracy', 'validity', 'validity_novel') and level, on normalized curves.
 
     ``theory`` is v m**(l+1). Accuracy is the learner's own readout; its sample validity at level
     l >= 2 mostly reflects the purity of the clusters of level l-1 (see the module docstring).
@@ -417,9 +422,22 @@ def thresholds(rows: Sequence[dict]) -> list[dict]:
         raise ValueError(f"thresholds needs the rows of one grammar, data seed and context; got {len(curves)}")
     first = rows[0]
     out = []
-    for quantity, levels in (("accuracy", range(1, first["L"])), ("validity_novel", range(1, first["L"] + 1))):
-        for level in levels:
+    for quantity in quantities:
+        for level in range(1, first["L"] if quantity == "accuracy" else first["L"] + 1):
             P_star, censored = crossing(*normalized(rows, quantity, level))
             out.append(dict(learner="clustering", quantity=quantity, level=level, P_star=P_star,
                             censored=censored, theory=theory.sample_complexity(first["v"], first["m"], level)))
+    return out
+
+
+def report_thresholds(workdirs: Sequence[str]) -> list[dict]:
+    """The learner's accuracy thresholds stored in each work directory (``launch.cluster``), as rows
+    (label, level, P_star, censored, theory, workdir) for ``report.make_report(extra_thresholds=...)``."""
+    out = []
+    for workdir in workdirs:
+        for context in CONTEXTS:
+            rows = load(str(workdir), context)
+            out += [dict(label=f"clustering learner ({context})", level=t["level"], P_star=t["P_star"],
+                         censored=t["censored"], theory=t["theory"], workdir=str(workdir))
+                    for t in (thresholds(rows, ("accuracy",)) if rows else [])]
     return out

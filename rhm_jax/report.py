@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from rhm_jax import analysis, dynamics, figures, theory
+from rhm_jax import analysis, clustering, dynamics, figures, theory
 
 DEFINITION = (f"**Normalized validity** of level l: {analysis.NORMALIZED}, the fraction of the way from "
               "chance to perfect; V_l is the fraction of level-l nodes of the generated samples that parse, "
@@ -231,8 +231,9 @@ def write_markdown(workdirs: Sequence[str], df: pd.DataFrame, out: str, paths: l
         markdown_table(readings(df, method)))
     if extra is not None and len(extra):
         shown = extra.assign(workdir=extra["workdir"].map(figures.label)) if "workdir" in extra else extra
+        learner = clustering.READING if shown["label"].str.startswith("clustering learner").any() else ""
         lines += _section("Other thresholds drawn on the P figure", "Thresholds handed to the report "
-                          "(`make_report(extra_thresholds=...)`), with the definitions of their source.",
+                          "(`make_report(extra_thresholds=...)`), with the definitions of their source. " + learner,
                           markdown_table(shown))
     lines += _section("Ratios P*_(l+1) / P*_l (normalized thresholds; theory: m)",
                       "`ratio`: of the pooled thresholds above; `ratio_mean`/`ratio_std`: over seeds.",
@@ -300,8 +301,9 @@ def make_report(workdirs: Sequence[str], out: str | None = None, method: str = "
 
     ``at``: which evaluation of each model counts, 'last' or 'best' (lowest test loss);
     ``time_axis``: 'epoch' (the paper's unit) or 'step'; ``extra_thresholds``: a table with
-    columns label, level, P_star (and workdir) of thresholds from elsewhere (e.g. the clustering
-    learner on the same data), drawn on the P figure and listed in the report.
+    columns label, level, P_star (and workdir) of thresholds from elsewhere, drawn on the P figure
+    and listed in the report; by default the clustering learner's, where ``launch.cluster`` stored
+    them in the work directories (``clustering.report_thresholds``).
     """
     workdirs = [str(w) for w in ([workdirs] if isinstance(workdirs, (str, os.PathLike)) else workdirs)]
     if not workdirs:
@@ -309,6 +311,8 @@ def make_report(workdirs: Sequence[str], out: str | None = None, method: str = "
     if extra_thresholds is not None and not {"label", "level", "P_star"} <= set(extra_thresholds):
         raise ValueError("extra_thresholds needs the columns label, level, P_star (and optionally workdir)")
     df = analysis.load(workdirs)
+    if extra_thresholds is None and (learner := clustering.report_thresholds(workdirs)):
+        extra_thresholds = pd.DataFrame(learner)
     out = out or os.path.join(workdirs[0], "report")
     os.makedirs(out, exist_ok=True)
     summary = analysis.threshold_summary(analysis.thresholds(df, method, at))

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from launch import cluster as launch_cluster
-from rhm_jax import clustering, grammar, sweep, theory
+from rhm_jax import analysis, clustering, data, grammar, sweep
 from rhm_jax import config as config_lib
+from test_analysis import quick_rows
 
 V, N, M, S, L = 8, 8, 3, 2, 3
 P_GRID = [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
@@ -35,13 +36,13 @@ def grid_rows(g, pool, P_list, seed=0):
 @pytest.fixture(scope="module")
 def full():
     """v=8, m=3, L=3 grammars (seeds 0, 1): every one of the P_max sequences in the pool."""
-    data = {}
+    grammars = {}
     for seed in (0, 1):
         g = grammar.sample_rules(seed, V, N, M, S, L)
-        pool, _ = grammar.sample_dataset(0, g, g.p_max, 0)
+        pool, _ = data.sample_dataset(0, g, g.p_max, 0)
         rows, out = grid_rows(g, pool, P_GRID + [g.p_max])
-        data[seed] = (g, pool, rows, out)
-    return data
+        grammars[seed] = (g, pool, rows, out)
+    return grammars
 
 
 def true_partition(g, level_table, codes):
@@ -144,7 +145,7 @@ def test_crossing_reads_the_last_rise_and_names_the_censoring():
 
 def test_bad_input_is_refused_before_compiling():
     g = grammar.sample_rules(0, V, N, M, S, L)
-    pool, _ = grammar.sample_dataset(0, g, 16, 0)
+    pool, _ = data.sample_dataset(0, g, 16, 0)
     with pytest.raises(ValueError, match="every P must lie in 1..16"):
         clustering.run_grid(g, pool, [0, 8], [0, 0], 16)
     with pytest.raises(ValueError, match="every P must lie in 1..16"):
@@ -158,8 +159,9 @@ def test_bad_input_is_refused_before_compiling():
         clustering.thresholds([row, dict(row, grammar_seed=1)])
 
 
-def test_a_sweeps_learner_reads_its_pool_and_writes_its_rows(tmp_path, capsys):
-    overrides = ["--config.data.num_train=(8, 512)", "--config.eval.num_samples=64"]
+def test_on_the_quick_sweeps_data_thresholds_are_ordered_beside_the_bpunets(tmp_path, capsys):
+    """The learner on exactly the quick sweep's training rows, beside its stored bpUNet rows."""
+    overrides = ["--config.eval.num_samples=64"]
     config = config_lib.load("sweeps/hierarchy_in_p.py:quick", overrides)
     g, pool = clustering.sweep_data(config)
     setup = sweep.build(config)
@@ -167,17 +169,30 @@ def test_a_sweeps_learner_reads_its_pool_and_writes_its_rows(tmp_path, capsys):
     assert jax.tree.all(jax.tree.map(lambda a, b: bool((np.asarray(a) == np.asarray(b)).all()), g, setup.grammar))
     assert launch_cluster.main(["--workdir", str(tmp_path), "--config", "sweeps/hierarchy_in_p.py:quick",
                                 *overrides]) == 0
+    assert "accuracy level 1" in capsys.readouterr().out
     rows = clustering.load(str(tmp_path))
     assert rows == [json.loads(line) for line in (tmp_path / "clustering.jsonl").read_text().splitlines()]
-    assert [(r["P"], r["seed"], r["context"]) for r in rows] == [(8, 0, "tokens"), (512, 0, "tokens")]
-    assert rows[0]["accuracy_chance_l1"] == rows[1]["accuracy_chance_l1"] > 0
-    assert "accuracy level 1" in capsys.readouterr().out
-    # the work directory's config is the default; a different grammar is refused
+    assert [(r["P"], r["seed"], r["context"]) for r in rows] == [(P, 0, "tokens") for P in config.data.num_train]
+    learner = {t["level"]: t for t in clustering.thresholds(rows) if t["quantity"] == "accuracy"}
+    bpunets = analysis.threshold_summary(analysis.thresholds(quick_rows(), at="best")).set_index("level")
+    with capsys.disabled():
+        for level in (1, 2):
+            print(f"\nquick sweep data, level {level}: learner P* = {learner[level]['P_star']:.0f}, bpUNets P* ="
+                  f" {bpunets.loc[level, 'P_star']:.0f} (best evaluation), v m^(l+1) = {learner[level]['theory']:.0f}")
+    assert learner[1]["censored"] == learner[2]["censored"] == ""
+    assert learner[1]["P_star"] < learner[2]["P_star"]
+    assert rows[-1]["accuracy_l1"] == 1.0  # P = 1024 >> v m^2: level 1 exact
+
+
+def test_launch_cluster_reads_the_workdirs_config_and_refuses_another_grammar(tmp_path, capsys):
+    config = config_lib.load("sweeps/hierarchy_in_p.py:quick", ["--config.data.num_train=(8,)"])
     (tmp_path / "config.json").write_text(json.dumps({"config": config_lib.to_dict(config)}))
     assert launch_cluster.main(["--workdir", str(tmp_path), "--config", "sweeps/hierarchy_in_p.py:quick",
-                                "--config.grammar.seed=1", *overrides]) == 2
-    assert "grammar.seed" in capsys.readouterr().err
-    assert theory.sample_complexity(8, 3, 1) == 72
+                                "--config.grammar.seed=1", "--config.data.num_train=(8,)"]) == 2
+    assert "differs from" in capsys.readouterr().err and not (tmp_path / "clustering.jsonl").exists()
+    assert launch_cluster.main(["--workdir", str(tmp_path / "none")]) == 2
+    assert "holds no config.json" in capsys.readouterr().err
+    assert launch_cluster.load_config(str(tmp_path), None, []).data.num_train == (8,)
 
 
 def test_labels_context_is_the_tokens_context_at_level_1_and_recovers_every_level(full):

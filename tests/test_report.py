@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from launch import report as launch_report
-from rhm_jax import analysis, figures, report
+from rhm_jax import analysis, clustering, figures, report, results
 from test_analysis import quick_rows, synthetic_metrics, write_workdir
 
 
@@ -124,6 +124,19 @@ def test_report_of_the_quick_rows_shows_normalized_thresholds_and_every_reading(
     assert "| quick | normalized | noncopy | last |" in readings
     assert "| clustering | 1 | 60 |" in text  # the extra thresholds are listed
     assert os.path.exists(os.path.join(out, "validity_vs_P.png")) and os.path.exists(os.path.join(out, "coherence.png"))
+
+
+def test_the_clustering_learners_stored_thresholds_are_drawn_by_default(tmp_path):
+    workdir = write_workdir(tmp_path / "quick", quick_rows())
+    learner = [dict(learner="clustering", context="tokens", P=P, seed=0, v=8, n=8, m=3, s=2, L=3, grammar_seed=0,
+                    data_seed=0, accuracy_l1=a1, accuracy_chance_l1=0.25, accuracy_l2=a2, accuracy_chance_l2=0.125)
+               for P, a1, a2 in [(32, 0.25, 0.125), (128, 0.625, 0.125), (512, 1.0, 0.5625), (1024, 1.0, 1.0)]]
+    results.write_rows(clustering.path(workdir), learner)
+    paths = report.make_report(workdir, str(tmp_path / "out"), at="best")
+    text = open(paths["report"][0]).read()
+    assert "| clustering learner (tokens) | 1 | 128 |" in text  # normalized 0.5 exactly at P = 128
+    assert "| clustering learner (tokens) | 2 | 512 |" in text
+    assert clustering.READING in text
 
 
 def test_one_p_run_gets_reasons_and_no_p_figure(tmp_path):
