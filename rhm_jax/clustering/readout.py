@@ -1,0 +1,148 @@
+"""The learner on a sweep's datasets, its stored rows and its thresholds on normalized curves."""
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+
+from rhm_jax import data, results, theory, train
+from rhm_jax import config as config_lib
+from rhm_jax import grammar as grammar_lib
+from rhm_jax.clustering.learner import CONTEXTS
+from rhm_jax.clustering.measure import chance_accuracy, run_grid
+from rhm_jax.grammar import Grammar
+
+READING = ("Clustering learner (`rhm_jax.clustering`, no network, `python -m launch.cluster`): on the same "
+           "training rows, s-tuples are clustered level by level by the distribution of their sibling blocks' "
+           "tokens (or labels); P* is where its normalized accuracy (A_l - A_l^rand) / (1 - A_l^rand) last rises "
+           "through 1/2, A_l being the share of level-l subtrees whose learned class matches their true symbol "
+           "and A_l^rand that of random labels; mean over learner seeds.")
+_CURVE_KEYS = ("v", "n", "m", "s", "L", "grammar_seed", "data_seed", "context")  # one learner curve
+
+
+def sweep_data(config: Any) -> tuple[Grammar, np.ndarray]:
+    """The grammar and training pool (Q, D) of a sweep config, exactly as ``sweep.build`` draws them."""
+    g = config.grammar
+    rules = grammar_lib.sample_rules(g.seed, g.v, g.n, g.m, g.s, g.L)
+    pool_QxD, _ = data.sample_dataset(config.data.seed, rules, max(config.data.num_train),
+                                             config.data.num_test)
+    return rules, pool_QxD
+
+
+def run_sweep(config: Any, context: str = "tokens", restarts: int = 32, iterations: int = 30) -> list[dict]:
+    """One row per (P, seed) of the sweep's grid: the learner on that model's P training rows."""
+    config_lib.validate(config)
+    rules, pool_QxD = sweep_data(config)
+    pairs = sorted({(r["P"], r["seed"]) for r in train.make_grid(config)[1]})
+    P_M = np.asarray([p for p, _ in pairs], np.int32)
+    seed_M = np.asarray([seed for _, seed in pairs], np.uint32)
+    out = jax.device_get(run_grid(rules, pool_QxD, P_M, seed_M, int(config.eval.num_samples), restarts,
+                                  iterations, context))
+    chance = np.asarray(chance_accuracy(rules, jax.random.key(0)))
+    g = config.grammar
+    rows = []
+    for i, (P, seed) in enumerate(pairs):
+        row = dict(learner="clustering", context=context, P=P, seed=seed, v=g.v, n=g.n, m=g.m, s=g.s, L=g.L,
+                   grammar_seed=g.seed, data_seed=config.data.seed)
+        for level in range(1, g.L):
+            row[f"accuracy_l{level}"] = float(out["accuracy"][i, level - 1])
+            row[f"accuracy_chance_l{level}"] = float(chance[level - 1])
+        for level in range(1, g.L + 1):
+            row[f"validity_l{level}"] = float(out["validity"][i, level - 1])
+            row[f"validity_novel_l{level}"] = float(out["validity_novel"][i, level - 1])
+        row["valid"], row["copy"] = float(out["valid"][i]), float(out["copy"][i])
+        rows.append(row)
+    return rows
+
+
+def path(workdir: str, context: str = "tokens") -> str:
+    """Where ``launch.cluster`` keeps the learner's rows: clustering.jsonl (clustering_labels.jsonl)."""
+    return os.path.join(workdir, "clustering.jsonl" if context == "tokens" else f"clustering_{context}.jsonl")
+
+
+def load(workdir: str, context: str = "tokens") -> list[dict]:
+    """The learner's rows stored in a work directory ([] when there are none)."""
+    return results.read_rows(path(workdir, context))
+
+
+def normalized(rows: Sequence[dict], quantity: str, level: int) -> tuple[np.ndarray, np.ndarray]:
+    """(P values, mean over seeds of the normalized ``quantity``_l<level>) from learner rows.
+
+    ``quantity`` is 'accuracy' (chance: ``accuracy_chance_l<level>``) or a validity column prefix,
+    'validity' or 'validity_novel' (chance: ``theory.uniform_validity``). NaN entries (a learner
+    whose samples were all copies has no ``validity_novel``) are left out of the mean.
+    """
+    first = rows[0]
+    if quantity in ("validity", "validity_novel"):
+        base = theory.uniform_validity(first["v"], first["m"], first["s"], first["L"], first["n"])[level - 1]
+    elif quantity == "accuracy":
+        base = first[f"accuracy_chance_l{level}"]
+    else:
+        raise ValueError(f"quantity must be 'accuracy', 'validity' or 'validity_novel', got {quantity!r}")
+    P_K = np.array(sorted({r["P"] for r in rows}), float)
+    raw_K = np.array([_finite_mean([r[f"{quantity}_l{level}"] for r in rows if r["P"] == P]) for P in P_K])
+    return P_K, (raw_K - base) / (1.0 - base)
+
+
+def _finite_mean(values: Sequence[float]) -> float:
+    """Mean of the finite values, NaN when there are none."""
+    finite = [x for x in values if np.isfinite(x)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def crossing(P_K: np.ndarray, y_K: np.ndarray) -> tuple[float, str]:
+    """(P*, censored): the last rise of y through 1/2 (y >= 1/2 at every larger P), linear in log P.
+
+    The last rise, not the first: at small P the learned grammar holds few tuples and regenerates
+    near-copies of its data, whose validity is high without any clustering (a bump at small P).
+    censored: 'one P', 'above' (y < 1/2 at the largest P), 'below' (y >= 1/2 everywhere); P* is
+    then NaN.
+    """
+    ok = np.isfinite(y_K)
+    P_K, y_K = np.asarray(P_K, float)[ok], np.asarray(y_K, float)[ok]
+    if P_K.size < 2:
+        return float("nan"), "one P"
+    if y_K[-1] < 0.5:
+        return float("nan"), "above"
+    below = np.flatnonzero(y_K < 0.5)
+    if below.size == 0:
+        return float("nan"), "below"
+    i = below[-1]
+    x0, x1, y0, y1 = np.log10(P_K[i]), np.log10(P_K[i + 1]), y_K[i], y_K[i + 1]
+    return float(10 ** (x0 + (0.5 - y0) / (y1 - y0) * (x1 - x0))), ""
+
+
+def thresholds(rows: Sequence[dict], quantities: Sequence[str] = ("accuracy", "validity_novel")) -> list[dict]:
+    """P* of the learner per quantity ('accuracy', 'validity', 'validity_novel') and level, on normalized curves.
+
+    ``theory`` is v m**(l+1). Accuracy is the learner's own readout; its sample validity at level
+    l >= 2 mostly reflects the purity of the clusters of level l-1 (see the module docstring).
+    """
+    if not rows:
+        raise ValueError("thresholds needs learner rows; got none")
+    curves = {tuple(r.get(k) for k in _CURVE_KEYS) for r in rows}
+    if len(curves) > 1:
+        raise ValueError(f"thresholds needs the rows of one grammar, data seed and context; got {len(curves)}")
+    first = rows[0]
+    out = []
+    for quantity in quantities:
+        for level in range(1, first["L"] if quantity == "accuracy" else first["L"] + 1):
+            P_star, censored = crossing(*normalized(rows, quantity, level))
+            out.append(dict(learner="clustering", quantity=quantity, level=level, P_star=P_star,
+                            censored=censored, theory=theory.sample_complexity(first["v"], first["m"], level)))
+    return out
+
+
+def report_thresholds(workdirs: Sequence[str]) -> list[dict]:
+    """The learner's accuracy thresholds stored in each work directory (``launch.cluster``), as rows
+    (label, level, P_star, censored, theory, workdir) for ``report.make_report(extra_thresholds=...)``."""
+    out = []
+    for workdir in workdirs:
+        for context in CONTEXTS:
+            rows = load(str(workdir), context)
+            out += [dict(label=f"clustering learner ({context})", level=t["level"], P_star=t["P_star"],
+                         censored=t["censored"], theory=t["theory"], workdir=str(workdir))
+                    for t in (thresholds(rows, ("accuracy",)) if rows else [])]
+    return out
