@@ -116,7 +116,7 @@ def _kmeans(key: jax.Array, x_CxE: jax.Array, w_C: jax.Array, k: int, restarts: 
 
 def learn(pool_QxD: jax.Array, P: jax.Array, key: jax.Array, v: int, s: int, L: int, restarts: int = 32,
           iterations: int = 30, context: str = "tokens") -> Learned:
-    """Cluster the first P rows of the pool level by level (see the module docstring); traceable in P.
+    """Cluster the first P rows of the pool level by level (see the package docstring); traceable in P.
 
     ``context``: 'tokens' (the sibling blocks' tokens) or 'labels' (their level-(l-1) labels).
     """
