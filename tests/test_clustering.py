@@ -152,6 +152,10 @@ def test_bad_input_is_refused_before_compiling():
         clustering.run_grid(g, pool, [17], [0], 16)
     with pytest.raises(ValueError, match="equal length"):
         clustering.run_grid(g, pool, [4, 8], [0], 16)
+    with pytest.raises(ValueError, match="num_samples must be an integer >= 1"):
+        clustering.run_grid(g, pool, [4], [0], 0)
+    with pytest.raises(ValueError, match=r"must lie in 0..v-1"):
+        clustering.run_grid(g, pool + 8, [4], [0], 16)
     with pytest.raises(ValueError, match="learner rows"):
         clustering.thresholds([])
     row = dict(P=4, v=8, n=8, m=3, s=2, L=3, grammar_seed=0, accuracy_l1=0.5, accuracy_chance_l1=0.25)

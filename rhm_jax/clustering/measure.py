@@ -5,6 +5,7 @@ Shape letters: M learners (grid axis), Q pool rows, C = (v+1)**s codes, N sample
 from __future__ import annotations
 
 import functools
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +36,7 @@ def confusion(grammar: Grammar, labels: Sequence[jax.Array]) -> tuple[jax.Array,
 
 
 def accuracy(confusion_VxV1: jax.Array) -> jax.Array:
-    """Mutual-majority accuracy (scalar) of one level's confusion A (v, v+1); see the module docstring."""
+    """Mutual-majority accuracy (scalar) of one level's confusion A (v, v+1); see the package docstring."""
     v = confusion_VxV1.shape[0]
     assigned = confusion_VxV1[:, :v]
     label_of = jnp.argmax(assigned, 1)
@@ -63,8 +64,9 @@ def run_grid(grammar: Grammar, pool_QxD, P_M, seed_M, num_samples: int, restarts
     """Learn and score M learners at once (vmapped over P and seed): dict of (M, ...) arrays.
 
     Holds the ``score`` entries, ``learned`` (a ``Learned`` with leading axis M) and ``samples``
-    (M, num_samples, D), the sequences that were scored. Learner i reads the first ``P_M[i]`` rows of the pool; its seed draws its k-means starts and its
-    samples. One compilation per (grammar sizes, pool shape, M, num_samples).
+    (M, num_samples, D), the sequences that were scored. Learner i reads the first ``P_M[i]`` rows
+    of the pool; its seed draws its k-means starts and its samples. One compilation per (grammar
+    sizes, pool shape, M, num_samples, restarts, iterations, context).
     """
     pool_QxD = jnp.asarray(pool_QxD, jnp.int32)
     P_M, seed_M = jnp.asarray(P_M, jnp.int32), jnp.asarray(seed_M, jnp.uint32)
@@ -76,6 +78,10 @@ def run_grid(grammar: Grammar, pool_QxD, P_M, seed_M, num_samples: int, restarts
     grammar_lib.check_tokens(grammar, pool_QxD, "pool_QxD")
     if context not in CONTEXTS:
         raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
+    for name, value, least in (("num_samples", num_samples, 1), ("restarts", restarts, 1),
+                               ("iterations", iterations, 0)):
+        if not isinstance(value, (int, np.integer)) or value < least:
+            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
     return _run_grid(grammar, pool_QxD, coherence.make_lookup(pool_QxD), P_M, seed_M, num_samples, restarts,
                      iterations, context)
 
@@ -100,6 +106,8 @@ def _run_grid(grammar: Grammar, pool_QxD: jax.Array, lookup: coherence.Lookup, P
 def chance_accuracy(grammar: Grammar, key: jax.Array, draws: int = 256) -> jax.Array:
     """Mean ``accuracy`` (L-1,) of uniformly random labels of every code at every level (``draws`` draws)."""
     C = (grammar.v + 1) ** grammar.s
+    if grammar.L == 1:  # the root level is never clustered
+        return jnp.zeros(0)
 
     def one(key):
         labels = [jax.random.randint(k, (C,), 0, grammar.v) for k in jax.random.split(key, grammar.L - 1)]
