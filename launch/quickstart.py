@@ -2,7 +2,9 @@
 
     python -m launch.quickstart [--workdir runs/quick] [--config sweeps/hierarchy_in_p.py:quick]
 
-Re-running resumes (or, when finished, only redraws the report).
+Re-running resumes (or, when finished, only redraws the report). The clustering learner
+(``rhm_jax.clustering``, seconds) runs on the same training rows, so the report draws its
+thresholds beside the bpUNets'.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import logging
 import sys
 
 from rhm_jax import config as config_lib
-from rhm_jax import report, sweep
+from rhm_jax import clustering, report, results, sweep
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_lib.load(args.config, overrides)
         sweep.run(config, args.workdir)
+        results.write_rows(clustering.path(args.workdir), clustering.run_sweep(config))
         paths = report.make_report([args.workdir], None, "sigmoid", "best")
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
