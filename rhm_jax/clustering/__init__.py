@@ -40,9 +40,10 @@ level-l nodes valid under the true grammar among ``num_samples`` sequences gener
 grammar: a root tuple drawn uniformly from those observed, then each label expanded into one of its
 observed member codes, uniformly, down to tokens. Level-1 tuples are always observed ones, so
 ``validity_l1`` is 1 at any P (the learner's analogue of copying); level l >= 2 is valid when the
-clusters of level l-1 are pure. Thresholds (``thresholds``) are read on normalized values:
-(A_l - A_l^rand) / (1 - A_l^rand) with A_l^rand the accuracy of uniformly random labels
-(``chance_accuracy``), and (V_l - V_l^unif) / (1 - V_l^unif) with ``theory.uniform_validity``.
+clusters of level l-1 are pure. Thresholds (``thresholds``) are where a normalized curve, mean over
+learner seeds, last rises through 1/2 (log-linear between grid points): (A_l - A_l^rand) /
+(1 - A_l^rand) with A_l^rand the accuracy of uniformly random labels (``chance_accuracy``), and
+(V_l - V_l^unif) / (1 - V_l^unif) with ``theory.uniform_validity``.
 """
 from rhm_jax.clustering.learner import CONTEXTS, Learned, generate, learn
 from rhm_jax.clustering.measure import accuracy, chance_accuracy, confusion, run_grid, score
