@@ -6,17 +6,26 @@ checkpoint is complete on disk before the next device call may reuse (donate) it
 
 Keep policy: the ``keep_last`` most recent steps plus every step in ``keep_steps`` (the evaluation
 steps), through orbax's preservation policies (orbax >= 0.12.4), else by hand after each save.
-A checkpoint is only ever removed by that policy once newer ones exist; one that cannot be read is
-moved aside to ``broken-<step>-<time>`` (never deleted) so that the run can go on past it.
+A checkpoint is only ever removed by that policy once newer ones exist.
+
+Integrity: ``meta`` holds ``checksums``, one uint32 per model of the state's array bits (computed
+on the device at save, checked after every restore). A restore fails in one of two ways:
+- ``BrokenCheckpoint`` (a ValueError): the checkpoint is provably damaged (missing or inconsistent
+  files, undecodable data, checksum mismatch, bad metadata). ``restore_latest`` moves it aside to
+  ``broken-<step>-<time>`` (never deleted) and falls back to the previous one.
+- ``ReadFailure`` (an OSError): the environment failed (I/O error, permissions, memory, a network
+  filesystem timing out). Nothing is moved and the error propagates: the files may be fine.
 """
 from __future__ import annotations
 
 import datetime
+import errno
 import logging
 import os
 from typing import Any, Iterable
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
@@ -24,6 +33,70 @@ log = logging.getLogger(__name__)
 _managers = getattr(ocp, "checkpoint_managers", None)
 HAS_PRESERVATION_POLICY = all(
     hasattr(_managers, name) for name in ("AnyPreservationPolicy", "LatestN", "CustomSteps"))
+
+
+# Errors of the environment rather than of the files: errno values, and the words tensorstore and
+# XLA put in their messages for them (they wrap OS errors in ValueError / RuntimeError text).
+_ENVIRONMENT_ERRNOS = frozenset({
+    errno.EIO, errno.EACCES, errno.EPERM, errno.ENOMEM, errno.ENOSPC, errno.EROFS, errno.ESTALE,
+    errno.ETIMEDOUT, errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.ENXIO, errno.ENODEV, errno.ECONNRESET,
+    errno.ECONNABORTED, errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EREMOTEIO, errno.ENOLCK})
+_ENVIRONMENT_WORDS = ("PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "UNAVAILABLE", "DEADLINE_EXCEEDED",
+                      "Input/output error", "Permission denied", "Cannot allocate memory", "out of memory",
+                      "Out of memory", "Stale file handle", "No space left", "Read-only file system",
+                      "Connection reset", "timed out")
+
+
+class BrokenCheckpoint(ValueError):
+    """A checkpoint that is provably damaged (missing, inconsistent or corrupted files)."""
+
+
+class ReadFailure(OSError):
+    """Reading a checkpoint failed for a reason of the environment (I/O, permissions, memory)."""
+
+
+def environmental(err: BaseException) -> bool:
+    """True when an exception (or one it was raised from) is an I/O, permission or memory failure."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, MemoryError) or (isinstance(err, OSError) and err.errno in _ENVIRONMENT_ERRNOS):
+            return True
+        if any(word in str(err) for word in _ENVIRONMENT_WORDS):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _bits_u32(x: jax.Array) -> jax.Array:
+    """The raw bits of an (M, ...) array as (M, K) uint32 (exact: no float arithmetic)."""
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    size = x.dtype.itemsize
+    if x.dtype == jnp.bool_ or size == 1:
+        u = x.astype(jnp.uint8).astype(jnp.uint32)
+    elif size == 2:
+        u = jax.lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
+    else:  # 4 bytes, or 8 bytes as two uint32 words
+        u = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    return u.reshape(u.shape[0], -1)
+
+
+@jax.jit
+def checksums(state: Any) -> jax.Array:
+    """(M,) uint32 per-model checksum of a stacked state: sum of bits_i * (2 i + 1) mod 2**32.
+
+    Every weight is odd, so flipping any single bit changes the sum; integer sums are exact in
+    any order, so the value does not depend on the device count or sharding.
+    """
+    leaves = [_bits_u32(x) for x in jax.tree.leaves(state)]
+    total = jnp.zeros(leaves[0].shape[0], jnp.uint32)
+    offset = 0
+    for u in leaves:
+        position = jnp.arange(u.shape[1], dtype=jnp.uint32) + jnp.uint32(offset % 2**32)
+        total = total + (u * (2 * position + 1)).sum(axis=1, dtype=jnp.uint32)
+        offset += u.shape[1]
+    return total
 
 
 def _abstract(target: Any) -> Any:
@@ -36,6 +109,22 @@ def _abstract(target: Any) -> Any:
         return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding if sharding is not None else default)
 
     return jax.tree.map(leaf, target)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:400] if text else type(err).__name__
+
+
+def _root_os_error(err: BaseException) -> OSError | None:
+    """The innermost OSError an exception was raised from (disk full, permissions), if any."""
+    found, seen = None, set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno is not None:
+            found = err
+        err = err.__cause__ or err.__context__
+    return found
 
 
 class Checkpointer:
@@ -75,11 +164,18 @@ class Checkpointer:
             raise ValueError(f"checkpoints in {self.directory} were opened read-only")
         if step in self.steps():
             self._move_aside(step, "superseded")  # e.g. a broken one from before a fallback
+        sums = [int(x) for x in jax.device_get(checksums(state))]
         args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                  meta=ocp.args.JsonSave(dict(meta, step=step)))
-        if not self._manager.save(step, args=args, force=True):
+                                  meta=ocp.args.JsonSave(dict(meta, step=step, checksums=sums)))
+        try:
+            saved = self._manager.save(step, args=args, force=True)
+            self._manager.wait_until_finished()
+        except Exception as err:  # orbax wraps disk-full and permission errors in asyncio noise
+            raise OSError(getattr(_root_os_error(err), "errno", None) or errno.EIO,
+                          f"could not write the checkpoint of step {step} in {self.directory}: "
+                          f"{_first_line(_root_os_error(err) or err)}") from err
+        if not saved:
             raise RuntimeError(f"orbax refused to save step {step} in {self.directory}")
-        self._manager.wait_until_finished()
         if self._by_hand:
             self._prune()
 
@@ -94,24 +190,39 @@ class Checkpointer:
     def restore(self, step: int, target: Any, strict: bool = True) -> tuple[Any, dict]:
         """(state, meta) of ``step``; ``target`` gives the tree structure, shapes, dtypes, shardings.
 
-        ValueError if there is no such step (listing those available) or the checkpoint cannot
-        be read or does not match the target tree. ``strict=False`` lets arrays be truncated or
+        ValueError if there is no such step (listing those available); ``BrokenCheckpoint`` if the
+        checkpoint is damaged, does not match the target tree or fails its checksum; ``ReadFailure``
+        if the environment failed while reading. ``strict=False`` lets arrays be truncated or
         zero-padded to the target's shapes (a grid padded for another device count); the caller
         must then check ``meta`` to know which models it holds.
         """
         steps = self.steps()
         if int(step) not in steps:
             raise ValueError(f"no checkpoint at step {step} in {self.directory}; available steps: {steps}")
+        where = f"checkpoint at step {step} in {self.directory}"
         args = ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(target), strict=strict),
                                   meta=ocp.args.JsonRestore())
         try:
             restored = self._manager.restore(int(step), args=args)
             state, meta = restored.state, restored.meta
+            sums = None if not isinstance(meta, dict) or "checksums" not in meta else checksums(state)
         except Exception as err:  # orbax/tensorstore raise many types for damaged files
-            raise ValueError(f"checkpoint at step {step} in {self.directory} is unreadable or does not"
-                             f" match the expected state tree: {type(err).__name__}: {err}") from err
+            if environmental(err):
+                raise ReadFailure(errno.EIO, f"could not read the {where} ({_first_line(err)}); a failure of the"
+                                  " filesystem or memory, not of the checkpoint: nothing was changed, retry") from err
+            raise BrokenCheckpoint(f"{where} is unreadable or does not match the expected state tree:"
+                                   f" {type(err).__name__}: {_first_line(err)}") from err
         if not isinstance(meta, dict) or meta.get("step") != int(step):
-            raise ValueError(f"checkpoint at step {step} in {self.directory} has bad metadata: {meta!r}")
+            raise BrokenCheckpoint(f"{where} has bad metadata: {meta!r}")
+        if sums is None:
+            log.warning("%s has no checksums (written by an older rhm_jax): restored unverified", where)
+        else:
+            found, stored = [int(x) for x in jax.device_get(sums)], [int(x) for x in meta["checksums"]]
+            k = min(len(found), len(stored))  # a padded grid restored for another device count
+            bad = [j for j in range(k) if found[j] != stored[j]]
+            if bad or k == 0:
+                raise BrokenCheckpoint(f"{where} fails its checksum (models at positions {bad[:8]} of the"
+                                       " state differ from what was saved): its data is corrupted")
         return state, meta
 
     def restore_latest(self, target: Any, move_broken: bool = True,
@@ -119,13 +230,13 @@ class Checkpointer:
         """(step, state, meta) of the newest readable checkpoint, or None if there is none.
 
         A broken newer checkpoint is logged and skipped; with ``move_broken`` it is moved aside so
-        that the run can save that step again (never when read-only).
+        that the run can save that step again (never when read-only). A ``ReadFailure`` propagates.
         """
         move_broken = move_broken and not self.read_only
         for step in reversed(self.steps()):
             try:
                 state, meta = self.restore(step, target, strict=strict)
-            except ValueError as err:
+            except BrokenCheckpoint as err:
                 log.warning("checkpoint at step %d is broken, falling back to the previous one: %s", step, err)
                 if move_broken:
                     self._move_aside(step, "broken")

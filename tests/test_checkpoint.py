@@ -1,10 +1,14 @@
 """Checkpoints: exact round trip of a stacked TrainState, keep policy, fallback past broken ones."""
+import errno
 import logging
 import os
+
 import chex
 import jax
 import jax.numpy as jnp
 import pytest
+
+import orbax.checkpoint as ocp
 
 from rhm_jax import checkpoint, config as config_lib, networks, train
 
@@ -36,6 +40,7 @@ def test_round_trip_is_exact(tmp_path, states):
         ckpt.save(3, state, {"grid": [{"P": 16}], "config_hash": "abc"})
         ckpt.save(9, other, {"config_hash": "abc"})
         restored, meta = ckpt.restore(3, target=other)
+        assert meta.pop("checksums") == jax.device_get(checkpoint.checksums(state)).tolist()
         assert meta == {"grid": [{"P": 16}], "config_hash": "abc", "step": 3}
         chex.assert_trees_all_equal(restored, state)
         assert type(restored) is type(state)
@@ -110,3 +115,77 @@ def test_saving_an_existing_step_moves_the_old_one_aside(tmp_path, states):
         ckpt.save(1, other, {})
         chex.assert_trees_all_equal(ckpt.restore(1, state)[0], other)
         assert [p for p in os.listdir(tmp_path) if p.startswith("superseded-1-")]
+
+
+def _flip_a_byte_of_array_data(directory, step):
+    """XOR one byte in the middle of the step's largest array-data file (a silent bit flip)."""
+    data = max((f for f in files_of(directory, step) if f"{os.sep}d{os.sep}" in f), key=os.path.getsize)
+    with open(data, "r+b") as f:
+        f.seek(os.path.getsize(data) // 2)
+        byte = f.read(1)[0]
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte ^ 0x10]))
+
+
+def test_a_flipped_byte_in_array_data_fails_the_checksum_and_falls_back(tmp_path, states, caplog):
+    state, other = states
+    directory = str(tmp_path)
+    with checkpoint.Checkpointer(directory) as ckpt:
+        ckpt.save(4, state, {})
+        ckpt.save(8, other, {})
+    _flip_a_byte_of_array_data(directory, 8)
+    with checkpoint.Checkpointer(directory) as ckpt, caplog.at_level(logging.WARNING):
+        with pytest.raises(checkpoint.BrokenCheckpoint, match="step 8 .*(checksum|unreadable)"):
+            ckpt.restore(8, state)
+        step, restored, _ = ckpt.restore_latest(state)
+    assert step == 4 and "step 8 is broken, falling back" in caplog.text
+    chex.assert_trees_all_equal(restored, state)
+    assert [p for p in os.listdir(directory) if p.startswith("broken-8-")]
+
+
+def test_checksums_see_every_single_bit_and_every_model(states):
+    state, _ = states
+    sums = checkpoint.checksums(state)
+    assert sums.shape == (3,) and len(set(sums.tolist())) == 3  # three different models
+    for bit in (0, 17, 31):
+        w = state.params["w"]
+        flipped = jax.lax.bitcast_convert_type(
+            jax.lax.bitcast_convert_type(w, jnp.uint32).at[1, 2, 3].set(
+                jax.lax.bitcast_convert_type(w, jnp.uint32)[1, 2, 3] ^ jnp.uint32(1 << bit)), jnp.float32)
+        changed = checkpoint.checksums(state.replace(params=dict(state.params, w=flipped)))
+        assert (changed != sums).tolist() == [False, True, False]
+
+
+def test_a_transient_read_error_changes_nothing(tmp_path, states, monkeypatch):
+    """EIO (or a permission or memory error) while reading is not a broken checkpoint: nothing is
+    moved aside, the error propagates for the caller to stop on."""
+    state, other = states
+    directory = str(tmp_path)
+    with checkpoint.Checkpointer(directory) as ckpt:
+        ckpt.save(4, state, {})
+        ckpt.save(8, other, {})
+    before = sorted(os.listdir(directory))
+
+    def failing_read(self, *args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error", os.path.join(directory, "8"))
+
+    monkeypatch.setattr(ocp.CheckpointManager, "restore", failing_read)
+    with checkpoint.Checkpointer(directory) as ckpt:
+        with pytest.raises(checkpoint.ReadFailure, match="could not read the checkpoint at step 8 .*nothing was changed"):
+            ckpt.restore_latest(state)
+    assert sorted(os.listdir(directory)) == before
+
+
+@pytest.mark.parametrize("err, expected", [
+    (OSError(errno.EIO, "Input/output error"), True),
+    (PermissionError(errno.EACCES, "Permission denied"), True),
+    (MemoryError(), True),
+    (ValueError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 2.0GiB"), True),
+    (FileNotFoundError(errno.ENOENT, "No such file"), False),
+    (ValueError('OUT_OF_RANGE: Error reading "w/0.0": Requested byte range is not valid'), False),
+    (ValueError("FAILED_PRECONDITION: ZSTD_decompressStream() failed"), False),
+])
+def test_environmental_errors_are_told_from_broken_files(err, expected):
+    wrapped = ValueError("orbax restore failed")
+    wrapped.__cause__ = err
+    assert checkpoint.environmental(wrapped) is expected
