@@ -4,7 +4,11 @@
                            [--config.section.key=value ...]
 
 Re-running the same command resumes the run. ``--force`` moves an existing work directory aside to
-``DIR.bak-<time>`` (nothing is deleted). Bad input exits with status 2 and one error line.
+``DIR.bak-<time>`` (nothing is deleted; only work directories, never the current one). Bad input,
+a work directory in use by another process, and I/O errors (disk full, read-only, unreadable
+checkpoint) exit with status 2 and one error line. SIGINT / SIGTERM save a checkpoint after the
+current device call and exit with 128 + the signal number (130 / 143) and one line; a second
+Ctrl-C stops at once (status 130), keeping the newest checkpoint.
 """
 from __future__ import annotations
 
@@ -19,7 +23,9 @@ from rhm_jax import sweep
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, run the sweep; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m launch.local", description=__doc__.splitlines()[0],
-                                     epilog="Overrides: --config.section.key=value (Python literals).")
+                                     epilog="Overrides: --config.section.key=value (Python literals).",
+                                     allow_abbrev=False)  # '--f' must not mean '--force'
+
     parser.add_argument("--config", required=True, help="sweeps/<exp>.py or sweeps/<exp>.py:arg")
     parser.add_argument("--workdir", required=True, help="work directory (created, or resumed)")
     parser.add_argument("--force", action="store_true", help="move an existing work directory aside")
@@ -31,10 +37,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_lib.load(args.config, overrides)
         sweep.run(config, args.workdir, force=args.force, progress=not args.no_progress)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except sweep.Interrupted as stop:
+        print(f"stopped: {stop}", file=sys.stderr)
+        return 128 + stop.signum
+    except KeyboardInterrupt:
+        print("stopped at once by a second Ctrl-C: the newest checkpoint is kept; run the same command"
+              " again to resume from it", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as err:  # bad input, a busy or unwritable directory, disk full
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _one_line(err: BaseException) -> str:
+    """The error's message on one line (OSError: with its file name)."""
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
 
 
 if __name__ == "__main__":

@@ -8,12 +8,16 @@ Layout of a work directory::
     summary.txt     the per-model table printed at the end of a run
 
 Resuming needs an identical config (up to ``config.EXECUTION_KEYS``; a key the stored config lacks
-compares as its schema default). ``force=True`` never deletes:
-it moves the old directory aside to ``<workdir>.bak-<UTC timestamp>`` and starts fresh.
+compares as its schema default). ``force=True`` never deletes: it moves the old work directory
+aside to ``<workdir>.bak-<UTC timestamp>`` and starts fresh; it refuses a directory that is not a
+work directory, the current directory (or one above it) and a directory whose lock
+(``rhm_jax.lock``) or whose slices' locks another process holds. A directory holding only the lock
+file and stale ``*.tmp`` files (an interrupted first write) counts as empty.
 pandas is imported only by ``load``.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import importlib.metadata
 import json
@@ -30,6 +34,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from rhm_jax import config as config_lib
+from rhm_jax import health, lock
 
 log = logging.getLogger(__name__)
 
@@ -116,35 +121,73 @@ def write_json_atomic(path: str, payload: Any) -> None:
 
 
 def read_config_json(workdir: str) -> dict:
-    """The parsed ``config.json`` of a work directory; ValueError if absent."""
+    """The parsed ``config.json`` of a work directory; ValueError naming the file if absent or malformed."""
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.isfile(path):
         raise ValueError(f"workdir={workdir!r} holds no {CONFIG_FILE}: not an rhm_jax work directory")
     with open(path) as f:
-        return json.load(f)
+        try:
+            stored = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON ({err}); restore it or choose another --workdir") from None
+    if not isinstance(stored, dict) or not isinstance(stored.get("config", {}), dict):
+        raise ValueError(f"{path} must hold a JSON object with a 'config' object, found {type(stored).__name__}"
+                         "; restore it or choose another --workdir")
+    return stored
 
 
 # ----------------------------------------------------------------------------- work directory
+
+def _contents(workdir: str) -> list[str]:
+    """Entries of a directory that count: not the lock file, not stale temporary files."""
+    if not os.path.isdir(workdir):
+        return []
+    return [n for n in os.listdir(workdir) if n != lock.LOCK_FILE and not n.endswith(".tmp")]
+
+
+def move_aside(workdir: str) -> bool:
+    """Move a non-empty work directory to ``<workdir>.bak-<timestamp>`` (``--force``); False if empty.
+
+    ValueError (nothing moved) for the current directory or one above it, for a directory that is
+    not a work directory, and while a process holds its lock or a slice's lock.
+    """
+    workdir = os.path.abspath(workdir)
+    if not _contents(workdir):
+        return False
+    here = os.path.realpath(os.getcwd())
+    if os.path.commonpath([here, os.path.realpath(workdir)]) == os.path.realpath(workdir):
+        raise ValueError(f"--force will not move workdir={workdir!r}: it is the current directory or holds it")
+    if not os.path.isfile(os.path.join(workdir, CONFIG_FILE)):
+        raise ValueError(f"--force will not move workdir={workdir!r}: it holds files but no {CONFIG_FILE}, so it is"
+                         " not an rhm_jax work directory; choose another --workdir")
+    with contextlib.ExitStack() as held:  # running slices of a job array keep the root in use
+        for name in sorted(os.listdir(workdir)):
+            if re.fullmatch(r"slice_\d+", name) and os.path.isdir(os.path.join(workdir, name)):
+                held.enter_context(lock.hold(os.path.join(workdir, name), "--force"))
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        backup = f"{workdir}.bak-{stamp}"
+        os.rename(workdir, backup)
+    log.warning("--force: moved the old work directory %s aside to %s", workdir, backup)
+    return True
+
 
 def prepare_workdir(workdir: str, config, grid_rows: Sequence[dict], force: bool = False) -> str:
     """Create or check a work directory; returns 'new' or 'resume'.
 
     Existing directory with the same config and grid -> 'resume'. A different one -> ValueError
-    naming the differing keys (nothing is touched) unless ``force``, which moves the old directory
-    to ``<workdir>.bak-<timestamp>`` and starts fresh.
+    naming the differing keys (nothing is touched) unless ``force``, which moves the old work
+    directory to ``<workdir>.bak-<timestamp>`` (``move_aside``) and starts fresh.
     """
     workdir = os.path.abspath(workdir)
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ValueError(f"workdir={workdir!r} is a file, not a directory")
     config_dict = config_lib.to_dict(config)
     grid = to_json_value(list(grid_rows))
-    if os.path.isdir(workdir) and os.listdir(workdir):
-        if force:
-            stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-            backup = f"{workdir}.bak-{stamp}"
-            os.rename(workdir, backup)
-            log.warning("--force: moved the old work directory %s aside to %s", workdir, backup)
-        else:
-            _check_same(workdir, config_dict, grid)
-            return "resume"
+    if force:
+        move_aside(workdir)
+    if _contents(workdir):
+        _check_same(workdir, config_dict, grid)
+        return "resume"
     os.makedirs(workdir, exist_ok=True)
     payload = {"config": config_dict, "provenance": to_json_value(provenance()), "grid": grid}
     write_json_atomic(os.path.join(workdir, CONFIG_FILE), payload)
@@ -204,6 +247,16 @@ def write_rows(path: str, rows: Iterable[dict]) -> None:
     os.replace(tmp, path)
 
 
+def _torn(path: str) -> bool:
+    """True when the file's last line lacks its newline (a write cut short)."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return False
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) != b"\n"
+
+
 class MetricsWriter:
     """Appends rows to ``<workdir>/metrics.jsonl``: one flush + fsync per ``write`` call."""
 
@@ -233,7 +286,8 @@ class MetricsWriter:
         models = None if models is None else set(int(m) for m in models)
         rows = read_rows(self.path)
         keep = [r for r in rows if r["step"] <= step or (models is not None and r["model"] not in models)]
-        write_rows(self.path, keep)
+        if len(keep) < len(rows) or _torn(self.path):  # a finished run on a read-only disk resumes
+            write_rows(self.path, keep)
         return len(rows) - len(keep)
 
 
@@ -289,7 +343,8 @@ def _format(value: Any) -> str:
 
 
 def summary_table(rows_or_df: Any) -> str:
-    """Per-model text table of the last evaluation: validity per level, copies, divergence step."""
+    """Per-model text table of the last evaluation: validity per level, copies, and the first flag
+    (``nan@``/``loss@``/``collapse@`` step, see ``rhm_jax.health``); a flagged model shows no scores."""
     rows = rows_or_df.to_dict("records") if hasattr(rows_or_df, "to_dict") else list(rows_or_df)
     if not rows:
         return "(no evaluations)"
@@ -299,14 +354,15 @@ def summary_table(rows_or_df: Any) -> str:
     levels = _level_columns(rows)
     extra = [k for k in ("lr",) if len({r.get(k) for r in rows}) > 1]
     header = ["model", "P", "seed", *extra, "step", *[k.replace("validity_", "") for k in levels],
-              "copy", "diverged_at"]
+              "copy", "flagged"]
     lines = []
     for (_, model), history in sorted(by_model.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
         history = sorted(history, key=lambda r: r["step"])
         last = history[-1]
-        diverged = [r["step"] for r in history if r.get("diverged")]
+        flag = health.first_flag(history)  # nan@, loss@ or collapse@ step: no validity is shown
+        scores = [last.get(k) for k in levels] + [last.get("copy")] if flag is None else ["-"] * (len(levels) + 1)
         cells = [model, last.get("P"), last.get("seed"), *[last.get(k) for k in extra], last["step"],
-                 *[last.get(k) for k in levels], last.get("copy"), diverged[0] if diverged else "-"]
+                 *scores, flag or "-"]
         lines.append([_format(c) for c in cells])
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
     fmt = "  ".join(f"{{:>{w}}}" for w in widths)
@@ -314,6 +370,11 @@ def summary_table(rows_or_df: Any) -> str:
 
 
 def write_summary(workdir: str, table: str) -> None:
-    """Write the end-of-run table to ``summary.txt``."""
-    with open(os.path.join(workdir, SUMMARY_FILE), "w") as f:
+    """Write the end-of-run table to ``summary.txt`` (untouched when it already holds it)."""
+    path = os.path.join(workdir, SUMMARY_FILE)
+    if os.path.isfile(path):
+        with open(path) as f:
+            if f.read() == table + "\n":
+                return
+    with open(path, "w") as f:
         f.write(table + "\n")

@@ -10,6 +10,13 @@ checkpoints) at ``{0, b} | evaluate.eval_steps(b, per_octave)``; extra checkpoin
 ``run.checkpoint_every`` steps, of which the last ``run.keep_last`` are kept. Evaluation keys are
 ``fold_in(key(run.seed), step)``, so ``score`` reproduces an evaluation from its checkpoint.
 
+Safety (see README "What is guaranteed"): the work directory is locked for the run's life
+(``rhm_jax.lock``); SIGINT / SIGTERM finish the current device call, save a checkpoint and raise
+``Interrupted``; a checkpoint that cannot be read for a reason of the environment stops the run
+with nothing changed; a run never starts from scratch over rows it would have to drop, rows dropped
+on resume are copied to ``metrics.dropped-<time>.jsonl`` first, and rows missing below the restored
+checkpoint are re-evaluated from the kept checkpoints (or the run refuses).
+
 A grid larger than the device memory (or than ``run.max_models_per_program``) runs as sub-grids of
 consecutive models, one after another, each with its checkpoints in ``checkpoints/part_<i>``; the
 split is recorded in ``checkpoints/partition.json`` at the first start and reused on resume. With
@@ -18,11 +25,15 @@ model's index in the full grid (``run.grid_slice`` runs a slice of it).
 """
 from __future__ import annotations
 
+import contextlib
+import datetime
 import functools
 import json
 import logging
 import math
 import os
+import signal
+import threading
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -30,7 +41,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from rhm_jax import checkpoint, data, diffusion, evaluate, grammar, networks, results, sharding, train
+from rhm_jax import checkpoint, data, diffusion, evaluate, grammar, health, lock, networks, results, sharding, train
 from rhm_jax import config as config_lib
 
 log = logging.getLogger(__name__)
@@ -179,10 +190,9 @@ def models_per_program(config: ml_collections.ConfigDict, progs: Programs) -> in
 def partition(config: ml_collections.ConfigDict, progs: Programs, workdir: str) -> list[list[int]]:
     """Consecutive, balanced sub-grids (positions in the grid); the stored split of a started run wins."""
     path = os.path.join(workdir, "checkpoints", PARTITION_FILE)
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)["parts"]
     M = len(progs.grid_rows)
+    if os.path.exists(path):
+        return _read_partition(path, M)
     k = models_per_program(config, progs)
     parts = [p.tolist() for p in np.array_split(np.arange(M), math.ceil(M / k))]
     if len(parts) > 1:
@@ -198,8 +208,23 @@ def stored_parts(config: ml_collections.ConfigDict, progs: Programs, workdir: st
     path = os.path.join(workdir, "checkpoints", PARTITION_FILE)
     if not os.path.exists(path):
         raise ValueError(f"workdir={workdir!r} holds no checkpoints (no {path})")
-    with open(path) as f:
-        return [make_part(config, progs, positions) for positions in json.load(f)["parts"]]
+    return [make_part(config, progs, positions) for positions in _read_partition(path, len(progs.grid_rows))]
+
+
+def _read_partition(path: str, M: int) -> list[list[int]]:
+    """The stored split; ValueError naming the file unless it lists runs of consecutive positions 0..M-1."""
+    try:
+        with open(path) as f:
+            parts = json.load(f)["parts"]
+        flat = [int(i) for part in parts for i in part]
+        ok = all(isinstance(p, list) and p for p in parts) and flat == list(range(M))
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} is not a valid partition ({type(err).__name__}: {err}); restore it from a"
+                         " backup, or start over with --force") from None
+    if not ok:
+        raise ValueError(f"{path} must split the grid's positions 0..{M - 1} into runs of consecutive models,"
+                         f" found {parts!r}; restore it, or start over with --force")
+    return parts
 
 
 def part_dir(workdir: str, index: int) -> str:
@@ -210,12 +235,14 @@ def part_dir(workdir: str, index: int) -> str:
 # ----------------------------------------------------------------------------- the loop
 
 def evaluation_rows(config: ml_collections.ConfigDict, progs: Programs, part: Part, state: Any, step: int,
-                    due: Callable[[int], bool]) -> list[dict]:
-    """Evaluate every model of the part at ``step``; rows of the models for which ``due(model)``."""
+                    due: Callable[[int], bool], tracker: health.Tracker | None = None) -> list[dict]:
+    """Evaluate every model of the part at ``step``; rows of the models for which ``due(model)``,
+    flagged by ``tracker`` (loss blow-up, collapse) when given."""
     metrics = progs.evaluator(state, part.grid, eval_key(config, step))
     rows = evaluate.to_rows(metrics, part.rows, state)  # real models come first in a padded grid
     # A diverged model is frozen at diverged_step; its rows still carry the schedule's step.
-    return [dict(r, step=int(step)) for r in rows if due(int(r["model"]))]
+    rows = [dict(r, step=int(step)) for r in rows if due(int(r["model"]))]
+    return rows if tracker is None else tracker.flag(rows)
 
 
 def _log_divergence(state: Any, part: Part, seen: set[int]) -> None:
@@ -230,23 +257,72 @@ def _log_divergence(state: Any, part: Part, seen: set[int]) -> None:
 
 def _start(config: ml_collections.ConfigDict, progs: Programs, part: Part, ckpt: checkpoint.Checkpointer,
            writer: results.MetricsWriter, digest: str) -> tuple[int, Any, bool]:
-    """(step, state, restored): the newest readable checkpoint, or a fresh state at step 0."""
+    """(step, state, restored): the newest readable checkpoint, or a fresh state at step 0.
+
+    Refuses (ValueError) to start from scratch over rows past step 0 of these models; rows past
+    the restored step are copied aside before they are dropped; rows missing at or below it are
+    re-evaluated from kept checkpoints. A ``checkpoint.ReadFailure`` propagates (nothing changed).
+    """
     # strict=False: a state padded for another device count is truncated / zero-padded (dummies).
     restored = ckpt.restore_latest(restore_target(config, progs, part.grid), strict=False)
+    models = set(part.models)
+    mine = [r for r in writer.rows() if r["model"] in models]
     if restored is None:
+        later = [r for r in mine if r["step"] > 0]  # step-0 rows are redone identically at once
+        if later:
+            raise ValueError(
+                f"{writer.path} holds {len(later)} rows of models {_span(part.models)} up to step"
+                f" {max(r['step'] for r in later)}, but no readable checkpoint is left in {ckpt.directory}"
+                " (broken ones are kept as broken-*): starting over would drop them. Nothing was changed;"
+                " restore the checkpoints, or pass --force to move the directory aside and start over")
         state = progs.place.init_state(config, progs.setup.network, part.grid)
         if progs.place.mesh is None:  # committed like a restored state: one compilation for both
             state = jax.device_put(state, jax.devices()[0])
         writer.truncate_after(-1, part.models)
         return 0, state, False
     t, state, meta = restored
-    if meta.get("config_hash") != digest or meta.get("models") != part.models:
-        raise ValueError(f"checkpoint at step {t} in {ckpt.directory} was written for another config or grid"
+    if meta.get("config_hash") != digest:
+        raise ValueError(f"checkpoint at step {t} in {ckpt.directory} was written for another config"
                          f" (hash {meta.get('config_hash')} vs {digest}); use a new --workdir")
+    if meta.get("models") != part.models:
+        raise ValueError(f"checkpoint at step {t} in {ckpt.directory} holds models {meta.get('models')} but"
+                         f" {PARTITION_FILE} assigns models {part.models} to it: was {PARTITION_FILE} edited?")
+    dropping = [r for r in mine if r["step"] > t]
+    if dropping:
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        copy = os.path.join(os.path.dirname(writer.path), f"metrics.dropped-{stamp}.jsonl")
+        results.write_rows(copy, dropping)
+        log.info("copied the %d metrics rows past step %d to %s before dropping them", len(dropping), t, copy)
     dropped = writer.truncate_after(t, part.models)
     log.info("resuming models %s from the checkpoint at step %d (%d later metrics rows dropped)",
              _span(part.models), t, dropped)
+    _fill_missing_rows(config, progs, part, ckpt, writer, t, [r for r in mine if r["step"] <= t])
     return t, state, True
+
+
+def _fill_missing_rows(config: ml_collections.ConfigDict, progs: Programs, part: Part,
+                       ckpt: checkpoint.Checkpointer, writer: results.MetricsWriter, t: int,
+                       rows: list[dict]) -> None:
+    """Re-evaluate rows missing at evaluation steps <= t from kept checkpoints; ValueError if one is gone."""
+    have = {(r["model"], r["step"]) for r in rows}
+    missing = sorted({s for m in part.models for s in part.schedules[m] if s <= t and (m, s) not in have})
+    if not missing:
+        return
+    gone = [s for s in missing if s not in ckpt.steps()]
+    if gone:
+        raise ValueError(f"{writer.path} lacks the rows of evaluation steps {gone[:10]} of models {_span(part.models)},"
+                         f" which the checkpoint at step {t} has passed, and no checkpoint at those steps is kept to"
+                         " re-evaluate them; restore the file, or pass --force to move the directory aside and start over")
+    log.warning("%s lacks the rows of evaluation steps %s of models %s: re-evaluating them from their checkpoints",
+                writer.path, missing, _span(part.models))
+    target = restore_target(config, progs, part.grid)
+    tracker = health.Tracker(config.eval.num_samples)
+    for s in sorted({r["step"] for r in rows} | set(missing)):
+        tracker.flag([r for r in rows if r["step"] == s])  # only remembered: the loss history of each model
+        due = {m for m in part.models if s in part.schedules[m] and (m, s) not in have}
+        if due:
+            state, _ = ckpt.restore(s, target, strict=False)
+            writer.write(evaluation_rows(config, progs, part, state, s, lambda m: m in due, tracker))
 
 
 def kept_evaluations(eval_points: set[int], mode: str, budgets: Sequence[int]) -> set[int]:
@@ -259,8 +335,10 @@ def kept_evaluations(eval_points: set[int], mode: str, budgets: Sequence[int]) -
 
 
 def _run_part(config: ml_collections.ConfigDict, progs: Programs, writer: results.MetricsWriter,
-              directory: str, part: Part, bar: tqdm.tqdm, digest: str) -> None:
-    """Train one sub-grid to its end, resuming from its newest readable checkpoint.
+              directory: str, part: Part, bar: tqdm.tqdm, digest: str,
+              stopping: "_StopSignals | None" = None) -> None:
+    """Train one sub-grid to its end, resuming from its newest readable checkpoint; on a stop
+    signal, save a checkpoint after the current device call and raise ``Interrupted``.
 
     ``digest``: the config hash its checkpoints carry (``stored_hash``).
     """
@@ -272,15 +350,30 @@ def _run_part(config: ml_collections.ConfigDict, progs: Programs, writer: result
         every = int(config.run.checkpoint_every)
         stops = sorted(eval_points | set(range(every, part.end, every) if every else ()) | {part.end})
         seen: set[int] = set()
+        tracker = health.Tracker(config.eval.num_samples, [r for r in writer.rows() if r["model"] in set(part.models)])
+        saved = {t} if restored else set()
 
         def stop(t: int, state: Any) -> None:
             if t in eval_points:
-                writer.write(evaluation_rows(config, progs, part, state, t, lambda m: t in part.schedules[m]))
+                writer.write(evaluation_rows(config, progs, part, state, t, lambda m: t in part.schedules[m], tracker))
             _log_divergence(state, part, seen)
             ckpt.save(t, state, {"config_hash": digest, "models": part.models, "grid": part.rows})
+            saved.add(t)
+
+        def check_signal(t: int, state: Any) -> None:
+            if stopping is None or stopping.received is None:
+                return
+            if t in eval_points and t not in saved:
+                stop(t, state)
+            elif t not in saved:
+                ckpt.save(t, state, {"config_hash": digest, "models": part.models, "grid": part.rows})
+            raise Interrupted(stopping.received, f"stopped by {signal.Signals(stopping.received).name} at step {t}"
+                              f" of models {_span(part.models)}: checkpoint and rows saved in {os.path.dirname(writer.path)};"
+                              " run the same command again to resume")
 
         if not restored:
             stop(0, state)
+        check_signal(t, state)
         real = len(part.rows)  # padding dummies never train
         pending = None  # metrics of the previous call: read one call late, so never blocking
         while t < part.end:
@@ -295,6 +388,7 @@ def _run_part(config: ml_collections.ConfigDict, progs: Programs, writer: result
                 bar.update(int(np.sum(jax.device_get(pending["steps_done"])[:real])))
                 pending = None
                 stop(t, state)
+            check_signal(t, state)
 
 
 def _span(models: Sequence[int]) -> str:
@@ -311,14 +405,76 @@ def stored_hash(workdir: str) -> str:
     return config_lib.config_hash(results.read_config_json(workdir)["config"])
 
 
+class Interrupted(Exception):
+    """The run stopped on a signal after saving a checkpoint and its rows (``signum``: which)."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = int(signum)
+
+
+class _StopSignals:
+    """While active, the given signals request a stop at the next device-call boundary; a second
+    SIGINT stops at once (KeyboardInterrupt). Only the main thread can install handlers."""
+
+    def __init__(self, signums: Sequence[int]):
+        self.signums = tuple(signums)
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signum
+        log.warning("received %s: finishing the current device call, then saving a checkpoint and stopping"
+                    " (press Ctrl-C again to stop at once)", signal.Signals(signum).name)
+
+    def __enter__(self) -> "_StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.signums:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _lock_workdir(workdir: str, force: bool, stack: contextlib.ExitStack) -> None:
+    """Create and lock ``workdir``; with ``force`` move an existing one aside (under its lock) first."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ValueError(f"workdir={workdir!r} is a file, not a directory")
+    os.makedirs(workdir, exist_ok=True)
+    stack.enter_context(lock.hold(workdir))
+    if force and results.move_aside(workdir):  # the lock held is now the old directory's
+        os.makedirs(workdir)
+        stack.enter_context(lock.hold(workdir))
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, *, force: bool = False,
-        progress: bool = True) -> list[dict]:
-    """Train and evaluate the config's grid in ``workdir`` (new or resumed); returns all metrics rows."""
+        progress: bool = True, stop_signals: Sequence[int] = STOP_SIGNALS) -> list[dict]:
+    """Train and evaluate the config's grid in ``workdir`` (new or resumed); returns all metrics rows.
+
+    Holds ``workdir``'s lock throughout (``lock.Busy`` if another process has it). The
+    ``stop_signals`` end the run at the next device-call boundary with a checkpoint saved:
+    ``Interrupted`` is raised and re-running resumes with unchanged results.
+    """
     config_lib.validate(config)
+    workdir = os.path.abspath(workdir)
+    with contextlib.ExitStack() as stack:
+        stopping = stack.enter_context(_StopSignals(stop_signals))
+        _lock_workdir(workdir, force, stack)
+        return _run_locked(config, workdir, progress, stopping)
+
+
+def _run_locked(config: ml_collections.ConfigDict, workdir: str, progress: bool, stopping: _StopSignals) -> list[dict]:
+    """``run`` once the work directory is locked."""
     progs = programs(config)
     setup = progs.setup
-    workdir = os.path.abspath(workdir)
-    status = results.prepare_workdir(workdir, config, progs.grid_rows, force=force)
+    status = results.prepare_workdir(workdir, config, progs.grid_rows)
     digest = stored_hash(workdir)
     log.info("%s run in %s: %d models on %d device(s), largest P=%d, %d test rows", status, workdir,
              len(progs.grid_rows), progs.place.num_devices, setup.pool_QxD.shape[0], setup.test_NxD.shape[0])
@@ -331,7 +487,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, force: bool = False,
             part = make_part(config, progs, positions)
             if len(parts) > 1:
                 log.info("sub-grid %d/%d: models %s", index + 1, len(parts), _span(part.models))
-            _run_part(config, progs, writer, part_dir(workdir, index), part, bar, digest)
+            _run_part(config, progs, writer, part_dir(workdir, index), part, bar, digest, stopping)
     rows = writer.rows()
     table = results.summary_table(rows)
     results.write_summary(workdir, table)
@@ -353,7 +509,9 @@ def score(workdir: str, step: int | None = None, num_samples: int | None = None,
 
     Writes ``score_<step>_<K>_<S>.jsonl`` per step (rows of the models that were at that step) and
     returns the rows by step; never writes metrics.jsonl or checkpoints. K and S default to the
-    run's, so re-scoring an evaluation step reproduces its metrics rows.
+    run's, so re-scoring an evaluation step reproduces its metrics rows. Holds the work directory's
+    lock; refuses before computing anything when the directory cannot be written or holds no
+    checkpoint. Scoring every step skips a broken checkpoint with a warning; scoring ``step`` raises.
     """
     workdir = os.path.abspath(workdir)
     stored = results.read_config_json(workdir)
@@ -363,27 +521,50 @@ def score(workdir: str, step: int | None = None, num_samples: int | None = None,
     if sampler_steps is not None:
         config.process.sampler_steps = int(sampler_steps)
     config_lib.validate(config)
+    if not os.access(workdir, os.W_OK):
+        raise ValueError(f"workdir={workdir!r} is not writable: score writes its score_*.jsonl files there")
+    with lock.hold(workdir, "score"):
+        return _score_locked(workdir, stored, config, step)
+
+
+def _score_locked(workdir: str, stored: dict, config: ml_collections.ConfigDict, step: int | None) -> dict[int, list[dict]]:
+    """``score`` once the work directory is locked."""
     progs = programs(config)
     if results.to_json_value(progs.grid_rows) != stored["grid"]:
         raise ValueError(f"the grid rebuilt from {workdir}/config.json differs from the stored one")
     parts = stored_parts(config, progs, workdir)
     ckpts = [checkpoint.Checkpointer(part_dir(workdir, i), read_only=True) for i in range(len(parts))]
+    earlier = results.read_rows(os.path.join(workdir, results.METRICS_FILE))
     try:
         available = sorted(set().union(*(c.steps() for c in ckpts)))
+        if not available:
+            raise ValueError(f"workdir={workdir!r} holds no checkpoint to score (checkpoints/part_*/ are empty)")
         if step is not None and step not in available:
             raise ValueError(f"no checkpoint at step {step} in {workdir}; available steps: {available}")
-        by_step = {}
+        by_step, broken = {}, []
         for s in [step] if step is not None else available:
             rows = []
+            tracker = health.Tracker(config.eval.num_samples, [r for r in earlier if r["step"] < s])
             for part, ckpt in zip(parts, ckpts):
                 if s in ckpt.steps():
-                    state, _ = ckpt.restore(s, restore_target(config, progs, part.grid), strict=False)
+                    try:
+                        state, _ = ckpt.restore(s, restore_target(config, progs, part.grid), strict=False)
+                    except checkpoint.BrokenCheckpoint as err:
+                        if step is not None:
+                            raise
+                        log.warning("skipping step %d: %s", s, err)
+                        broken.append(s)
+                        continue
                     budget = {r["index"]: r["budget_steps"] for r in part.rows}
-                    rows += evaluation_rows(config, progs, part, state, s, lambda model: s <= budget[model])
+                    rows += evaluation_rows(config, progs, part, state, s, lambda model: s <= budget[model], tracker)
+            if s in broken and not rows:
+                continue
             name = f"score_{s}_{config.eval.num_samples}_{_sampler_steps(config)}.jsonl"
             results.write_rows(os.path.join(workdir, name), rows)
             log.info("wrote %s (%d rows)", name, len(rows))
             by_step[s] = rows
+        if broken:
+            log.warning("%d broken checkpoint(s) skipped, at steps %s", len(broken), broken)
     finally:
         for ckpt in ckpts:
             ckpt.close()

@@ -170,9 +170,9 @@ def test_load_and_summary_table(tmp_path, smoke):
     final = df[df["step"] == 64].set_index(["workdir", "model"])["validity_l1"]
     assert final[(a, 1)] == 0.9 and final[(b, 0)] == 0.25
     lines = results.summary_table(results.load(a)).splitlines()
-    assert lines[0].split() == ["model", "P", "seed", "step", "l1", "l2", "l3", "copy", "diverged_at"]
+    assert lines[0].split() == ["model", "P", "seed", "step", "l1", "l2", "l3", "copy", "flagged"]
     assert lines[1].split() == ["0", "16", "0", "64", "0.5", "0.1", "0", "0", "-"]
-    assert lines[2].split() == ["1", "64", "0", "64", "0.9", "0.1", "0", "0", "8"]
+    assert lines[2].split() == ["1", "64", "0", "64", "-", "-", "-", "-", "nan@8"]  # no validity shown
     assert results.summary_table(results.MetricsWriter(a).rows()) == "\n".join(lines)
 
 

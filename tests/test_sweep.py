@@ -267,7 +267,9 @@ def test_diverged_models_are_reported_and_the_others_unharmed(reference, tmp_pat
     healthy = by_key([dict(r, model=r["model"] // 2 * 2) for r in rows if r["lr"] != 1e30])
     assert healthy == by_key([r for r in ref_rows if r["seed"] == 0])
     summary = open(tmp_path / "summary.txt").read().splitlines()
-    assert summary[0].split()[-1] == "diverged_at" and summary[2].split()[-1] != "-"
+    at = {r["diverged_step"] for r in blown if r["diverged"]}
+    assert len(at) == 1 and summary[0].split()[-1] == "flagged"
+    assert summary[2].split()[-1] == f"nan@{at.pop()}" and summary[2].split()[5] == "-"  # no validity shown
 
 
 def test_bad_input_is_refused_before_anything_is_written(reference, tmp_path, capsys):
