@@ -12,6 +12,7 @@ import copy
 import hashlib
 import importlib.util
 import json
+import math
 import os
 from typing import Any, Sequence
 
@@ -21,6 +22,12 @@ import numpy as np
 from rhm_jax import diffusion, grammar, networks
 
 KEEP_EVALUATIONS = ("all", "octaves", "none")
+# Size bounds checked with logarithms before anything computes s**L or P_max as an integer.
+MAX_LOG2_LENGTH = 16  # d = s**L <= 2**16 tokens
+MAX_LOG2_TUPLES = 26  # v**s <= 2**26 (the parse tables)
+# The largest P plus the test rows: drawing takes about 5 us per row on a CPU (2**20 rows of
+# v=16, m=4, s=2, L=4 in 5.5 s), so about 3 minutes at the limit, and the pool lives on the device.
+MAX_DATASET_ROWS = 2**25
 
 # Run keys that change how a run executes but not its results; a work directory may be resumed
 # with other values for these (results.prepare_workdir ignores them when comparing configs).
@@ -53,7 +60,8 @@ def base_config() -> ml_collections.ConfigDict:
         ema_decay=0.0,  # 0: no EMA
         num_steps=2**14,  # exactly one of num_steps / num_epochs is > 0
         num_epochs=0.0,  # epochs of each model's own P: budgets then differ across the grid
-        seeds=(0,),  # grid axis: each seed sets the init, per-step noise and data order
+        seeds=(0,),  # grid axis: each seed sets the init, per-step noise and data order; the
+        # override --config.train.seeds=N (a bare int) means N seeds 0..N-1, a list lists them
         steps_per_call=100,  # steps fused in one device call (lax.scan); no effect on results
         # A model with P < batch_size: 'repeat' fills each batch with further epochs of its rows;
         # 'full_batch' is the authors' loader: the P rows once per step, loss averaged over them.
@@ -108,9 +116,27 @@ def _int_list(name: str, values: Any, low: int) -> list[int]:
     return [int(x) for x in values]
 
 
+def _validate_sizes(g: ml_collections.ConfigDict) -> None:
+    """Bounds on s**L and v**s from logarithms: a huge L or s is refused without computing either."""
+    if not all(_is_int(x) and x >= 2 for x in (g.v, g.s)) or not _is_int(g.L) or g.L < 1:
+        return  # grammar.check_params names the bad value
+    if g.L * math.log2(g.s) > MAX_LOG2_LENGTH:
+        raise ValueError(f"grammar.L={g.L} with grammar.s={g.s} gives sequences of s**L = 2**{g.L * math.log2(g.s):.3g}"
+                         f" tokens; the limit is 2**{MAX_LOG2_LENGTH}")
+    if g.s * math.log2(g.v) > MAX_LOG2_TUPLES:
+        raise ValueError(f"grammar.s={g.s} with grammar.v={g.v} needs parse tables of v**s = 2**{g.s * math.log2(g.v):.3g}"
+                         f" entries; the limit is 2**{MAX_LOG2_TUPLES}")
+
+
+def log2_p_max(g: ml_collections.ConfigDict) -> float:
+    """log2 of P_max = n * m**((s**L - 1) / (s - 1)) (no big integers)."""
+    return math.log2(g.n) + (g.s**g.L - 1) // (g.s - 1) * math.log2(g.m)
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raise ValueError naming the parameter and its bound for any setting that cannot run."""
     g = config.grammar
+    _validate_sizes(g)
     grammar.check_params(g.v, g.n, g.m, g.s, g.L)
     _int_at_least("grammar.seed", g.seed, 0)
     _validate_data(config)
@@ -135,8 +161,15 @@ def _validate_data(config: ml_collections.ConfigDict) -> None:
     num_train = _int_list("data.num_train", d.num_train, 1)
     _int_at_least("data.num_test", d.num_test, 1)
     _int_at_least("data.seed", d.seed, 0)
-    p_max = g.n * g.m ** ((g.s**g.L - 1) // (g.s - 1))
-    if max(num_train) + d.num_test > p_max:
+    rows = max(num_train) + d.num_test
+    if rows > MAX_DATASET_ROWS:
+        raise ValueError(f"data.num_train max P={max(num_train)} plus data.num_test={d.num_test} = {rows} rows; the"
+                         f" limit is 2**{int(math.log2(MAX_DATASET_ROWS))} = {MAX_DATASET_ROWS} (drawing takes about"
+                         f" 5 us per row on a CPU, so about {rows * 5e-6 / 60:.0f} min here, and the pool must fit"
+                         " in device memory)")
+    # P_max as an exact integer only when the logarithm says it is small (m**huge would hang).
+    p_max = g.n * g.m ** ((g.s**g.L - 1) // (g.s - 1)) if log2_p_max(g) < 64 else math.inf
+    if rows > p_max:
         raise ValueError(
             f"data.num_train max P={max(num_train)} plus data.num_test={d.num_test} must be <= P_max={p_max}"
             f" (the grammar v={g.v}, n={g.n}, m={g.m}, s={g.s}, L={g.L} has only P_max distinct sequences;"
@@ -238,9 +271,19 @@ def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
     if isinstance(current, ml_collections.ConfigDict):
         raise ValueError(f"override {item!r} names a section; set its keys one by one")
     try:
-        node[key] = _parse_value(text, current)
+        node[key] = _seed_count(text) if name == "train.seeds" else _parse_value(text, current)
     except (TypeError, ValueError) as err:
         raise ValueError(f"bad value in override {item!r} for a {type(current).__name__} field: {err}") from err
+
+
+def _seed_count(text: str) -> tuple:
+    """``train.seeds``: a bare int N means N seeds (0, ..., N-1), as documented; a list lists them."""
+    value = _parse_value(text, ())
+    if len(value) == 1 and _is_int(value[0]) and not text.strip().startswith(("(", "[")):
+        if value[0] < 1:
+            raise ValueError(f"a bare int is a seed count and must be >= 1, got {value[0]}; write (0,) for seed 0")
+        return tuple(range(int(value[0])))
+    return value
 
 
 def _parse_value(text: str, current: Any) -> Any:

@@ -35,6 +35,26 @@ def test_p_max_bound_is_exact(smoke):
         config_lib.validate(smoke)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["--config.grammar.L=40"], r"grammar.L=40 with grammar.s=2 gives sequences of s\*\*L = 2\*\*40 tokens; the limit is 2\*\*16"),
+    (["--config.grammar.s=100000000"], r"grammar.L=3 with grammar.s=100000000 .*the limit is 2\*\*16"),
+    (["--config.grammar.L=1", "--config.grammar.s=40"], r"grammar.s=40 with grammar.v=4 needs parse tables of v\*\*s = 2\*\*80"),
+])
+def test_huge_grammars_are_refused_from_logarithms(overrides, message):
+    """These would hang computing m**((s**L-1)/(s-1)) or v**s as integers (the bound is checked in logs)."""
+    with pytest.raises(ValueError, match=message):
+        config_lib.validate(config_lib.load(SMOKE, overrides))
+
+
+def test_dataset_size_is_bounded_before_drawing():
+    """P = 2**30 on v=16, m=4, L=4 passes P_max (1.7e10) but would take hours to draw."""
+    config = config_lib.load("sweeps/hierarchy_in_p.py", ["--config.data.num_train=(1024, 1073741824)"])
+    with pytest.raises(ValueError, match=r"data.num_train max P=1073741824 .*the limit is 2\*\*25"):
+        config_lib.validate(config)
+    config.data.num_train = (1024, 2**20)
+    config_lib.validate(config)
+
+
 BAD = [
     ("grammar.m", 5, "m=5 must be <= v\\*\\*\\(s-1\\)"),
     ("grammar.L", 0, "L=0"),
@@ -96,11 +116,22 @@ def test_overrides_set_typed_values():
         "--config.network.time_conditioning=True", "--config.train.num_epochs=2"])
     assert config.train.lr == (3e-4,)
     assert config.data.num_train == (8, 16, 32)
-    assert config.train.seeds == (5,)
+    assert config.train.seeds == (0, 1, 2, 3, 4)  # a bare int is a count of seeds
     assert config.process.name == "masked"
     assert config.network.authors_schedule is False
     assert config.network.time_conditioning is True
     assert config.train.num_epochs == 2.0 and isinstance(config.train.num_epochs, float)
+
+
+@pytest.mark.parametrize("text, seeds", [("3", (0, 1, 2)), ("1", (0,)), ("(3,)", (3,)), ("[3]", (3,)),
+                                         ("(4,7)", (4, 7)), ("[0, 2]", (0, 2))])
+def test_train_seeds_int_is_a_count_and_a_list_is_explicit(text, seeds):
+    assert config_lib.load(SMOKE, [f"--config.train.seeds={text}"]).train.seeds == seeds
+
+
+def test_train_seeds_count_below_one_is_refused():
+    with pytest.raises(ValueError, match="seed count and must be >= 1, got 0"):
+        config_lib.load(SMOKE, ["--config.train.seeds=0"])
 
 
 @pytest.mark.parametrize("override,message", [
