@@ -3,7 +3,9 @@
     python -m launch.score --workdir DIR [--step N] [--num_samples K] [--sampler_steps S]
 
 Writes DIR/score_<step>_<K>_<S>.jsonl for every kept checkpoint (or step N) and prints a table per
-step. A missing step or a broken checkpoint exits with status 2 and one error line.
+step. A missing step, a broken ``--step`` checkpoint, a work directory without checkpoints, one that
+cannot be written or that a run holds (its lock) exit with status 2 and one error line before any
+computation. Scoring every step skips broken checkpoints with a warning.
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from rhm_jax import results, sweep
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, re-score; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m launch.score", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m launch.score", description=__doc__.splitlines()[0],
+                                     allow_abbrev=False)
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--step", type=int, default=None, help="one checkpoint step (default: all kept)")
     parser.add_argument("--num_samples", type=int, default=None, help="default: the run's eval.num_samples")
@@ -28,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         by_step = sweep.score(args.workdir, step=args.step, num_samples=args.num_samples,
                               sampler_steps=args.sampler_steps)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ValueError, OSError) as err:  # bad input, busy or unwritable directory, read failure
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     for step, rows in by_step.items():
         print(f"step {step}:\n{results.summary_table(rows)}\n")

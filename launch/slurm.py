@@ -8,9 +8,11 @@
 Task k trains models [k*M/K, (k+1)*M/K) of the grid (``run.grid_slice='k/K'``) in its own work
 directory ``DIR/slice_<k>``, with all the devices it is given (``rhm_jax.sharding``). ``DIR`` holds
 the full config (``config.json``), ``array.json`` (K and the job ids of each submission) and
-submitit's logs (``DIR/submitit``). On preemption or time-out SLURM signals the task, submitit calls
-``SliceTask.checkpoint`` and requeues it; the requeued task resumes from the newest rhm_jax
-checkpoint in its work directory. A task killed outright is resubmitted by running the same command
+submitit's logs (``DIR/submitit``). On preemption or time-out SLURM signals the task (submitit's
+preemption signal, SIGUSR2 by default, or SIGTERM): ``sweep.run`` finishes the current device
+call and saves a checkpoint, then the signal goes on to submitit's own handler, which calls
+``SliceTask.checkpoint`` and requeues the task (SIGUSR2) or lets it end (SIGTERM: SLURM requeues
+preempted jobs itself); the requeued task resumes from that checkpoint. A task killed outright is resubmitted by running the same command
 again: only slices without a finished run are submitted. ``rhm_jax.results.load(DIR)`` merges the
 slices into one table with global model indices, so the report reads ``DIR`` as one run. Run a new
 submission only after the previous array has ended (two tasks must never share a slice directory).
@@ -24,6 +26,7 @@ import datetime
 import json
 import logging
 import os
+import signal
 import sys
 from typing import Any, Sequence
 
@@ -45,12 +48,23 @@ class SliceTask(submitit.helpers.Checkpointable):
     def __call__(self, config_values: dict, workdir: str) -> str:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         logging.getLogger("absl").setLevel(logging.WARNING)
-        sweep.run(config_lib.from_dict(config_values), workdir, progress=False)
+        stops = (signal.SIGINT, signal.SIGTERM, preemption_signal())
+        try:
+            sweep.run(config_lib.from_dict(config_values), workdir, progress=False, stop_signals=stops)
+        except sweep.Interrupted as stop:  # saved; submitit's handlers are back: let them requeue
+            log.warning("%s", stop)
+            signal.raise_signal(stop.signum)
+            raise
         return workdir
 
     def checkpoint(self, config_values: dict, workdir: str) -> submitit.helpers.DelayedSubmission:
         """Requeue this very call: the progress lives in the rhm_jax checkpoints of ``workdir``."""
         return submitit.helpers.DelayedSubmission(self, config_values, workdir)
+
+
+def preemption_signal() -> int:
+    """The signal submitit requeues on: SIG<$SUBMITIT_PREEMPT_SIGNAL>, USR2 by default."""
+    return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), signal.SIGUSR2)
 
 
 def slice_dir(root: str, k: int) -> str:
@@ -147,7 +161,8 @@ def wait(jobs: Sequence[submitit.Job], slices: Sequence[int]) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, submit (and optionally wait for) the array; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m launch.slurm", description=__doc__.splitlines()[0],
-                                     epilog="Overrides: --config.section.key=value (Python literals).")
+                                     epilog="Overrides: --config.section.key=value (Python literals).",
+                                     allow_abbrev=False)
     parser.add_argument("--config", required=True, help="sweeps/<exp>.py or sweeps/<exp>.py:arg")
     parser.add_argument("--workdir", required=True, help="root work directory of the array")
     parser.add_argument("--slices", type=int, required=True, help="K, tasks of the array (1 <= K <= M)")
@@ -168,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         executor = make_executor(args.executor, os.path.join(os.path.abspath(args.workdir), "submitit"),
                                  args.timeout_min, args.gpus_per_task, args.cpus_per_task, args.mem_gb,
                                  args.partition, args.max_parallel)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ValueError, OSError) as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     if not slices:
         print(f"all {args.slices} slices of {args.workdir} have finished; nothing to submit")
