@@ -19,13 +19,13 @@ import numpy as np
 import pandas as pd
 import scipy.optimize
 
-from rhm_jax import results, theory
+from rhm_jax import health, results, theory
 
 GRAMMAR_KEYS = ("v", "n", "m", "s", "L")
 READINGS = ("normalized", "raw")
 SAMPLES = ("all", "noncopy")
 # Per-row flags of a model that went non-finite: its rows are reported, never fitted.
-DIVERGENCE_COLUMNS = ("diverged",)
+DIVERGENCE_COLUMNS = health.FLAG_COLUMNS  # diverged, loss_blowup, collapsed
 MIN_NONCOPY = 32  # fewest non-copied samples whose validity is read (binomial error <= 0.09)
 _VALIDITY = re.compile(r"^validity_l(\d+)$")
 NORMALIZED = "(V_l - V_l^unif) / (1 - V_l^unif)"  # how every normalized number is defined
@@ -72,7 +72,8 @@ def _keyed(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _flagged(df: pd.DataFrame) -> pd.Series:
-    """Rows whose model is flagged non-finite in any DIVERGENCE_COLUMNS at any evaluation."""
+    """Rows whose model is flagged in any DIVERGENCE_COLUMNS (non-finite, loss blow-up, collapsed
+    samples: ``rhm_jax.health``) at any evaluation."""
     flag = pd.Series(False, index=df.index)
     for column in DIVERGENCE_COLUMNS:
         if column in df:
@@ -81,7 +82,7 @@ def _flagged(df: pd.DataFrame) -> pd.Series:
 
 
 def healthy(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows of models that never diverged (non-finite models are reported, never fitted)."""
+    """Rows of models never flagged: non-finite, loss blow-up or collapse (reported, never fitted)."""
     df = _keyed(df)
     return df[~_flagged(df)]
 
@@ -385,10 +386,14 @@ def creativity(df: pd.DataFrame, at: str = "last") -> pd.DataFrame:
 
 
 def diverged_models(df: pd.DataFrame) -> pd.DataFrame:
-    """Models flagged non-finite at any evaluation, with their grid index, P and seed."""
+    """Flagged models (non-finite, loss blow-up, collapse) with grid index, P, seed and the first
+    flag (``nan@``/``loss@``/``collapse@`` step)."""
     df = _keyed(df)
-    bad = df[_flagged(df)]
-    return bad.drop_duplicates(["workdir", "model"])[["workdir", "model", "P", "seed"]].reset_index(drop=True)
+    bad = df[_flagged(df)] if len(df) else df
+    out = bad.drop_duplicates(["workdir", "model"])[["workdir", "model", "P", "seed"]].reset_index(drop=True)
+    out["flag"] = [health.first_flag(bad[(bad["workdir"] == w) & (bad["model"] == m)].to_dict("records"))
+                   for w, m in zip(out["workdir"], out["model"])]
+    return out
 
 
 def window_losses(df: pd.DataFrame, split: str) -> np.ndarray:

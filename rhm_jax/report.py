@@ -285,7 +285,10 @@ def write_markdown(workdirs: Sequence[str], df: pd.DataFrame, out: str, paths: l
         "`copies_if_perfect`: copies of a generator uniform over all valid sequences, P / P_max "
         "(`rhm_jax.theory.expected_copy_fraction`).",
         _creativity_table(creative) if len(creative) else "_(no valid/copies columns)_\n")
-    lines += _section("Diverged models (excluded from every fit)", "Models flagged non-finite at any evaluation.",
+    lines += _section("Flagged models (excluded from every fit and table)",
+                      "Models flagged at any evaluation (`rhm_jax.health`): non-finite (`nan@`), train loss above twice "
+                      "its running minimum (`loss@`), or samples collapsed onto fewer distinct sequences than half "
+                      "of what copying the training set gives (`collapse@`); `flag`: the first one, with its step.",
                       markdown_table(analysis.diverged_models(df)))
     lines += ["## Figures\n", *[f"- [{os.path.basename(p)}]({os.path.basename(p)})" for p in paths
                                 if p.endswith(".png")]]
