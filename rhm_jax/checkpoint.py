@@ -208,7 +208,7 @@ class Checkpointer:
             sums = None if not isinstance(meta, dict) or "checksums" not in meta else checksums(state)
         except Exception as err:  # orbax/tensorstore raise many types for damaged files
             if environmental(err):
-                raise ReadFailure(errno.EIO, f"could not read the {where} ({_first_line(err)}); a failure of the"
+                raise ReadFailure(f"could not read the {where} ({_first_line(err)}); a failure of the"
                                   " filesystem or memory, not of the checkpoint: nothing was changed, retry") from err
             raise BrokenCheckpoint(f"{where} is unreadable or does not match the expected state tree:"
                                    f" {type(err).__name__}: {_first_line(err)}") from err

@@ -1,0 +1,363 @@
+"""Nothing lost, nothing silently wrong: read errors, locks, checkpoint integrity, signals,
+divergence, hangs and one-line errors (issue 14; each test names the finding it covers).
+
+Reuses test_sweep's smoke reference run and its persistent compilation cache (module fixtures).
+"""
+import errno
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import orbax.checkpoint as ocp
+import pytest
+
+from launch import local as launch_local
+from launch import score as launch_score
+from rhm_jax import analysis, checkpoint, lock, results, sweep
+from test_sweep import (ROOT, SMOKE, _damage_latest, by_key, compile_cache, final_state,  # noqa: F401
+                        reference, smoke, snapshot)
+
+
+def copy_of(ref_dir, tmp_path, name="run"):
+    workdir = str(tmp_path / name)
+    shutil.copytree(ref_dir, workdir)
+    return workdir
+
+
+def metrics(workdir):
+    return results.read_rows(os.path.join(workdir, "metrics.jsonl"))
+
+
+def step_dir(workdir, step):
+    return os.path.join(sweep.part_dir(workdir, 0), str(step))
+
+
+def last_line(text):
+    lines = text.strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+def launch(workdir, cache, *extra):
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PLATFORMS="cpu")
+    return subprocess.Popen([sys.executable, "-m", "launch.local", "--config", SMOKE, "--workdir", workdir,
+                             "--no_progress", *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+# ----------------------------------------------------------------------------- 1. read failures
+
+def test_1_a_transient_read_error_stops_with_one_line_and_changes_nothing(reference, tmp_path, monkeypatch, capsys):
+    config, ref_dir, _ = reference
+    workdir = copy_of(ref_dir, tmp_path)
+    before = snapshot(workdir)
+
+    def eio(self, *args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(ocp.CheckpointManager, "restore", eio)
+    with pytest.raises(checkpoint.ReadFailure, match="could not read the checkpoint at step 64 .*nothing was changed"):
+        sweep.run(config, workdir, progress=False)
+    assert snapshot(workdir) == before  # no checkpoint moved aside, no row dropped
+    assert launch_local.main(["--config", SMOKE, "--workdir", workdir, "--no_progress"]) == 2
+    err = capsys.readouterr().err
+    assert last_line(err).startswith("error: could not read the checkpoint") and "Traceback" not in err
+    assert snapshot(workdir) == before
+
+
+def test_1_no_readable_checkpoint_refuses_to_start_over_existing_rows(reference, tmp_path):
+    """The user deleted checkpoints/ to save disk and re-ran: 32 rows must not become 0."""
+    config, ref_dir, ref_rows = reference
+    workdir = copy_of(ref_dir, tmp_path)
+    shutil.rmtree(os.path.join(workdir, "checkpoints"))
+    with pytest.raises(ValueError, match=r"holds 28 rows of models 0..3 up to step 64, but no readable checkpoint"):
+        sweep.run(config, workdir, progress=False)
+    assert metrics(workdir) == ref_rows
+
+
+# ----------------------------------------------------------------------------- 2. locks
+
+def test_2_a_locked_workdir_is_refused_by_run_force_and_score(reference, tmp_path):
+    config, ref_dir, _ = reference
+    workdir = copy_of(ref_dir, tmp_path)
+    before = snapshot(workdir)
+    with lock.hold(workdir):
+        with pytest.raises(lock.Busy, match="is in use by another process .*changed nothing"):
+            sweep.run(config, workdir, progress=False)
+        with pytest.raises(lock.Busy):
+            sweep.run(smoke("--config.train.batch_size=4"), workdir, force=True, progress=False)
+        with pytest.raises(lock.Busy):
+            sweep.score(workdir, step=16)
+    assert snapshot(workdir) == before and os.listdir(tmp_path) == ["run"]  # --force moved nothing
+
+
+@pytest.mark.slow
+def test_2_two_processes_on_one_workdir_one_runs_one_is_refused(reference, tmp_path, compile_cache):
+    _, _, ref_rows = reference
+    workdir = str(tmp_path / "run")
+    # checkpoint_every=1 (an execution setting) keeps the winner busy long after the loser starts
+    first, second = (launch(workdir, compile_cache, "--config.run.checkpoint_every=1") for _ in range(2))
+    errs = [p.communicate(timeout=600)[1] for p in (first, second)]
+    codes = [first.returncode, second.returncode]
+    assert sorted(codes) == [0, 2], errs
+    loser = errs[codes.index(2)]
+    assert "is in use by another process" in last_line(loser) and "Traceback" not in loser
+    assert by_key(metrics(workdir)) == by_key(ref_rows)  # no duplicate (model, step) rows
+
+
+# ----------------------------------------------------------------------------- 3. integrity
+
+def flip_a_byte(directory):
+    data = [os.path.join(d, f) for d, _, fs in os.walk(directory) for f in fs
+            if f"{os.sep}d{os.sep}" in os.path.join(d, f)]
+    biggest = max(data, key=os.path.getsize)
+    with open(biggest, "r+b") as f:
+        f.seek(os.path.getsize(biggest) // 2)
+        byte = f.read(1)[0]
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte ^ 0x10]))
+
+
+def test_3_a_flipped_byte_is_caught_by_score_and_run_falls_back(reference, tmp_path, caplog):
+    """A run stopped after its step-32 checkpoint (64 not yet written), whose newest checkpoint then
+    lost a bit: score refuses it; the run falls back to 16 and ends with the reference's rows."""
+    config, ref_dir, ref_rows = reference
+    workdir = copy_of(ref_dir, tmp_path)
+    shutil.rmtree(step_dir(workdir, 64))
+    flip_a_byte(step_dir(workdir, 32))
+    with pytest.raises(checkpoint.BrokenCheckpoint, match="step 32 .*fails its checksum"):
+        sweep.score(workdir, step=32)
+    with caplog.at_level(logging.INFO):
+        rows = sweep.run(config, workdir, progress=False)
+    assert "checkpoint at step 32 is broken" in caplog.text and "fails its checksum" in caplog.text
+    assert "from the checkpoint at step 16" in caplog.text
+    assert rows == ref_rows
+    chex.assert_trees_all_equal(final_state(workdir, config), final_state(ref_dir, config))
+    copies = [f for f in os.listdir(workdir) if f.startswith("metrics.dropped-")]
+    assert len(copies) == 1  # the rows of steps 32 and 64 were copied before being dropped
+    assert by_key(results.read_rows(os.path.join(workdir, copies[0]))) == by_key(
+        [r for r in ref_rows if r["step"] > 16])
+
+
+# ----------------------------------------------------------------------------- 4. divergence
+
+def test_4_lr_100_collapse_is_flagged_in_rows_summary_and_analysis(tmp_path):
+    config = smoke("--config.train.seeds=(0,)", "--config.train.lr=(3e-3, 100.0)")  # same program size
+    rows = sweep.run(config, str(tmp_path), progress=False)
+    blown = [r for r in rows if r["lr"] == 100.0 and r["step"] >= 1]
+    assert blown and all(r["collapsed"] and r["loss_blowup"] for r in blown)
+    assert all(r["validity_l1"] > 0.9 for r in blown)  # what made them look like the best models
+    assert not any(r["collapsed"] or r["loss_blowup"] or r["diverged"] for r in rows if r["lr"] != 100.0)
+    summary = open(tmp_path / "summary.txt").read().splitlines()
+    for line in summary[1:]:
+        cells = line.split()
+        if cells[3] == "100":
+            assert cells[5:9] == ["-"] * 4 and cells[-1] == "loss@1", line  # no validity shown
+        else:
+            assert cells[-1] == "-", line
+    df = results.load(str(tmp_path))
+    assert sorted(analysis.healthy(df)["model"].unique()) == [0, 2]
+    assert analysis.diverged_models(df)["flag"].tolist() == ["loss@1", "loss@1"]
+
+
+# ----------------------------------------------------------------------------- 5. lost rows
+
+def test_5_deleted_metrics_rows_are_re_evaluated_from_kept_checkpoints(reference, tmp_path, caplog):
+    config, ref_dir, ref_rows = reference
+    workdir = copy_of(ref_dir, tmp_path)
+    os.remove(os.path.join(workdir, "metrics.jsonl"))
+    with caplog.at_level(logging.WARNING):
+        rows = sweep.run(config, workdir, progress=False)
+    assert "re-evaluating them from their checkpoints" in caplog.text
+    assert by_key(rows) == by_key(ref_rows)
+
+
+def test_5_missing_rows_without_their_checkpoint_are_refused(reference, tmp_path):
+    config, ref_dir, ref_rows = reference
+    workdir = copy_of(ref_dir, tmp_path)
+    results.write_rows(os.path.join(workdir, "metrics.jsonl"), [r for r in ref_rows if r["step"] != 8])
+    shutil.rmtree(step_dir(workdir, 8))
+    before = snapshot(workdir)
+    with pytest.raises(ValueError, match=r"lacks the rows of evaluation steps \[8\] of models 0..3"):
+        sweep.run(config, workdir, progress=False)
+    assert snapshot(workdir) == before
+
+
+# ----------------------------------------------------------------------------- 6. signals
+
+def test_6_sigint_saves_a_checkpoint_and_the_resume_equals_an_uninterrupted_run(reference, tmp_path, monkeypatch):
+    """SIGINT arrives during the device call from step 32: it finishes (step 48, not an evaluation
+    step), a checkpoint is saved there, and a re-run continues from it."""
+    config, ref_dir, ref_rows = reference
+    workdir = str(tmp_path)
+    real = sweep.programs
+    calls = []
+
+    def interrupting(config):
+        progs = real(config)
+
+        def step_fn(*args):
+            calls.append(1)
+            if len(calls) == 7:  # the call from step 32 to 48 (steps_per_call=16)
+                os.kill(os.getpid(), signal.SIGINT)
+            return progs.step_fn(*args)
+
+        return progs._replace(step_fn=step_fn)
+
+    monkeypatch.setattr(sweep, "programs", interrupting)
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(sweep.Interrupted, match="stopped by SIGINT at step 48 of models 0..3"):
+        sweep.run(config, workdir, progress=False)
+    assert signal.getsignal(signal.SIGINT) is handler  # restored
+    with checkpoint.Checkpointer(sweep.part_dir(workdir, 0), read_only=True) as ckpt:
+        assert ckpt.steps()[-1] == 48
+    assert max(r["step"] for r in metrics(workdir)) == 32
+    monkeypatch.setattr(sweep, "programs", real)
+    assert sweep.run(config, workdir, progress=False) == ref_rows
+    chex.assert_trees_all_equal(final_state(workdir, config), final_state(ref_dir, config))
+
+
+@pytest.mark.slow
+def test_6_sigterm_in_a_subprocess_then_resume_equals_an_uninterrupted_run(reference, tmp_path, compile_cache):
+    config, ref_dir, ref_rows = reference
+    workdir = str(tmp_path / "run")
+    part = sweep.part_dir(workdir, 0)
+    process = launch(workdir, compile_cache, "--config.run.checkpoint_every=1")
+    deadline = time.time() + 300
+    while not (os.path.isdir(part) and any(p.isdigit() for p in os.listdir(part))):
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.time() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert last_line(err).startswith("stopped: stopped by SIGTERM at step") and "Traceback" not in err
+    assert not os.path.exists(os.path.join(workdir, "summary.txt"))
+    restart = launch(workdir, compile_cache)
+    _, err = restart.communicate(timeout=600)
+    assert restart.returncode == 0, err[-3000:]
+    assert by_key(metrics(workdir)) == by_key(ref_rows)
+    chex.assert_trees_all_equal(final_state(workdir, config), final_state(ref_dir, config))
+
+
+# ----------------------------------------------------------------------------- 7. hangs
+
+def test_7_a_huge_depth_is_rejected_without_computing_p_max(tmp_path):
+    """L=40 used to hang computing m**((s**L-1)//(s-1)); the timeout only bounds a regression."""
+    workdir = str(tmp_path / "run")
+    done = subprocess.run([sys.executable, "-m", "launch.local", "--config", SMOKE, "--workdir", workdir,
+                           "--config.grammar.L=40"], cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert last_line(done.stderr).startswith("error: grammar.L=40 with grammar.s=2 gives sequences of s**L = 2**40")
+    assert not os.path.exists(workdir)
+
+
+# ----------------------------------------------------------------------------- 8-11. one-line errors
+
+def run_cli(workdir, *extra):
+    return launch_local.main(["--config", SMOKE, "--workdir", workdir, "--no_progress", *extra])
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[1, 2]", "config.json must hold a JSON object"),
+    ('{"config": ', "config.json is not valid JSON"),
+])
+def test_8_a_damaged_config_json_is_one_line_naming_it(reference, tmp_path, capsys, content, message):
+    _, ref_dir, _ = reference
+    workdir = copy_of(ref_dir, tmp_path)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(content)
+    assert run_cli(workdir) == 2
+    err = capsys.readouterr().err
+    assert message in last_line(err) and "Traceback" not in err
+
+
+@pytest.mark.parametrize("parts, message", [
+    ([[0, 1], [2, 3]], r"holds models \[0, 1, 2, 3\] but partition.json assigns models \[0, 1\]"),
+    ([[0, 5]], r"partition.json must split the grid's positions 0..3"),
+])
+def test_8_an_edited_partition_is_named(reference, tmp_path, capsys, parts, message):
+    _, ref_dir, _ = reference
+    workdir = copy_of(ref_dir, tmp_path)
+    with open(os.path.join(workdir, "checkpoints", sweep.PARTITION_FILE), "w") as f:
+        json.dump({"parts": parts}, f)
+    assert run_cli(workdir) == 2
+    assert re.search(message, last_line(capsys.readouterr().err))
+
+
+def test_8_workdir_that_is_a_file_is_one_line(tmp_path, capsys):
+    path = tmp_path / "file"
+    path.write_text("mine")
+    assert run_cli(str(path)) == 2
+    assert last_line(capsys.readouterr().err) == f"error: workdir={str(path)!r} is a file, not a directory"
+
+
+def test_8_disk_full_while_writing_rows_or_a_checkpoint_is_one_line(reference, tmp_path, monkeypatch, capsys):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(results.MetricsWriter, "write", full)
+        assert run_cli(str(tmp_path / "a")) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in last_line(err) and "Traceback" not in err
+
+    def full_in_orbax(*args, **kwargs):  # orbax raises its own errors from the OS error
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as cause:
+            raise RuntimeError("Task exception was never retrieved\n  ... asyncio ...") from cause
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ocp.CheckpointManager, "save", full_in_orbax)
+        assert run_cli(str(tmp_path / "b")) == 2
+    err = capsys.readouterr().err
+    assert last_line(err).startswith("error: [Errno 28] could not write the checkpoint of step 0 in")
+    assert last_line(err).endswith("No space left on device")
+
+
+def test_9_a_directory_holding_only_a_stale_temp_file_is_a_new_run(tmp_path):
+    config = smoke()
+    (tmp_path / "config.json.tmp").write_text('{"config": {"gram')  # a first write cut short
+    rows = sweep.run(config, str(tmp_path), progress=False)
+    assert {r["step"] for r in rows} == {0, 1, 2, 4, 8, 16, 32, 64}
+
+
+def test_10_score_refuses_an_empty_checkpoint_folder_and_skips_broken_steps(reference, tmp_path, capsys, caplog):
+    _, ref_dir, ref_rows = reference
+    workdir = copy_of(ref_dir, tmp_path)
+    _damage_latest(sweep.part_dir(workdir, 0), 8)
+    with caplog.at_level(logging.WARNING):
+        by_step = sweep.score(workdir)
+    assert sorted(by_step) == [0, 1, 2, 4, 16, 32, 64] and "skipping step 8" in caplog.text
+    assert by_step[16] == [r for r in ref_rows if r["step"] == 16]
+    empty = copy_of(ref_dir, tmp_path, "empty")
+    for name in os.listdir(sweep.part_dir(empty, 0)):
+        shutil.rmtree(os.path.join(sweep.part_dir(empty, 0), name))
+    assert launch_score.main(["--workdir", empty]) == 2
+    assert "holds no checkpoint to score" in last_line(capsys.readouterr().err)
+
+
+def test_11_prefixes_are_not_options_and_force_moves_only_work_directories(reference, tmp_path, monkeypatch, capsys):
+    _, ref_dir, _ = reference
+    assert run_cli(str(tmp_path / "x"), "--f") == 2  # not --force
+    assert "override '--f' must look like --config.section.key=value" in last_line(capsys.readouterr().err)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    assert run_cli(str(mine), "--force") == 2
+    assert "not an rhm_jax work directory" in last_line(capsys.readouterr().err)
+    assert (mine / "notes.txt").read_text() == "keep me"
+    workdir = copy_of(ref_dir, tmp_path)
+    monkeypatch.chdir(workdir)
+    assert launch_local.main(["--config", SMOKE, "--workdir", ".", "--force"]) == 2
+    assert "it is the current directory or holds it" in last_line(capsys.readouterr().err)
+    assert sorted(os.listdir(tmp_path)) == ["mine", "run"]  # nothing moved, nothing created
