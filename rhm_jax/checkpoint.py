@@ -167,13 +167,19 @@ class Checkpointer:
         sums = [int(x) for x in jax.device_get(checksums(state))]
         args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                                   meta=ocp.args.JsonSave(dict(meta, step=step, checksums=sums)))
+        absl = logging.getLogger("absl")
+        level = absl.level
+        absl.setLevel(logging.CRITICAL)  # orbax logs a failed write's asyncio traceback from its threads
         try:
             saved = self._manager.save(step, args=args, force=True)
             self._manager.wait_until_finished()
-        except Exception as err:  # orbax wraps disk-full and permission errors in asyncio noise
-            raise OSError(getattr(_root_os_error(err), "errno", None) or errno.EIO,
-                          f"could not write the checkpoint of step {step} in {self.directory}: "
-                          f"{_first_line(_root_os_error(err) or err)}") from err
+        except Exception as err:  # disk full, permissions: re-raised as one line naming the step
+            cause = _root_os_error(err) or err
+            number = getattr(cause, "errno", None) or (errno.ENOSPC if "No space left" in str(err) else errno.EIO)
+            raise OSError(number, f"could not write the checkpoint of step {step} in {self.directory}:"
+                                  f" {_first_line(cause)}") from err
+        finally:
+            absl.setLevel(level)
         if not saved:
             raise RuntimeError(f"orbax refused to save step {step} in {self.directory}")
         if self._by_hand:
