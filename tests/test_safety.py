@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from launch import local as launch_local
+from launch import report as launch_report
 from launch import score as launch_score
 from rhm_jax import analysis, checkpoint, lock, results, sweep
 from test_sweep import (ROOT, SMOKE, _damage_latest, by_key, compile_cache, final_state,  # noqa: F401
@@ -95,6 +96,7 @@ def test_2_a_locked_workdir_is_refused_by_run_force_and_score(reference, tmp_pat
             sweep.run(smoke("--config.train.batch_size=4"), workdir, force=True, progress=False)
         with pytest.raises(lock.Busy):
             sweep.score(workdir, step=16)
+        assert launch_report.main(["--workdir", workdir]) == 2  # it would write into workdir/report
     assert snapshot(workdir) == before and os.listdir(tmp_path) == ["run"]  # --force moved nothing
 
 
