@@ -20,6 +20,19 @@ from rhm_jax import config as config_lib
 from rhm_jax import sweep
 
 
+def _quiet_closed_loops() -> None:
+    """Drop the 'Event loop is closed' tracebacks that tensorstore's I/O threads print (through
+    sys.excepthook) after orbax has given up on a failed write: the failure itself is reported."""
+    previous = sys.excepthook
+
+    def hook(kind: type, value: BaseException, tb: object) -> None:
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        previous(kind, value, tb)
+
+    sys.excepthook = hook
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, run the sweep; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m launch.local", description=__doc__.splitlines()[0],
@@ -34,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         force=True)  # absl (imported by orbax) may have claimed the root logger
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every file operation at INFO
+    _quiet_closed_loops()
     try:
         config = config_lib.load(args.config, overrides)
         sweep.run(config, args.workdir, force=args.force, progress=not args.no_progress)
