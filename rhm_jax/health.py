@@ -79,9 +79,10 @@ def reason(row: dict) -> str | None:
 
 
 def first_flag(history: Iterable[dict]) -> str | None:
-    """The reason of a model's first flagged evaluation (by step), or None if it is healthy."""
-    for row in sorted(history, key=lambda r: r["step"]):
-        why = reason(row)
-        if why:
-            return why
-    return None
+    """'nan@<diverged_step>' if the model ever went non-finite, else the reason of its first flagged
+    evaluation (by step), or None if it is healthy."""
+    history = sorted(history, key=lambda r: r["step"])
+    nan = [reason(r) for r in history if r.get("diverged")]
+    if nan:
+        return nan[0]
+    return next((why for why in map(reason, history) if why), None)

@@ -37,6 +37,8 @@ def test_loss_noise_near_zero_is_not_a_blowup():
 def test_nan_flag_reports_the_divergence_step_not_the_evaluation_step():
     rows = [row(0, 1, 0.1), dict(row(0, 2, None), diverged=True, diverged_step=1)]
     assert health.first_flag(rows) == "nan@1"
+    rows[0]["collapsed"] = True  # going non-finite is the headline, even after an earlier flag
+    assert health.first_flag(rows) == "nan@1"
 
 
 def test_flagged_models_are_excluded_from_analysis_and_listed():

@@ -26,6 +26,16 @@ from test_sweep import (ROOT, SMOKE, _damage_latest, by_key, compile_cache, fina
                         reference, smoke, snapshot)
 
 
+@pytest.fixture(autouse=True)
+def no_stale_log_handlers():
+    """launch.*.main points the root logger at the sys.stderr of its test (pytest's capture, closed
+    afterwards): drop such handlers so a later test's log lines do not print logging errors."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.StreamHandler) and getattr(handler.stream, "closed", False):
+            root.removeHandler(handler)
+
+
 def copy_of(ref_dir, tmp_path, name="run"):
     workdir = str(tmp_path / name)
     shutil.copytree(ref_dir, workdir)
