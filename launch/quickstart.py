@@ -18,7 +18,8 @@ from rhm_jax import clustering, report, results, sweep
 
 def main(argv: list[str] | None = None) -> int:
     """Train the quick grid, then write figures and report.md; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m launch.quickstart", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m launch.quickstart", description=__doc__.splitlines()[0],
+                                     allow_abbrev=False)
     parser.add_argument("--workdir", default="runs/quick")
     parser.add_argument("--config", default="sweeps/hierarchy_in_p.py:quick")
     args, overrides = parser.parse_known_args(argv)
@@ -29,8 +30,14 @@ def main(argv: list[str] | None = None) -> int:
         sweep.run(config, args.workdir)
         results.write_rows(clustering.path(args.workdir), clustering.run_sweep(config))
         paths = report.make_report([args.workdir], None, "sigmoid", "best")
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except sweep.Interrupted as stop:  # a checkpoint is saved: re-running resumes
+        print(f"stopped: {stop}", file=sys.stderr)
+        return 128 + stop.signum
+    except KeyboardInterrupt:
+        print("stopped at once by a second Ctrl-C: re-run to resume from the newest checkpoint", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     print(f"results: {args.workdir}/metrics.jsonl; report: {paths['report'][0]} "
           f"with {len(paths['figures'])} figures")
