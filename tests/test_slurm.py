@@ -121,16 +121,36 @@ def _task_pid(job, timeout: float = 300) -> int:
     raise AssertionError(f"job {job.job_id} started no task within {timeout} s")
 
 
-def _wait_for_checkpoint(workdir: str, at_least: int, timeout: float = 600) -> int:
-    """Wait until the slice has a committed checkpoint at a step >= at_least; returns that step."""
-    directory = os.path.join(workdir, "checkpoints", "part_0")
+def _freeze_after_checkpoint(pids: dict[str, int], at_least: int, timeout: float = 600) -> list[int]:
+    """SIGSTOP each process as soon as its work directory has a checkpoint at a step >= at_least;
+    returns those steps, in the order of ``pids``."""
     deadline = time.time() + timeout
-    while time.time() < deadline:
-        steps = [int(n) for n in (os.listdir(directory) if os.path.isdir(directory) else []) if n.isdigit()]
-        if steps and max(steps) >= at_least:
-            return max(steps)
-        time.sleep(0.05)
-    raise AssertionError(f"no checkpoint at step >= {at_least} in {directory} within {timeout} s")
+    steps: dict[str, int] = {}
+    while len(steps) < len(pids) and time.time() < deadline:
+        for workdir, pid in pids.items():
+            if workdir not in steps:
+                step = _newest_checkpoint(workdir)
+                if step is not None and step >= at_least:
+                    os.kill(pid, signal.SIGSTOP)
+                    steps[workdir] = step
+        time.sleep(0.02)
+    assert len(steps) == len(pids), f"no checkpoint at step >= {at_least} within {timeout} s: {steps}"
+    return [steps[w] for w in pids]
+
+
+def _signal_quietly(pid: int, signum: int) -> None:
+    """Send a signal to a process that may have ended."""
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _newest_checkpoint(workdir: str) -> int | None:
+    """Newest committed checkpoint step of the slice's first part, or None."""
+    directory = os.path.join(workdir, "checkpoints", "part_0")
+    steps = [int(n) for n in (os.listdir(directory) if os.path.isdir(directory) else []) if n.isdigit()]
+    return max(steps) if steps else None
 
 
 def _comparable(table):
@@ -157,17 +177,21 @@ def test_preempted_and_killed_slices_merge_into_the_single_process_table(tmp_pat
          *overrides, "--config.run.max_models_per_program=2"], stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True)
 
-    jobs = []
+    jobs, pids = [], []
     try:
         root = str(tmp_path / "array")
         config = smoke(*overrides)
         slices = slurm.prepare(config, root, 2)
         executor = slurm.make_executor("local", os.path.join(root, "submitit"), timeout_min=30)
         jobs += slurm.submit(config, root, slices, 2, executor)
-        preempted, killed = (_task_pid(job) for job in jobs)
-        at = [_wait_for_checkpoint(slurm.slice_dir(root, k), 2) for k in (0, 1)]
+        pids += [_task_pid(job) for job in jobs]
+        preempted, killed = pids
+        # Each slice is frozen (SIGSTOP) as soon as it has a checkpoint, so the signals below land
+        # mid-run however loaded the machine is (unfrozen, a slice could finish first).
+        at = _freeze_after_checkpoint({slurm.slice_dir(root, 0): preempted, slurm.slice_dir(root, 1): killed}, 2)
         os.kill(preempted, signal.SIGUSR2)  # SLURM's warning before a preemption: checkpoint and requeue
         os.kill(killed, signal.SIGKILL)  # no warning at all: the job dies
+        os.kill(preempted, signal.SIGCONT)  # the pending SIGUSR2 is handled at the next device-call boundary
         assert jobs[0].result() == slurm.slice_dir(root, 0)  # requeued by submitit, resumed, finished
         assert slurm.wait(jobs[1:], [1]) == [1]
         assert "Requeued" in (jobs[0].stdout() or "") + (jobs[0].stderr() or "")
@@ -181,7 +205,9 @@ def test_preempted_and_killed_slices_merge_into_the_single_process_table(tmp_pat
         assert [sorted(s["jobs"]) for s in manifest["submissions"]] == [["0", "1"], ["1"]]
         output, _ = reference.communicate(timeout=600)
         assert reference.returncode == 0, output[-3000:]
-    finally:  # never leave workers behind when an assertion fails midway
+    finally:  # never leave workers behind (or frozen) when an assertion fails midway
+        for pid in pids:
+            _signal_quietly(pid, signal.SIGCONT)
         if reference.poll() is None:
             reference.kill()
         for job in jobs:
