@@ -15,8 +15,9 @@ import argparse
 import os
 import sys
 
-from rhm_jax import clustering, results
+from rhm_jax import clustering, lock, results
 from rhm_jax import config as config_lib
+
 
 def load_config(workdir: str, spec: str | None, overrides: list[str]):
     """The sweep config: ``spec`` (with overrides), else the work directory's config.json."""
@@ -42,7 +43,8 @@ def load_config(workdir: str, spec: str | None, overrides: list[str]):
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, run the learner, write its rows; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m launch.cluster", description=__doc__.splitlines()[0],
-                                     epilog="Overrides: --config.section.key=value (Python literals).")
+                                     epilog="Overrides: --config.section.key=value (Python literals).",
+                                     allow_abbrev=False)
     parser.add_argument("--workdir", required=True, help="work directory (a sweep's, or a new one)")
     parser.add_argument("--config", default=None, help="sweeps/<exp>.py or sweeps/<exp>.py:arg")
     parser.add_argument("--context", default="tokens", choices=clustering.CONTEXTS,
@@ -54,9 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    os.makedirs(args.workdir, exist_ok=True)
     path = clustering.path(args.workdir, args.context)
-    results.write_rows(path, rows)
+    try:
+        os.makedirs(args.workdir, exist_ok=True)
+        with lock.hold(args.workdir, "clustering learner"):  # never beside a run writing the directory
+            results.write_rows(path, rows)
+    except (ValueError, OSError) as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
     print(f"wrote {path} ({len(rows)} rows)")
     for t in clustering.thresholds(rows):
         value = f"{t['P_star']:.0f}" if t["censored"] == "" else f"- ({t['censored']})"

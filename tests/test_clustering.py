@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from launch import cluster as launch_cluster
-from rhm_jax import analysis, clustering, data, grammar, sweep
+from rhm_jax import analysis, clustering, data, grammar, lock, sweep
 from rhm_jax import config as config_lib
 from test_analysis import quick_rows
 
@@ -197,6 +197,16 @@ def test_launch_cluster_reads_the_workdirs_config_and_refuses_another_grammar(tm
     assert launch_cluster.main(["--workdir", str(tmp_path / "none")]) == 2
     assert "holds no config.json" in capsys.readouterr().err
     assert launch_cluster.load_config(str(tmp_path), None, []).data.num_train == (8,)
+
+
+def test_launch_cluster_respects_the_lock_and_takes_no_abbreviated_options(tmp_path, capsys):
+    config = config_lib.load("sweeps/hierarchy_in_p.py:quick", ["--config.data.num_train=(8,)"])
+    (tmp_path / "config.json").write_text(json.dumps({"config": config_lib.to_dict(config)}))
+    with lock.hold(str(tmp_path)):  # a run writing this directory
+        assert launch_cluster.main(["--workdir", str(tmp_path)]) == 2
+    assert "in use by another" in capsys.readouterr().err and not (tmp_path / "clustering.jsonl").exists()
+    assert launch_cluster.main(["--workdir", str(tmp_path), "--cont", "labels"]) == 2  # not --context
+    assert "'--cont' must look like --config." in capsys.readouterr().err
 
 
 def test_labels_context_is_the_tokens_context_at_level_1_and_recovers_every_level(full):
