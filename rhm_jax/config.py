@@ -279,10 +279,14 @@ def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
 def _seed_count(text: str) -> tuple:
     """``train.seeds``: a bare int N means N seeds (0, ..., N-1), as documented; a list lists them."""
     value = _parse_value(text, ())
-    if len(value) == 1 and _is_int(value[0]) and not text.strip().startswith(("(", "[")):
-        if value[0] < 1:
-            raise ValueError(f"a bare int is a seed count and must be >= 1, got {value[0]}; write (0,) for seed 0")
-        return tuple(range(int(value[0])))
+    try:  # '3,' is the tuple (3,) in Python: only an int literal is a count
+        count = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return value
+    if _is_int(count):
+        if count < 1:
+            raise ValueError(f"a bare int is a seed count and must be >= 1, got {count}; write (0,) for seed 0")
+        return tuple(range(int(count)))
     return value
 
 

@@ -124,7 +124,8 @@ def test_overrides_set_typed_values():
 
 
 @pytest.mark.parametrize("text, seeds", [("3", (0, 1, 2)), ("1", (0,)), ("(3,)", (3,)), ("[3]", (3,)),
-                                         ("(4,7)", (4, 7)), ("[0, 2]", (0, 2))])
+                                         ("(4,7)", (4, 7)), ("[0, 2]", (0, 2)),
+                                         ("3,", (3,)), ("4, 7", (4, 7))])
 def test_train_seeds_int_is_a_count_and_a_list_is_explicit(text, seeds):
     assert config_lib.load(SMOKE, [f"--config.train.seeds={text}"]).train.seeds == seeds
 
