@@ -12,7 +12,7 @@ checkpoints) at ``{0, b} | evaluate.eval_steps(b, per_octave)``; extra checkpoin
 
 Safety (see README "What is guaranteed"): the work directory is locked for the run's life
 (``rhm_jax.lock``); SIGINT / SIGTERM finish the current device call, save a checkpoint and raise
-``Interrupted``; a checkpoint that cannot be read for a reason of the environment stops the run
+``Interrupted`` (both set up by ``rhm_jax.guard``); a checkpoint that cannot be read for a reason of the environment stops the run
 with nothing changed; a run never starts from scratch over rows it would have to drop, rows dropped
 on resume are copied to ``metrics.dropped-<time>.jsonl`` first, and rows missing below the restored
 checkpoint are re-evaluated from the kept checkpoints (or the run refuses).
@@ -33,7 +33,6 @@ import logging
 import math
 import os
 import signal
-import threading
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -42,6 +41,7 @@ import numpy as np
 import tqdm
 
 from rhm_jax import checkpoint, data, diffusion, evaluate, grammar, health, lock, networks, results, sharding, train
+from rhm_jax.guard import STOP_SIGNALS, Interrupted, StopSignals, lock_workdir
 from rhm_jax import config as config_lib
 
 log = logging.getLogger(__name__)
@@ -336,7 +336,7 @@ def kept_evaluations(eval_points: set[int], mode: str, budgets: Sequence[int]) -
 
 def _run_part(config: ml_collections.ConfigDict, progs: Programs, writer: results.MetricsWriter,
               directory: str, part: Part, bar: tqdm.tqdm, digest: str,
-              stopping: "_StopSignals | None" = None) -> None:
+              stopping: "StopSignals | None" = None) -> None:
     """Train one sub-grid to its end, resuming from its newest readable checkpoint; on a stop
     signal, save a checkpoint after the current device call and raise ``Interrupted``.
 
@@ -405,55 +405,6 @@ def stored_hash(workdir: str) -> str:
     return config_lib.config_hash(results.read_config_json(workdir)["config"])
 
 
-class Interrupted(Exception):
-    """The run stopped on a signal after saving a checkpoint and its rows (``signum``: which)."""
-
-    def __init__(self, signum: int, message: str):
-        super().__init__(message)
-        self.signum = int(signum)
-
-
-class _StopSignals:
-    """While active, the given signals request a stop at the next device-call boundary; a second
-    SIGINT stops at once (KeyboardInterrupt). Only the main thread can install handlers."""
-
-    def __init__(self, signums: Sequence[int]):
-        self.signums = tuple(signums)
-        self.received: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.received = signum
-        log.warning("received %s: finishing the current device call, then saving a checkpoint and stopping"
-                    " (press Ctrl-C again to stop at once)", signal.Signals(signum).name)
-
-    def __enter__(self) -> "_StopSignals":
-        if threading.current_thread() is threading.main_thread():
-            for signum in self.signums:
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-def _lock_workdir(workdir: str, force: bool, stack: contextlib.ExitStack) -> None:
-    """Create and lock ``workdir``; with ``force`` move an existing one aside (under its lock) first."""
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise ValueError(f"workdir={workdir!r} is a file, not a directory")
-    os.makedirs(workdir, exist_ok=True)
-    stack.enter_context(lock.hold(workdir))
-    if force and results.move_aside(workdir):  # the lock held is now the old directory's
-        os.makedirs(workdir)
-        stack.enter_context(lock.hold(workdir))
-
-
 def run(config: ml_collections.ConfigDict, workdir: str, *, force: bool = False,
         progress: bool = True, stop_signals: Sequence[int] = STOP_SIGNALS) -> list[dict]:
     """Train and evaluate the config's grid in ``workdir`` (new or resumed); returns all metrics rows.
@@ -465,12 +416,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, force: bool = False,
     config_lib.validate(config)
     workdir = os.path.abspath(workdir)
     with contextlib.ExitStack() as stack:
-        stopping = stack.enter_context(_StopSignals(stop_signals))
-        _lock_workdir(workdir, force, stack)
+        stopping = stack.enter_context(StopSignals(stop_signals))
+        lock_workdir(workdir, force, stack)
         return _run_locked(config, workdir, progress, stopping)
 
 
-def _run_locked(config: ml_collections.ConfigDict, workdir: str, progress: bool, stopping: _StopSignals) -> list[dict]:
+def _run_locked(config: ml_collections.ConfigDict, workdir: str, progress: bool, stopping: StopSignals) -> list[dict]:
     """``run`` once the work directory is locked."""
     progs = programs(config)
     setup = progs.setup
