@@ -186,7 +186,8 @@ def main() -> None:
     parser.add_argument("--eval-models", default=None, help="grid sizes M for the evaluation timing (CPU default none)")
     parser.add_argument("--seconds", type=float, default=None, help="timing budget per setting (default 10; GPU 20)")
     parser.add_argument("--min-calls", type=int, default=3, help="timed calls per setting at least (default 3)")
-    parser.add_argument("--steps-per-call", type=int, default=None, help="K, steps fused in one call (default 10; GPU 100)")
+    parser.add_argument("--steps-per-call", type=int, default=None,
+                        help="K, steps fused in one call (default 10; GPU 100)")
     parser.add_argument("--eval-samples", type=int, default=1024, help="samples per model per evaluation")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="network compute dtype")
     parser.add_argument("--device-bandwidth", type=float, default=None,
@@ -199,7 +200,8 @@ def main() -> None:
 
     platform = jax.devices()[0].platform
     cpu = platform == "cpu"
-    widths = [int(w) for w in (args.widths or ("256" if args.quick else "64,256,1024" if cpu else "256,1024")).split(",")]
+    default_widths = "256" if args.quick else "64,256,1024" if cpu else "256,1024"
+    widths = [int(w) for w in (args.widths or default_widths).split(",")]
     models = [int(m) for m in (args.models or ("1,2" if args.quick else "1,2,4,8" if cpu else "1,4,16,64")).split(",")]
     eval_arg = args.eval_models if args.eval_models is not None else ("" if cpu or args.quick else "1,4")
     eval_models = [int(m) for m in eval_arg.split(",") if m]
