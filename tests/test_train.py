@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from rhm_jax import config as config_lib
-from rhm_jax import diffusion, grammar, networks, train
+from rhm_jax import data, diffusion, grammar, networks, train
 from rhm_jax.networks import bpunet
 
 V, D, Q = 4, 4, 48  # vocabulary, length, pool rows
@@ -233,7 +233,7 @@ def _bpunet_training(models: int, jax_rule: bool, steps: int = 3):
                              steps_per_call=steps))
     g = config.grammar
     rules = grammar.sample_rules(g.seed, g.v, g.n, g.m, g.s, g.L)
-    pool_QxD, _ = grammar.sample_dataset(0, rules, 256, 16)
+    pool_QxD, _ = data.sample_dataset(0, rules, 256, 16)
     process = diffusion.make(config.process, g.v, rules.d)
     network = networks.make(config.network, g.v, g.s, g.L, process)
     grid, _ = train.make_grid(config)
