@@ -1,24 +1,42 @@
-"""Grid throughput: aggregate model-steps/s of one compiled training program, and evaluation time.
+"""Grid throughput: model-steps/s of one compiled training program, its GFLOP/s and share of peak.
 
 Usage (one script, unattended; prints a table at the end):
-    python benchmarks/grid_throughput.py                      # GPU: W = 256, 1024; M = 1, 4, 16, 64
-    python benchmarks/grid_throughput.py --quick              # CPU: W = 256; M = 1, 4; fewer steps
+    python benchmarks/grid_throughput.py                    # CPU: W = 64, 256, 1024; M = 1, 2, 4, 8
+    python benchmarks/grid_throughput.py --widths 1024 --models 1,4 --seconds 20   # a short look
+    python benchmarks/grid_throughput.py --compare-jax-rule --widths 1024 --models 1   # A/B, see below
+    python benchmarks/grid_throughput.py --eval-models 1,4  # also time one evaluation per grid
     python benchmarks/grid_throughput.py --json out.json --device-bandwidth 4.8e12   # H200
 
-Setting (SPEC section 6): RHM v=n=8, m=3, s=2, L=3, P=1024, batch 64, uniform process T=200,
-bpUNet of width W, Adam; M models (seeds 0..M-1) trained together. One evaluation is the full
-``evaluate`` of the grid: 1024 samples x 200 sampler steps per model, plus coherence, copies and
-the train/test losses (22 extra forward passes of 1024 rows, about a tenth of the sampling).
+Expected run time of the default on the project's 2-core CPU, machine otherwise idle: about
+6 minutes (12 settings, each compiled once, about 5 s to 30 s, then timed for ``--seconds``
+seconds, default 10, at least ``--min-calls`` calls of K = ``--steps-per-call`` steps, default 3
+calls of 10). On a GPU the default grid is W = 256, 1024 and M = 1, 4, 16, 64 with 100 steps per call.
 
-Memory roofline (SPEC section 6): Adam in float32 moves about 40 bytes per parameter per
-model-step, so at most ``bandwidth / (40 * params)`` model-steps/s. On a GPU the bandwidth is
-``--device-bandwidth`` (default 3.0e12 B/s, H100); on the CPU it is measured (a large memcpy,
-bytes read + written per second) unless the flag is given.
+Setting (SPEC section 6): RHM v=n=8, m=3, s=2, L=3, P=1024, batch 64, uniform process T=200,
+bpUNet of width W, Adam; M models (seeds 0..M-1) trained together. Reported per (W, M):
+- model-steps/s: M * K / (median seconds of one call of K steps), after a warm-up call;
+- GFLOP/s: XLA's own count for the compiled chunk (``compiled.cost_analysis()['flops']``, which
+  counts the while loop's body once, i.e. one step of all M models) times steps per second;
+- fraction of peak: that over the fp32 matmul peak measured at the start of the same run (the
+  best of several 4096 x 4096 products through XLA), so both see the same machine load;
+- fraction of the memory roofline: Adam in float32 moves about 40 bytes per parameter per
+  model-step, so at most ``bandwidth / (40 * params)`` model-steps/s; on a GPU the bandwidth is
+  ``--device-bandwidth`` (default 3.0e12 B/s, H100); on the CPU it is measured (a large memcpy).
+One evaluation is the full ``evaluate`` of the grid: 1024 samples x 200 sampler steps per model,
+plus coherence, copies and the train/test losses.
+
+``--compare-jax-rule`` times, interleaved call by call in the same process, the same program
+with bpUNet's kernel gradients formed by JAX's own transpose rule (``bpunet.plain_matmul``, the
+program before issue 12) next to the shipped one (``bpunet.matmul``); rows are marked 'jax-rule'.
+Timings on a shared machine swing with its load: the run prints ``os.getloadavg()`` at the start
+and end of every setting.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import time
 
 import jax
@@ -27,6 +45,7 @@ import numpy as np
 
 from rhm_jax import config as config_lib
 from rhm_jax import data, diffusion, evaluate, grammar, networks, train
+from rhm_jax.networks import bpunet
 
 BYTES_PER_PARAM_STEP = 40
 
@@ -56,28 +75,63 @@ def build(config):
     return rules, jnp.asarray(pool), jnp.asarray(test), process, network, grid
 
 
-def time_training(config, steps: int) -> dict:
-    """Compile, warm up, then time ``steps`` steps of all models (full calls of K steps)."""
+@contextlib.contextmanager
+def kernel_grad_rule(jax_rule: bool):
+    """While tracing inside, bpUNet's kernel gradients use JAX's own transpose rule (the old program)."""
+    shipped = bpunet.matmul
+    if jax_rule:
+        bpunet.matmul = bpunet.plain_matmul
+    try:
+        yield
+    finally:
+        bpunet.matmul = shipped
+
+
+def compile_training(config, jax_rule: bool = False) -> dict:
+    """Build, compile and warm up one training chunk; returns what ``timed_call`` needs."""
     rules, pool, test, process, network, grid = build(config)
     K = int(config.train.steps_per_call)
     chunk = train.jit_chunk(train.make_train_chunk(config, process, network))
     state = train.init_state(config, network, grid)
     params = network.num_params(jax.tree_util.tree_map(lambda x: x[0], state.params))
     start = time.perf_counter()
-    state, metrics = chunk(state, grid, pool, K)  # compile + first call
-    jax.block_until_ready(metrics)
+    with kernel_grad_rule(jax_rule):
+        compiled = chunk.lower(state, grid, pool, K).compile()
     compile_s = time.perf_counter() - start
-    calls = max(1, -(-steps // K))
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # older jax returns a list
+    run = dict(compiled=compiled, state=state, grid=grid, pool=pool, K=K, M=int(grid.P.shape[0]),
+               params=params, compile_s=compile_s, flops_per_step=float(cost.get("flops", float("nan"))))
+    timed_call(run)  # warm-up: first-call allocations
+    return run
+
+
+def timed_call(run: dict) -> float:
+    """Seconds of one call of K steps of all M models (the state is carried on)."""
     start = time.perf_counter()
-    for _ in range(calls):
-        state, metrics = chunk(state, grid, pool, K)
-    jax.block_until_ready((state, metrics))
-    seconds = time.perf_counter() - start
-    M = grid.P.shape[0]
-    loss = float(np.nanmean(np.asarray(metrics["loss"])))
-    return dict(params=params, model_steps_per_s=M * calls * K / seconds, steps_per_s=calls * K / seconds,
-                compile_s=max(0.0, compile_s - seconds / calls), loss=loss,
-                diverged=int(np.asarray(state.diverged).sum()))
+    run["state"], metrics = run["compiled"](run["state"], run["grid"], run["pool"], jnp.int32(run["K"]))
+    jax.block_until_ready((run["state"], metrics))
+    run["metrics"] = metrics
+    return time.perf_counter() - start
+
+
+def time_training(runs: dict, seconds: float, min_calls: int) -> dict:
+    """Call every run in turn until ``seconds`` have passed (at least ``min_calls`` each); median per run."""
+    times = {name: [] for name in runs}
+    start = time.perf_counter()
+    while min(len(t) for t in times.values()) < min_calls or time.perf_counter() - start < seconds:
+        for name, run in runs.items():
+            times[name].append(timed_call(run))
+    rows = {}
+    for name, run in runs.items():
+        call_s = float(np.median(times[name]))
+        steps_per_s = run["K"] / call_s
+        rows[name] = dict(params=run["params"], model_steps_per_s=run["M"] * steps_per_s, steps_per_s=steps_per_s,
+                          gflops=run["flops_per_step"] * steps_per_s / 1e9, calls=len(times[name]),
+                          compile_s=run["compile_s"], flops_per_model_step=run["flops_per_step"] / run["M"],
+                          loss=float(np.nanmean(np.asarray(run["metrics"]["loss"]))),
+                          diverged=int(np.asarray(run["state"].diverged).sum()))
+    return rows
 
 
 def time_evaluation(config) -> dict:
@@ -95,6 +149,19 @@ def time_evaluation(config) -> dict:
                 validity_l1=float(np.mean(np.asarray(metrics["validity_l1"]))))
 
 
+def matmul_peak(n: int = 4096, repeats: int = 5) -> float:
+    """fp32 FLOP/s of the best of several n x n matrix products through XLA on the default device."""
+    a_NxN = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    product = jax.jit(lambda a, b: a @ b)
+    jax.block_until_ready(product(a_NxN, a_NxN))
+    best = np.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(product(a_NxN, a_NxN))
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * n**3 / best
+
+
 def memcpy_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
     """Host memory bandwidth in bytes/s (read + write) from the best of several large copies."""
     src = np.ones(megabytes * 2**20 // 8, np.float64)
@@ -107,57 +174,79 @@ def memcpy_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
     return 2 * src.nbytes / best
 
 
+def load() -> str:
+    """The 1-minute load average, for the record (the CPU timings swing with it)."""
+    return f"{os.getloadavg()[0]:.2f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--widths", default=None, help="comma-separated bpUNet widths (default 256,1024)")
-    parser.add_argument("--models", default=None, help="comma-separated grid sizes M (default 1,4,16,64)")
-    parser.add_argument("--eval-models", default="1,4", help="grid sizes M for the evaluation timing ('' skips)")
-    parser.add_argument("--steps", type=int, default=None, help="timed training steps per setting (default 500)")
-    parser.add_argument("--steps-per-call", type=int, default=100, help="K, steps fused in one device call")
-    parser.add_argument("--eval-samples", type=int, default=None,
-                        help="samples per model per evaluation (default 1024; 256 with --quick)")
+    parser.add_argument("--widths", default=None, help="comma-separated bpUNet widths (CPU default 64,256,1024)")
+    parser.add_argument("--models", default=None, help="comma-separated grid sizes M (CPU default 1,2,4,8)")
+    parser.add_argument("--eval-models", default=None, help="grid sizes M for the evaluation timing (CPU default none)")
+    parser.add_argument("--seconds", type=float, default=None, help="timing budget per setting (default 10; GPU 20)")
+    parser.add_argument("--min-calls", type=int, default=3, help="timed calls per setting at least (default 3)")
+    parser.add_argument("--steps-per-call", type=int, default=None,
+                        help="K, steps fused in one call (default 10; GPU 100)")
+    parser.add_argument("--eval-samples", type=int, default=1024, help="samples per model per evaluation")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="network compute dtype")
     parser.add_argument("--device-bandwidth", type=float, default=None,
                         help="memory bandwidth in B/s for the roofline (default 3.0e12 on GPU, measured memcpy on CPU)")
-    parser.add_argument("--quick", action="store_true",
-                        help="CPU-sized: W=256, M=1,4, 40 steps, K=20, 256 samples per evaluation")
+    parser.add_argument("--compare-jax-rule", action="store_true",
+                        help="also time the program with JAX's own kernel-gradient rule, interleaved (A/B)")
+    parser.add_argument("--quick", action="store_true", help="W=256, M=1,2, 3 s per setting, K=5 (a smoke run)")
     parser.add_argument("--json", default=None, help="write all measurements to this JSON file")
     args = parser.parse_args()
 
-    widths = [int(w) for w in (args.widths or ("256" if args.quick else "256,1024")).split(",")]
-    models = [int(m) for m in (args.models or ("1,4" if args.quick else "1,4,16,64")).split(",")]
-    eval_models = [int(m) for m in args.eval_models.split(",") if m]
-    steps = args.steps or (40 if args.quick else 500)
-    samples = args.eval_samples or (256 if args.quick else 1024)
-    K = min(args.steps_per_call, steps) if not args.quick else min(20, steps)
     platform = jax.devices()[0].platform
+    cpu = platform == "cpu"
+    default_widths = "256" if args.quick else "64,256,1024" if cpu else "256,1024"
+    widths = [int(w) for w in (args.widths or default_widths).split(",")]
+    models = [int(m) for m in (args.models or ("1,2" if args.quick else "1,2,4,8" if cpu else "1,4,16,64")).split(",")]
+    eval_arg = args.eval_models if args.eval_models is not None else ("" if cpu or args.quick else "1,4")
+    eval_models = [int(m) for m in eval_arg.split(",") if m]
+    seconds = args.seconds if args.seconds is not None else (3.0 if args.quick else 10.0 if cpu else 20.0)
+    K = args.steps_per_call or (5 if args.quick else 10 if cpu else 100)
+    if min(widths) < 1 or min(models) < 1 or K < 1 or args.min_calls < 1 or seconds < 0:
+        raise ValueError("--widths, --models, --steps-per-call and --min-calls must be >= 1, --seconds >= 0")
     if args.device_bandwidth:
         bandwidth, source = args.device_bandwidth, "flag"
-    elif platform == "cpu":
+    elif cpu:
         bandwidth, source = memcpy_bandwidth(), "measured memcpy"
     else:
         bandwidth, source = 3.0e12, "default (H100)"
-    print(f"device: {jax.devices()[0].device_kind} ({platform}), jax {jax.__version__}; "
-          f"bandwidth {bandwidth:.3g} B/s ({source}); {steps} timed steps, K={K}, dtype {args.dtype}", flush=True)
+    peak = matmul_peak()
+    print(f"device: {jax.devices()[0].device_kind} ({platform}, {os.cpu_count()} CPUs), jax {jax.__version__}; "
+          f"fp32 matmul peak {peak / 1e9:.1f} GFLOP/s (4096^3, measured now); bandwidth {bandwidth:.3g} B/s "
+          f"({source}); K={K}, >= {args.min_calls} calls and {seconds:g} s per setting, dtype {args.dtype}; "
+          f"load {load()}", flush=True)
 
     train_rows, eval_rows, failures = [], [], []
+    variants = (("shipped", False), ("jax-rule", True)) if args.compare_jax_rule else (("shipped", False),)
     for width in widths:
         for M in models:
+            config = make_config(width, M, K, args.eval_samples, args.dtype)
+            load_before = load()
             try:  # unattended: a setting that fails (e.g. out of memory) is reported, the rest still run
-                row = dict(width=width, M=M, **time_training(make_config(width, M, K, samples, args.dtype), steps))
+                runs = {name: compile_training(config, jax_rule) for name, jax_rule in variants}
+                measured = time_training(runs, seconds, args.min_calls)
             except Exception as err:  # noqa: BLE001
                 failures.append(f"train W={width} M={M}: {type(err).__name__}: {str(err)[:300]}")
                 print("  FAILED", failures[-1], flush=True)
                 continue
-            row["roofline"] = bandwidth / (BYTES_PER_PARAM_STEP * row["params"])
-            row["fraction"] = row["model_steps_per_s"] / row["roofline"]
-            train_rows.append(row)
-            print(f"  train W={width} M={M}: {row['model_steps_per_s']:.4g} model-steps/s "
-                  f"({row['fraction']:.3f} of roofline, compile {row['compile_s']:.1f} s)", flush=True)
+            for name, row in measured.items():
+                row = dict(width=width, M=M, program=name, load=f"{load_before}->{load()}", **row)
+                row["peak_fraction"] = row["gflops"] * 1e9 / peak
+                row["roofline"] = bandwidth / (BYTES_PER_PARAM_STEP * row["params"])
+                row["roofline_fraction"] = row["model_steps_per_s"] / row["roofline"]
+                train_rows.append(row)
+                print(f"  train W={width} M={M} {name}: {row['model_steps_per_s']:.4g} model-steps/s, "
+                      f"{row['gflops']:.1f} GFLOP/s ({row['peak_fraction']:.2f} of peak), {row['calls']} calls, "
+                      f"compile {row['compile_s']:.1f} s, load {row['load']}", flush=True)
         for M in eval_models:
             try:
-                row = dict(width=width, M=M, samples=samples,
-                           **time_evaluation(make_config(width, M, K, samples, args.dtype)))
+                row = dict(width=width, M=M, samples=args.eval_samples,
+                           **time_evaluation(make_config(width, M, K, args.eval_samples, args.dtype)))
             except Exception as err:  # noqa: BLE001
                 failures.append(f"eval W={width} M={M}: {type(err).__name__}: {str(err)[:300]}")
                 print("  FAILED", failures[-1], flush=True)
@@ -165,13 +254,16 @@ def main() -> None:
             eval_rows.append(row)
             print(f"  eval  W={width} M={M}: {row['eval_s']:.3g} s (compile {row['eval_compile_s']:.1f} s)", flush=True)
 
-    print("\ntraining (aggregate over the grid)")
-    print(f"{'W':>5} {'M':>4} {'params':>10} {'model-steps/s':>14} {'steps/s':>9} {'roofline':>10} {'fraction':>9} {'compile s':>10}")
+    print(f"\ntraining (aggregate over the grid; peak = fp32 matmul {peak / 1e9:.1f} GFLOP/s; "
+          f"roofline = {bandwidth:.3g} B/s / (40 B x params))")
+    print(f"{'W':>5} {'M':>3} {'program':>9} {'params':>9} {'model-steps/s':>14} {'GFLOP/s':>8} {'of peak':>8} "
+          f"{'GFLOP/step':>11} {'of roofline':>12} {'compile s':>10} {'load':>12}")
     for r in train_rows:
-        print(f"{r['width']:>5} {r['M']:>4} {r['params']:>10} {r['model_steps_per_s']:>14.4g} {r['steps_per_s']:>9.4g} "
-              f"{r['roofline']:>10.4g} {r['fraction']:>9.3f} {r['compile_s']:>10.1f}")
+        print(f"{r['width']:>5} {r['M']:>3} {r['program']:>9} {r['params']:>9} {r['model_steps_per_s']:>14.4g} "
+              f"{r['gflops']:>8.1f} {r['peak_fraction']:>8.2f} {r['flops_per_model_step'] / 1e9:>11.3g} "
+              f"{r['roofline_fraction']:>12.3f} {r['compile_s']:>10.1f} {r['load']:>12}")
     if eval_rows:
-        print(f"\nevaluation ({samples} samples x 200 sampler steps per model, plus scores and losses)")
+        print(f"\nevaluation ({args.eval_samples} samples x 200 sampler steps per model, plus scores and losses)")
         print(f"{'W':>5} {'M':>4} {'seconds':>9} {'s/model':>9} {'compile s':>10}")
         for r in eval_rows:
             print(f"{r['width']:>5} {r['M']:>4} {r['eval_s']:>9.3g} {r['eval_s'] / r['M']:>9.3g} {r['eval_compile_s']:>10.1f}")
@@ -180,8 +272,9 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(device=jax.devices()[0].device_kind, platform=platform, jax=jax.__version__,
-                           bandwidth=bandwidth, bandwidth_source=source, steps=steps, steps_per_call=K,
-                           dtype=args.dtype, eval_samples=samples, train=train_rows, eval=eval_rows,
+                           matmul_peak_flops=peak, bandwidth=bandwidth, bandwidth_source=source,
+                           seconds=seconds, min_calls=args.min_calls, steps_per_call=K, dtype=args.dtype,
+                           eval_samples=args.eval_samples, train=train_rows, eval=eval_rows,
                            failures=failures), f, indent=1)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 
 import chex
 import jax
@@ -400,3 +401,71 @@ def test_bad_inputs_raise_before_compilation():
         apply(params, jnp.zeros((2, 8), jnp.int32), jnp.zeros((3,)))
     with pytest.raises(ValueError, match="s=1"):
         networks.make(config(width=8), 4, 1, 2, process("uniform", 4))
+
+
+# ---------- bpUNet's backward products (issue 12: one model trained 2.5x slower than a grid) ----------
+
+
+def _bpunet_grad(width: int, dtype: str, jax_rule: bool, models: int | None, batch: int = 64):
+    """Jitted gradient of a fixed loss of bpUNet logits; vmapped over ``models`` unless None.
+
+    With ``jax_rule`` every kernel is differentiated by JAX's own rule (``bpunet.plain_matmul``);
+    the module global is swapped only while the function is traced.
+    """
+    v = 4
+    net = networks.make(config(name="bpunet", width=width, dtype=dtype), v, 2, 3, process("uniform", v))
+    weights_V = jnp.arange(1.0, v + 1.0)
+
+    def loss(params, x_t_BxD, t_B):
+        logits_BxDxV = net.apply(params, x_t_BxD, t_B)
+        return jnp.sum(jax.nn.log_softmax(logits_BxDxV) * weights_V) + jnp.sum(logits_BxDxV**2)
+
+    grad = jax.grad(loss) if models is None else jax.vmap(jax.grad(loss))
+    shipped = bpunet.matmul
+    bpunet.matmul = bpunet.plain_matmul if jax_rule else shipped
+    try:
+        keys = jax.random.split(jax.random.key(3), models or 1)
+        params = jax.vmap(net.init)(keys)
+        params = perturbed(params if models else jax.tree_util.tree_map(lambda a: a[0], params), 4)
+        shape = (models, batch, 8) if models else (batch, 8)
+        x_t, t = tokens(5, shape, v), jnp.asarray(np.random.default_rng(6).uniform(size=shape[:-1]), jnp.float32)
+        compiled = jax.jit(grad).lower(params, x_t, t).compile()
+    finally:
+        bpunet.matmul = shipped
+    return compiled(params, x_t, t), compiled.as_text()
+
+
+@pytest.mark.parametrize("width,dtype,models", [(64, "float32", None), (64, "float32", 1), (64, "float32", 2),
+                                                (256, "float32", 1), (64, "bfloat16", 2)])
+def test_bpunet_gradients_are_bit_identical_to_jax_rule_at_batch_64(width, dtype, models):
+    """At the batch of every experiment (64) and widths in multiples of 64, not one bit moves."""
+    ours, _ = _bpunet_grad(width, dtype, False, models)
+    reference, _ = _bpunet_grad(width, dtype, True, models)
+    chex.assert_trees_all_equal(ours, reference)
+    assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree_util.tree_leaves(ours))
+
+
+@pytest.mark.parametrize("width,batch,models", [(16, 8, 2), (48, 16, 1)])
+def test_bpunet_gradients_match_jax_rule_to_rounding_at_small_shapes(width, batch, models):
+    """Small or odd shapes: XLA's CPU dot kernels may sum in another order once operands swap."""
+    ours, _ = _bpunet_grad(width, "float32", False, models, batch)
+    reference, _ = _bpunet_grad(width, "float32", True, models, batch)
+    chex.assert_trees_all_close(ours, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_one_models_backward_transposes_no_kernel():
+    """XLA's program for one model (M = 1) copies no down/up kernel or its gradient transposed.
+
+    The cause of issue 12: with JAX's rule the unbatched dots left 24 kernel-sized transposes and
+    copies here (15 of 16 MB per step at W = 1024, read strided by Adam). Activations here are at
+    most 5 x 8 x 96 = 3840 entries, less than the smallest kernel (96 x 48), so size tells them apart.
+    """
+    _, hlo = _bpunet_grad(48, "float32", False, 1, batch=5)
+    _, hlo_jax_rule = _bpunet_grad(48, "float32", True, 1, batch=5)
+
+    def kernel_sized_moves(text):
+        found = re.findall(r"= f32\[([0-9,]*)\]\{[0-9,]*\} (?:transpose|copy)\(", text)
+        return [shape for shape in found if math.prod(int(d) for d in shape.split(",") if d) >= 96 * 48]
+
+    assert kernel_sized_moves(hlo) == []
+    assert len(kernel_sized_moves(hlo_jax_rule)) >= 6  # the check sees what it guards against

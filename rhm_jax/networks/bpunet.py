@@ -27,6 +27,13 @@ Layout is channels-last (B, D, C): a kernel-s stride-s convolution is a reshape 
 follow the authors: the first up block concatenates the bottleneck with itself, the next ones the
 down-path activation of matching length, the readout the embedding; the upsampled signal comes
 first in each concatenation.
+
+Backward pass: the down and up kernels (sW x W and 2W x sW) are differentiated through
+``matmul``, whose products avoid transposing a kernel on XLA's CPU backend (issue 12: one model
+at W = 1024 trained at half the per-model rate of a vmapped grid). The embedding and the
+readout (v x W and 2W x v) keep JAX's own rule: their transposes cost nothing, and XLA computes
+such thin products with a summation order that depends on the operand order, so swapping them
+would change results in the last bits.
 """
 from __future__ import annotations
 
@@ -40,17 +47,60 @@ import numpy as np
 LN_EPS = 1e-5
 
 
+def plain_matmul(x_BxNxK: jax.Array, kernel_KxF: jax.Array) -> jax.Array:
+    """x @ kernel in float32 accumulation, differentiated by JAX's own rule."""
+    return jnp.dot(x_BxNxK, kernel_KxF, preferred_element_type=jnp.float32)
+
+
+@jax.custom_vjp
+def matmul(x_BxNxK: jax.Array, kernel_KxF: jax.Array) -> jax.Array:
+    """``plain_matmul`` whose backward products XLA's CPU backend needs no large transpose for.
+
+    JAX's rule forms the kernel gradient as ``(dy^T x)^T`` and the input gradient as
+    ``dy kernel^T``. In a vmapped grid (M >= 2) XLA folds both transposes into its batched dots,
+    but with one model it drops the size-1 batch axis and its unbatched dots take neither: it
+    keeps the FxK product and fuses its transpose into every Adam pass as a strided read (15
+    reads of 16 MB per step at W = 1024), and it copies each kernel transposed before the input
+    gradient. Here the kernel gradient is ``x^T dy`` (KxF directly) and the input gradient is
+    ``(kernel dy^T)^T``, which transposes activations instead (8 to 32 times smaller than the
+    kernels at W = 1024, batch 64). Every entry is the same sum of the same products: XLA's dot
+    kernels add them in the same order at batch 64 and widths in multiples of 64 (bit-identical,
+    tested), its kernels for small shapes may not (float32 rounding).
+    """
+    return plain_matmul(x_BxNxK, kernel_KxF)
+
+
+def _matmul_fwd(x_BxNxK: jax.Array, kernel_KxF: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    return plain_matmul(x_BxNxK, kernel_KxF), (x_BxNxK, kernel_KxF)
+
+
+def _matmul_bwd(res: tuple[jax.Array, jax.Array], dy_BxNxF: jax.Array) -> tuple[jax.Array, jax.Array]:
+    x_BxNxK, kernel_KxF = res
+    rows = tuple(range(x_BxNxK.ndim - 1))
+    # dtypes as in JAX's rule: accumulate in float32, then cast to each operand's dtype
+    dx_KxBxN = jax.lax.dot_general(kernel_KxF, dy_BxNxF, (((1,), (dy_BxNxF.ndim - 1,)), ((), ())),
+                                   preferred_element_type=jnp.float32)
+    dkernel_KxF = jax.lax.dot_general(x_BxNxK, dy_BxNxF, ((rows, rows), ((), ())),
+                                      preferred_element_type=jnp.float32)
+    return jnp.moveaxis(dx_KxBxN, 0, -1).astype(x_BxNxK.dtype), dkernel_KxF.astype(kernel_KxF.dtype)
+
+
+matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
 class ScaledDense(nn.Module):
     """Bias-free matmul with an N(0, 1) kernel, output divided by `divisor` (authors' MyConv1d)."""
 
     features: int
     divisor: float
     dtype: Any = jnp.float32
+    direct_grad: bool = True  # backward via ``matmul``; False: JAX's own rule (see BPUNet)
 
     @nn.compact
     def __call__(self, x_BxNxK: jax.Array) -> jax.Array:
         kernel_KxF = self.param("kernel", nn.initializers.normal(1.0), (x_BxNxK.shape[-1], self.features), jnp.float32)
-        y_BxNxF = jnp.dot(x_BxNxK.astype(self.dtype), kernel_KxF.astype(self.dtype), preferred_element_type=jnp.float32)
+        product = matmul if self.direct_grad else plain_matmul
+        y_BxNxF = product(x_BxNxK.astype(self.dtype), kernel_KxF.astype(self.dtype))
         return y_BxNxF / self.divisor
 
 
@@ -73,7 +123,8 @@ class BPUNet(nn.Module):
     def __call__(self, feats_BxDxC: jax.Array) -> jax.Array:
         s, W = self.s, self.width
         B, D, C = feats_BxDxC.shape
-        h_BxNxW = jax.nn.gelu(ScaledDense(W, np.sqrt(C), self.dtype, name="embed")(feats_BxDxC), approximate=False)
+        embed = ScaledDense(W, np.sqrt(C), self.dtype, direct_grad=False, name="embed")
+        h_BxNxW = jax.nn.gelu(embed(feats_BxDxC), approximate=False)
         skips = [h_BxNxW]  # N: the current length, d / s**level
         for i in range(self.L):
             n = h_BxNxW.shape[1] // s
@@ -89,7 +140,7 @@ class BPUNet(nn.Module):
             h_BxNxW = norm_gelu(up_BxnxsW.reshape(B, n * s, W), f"up_{i}_norm")
             self.sow("intermediates", "up", h_BxNxW)
         cat_BxDx2W = jnp.concatenate([h_BxNxW, skips.pop()], axis=-1)  # N = D again
-        return ScaledDense(self.v, 2.0 * W, self.dtype, name="readout")(cat_BxDx2W)
+        return ScaledDense(self.v, 2.0 * W, self.dtype, direct_grad=False, name="readout")(cat_BxDx2W)
 
 
 def init_std(name: str, shape: tuple[int, ...]) -> float | None:
