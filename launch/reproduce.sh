@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CPU reproduction (sweeps/reproduction_cpu.py): each grammar seed's grid, the clustering
 # learner on its data, then one report over all seeds. Re-running resumes: launch.local picks up
-# each work directory's newest checkpoint (a finished seed only re-evaluates nothing), and the
+# each work directory's newest checkpoint (a finished seed trains and evaluates nothing again), and the
 # learner and the report are recomputed (a minute or two).
 #   RUNS=runs/repro_cpu  SEEDS="0 1 2"  PYTHON=python  ARG=""  (ARG=quick: the seconds-long variant)
 set -euo pipefail

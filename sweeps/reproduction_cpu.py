@@ -21,24 +21,28 @@ Choice:   lr and budget. Adam moves weights by ~lr per step, so "lr x steps" is 
           Adam's effective lr below the quick run's, where W=64 was stable at 2e-3. At 5e-4, level 1
           is expected near step 1,000-1,200 and level 2 near 1,600-6,000: inside 8,192 steps, with
           room for --at best to find each model's early-stopping point. Level 3 (paper: ~2,000
-          epochs at 1e-4, lr x steps ~ 3) may not be reached within the budget.
-Run time: ESTIMATE from a short measurement (2-core CPU, `nice -n 10`, load average 5.9-9.3 from
-          other sessions; the W=256, 9-model, P = 16 .. 4096 grid of an earlier draft of this file):
-          training 36 model-steps/s (384 steps of the 9 models in 97 s after a 74 s compilation);
-          one evaluation of 9 models x 512 samples x T=200 took 226 s, i.e. ~4,100 sample-steps/s
-          (sampling is the bulk of an evaluation; the losses use 2 x 1024 rows x 10 windows). The
-          process got 343 s of CPU time in 612 s of wall time (0.56 cores); the quick sweep used
-          1.2 cores of the idle machine, so idle is taken as 2.1x faster (an assumption, not a
-          measurement). Per grammar seed: 7 x 8192 = 57k model-steps (idle ~13 min, at the measured
-          load ~27 min) and 7 x 15 x 128 x 200 = 2.7M sample-steps (idle ~5 min, loaded ~11 min), plus
-          ~2-4 min of compilation. All three seeds: about 1 h on an idle 2-core CPU (training ~65 %,
-          sampling ~25 %, compilation ~10 %); about 2 h at the load it was measured under. The
-          clustering learner and the report take a minute or two.
+          epochs at 1e-4, lr x steps ~ 3) would need ~6,400 steps by the paper's clock but 4x more
+          by the quick run's (its level 2 took 4x the paper's lr x steps): it may not be reached.
+Run time: ESTIMATE from short measurements on the 2-core CPU under `nice -n 10`, shared with other
+          sessions (not the idle machine the run is meant for). This grid, seed 0: 384 steps of the 7
+          models in 124 s after an 80 s compilation (22 model-steps/s), one evaluation (7 models x
+          128 samples x 200 ancestral steps, plus losses on 2 x 1024 rows x 10 windows) in 58 s
+          (~3,100 sample-steps/s) after a ~30 s compilation; load average 7.6-8.5; the process got
+          0.49 cores (173 s CPU in 353 s wall). An earlier draft (9 models, 512 samples) gave 36
+          model-steps/s and ~4,100 sample-steps/s at load 5.9-9.3 with 0.56 cores. Idle correction:
+          the quick sweep used 1.2 cores of the idle machine, so idle is taken as 1.2 / 0.49 = 2.4x
+          faster than measured (an assumption; the 0.56-core draft implies 2.1x). Per grammar seed:
+          7 x 8192 = 57k model-steps (idle 12-18 min, at the measured load 43 min), 15 evaluations
+          of ~24 s idle (58 s loaded) = 6 min (15 min), ~1 min of compilation (2 min). Three seeds:
+          about 1 h to 1 h 15 min on an idle 2-core CPU (training ~70 %, sampling ~25 %), about 3 h
+          at the load measured; the clustering learner and the report add a minute or two. Nine of
+          the 15 evaluations (steps 0 .. 128) come before level 1 is expected to rise; they give
+          the time-course figures their start.
 Expected: UNMEASURED (this grid has not been run). Theory (SPEC sections 5 and 7): P*_l ~ v m**(l+1)
           = 72, 216, 648 for levels 1, 2, 3, with ratio P*_2 / P*_1 ~ m = 3; normalized thresholds
           read --at best. The quick sweep (W=64, T=50) measured P*_1 = 53-91 and P*_2 = 255-411
           over four grammar seeds; this run should land within a factor 2 of 72 and 216, and level
-          3 is likely censored 'above' (not learned within 8192 steps).
+          3 may read censored 'above' (not learned within 8192 steps, or only at P = 2048).
 """
 from __future__ import annotations
 
