@@ -35,7 +35,8 @@ Run time: ESTIMATE from short measurements on the 2-core CPU under `nice -n 10`,
           7 x 8192 = 57k model-steps (idle 12-18 min, at the measured load 43 min), 15 evaluations
           of ~24 s idle (58 s loaded) = 6 min (15 min), ~1 min of compilation (2 min). Three seeds:
           about 1 h to 1 h 15 min on an idle 2-core CPU (training ~70 %, sampling ~25 %), about 3 h
-          at the load measured; the clustering learner and the report add a minute or two. Nine of
+          at the load measured; the clustering learner and the report add a minute or two. Re-measure
+          first on the idle machine: `nice -n 10 python benchmarks/reproduction_time.py` (~6 min). Nine of
           the 15 evaluations (steps 0 .. 128) come before level 1 is expected to rise; they give
           the time-course figures their start.
 Expected: UNMEASURED (this grid has not been run). Theory (SPEC sections 5 and 7): P*_l ~ v m**(l+1)

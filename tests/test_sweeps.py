@@ -128,13 +128,14 @@ def test_reproduction_seed_argument_changes_only_the_seeds():
 @pytest.mark.slow
 def test_reproduce_script_runs_seeds_learner_and_one_report(tmp_path):
     """launch/reproduce.sh on the quick variant: a work directory per grammar seed, the learner in each,
-    one report over both; a second call resumes instead of failing."""
-    env = dict(os.environ, RUNS=str(tmp_path), SEEDS="0 1", ARG="quick", PYTHON=sys.executable,
-               PYTHONPATH=ROOT)
-    for _ in range(2):
+    one report over all; a second call resumes the finished seed and adds the next."""
+    for seeds in ("0", "0 1"):
+        env = dict(os.environ, RUNS=str(tmp_path), SEEDS=seeds, ARG="quick", PYTHON=sys.executable,
+                   PYTHONPATH=ROOT)
         done = subprocess.run(["bash", os.path.join(ROOT, "launch", "reproduce.sh")], env=env,
                               capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resume run in {tmp_path / 'seed0'}" in done.stderr  # seed 0 picked up, not started anew
     for k in (0, 1):
         workdir = str(tmp_path / f"seed{k}")
         assert results.read_config_json(workdir)["config"]["grammar"]["seed"] == k
