@@ -2,15 +2,18 @@
 import importlib.util
 import math
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from rhm_jax import analysis
 from rhm_jax import config as config_lib
+from rhm_jax import results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SWEEPS = ("hierarchy_in_p", "hierarchy_in_p_m3", "hierarchy_in_time", "masked_transformer")
+SWEEPS = ("hierarchy_in_p", "hierarchy_in_p_m3", "hierarchy_in_time", "masked_transformer", "reproduction_cpu")
 
 
 def sweep_module(name: str):
@@ -96,3 +99,47 @@ def test_quick_p_sweep_learns_level_one_before_level_two(tmp_path):
     assert math.isfinite(p1), summary
     # level 2 either crosses 1/2 at a larger P or not at all within the grid
     assert (math.isfinite(p2) and p2 > p1) or summary.loc[2, "censored"] == "above", summary
+
+
+def test_reproduction_grid_brackets_every_level_with_the_papers_process():
+    """CPU reproduction: >= 2 P on each side of every v m**(l+1); T=200 and the paper's betas, Adam, batch 64."""
+    config = sweep_module("reproduction_cpu").get_config("seed=1")
+    g, P = config.grammar, np.array(config.data.num_train)
+    for level in range(1, g.L + 1):
+        scale = g.v * g.m ** (level + 1)
+        assert (P < scale).sum() >= 2 and (P > scale).sum() >= 2, (level, P)
+    paper = config_lib.base_config()
+    assert config.process == paper.process and config.train.batch_size == 64
+    assert config.network.name == "bpunet" and config.network.width < paper.network.width
+
+
+def test_reproduction_seed_argument_changes_only_the_seeds():
+    """'seed=K' is one grammar (and its data, model and evaluation seeds); the grid is otherwise fixed."""
+    module = sweep_module("reproduction_cpu")
+    zero, two = (config_lib.to_dict(module.get_config(a)) for a in ("seed=0", "seed=2"))
+    assert set(config_lib.differences(zero, two)) == {"grammar.seed", "data.seed", "train.seeds", "run.seed"}
+    assert module.get_config("seed=2,quick").grammar.seed == 2
+    assert config_lib.to_dict(module.get_config()) == zero
+    for bad in ("seed=", "seed=-1", "seed=one"):
+        with pytest.raises(ValueError, match="seed=K"):
+            module.get_config(bad)
+
+
+@pytest.mark.slow
+def test_reproduce_script_runs_seeds_learner_and_one_report(tmp_path):
+    """launch/reproduce.sh on the quick variant: a work directory per grammar seed, the learner in each,
+    one report over all; a second call resumes the finished seed and adds the next."""
+    for seeds in ("0", "0 1"):
+        env = dict(os.environ, RUNS=str(tmp_path), SEEDS=seeds, ARG="quick", PYTHON=sys.executable,
+                   PYTHONPATH=ROOT)
+        done = subprocess.run(["bash", os.path.join(ROOT, "launch", "reproduce.sh")], env=env,
+                              capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resume run in {tmp_path / 'seed0'}" in done.stderr  # seed 0 picked up, not started anew
+    for k in (0, 1):
+        workdir = str(tmp_path / f"seed{k}")
+        assert results.read_config_json(workdir)["config"]["grammar"]["seed"] == k
+        assert len(analysis.load(workdir)) > 0
+        assert (tmp_path / f"seed{k}" / "clustering.jsonl").exists()
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "seed0" in report and "seed1" in report and "clustering learner" in report
