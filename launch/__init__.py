@@ -1,0 +1,28 @@
+"""Thin entry points (``python -m launch.<name>``, or the ``rhm-*`` console scripts of an install)."""
+from __future__ import annotations
+
+import logging
+import sys
+
+LOGGERS = ("rhm_jax", "launch")
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """This package's loggers at ``level``; the root logger (jax, absl, orbax) at WARNING.
+
+    A plain stderr handler that an imported library put on the root logger is replaced by ours
+    (with a time stamp); other handlers (a notebook's, pytest's) are kept and receive this
+    package's records by propagation.
+    """
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if type(handler) is logging.StreamHandler and handler.stream in (sys.stderr, sys.__stderr__):
+            root.removeHandler(handler)
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(FORMAT))
+        root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    for name in LOGGERS:
+        logging.getLogger(name).setLevel(level)

@@ -1,23 +1,26 @@
 """Train a sweep's grid on this machine's first device.
 
     python -m launch.local --config sweeps/<exp>.py[:arg] --workdir DIR [--force] [--no_progress]
-                           [--config.section.key=value ...]
+                           [--tensorboard] [--config.section.key=value ...]
+    (installed: rhm-run ...)
 
 Re-running the same command resumes the run. ``--force`` moves an existing work directory aside to
 ``DIR.bak-<time>`` (nothing is deleted; only work directories, never the current one). Bad input,
 a work directory in use by another process, and I/O errors (disk full, read-only, unreadable
 checkpoint) exit with status 2 and one error line. SIGINT / SIGTERM save a checkpoint after the
 current device call and exit with 128 + the signal number (130 / 143) and one line; a second
-Ctrl-C stops at once (status 130), keeping the newest checkpoint.
+Ctrl-C stops at once (status 130), keeping the newest checkpoint. At the end it prints each
+model at its best evaluation (``summary.txt``).
 """
 from __future__ import annotations
 
 import argparse
-import logging
+import os
 import sys
 
+from launch import setup_logging
 from rhm_jax import config as config_lib
-from rhm_jax import sweep
+from rhm_jax import results, sweep
 
 
 def _quiet_closed_loops() -> None:
@@ -42,15 +45,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="sweeps/<exp>.py or sweeps/<exp>.py:arg")
     parser.add_argument("--workdir", required=True, help="work directory (created, or resumed)")
     parser.add_argument("--force", action="store_true", help="move an existing work directory aside")
-    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no_progress", action="store_true", help="no progress lines")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="also write TensorBoard event files to DIR/tensorboard (needs tensorboardX)")
     args, overrides = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        force=True)  # absl (imported by orbax) may have claimed the root logger
-    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every file operation at INFO
+    setup_logging()
     _quiet_closed_loops()
     try:
         config = config_lib.load(args.config, overrides)
-        sweep.run(config, args.workdir, force=args.force, progress=not args.no_progress)
+        sweep.run(config, args.workdir, force=args.force, progress=not args.no_progress,
+                  tensorboard=args.tensorboard)
     except sweep.Interrupted as stop:
         print(f"stopped: {stop}", file=sys.stderr)
         return 128 + stop.signum
@@ -61,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as err:  # bad input, a busy or unwritable directory, disk full
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
+    with open(os.path.join(args.workdir, results.SUMMARY_FILE)) as f:
+        print(f.read(), end="")
     return 0
 
 

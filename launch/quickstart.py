@@ -9,9 +9,10 @@ thresholds beside the bpUNets'.
 from __future__ import annotations
 
 import argparse
-import logging
+import os
 import sys
 
+from launch import setup_logging
 from rhm_jax import config as config_lib
 from rhm_jax import clustering, report, results, sweep
 
@@ -23,13 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default="runs/quick")
     parser.add_argument("--config", default="sweeps/hierarchy_in_p.py:quick")
     args, overrides = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    setup_logging()
     try:
         config = config_lib.load(args.config, overrides)
         sweep.run(config, args.workdir)
         results.write_rows(clustering.path(args.workdir), clustering.run_sweep(config))
-        paths = report.make_report([args.workdir], None, "sigmoid", "best")
+        paths = report.make_report([args.workdir], None, "sigmoid", results.DEFAULT_READING)
     except sweep.Interrupted as stop:  # a checkpoint is saved: re-running resumes
         print(f"stopped: {stop}", file=sys.stderr)
         return 128 + stop.signum
@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
+    with open(os.path.join(args.workdir, results.SUMMARY_FILE)) as f:
+        print(f.read(), end="")
     print(f"results: {args.workdir}/metrics.jsonl; report: {paths['report'][0]} "
           f"with {len(paths['figures'])} figures")
     return 0

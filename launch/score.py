@@ -1,6 +1,7 @@
 """Re-score a run's checkpoints with more samples or sampler steps, without touching the run.
 
     python -m launch.score --workdir DIR [--step N] [--num_samples K] [--sampler_steps S]
+    (installed: rhm-score ...)
 
 Writes DIR/score_<step>_<K>_<S>.jsonl for every kept checkpoint (or step N) and prints a table per
 step. A missing step, a broken ``--step`` checkpoint, a work directory without checkpoints, one that
@@ -10,9 +11,9 @@ computation. Scoring every step skips broken checkpoints with a warning.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
+from launch import setup_logging
 from rhm_jax import results, sweep
 
 
@@ -25,9 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num_samples", type=int, default=None, help="default: the run's eval.num_samples")
     parser.add_argument("--sampler_steps", type=int, default=None, help="default: the run's process.sampler_steps")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        force=True)  # absl (imported by orbax) may have claimed the root logger
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    setup_logging()
     try:
         by_step = sweep.score(args.workdir, step=args.step, num_samples=args.num_samples,
                               sampler_steps=args.sampler_steps)
@@ -35,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     for step, rows in by_step.items():
-        print(f"step {step}:\n{results.summary_table(rows)}\n")
+        print(f"step {step}:\n{results.summary_table(rows, title=False)}\n")
     return 0
 
 

@@ -33,6 +33,7 @@ from typing import Any, Sequence
 import ml_collections
 import submitit
 
+from launch import setup_logging
 from rhm_jax import config as config_lib
 from rhm_jax import results, sweep, train
 
@@ -46,8 +47,7 @@ class SliceTask(submitit.helpers.Checkpointable):
     """One task of the array: ``sweep.run`` of one grid slice in its work directory (idempotent)."""
 
     def __call__(self, config_values: dict, workdir: str) -> str:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        logging.getLogger("absl").setLevel(logging.WARNING)
+        setup_logging()
         stops = (signal.SIGINT, signal.SIGTERM, preemption_signal())
         try:
             sweep.run(config_lib.from_dict(config_values), workdir, progress=False, stop_signals=stops)
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wait", action="store_true", help="wait for the array; status 1 if a slice failed")
     parser.add_argument("--force", action="store_true", help="move an existing root work directory aside")
     args, overrides = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     try:
         config = config_lib.load(args.config, overrides)
         slices = prepare(config, args.workdir, args.slices, force=args.force)

@@ -127,6 +127,11 @@ def _root_os_error(err: BaseException) -> OSError | None:
     return found
 
 
+def _drop_read_only_notice(record: logging.LogRecord) -> bool:
+    """Logging filter: orbax warns 'Given directory is read only' on every read-only open; we asked for it."""
+    return not str(record.msg).startswith("Given directory is read only")
+
+
 class Checkpointer:
     """Save / list / restore checkpoints of one (sub-)grid in ``directory``."""
 
@@ -142,7 +147,10 @@ class Checkpointer:
         if read_only:
             if not os.path.isdir(self.directory):
                 raise ValueError(f"no checkpoint directory {self.directory}")
-            options = ocp.CheckpointManagerOptions(read_only=True, enable_async_checkpointing=False)
+            # The options that read_only overrides are set to their read-only values here, or
+            # orbax logs a warning for each one it changes.
+            options = ocp.CheckpointManagerOptions(read_only=True, enable_async_checkpointing=False,
+                                                   save_interval_steps=0, create=False)
         elif use_policy:
             policy = _managers.AnyPreservationPolicy([
                 _managers.LatestN(self.keep_last), _managers.CustomSteps(sorted(self.keep_steps))])
@@ -151,7 +159,12 @@ class Checkpointer:
         else:
             options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True,
                                                    enable_async_checkpointing=False)
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        absl_logger = logging.getLogger("absl")  # orbax logs through absl
+        absl_logger.addFilter(_drop_read_only_notice)
+        try:
+            self._manager = ocp.CheckpointManager(self.directory, options=options)
+        finally:
+            absl_logger.removeFilter(_drop_read_only_notice)
 
     def steps(self) -> list[int]:
         """Steps with a committed checkpoint, ascending."""

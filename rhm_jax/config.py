@@ -230,16 +230,31 @@ def _validate_eval(e: ml_collections.ConfigDict) -> None:
 
 # ----------------------------------------------------------------------------- files and overrides
 
+def _installed_sweep(path: str) -> str:
+    """``sweeps/<exp>.py`` of the installed ``sweeps`` package (run from outside the clone), else ``path``."""
+    if os.path.dirname(os.path.normpath(path)) != "sweeps":
+        return path
+    found = importlib.util.find_spec("sweeps")  # locates the package without importing it
+    for folder in (found.submodule_search_locations or []) if found else []:
+        candidate = os.path.join(folder, os.path.basename(path))
+        if os.path.isfile(candidate):
+            return candidate
+    return path
+
+
 def load(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
     """Config from ``path.py[:arg]`` plus ``--config.a.b=value`` overrides (config_flags syntax).
 
+    ``sweeps/<exp>.py`` that is not a file here is read from the installed ``sweeps`` package.
     The file's ``get_config(arg)`` (``get_config()`` without an arg) builds the config. Values are
     Python literals (``3e-4``, ``(64,256)``, ``True``); strings may be bare (``masked``). Unknown
     keys, values of the wrong type and malformed overrides raise ValueError.
     """
     path, _, arg = spec.partition(":")
     if not os.path.isfile(path):
-        raise ValueError(f"--config={spec!r}: no config file {path!r}")
+        path = _installed_sweep(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"--config={spec!r}: no config file {path!r} (nor in the installed sweeps package)")
     module_spec = importlib.util.spec_from_file_location(f"rhm_jax_config_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)

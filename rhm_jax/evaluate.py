@@ -11,7 +11,7 @@ Per model i (vmapped; sub-batches of models in a ``lax.map`` to bound memory):
   level, so only these show what a model learned of the rules);
 - ``corr_t<t>`` / ``corr_train_t<t>`` for t = 1, 2, 4, .. < D: token-token correlation
   (``correlation``) of the samples and of the model's training rows (the R loss rows);
-- ``copy``: samples equal to a row of the model's OWN training set (pool rows < P_i),
+- ``copies``: samples equal to a row of the model's OWN training set (pool rows < P_i),
   ``novel_valid``: valid and not a copy, ``duplicates``: samples equal to an earlier sample;
 - ``rule_coverage_l*``: fraction of the level's rules used at least once by valid nodes,
   ``rule_entropy_l*``: entropy of that usage over log(number of rules) (0 when nothing is valid);
@@ -108,7 +108,7 @@ def score_samples(grammar: Any, lookup: coherence.Lookup, tokens_NxD: jax.Array,
     for t in correlation_distances(grammar.d):
         scores[f"corr_t{t}"] = correlation(tokens_NxD, grammar.v, t)
     scores["valid"] = result.valid.mean(dtype=jnp.float32)
-    scores["copy"] = copy_N.mean(dtype=jnp.float32)
+    scores["copies"] = copy_N.mean(dtype=jnp.float32)
     scores["novel_valid"] = (result.valid & ~copy_N).mean(dtype=jnp.float32)
     scores["duplicates"] = duplicate_fraction(tokens_NxD)
     for l, counts in enumerate(coherence.rule_usage(result), start=1):

@@ -39,31 +39,13 @@ def markdown_table(df: pd.DataFrame) -> str:
 
 
 def wall_time(config: dict, df: pd.DataFrame, workdir: str | None = None) -> tuple[float, str]:
-    """(seconds, how it was found): provenance's record, else metric timestamps, else file times.
-
-    The last fallback spans config.json's start date to the last write of metrics.jsonl, which
-    overstates a run that was stopped and resumed later.
-    """
+    """(seconds, where from): the provenance's ``wall_time_s`` (a finished run), else the largest
+    ``wall_s`` of the metrics table (a run still going, or stopped), else unknown."""
     prov = config.get("provenance", {}) or {}
-    for key in ("wall_time_s", "wall_time", "elapsed_s"):
-        if isinstance(prov.get(key), (int, float)):
-            return float(prov[key]), "provenance"
-    for key in ("wall_time_s", "wall_time", "elapsed_s", "time_s"):
-        if key in df and df[key].notna().any():
-            return float(df[key].max()), f"metrics column {key}"
-    for key in ("time", "timestamp", "unix_time"):
-        if key in df and df[key].notna().any():
-            numeric = pd.api.types.is_numeric_dtype(df[key])
-            stamps = pd.to_datetime(df[key], unit="s") if numeric else pd.to_datetime(df[key])
-            return float((stamps.max() - stamps.min()).total_seconds()), f"span of metrics column {key}"
-    start = prov.get("date_utc")
-    metrics = os.path.join(workdir, "metrics.jsonl") if workdir else None
-    if start and metrics and os.path.exists(metrics):
-        began = datetime.datetime.fromisoformat(start)
-        if began.tzinfo is None:
-            began = began.replace(tzinfo=datetime.timezone.utc)
-        ended = datetime.datetime.fromtimestamp(os.path.getmtime(metrics), datetime.timezone.utc)
-        return (ended - began).total_seconds(), "approx.: config.json date to the last metrics write"
+    if isinstance(prov.get("wall_time_s"), (int, float)):
+        return float(prov["wall_time_s"]), "provenance"
+    if "wall_s" in df and df["wall_s"].notna().any():
+        return float(df["wall_s"].max()), "so far: the run has not finished"
     return float("nan"), "unknown"
 
 

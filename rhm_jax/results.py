@@ -2,10 +2,14 @@
 
 Layout of a work directory::
 
-    config.json     {"config": ..., "provenance": ..., "grid": [one dict per model]}
+    config.json     {"config": ..., "provenance": ..., "grid": [one dict per model]}; the provenance
+                    gets ``wall_time_s`` and ``finished_utc`` when the run ends
     metrics.jsonl   one JSON object per (model, evaluation step); non-finite floats are null
+    train.jsonl     one JSON object per (model, training chunk): mean loss over the chunk, wall time
+                    since the run began, the program's model-steps per second over the chunk
+    score_<step>_<K>_<S>.jsonl  rows of a re-scoring (K samples, S sampler steps), if any
     checkpoints/    orbax checkpoints (rhm_jax.checkpoint), one subdirectory per sub-grid
-    summary.txt     the per-model table printed at the end of a run
+    summary.txt     the per-model table of the end of a run (``summary_table``)
 
 Resuming needs an identical config (up to ``config.EXECUTION_KEYS``; a key the stored config lacks
 compares as its schema default). ``force=True`` never deletes: it moves the old work directory
@@ -13,7 +17,7 @@ aside to ``<workdir>.bak-<UTC timestamp>`` and starts fresh; it refuses a direct
 work directory, the current directory (or one above it) and a directory whose lock
 (``rhm_jax.lock``) or whose slices' locks another process holds. A directory holding only the lock
 file and stale ``*.tmp`` files (an interrupted first write) counts as empty.
-pandas is imported only by ``load``.
+pandas is imported only by ``load``. ``load(workdir, kind)`` reads any of the three tables.
 """
 from __future__ import annotations
 
@@ -38,16 +42,27 @@ from rhm_jax import health, lock
 
 log = logging.getLogger(__name__)
 
-PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "chex", "ml-collections")
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "ml-collections", "pandas")
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
+TRAIN_FILE = "train.jsonl"
 SUMMARY_FILE = "summary.txt"
+SCORE_FILE = re.compile(r"^score_(\d+)_(\d+)_(\d+)\.jsonl$")  # step, num_samples, sampler_steps
+KINDS = ("metrics", "train", "scores")
+# Which evaluation of each model the end-of-run summary (and launch.report, launch.quickstart) read
+# by default: its 'best' (lowest test loss: early stopping; a small-P model that ends up copying its
+# training set looks valid at every level at its 'last').
+DEFAULT_READING = "best"
+READINGS = {"last": "its last evaluation",
+            "best": "its best evaluation (lowest test loss, mean over diffusion-time windows)"}
 # Constant config values copied into every row by ``load`` (column name -> dotted config key).
 CONFIG_COLUMNS = {
     "v": "grammar.v", "n": "grammar.n", "m": "grammar.m", "s": "grammar.s", "L": "grammar.L",
-    "process": "process.name", "network": "network.name", "width": "network.width",
+    "grammar_seed": "grammar.seed", "data_seed": "data.seed", "run_seed": "run.seed", "num_test": "data.num_test",
+    "process": "process.name", "T": "process.T", "network": "network.name", "width": "network.width",
     "batch_size": "train.batch_size", "num_samples": "eval.num_samples",
 }
+RENAMED_COLUMNS = {"copy": "copies"}  # older work directories wrote these names
 
 
 # ----------------------------------------------------------------------------- provenance
@@ -194,6 +209,16 @@ def prepare_workdir(workdir: str, config, grid_rows: Sequence[dict], force: bool
     return "new"
 
 
+def record_wall_time(workdir: str, seconds: float) -> None:
+    """Write the run's wall time (summed over its processes) and end date into config.json's provenance."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    payload = read_config_json(workdir)
+    payload.setdefault("provenance", {}).update(
+        wall_time_s=round(float(seconds), 3),
+        finished_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    write_json_atomic(path, payload)
+
+
 def _check_same(workdir: str, config_dict: dict, grid: list) -> None:
     """Raise ValueError unless the stored config and grid equal these (execution keys aside)."""
     how = "choose a new --workdir, or pass --force to move the old directory aside (nothing is deleted)"
@@ -258,14 +283,16 @@ def _torn(path: str) -> bool:
 
 
 class MetricsWriter:
-    """Appends rows to ``<workdir>/metrics.jsonl``: one flush + fsync per ``write`` call."""
+    """Appends rows to ``<workdir>/metrics.jsonl`` (or another table): one flush + fsync per ``write``."""
 
-    def __init__(self, workdir: str):
-        self.path = os.path.join(workdir, METRICS_FILE)
+    def __init__(self, workdir: str, name: str = METRICS_FILE):
+        self.path = os.path.join(workdir, name)
 
     def write(self, rows: Iterable[dict]) -> None:
         """Append rows (one evaluation's worth) durably; non-finite floats become null."""
         text = "".join(json.dumps(to_json_value(r), allow_nan=False) + "\n" for r in rows)
+        if not text:
+            return
         with open(self.path, "a") as f:
             f.write(text)
             f.flush()
@@ -291,40 +318,108 @@ class MetricsWriter:
         return len(rows) - len(keep)
 
 
-# ----------------------------------------------------------------------------- analysis
+# ----------------------------------------------------------------------------- tables
 
-def workdir_rows(workdir: str) -> list[dict]:
-    """Metrics rows of a work directory; a job-array root also merges its ``slice_<k>/`` runs."""
-    rows = read_rows(os.path.join(workdir, METRICS_FILE))
+def _run_dirs(workdir: str) -> list[str]:
+    """The work directory, then the ``slice_<k>/`` runs of a job-array root in order of k."""
     slices = [n for n in os.listdir(workdir) if re.fullmatch(r"slice_\d+", n)
               and os.path.isdir(os.path.join(workdir, n))]
-    for name in sorted(slices, key=lambda n: int(n[len("slice_"):])):
-        rows += read_rows(os.path.join(workdir, name, METRICS_FILE))  # model indices are global
+    return [workdir] + [os.path.join(workdir, n) for n in sorted(slices, key=lambda n: int(n[len("slice_"):]))]
+
+
+def workdir_rows(workdir: str, name: str = METRICS_FILE) -> list[dict]:
+    """Rows of one table of a work directory; a job-array root also merges its ``slice_<k>/`` runs."""
+    rows = []
+    for directory in _run_dirs(workdir):
+        rows += read_rows(os.path.join(directory, name))  # model indices are global
     return rows
 
 
-def load(workdirs: str | os.PathLike | Sequence[str | os.PathLike]):
-    """pandas DataFrame of the rows of one or more work directories, with config columns.
+def score_rows(workdir: str) -> list[dict]:
+    """Rows of every ``score_<step>_<K>_<S>.jsonl`` (slices merged), with num_samples and sampler_steps."""
+    rows = []
+    for directory in _run_dirs(workdir):
+        for name in sorted(os.listdir(directory)):
+            match = SCORE_FILE.match(name)
+            if match:
+                K, S = int(match.group(2)), int(match.group(3))
+                rows += [dict(r, num_samples=K, sampler_steps=S) for r in read_rows(os.path.join(directory, name))]
+    return rows
 
-    A job-array root (``launch.slurm``: ``config.json`` beside ``slice_<k>/`` work directories)
-    reads as one run.
+
+def _renamed(row: dict) -> dict:
+    """A row with the current column names (``copy`` -> ``copies``)."""
+    row = dict(row)
+    for old, new in RENAMED_COLUMNS.items():
+        if old in row and new not in row:
+            row[new] = row.pop(old)
+    return row
+
+
+def load(workdirs: str | os.PathLike | Sequence[str | os.PathLike], kind: str = "metrics"):
+    """pandas DataFrame of one table of one or more work directories, with grid and config columns.
+
+    ``kind``: 'metrics' (one row per model and evaluation; with ``wall_s`` and ``model_steps_per_s``
+    of the training chunk that ended at that step), 'train' (one row per model and training chunk:
+    its mean loss), or 'scores' (the rows of ``launch.score`` / ``notebook.Run.score(write=True)``,
+    with ``num_samples`` and ``sampler_steps``). Every row carries its model's grid row (``model``
+    is the index in the full grid; P, seed, lr, budget_steps, budget_epochs), the constant config
+    values of ``CONFIG_COLUMNS`` and ``workdir``. A job-array root (``launch.slurm``) reads as one run.
     """
     import pandas as pd
 
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r} must be one of {KINDS}")
     workdirs = [workdirs] if isinstance(workdirs, (str, os.PathLike)) else list(workdirs)
     if not workdirs:
         raise ValueError("workdirs must name at least one work directory")
     frames = []
     for workdir in workdirs:
         workdir = str(workdir)
-        flat = config_lib.flatten(read_config_json(workdir).get("config", {}))
-        frame = pd.DataFrame(workdir_rows(workdir))
+        stored = read_config_json(workdir)
+        flat = config_lib.flatten(stored.get("config", {}))
+        if kind == "scores":
+            rows = score_rows(workdir)
+        else:
+            rows = workdir_rows(workdir, METRICS_FILE if kind == "metrics" else TRAIN_FILE)
+        frame = pd.DataFrame([_renamed(r) for r in rows])
+        grid_rows = stored.get("grid")
+        grid = pd.DataFrame(grid_rows if isinstance(grid_rows, list) else []).rename(columns={"index": "model"})
+        if "model" in grid and "model" in frame:
+            extra = ["model"] + [c for c in grid.columns if c not in frame.columns]
+            frame = frame.merge(grid[extra], on="model", how="left")
+        if kind == "metrics" and "step" in frame:
+            timing = pd.DataFrame(workdir_rows(workdir, TRAIN_FILE))
+            if len(timing):
+                frame = frame.merge(timing[["model", "step", "wall_s", "model_steps_per_s"]], on=["model", "step"],
+                                    how="left")
+            else:
+                frame = frame.assign(wall_s=float("nan"), model_steps_per_s=float("nan"))
         frame["workdir"] = workdir
         for column, key in CONFIG_COLUMNS.items():
             if column not in frame.columns:
                 frame[column] = flat.get(key)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
+
+
+def _selection_loss(row: dict) -> float:
+    """The test loss that picks a model's best evaluation: mean over windows, else test_loss; inf if none."""
+    windows = [v for k, v in row.items() if k.startswith("test_loss_window_") and k[17:].isdigit()]
+    values = windows if windows else [row.get("test_loss")]
+    if any(v is None or not math.isfinite(v) for v in values):
+        return math.inf
+    return sum(values) / len(values)
+
+
+def pick(history: Sequence[dict], at: str = DEFAULT_READING) -> dict:
+    """The evaluation of one model that ``at`` reads: 'last', or 'best' (earliest among equal losses)."""
+    if at not in READINGS:
+        raise ValueError(f"at={at!r} must be one of {tuple(READINGS)}")
+    history = sorted(history, key=lambda r: r["step"])
+    if at == "last":
+        return history[-1]
+    return min(history, key=lambda r: (_selection_loss(r), r["step"]))
 
 
 def _level_columns(rows: Sequence[dict]) -> list[str]:
@@ -342,31 +437,37 @@ def _format(value: Any) -> str:
     return str(value)
 
 
-def summary_table(rows_or_df: Any) -> str:
-    """Per-model text table of the last evaluation: validity per level, copies, and the first flag
-    (``nan@``/``loss@``/``collapse@`` step, see ``rhm_jax.health``); a flagged model shows no scores."""
+def summary_table(rows_or_df: Any, at: str = DEFAULT_READING, title: bool = True) -> str:
+    """Per-model text table at each model's ``at`` evaluation: validity per level, copies, and the
+    first flag (``nan@``/``loss@``/``collapse@`` step, see ``rhm_jax.health``); a flagged model
+    shows no scores. The first line (unless ``title=False``) says which reading it shows.
+    """
     rows = rows_or_df.to_dict("records") if hasattr(rows_or_df, "to_dict") else list(rows_or_df)
+    if at not in READINGS:
+        raise ValueError(f"at={at!r} must be one of {tuple(READINGS)}")
     if not rows:
         return "(no evaluations)"
+    rows = [_renamed(r) for r in rows]
     by_model: dict[Any, list[dict]] = {}
     for row in rows:
         by_model.setdefault((row.get("workdir"), row["model"]), []).append(row)
     levels = _level_columns(rows)
     extra = [k for k in ("lr",) if len({r.get(k) for r in rows}) > 1]
     header = ["model", "P", "seed", *extra, "step", *[k.replace("validity_", "") for k in levels],
-              "copy", "flagged"]
+              "copies", "flagged"]
     lines = []
     for (_, model), history in sorted(by_model.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
         history = sorted(history, key=lambda r: r["step"])
-        last = history[-1]
+        shown = pick(history, at)
         flag = health.first_flag(history)  # nan@, loss@ or collapse@ step: no validity is shown
-        scores = [last.get(k) for k in levels] + [last.get("copy")] if flag is None else ["-"] * (len(levels) + 1)
-        cells = [model, last.get("P"), last.get("seed"), *[last.get(k) for k in extra], last["step"],
+        scores = [shown.get(k) for k in levels] + [shown.get("copies")] if flag is None else ["-"] * (len(levels) + 1)
+        cells = [model, shown.get("P"), shown.get("seed"), *[shown.get(k) for k in extra], shown["step"],
                  *scores, flag or "-"]
         lines.append([_format(c) for c in cells])
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
     fmt = "  ".join(f"{{:>{w}}}" for w in widths)
-    return "\n".join([fmt.format(*header)] + [fmt.format(*line) for line in lines])
+    head = [f"each model at {READINGS[at]}:"] if title else []
+    return "\n".join(head + [fmt.format(*header)] + [fmt.format(*line) for line in lines])
 
 
 def write_summary(workdir: str, table: str) -> None:

@@ -38,11 +38,12 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import ml_collections
 import numpy as np
-import tqdm
 
-from rhm_jax import checkpoint, data, diffusion, evaluate, grammar, health, lock, networks, results, sharding, train
+from rhm_jax import checkpoint, data, diffusion, evaluate, events, grammar, health, lock, networks, results, sharding, train
 from rhm_jax.guard import STOP_SIGNALS, Interrupted, StopSignals, lock_workdir
 from rhm_jax import config as config_lib
+from rhm_jax.progress import Progress, format_seconds
+from rhm_jax.record import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -334,31 +335,41 @@ def kept_evaluations(eval_points: set[int], mode: str, budgets: Sequence[int]) -
     return set()
 
 
-def _run_part(config: ml_collections.ConfigDict, progs: Programs, writer: results.MetricsWriter,
-              directory: str, part: Part, bar: tqdm.tqdm, digest: str,
-              stopping: "StopSignals | None" = None) -> None:
+def _stops(config: ml_collections.ConfigDict, part: Part) -> list[int]:
+    """Steps at which the loop stops: evaluations (0 included), extra checkpoints, the end."""
+    every = int(config.run.checkpoint_every)
+    return sorted(part.eval_points | set(range(every, part.end, every) if every else ()) | {part.end})
+
+
+def _run_part(config: ml_collections.ConfigDict, progs: Programs, rec: Recorder, directory: str, part: Part,
+              digest: str, stopping: "StopSignals | None" = None) -> None:
     """Train one sub-grid to its end, resuming from its newest readable checkpoint; on a stop
     signal, save a checkpoint after the current device call and raise ``Interrupted``.
 
     ``digest``: the config hash its checkpoints carry (``stored_hash``).
     """
-    eval_points = part.eval_points
+    eval_points, writer, bar = part.eval_points, rec.metrics, rec.bar
     keep = kept_evaluations(eval_points, config.run.keep_evaluations, [r["budget_steps"] for r in part.rows])
     with checkpoint.Checkpointer(directory, config.run.keep_last, keep_steps=keep) as ckpt:
         t, state, restored = _start(config, progs, part, ckpt, writer, digest)
-        bar.update(sum(min(t, r["budget_steps"]) for r in part.rows))
-        every = int(config.run.checkpoint_every)
-        stops = sorted(eval_points | set(range(every, part.end, every) if every else ()) | {part.end})
+        rec.begin(part, t, restored)
+        stops = _stops(config, part)
+        if restored:  # done by an earlier process: counted, never timed
+            bar.restored(sum(min(t, r["budget_steps"]) for r in part.rows), sum(s <= t for s in stops))
         seen: set[int] = set()
         tracker = health.Tracker(config.eval.num_samples, [r for r in writer.rows() if r["model"] in set(part.models)])
         saved = {t} if restored else set()
 
         def stop(t: int, state: Any) -> None:
-            if t in eval_points:
-                writer.write(evaluation_rows(config, progs, part, state, t, lambda m: t in part.schedules[m], tracker))
-            _log_divergence(state, part, seen)
-            ckpt.save(t, state, {"config_hash": digest, "models": part.models, "grid": part.rows})
-            saved.add(t)
+            with bar.pause():
+                rows = []
+                if t in eval_points:
+                    rows = evaluation_rows(config, progs, part, state, t, lambda m: t in part.schedules[m], tracker)
+                rec.stop(rows)  # metrics and train rows before the checkpoint
+                _log_divergence(state, part, seen)
+                ckpt.save(t, state, {"config_hash": digest, "models": part.models, "grid": part.rows})
+                saved.add(t)
+            rec.resumed()
 
         def check_signal(t: int, state: Any) -> None:
             if stopping is None or stopping.received is None:
@@ -366,6 +377,7 @@ def _run_part(config: ml_collections.ConfigDict, progs: Programs, writer: result
             if t in eval_points and t not in saved:
                 stop(t, state)
             elif t not in saved:
+                rec.stop([])
                 ckpt.save(t, state, {"config_hash": digest, "models": part.models, "grid": part.rows})
             raise Interrupted(stopping.received, f"stopped by {signal.Signals(stopping.received).name} at step {t}"
                               f" of models {_span(part.models)}: checkpoint and rows saved in {os.path.dirname(writer.path)};"
@@ -374,21 +386,27 @@ def _run_part(config: ml_collections.ConfigDict, progs: Programs, writer: result
         if not restored:
             stop(0, state)
         check_signal(t, state)
-        real = len(part.rows)  # padding dummies never train
         pending = None  # metrics of the previous call: read one call late, so never blocking
         while t < part.end:
             target_step = next(s for s in stops if s > t)
             n = min(int(config.train.steps_per_call), target_step - t)
             state, metrics = progs.step_fn(state, part.grid, progs.pool_QxD, n)
             t += n
+            if not bar.clock_started:  # wait for the first call once: its compilation is not timed
+                bar.compiled(rec.chunk(metrics, part, timed=False))
+                metrics = None
             if pending is not None:
-                bar.update(int(np.sum(jax.device_get(pending["steps_done"])[:real])))
+                bar.advance(rec.chunk(pending, part, timed=True))
             pending = metrics
-            if t == target_step:  # evaluation or checkpoint: here we must wait anyway
-                bar.update(int(np.sum(jax.device_get(pending["steps_done"])[:real])))
+            stopping_now = stopping is not None and stopping.received is not None
+            if t == target_step or stopping_now:  # here we must wait anyway
+                if pending is not None:
+                    bar.advance(rec.chunk(pending, part, timed=True))
                 pending = None
+            if t == target_step:
                 stop(t, state)
             check_signal(t, state)
+    rec.end_part()
 
 
 def _span(models: Sequence[int]) -> str:
@@ -406,22 +424,28 @@ def stored_hash(workdir: str) -> str:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, force: bool = False,
-        progress: bool = True, stop_signals: Sequence[int] = STOP_SIGNALS) -> list[dict]:
+        progress: bool = True, stop_signals: Sequence[int] = STOP_SIGNALS, tensorboard: bool = False) -> list[dict]:
     """Train and evaluate the config's grid in ``workdir`` (new or resumed); returns all metrics rows.
 
     Holds ``workdir``'s lock throughout (``lock.Busy`` if another process has it). The
     ``stop_signals`` end the run at the next device-call boundary with a checkpoint saved:
-    ``Interrupted`` is raised and re-running resumes with unchanged results.
+    ``Interrupted`` is raised and re-running resumes with unchanged results. Writes ``summary.txt``
+    (each model at its ``results.DEFAULT_READING`` evaluation) at the end and prints nothing but
+    the progress lines (stderr; ``progress=False``: none). ``tensorboard``: also write TensorBoard
+    event files (``rhm_jax.events``).
     """
     config_lib.validate(config)
+    if tensorboard:
+        events.check_available()
     workdir = os.path.abspath(workdir)
     with contextlib.ExitStack() as stack:
         stopping = stack.enter_context(StopSignals(stop_signals))
         lock_workdir(workdir, force, stack)
-        return _run_locked(config, workdir, progress, stopping)
+        return _run_locked(config, workdir, progress, stopping, tensorboard)
 
 
-def _run_locked(config: ml_collections.ConfigDict, workdir: str, progress: bool, stopping: StopSignals) -> list[dict]:
+def _run_locked(config: ml_collections.ConfigDict, workdir: str, progress: bool, stopping: StopSignals,
+                tensorboard: bool = False) -> list[dict]:
     """``run`` once the work directory is locked."""
     progs = programs(config)
     setup = progs.setup
@@ -429,20 +453,29 @@ def _run_locked(config: ml_collections.ConfigDict, workdir: str, progress: bool,
     digest = stored_hash(workdir)
     log.info("%s run in %s: %d models on %d device(s), largest P=%d, %d test rows", status, workdir,
              len(progs.grid_rows), progs.place.num_devices, setup.pool_QxD.shape[0], setup.test_NxD.shape[0])
-    parts = partition(config, progs, workdir)
-    writer = results.MetricsWriter(workdir)
+    parts = [make_part(config, progs, positions) for positions in partition(config, progs, workdir)]
     total = sum(r["budget_steps"] for r in progs.grid_rows)
-    with tqdm.tqdm(total=total, disable=not progress, unit="model-step", unit_scale=True,
-                   dynamic_ncols=True, desc="training") as bar:
-        for index, positions in enumerate(parts):
-            part = make_part(config, progs, positions)
+    bar = Progress(total, sum(len(_stops(config, p)) for p in parts), enabled=progress)
+    rec = Recorder(workdir, bar, tensorboard)
+    try:
+        for index, part in enumerate(parts):
             if len(parts) > 1:
                 log.info("sub-grid %d/%d: models %s", index + 1, len(parts), _span(part.models))
-            _run_part(config, progs, writer, part_dir(workdir, index), part, bar, digest, stopping)
-    rows = writer.rows()
-    table = results.summary_table(rows)
-    results.write_summary(workdir, table)
-    print(table)
+            _run_part(config, progs, rec, part_dir(workdir, index), part, digest, stopping)
+    finally:
+        bar.close()
+        rec.end_part()
+    if bar.first_eta is not None:
+        log.info("training took %s; the first estimate after compilation (at %s) was %s left, the truth %s",
+                 format_seconds(bar.elapsed()), format_seconds(bar.first_eta_at), format_seconds(bar.first_eta),
+                 format_seconds(bar.elapsed() - bar.first_eta_at))
+    rows = rec.metrics.rows()
+    results.write_summary(workdir, results.summary_table(rows))
+    if bar.clock_started or "wall_time_s" not in results.read_config_json(workdir).get("provenance", {}):
+        try:  # a finished run re-run on a read-only disk trains nothing and records nothing
+            results.record_wall_time(workdir, rec.wall_s())
+        except OSError as err:
+            log.warning("could not record the wall time in %s: %s", results.CONFIG_FILE, err)
     return rows
 
 

@@ -285,7 +285,8 @@ def make_train_chunk(config: Any, process: Any, network: Any) -> Callable:
     frozen (state unchanged). A step with a non-finite loss or gradient is not applied: the model
     is marked diverged at that step and frozen; the other models are untouched. (Finite gradients
     give finite new params: an Adam step is a few times lr at most.) Metrics per model: ``loss``
-    (mean over the chunk's applied steps, NaN if none), ``steps_done``, ``epoch`` (step * rows per step / P).
+    (mean over the chunk's applied steps, NaN if none), ``steps_done``, ``step`` (after the chunk) and
+    ``epoch`` (step * rows per step / P).
     """
     batch = int(config.train.batch_size)
     K = int(config.train.steps_per_call)
@@ -352,6 +353,7 @@ def make_train_chunk(config: Any, process: Any, network: Any) -> Callable:
         metrics = dict(
             loss=jnp.where(count > 0, loss_sum / jnp.maximum(count, 1), jnp.nan),
             steps_done=count,
+            step=state.step,
             epoch=epochs(state.step, grid.P, batch, full),
         )
         return state, metrics

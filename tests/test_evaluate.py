@@ -80,7 +80,7 @@ def test_score_samples_match_brute_force():
         assert float(got[f"rule_entropy_l{l}"]) == pytest.approx(-(prob * np.log(prob)).sum() / np.log(rules),
                                                                  rel=1e-5)
     assert float(got["valid"]) == pytest.approx(valid.mean())
-    assert float(got["copy"]) == pytest.approx(copy.mean())  # pool[30:] are training rows of larger P only
+    assert float(got["copies"]) == pytest.approx(copy.mean())  # pool[30:] are training rows of larger P only
     assert float(got["novel_valid"]) == pytest.approx((valid & ~copy).mean())
     assert float(got["duplicates"]) == pytest.approx(1 - len(np.unique(tokens, axis=0)) / len(tokens))
     assert int(got["noncopy_samples"]) == (~copy).sum()
@@ -93,7 +93,7 @@ def test_score_samples_match_brute_force():
 def test_noncopy_validity_is_nan_not_zero_when_every_sample_is_a_copy():
     pool = np.asarray(grammar.sample(jax.random.key(0), G, 10))
     got = evaluate.score_samples(G, coherence.make_lookup(pool), jnp.asarray(pool[:4]), jnp.int32(10))
-    assert int(got["noncopy_samples"]) == 0 and float(got["copy"]) == 1.0
+    assert int(got["noncopy_samples"]) == 0 and float(got["copies"]) == 1.0
     assert all(np.isnan(float(got[f"validity_l{l}_noncopy"])) for l in range(1, G.L + 1))
     row = evaluate.to_rows({k: np.asarray(v)[None] for k, v in got.items()}, [dict(index=0, P=10, seed=0, lr=1.0)],
                            types.SimpleNamespace(step=np.array([1]), diverged=np.array([False]),
@@ -197,7 +197,7 @@ def test_evaluate_copies_losses_and_rows_against_brute_force(tables, evaluator):
     valid = np.asarray([brute_validity(G, r)[-1][0] >= 0 for r in table])
     for i, p in enumerate(P):
         copy = np.asarray([any((r == pool[:p]).all(1)) for r in table])
-        assert float(metrics["copy"][i]) == pytest.approx(copy.mean())
+        assert float(metrics["copies"][i]) == pytest.approx(copy.mean())
         assert float(metrics["novel_valid"][i]) == pytest.approx((valid & ~copy).mean())
         # 12 loss rows cycle through the model's own P rows: each row weighs the same.
         assert float(metrics["train_loss"][i]) == pytest.approx((i + 1) * pool[:p].mean(), rel=1e-6)
@@ -235,7 +235,7 @@ def test_evaluate_scores_the_debiased_ema(tables):
     config = eval_config(ema_decay=decay)
     evaluator = evaluate.make_evaluator(config, G, TableProcess(), NET, jnp.asarray(pool), jnp.asarray(test))
     metrics = evaluator(state, table_grid([12], [0]), jax.random.key(0))
-    assert float(metrics["copy"][0]) == pytest.approx(0.5)  # the EMA table: 4 of 8 rows are pool rows
+    assert float(metrics["copies"][0]) == pytest.approx(0.5)  # the EMA table: 4 of 8 rows are pool rows
 
 
 # ----------------------------------------------------------------------------- end to end

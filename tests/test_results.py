@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from rhm_jax import config as config_lib
-from rhm_jax import results
+from rhm_jax import analysis, results
 
 GRID = [dict(index=0, P=16, seed=0, lr=1e-3), dict(index=1, P=64, seed=0, lr=1e-3)]
 
@@ -169,11 +169,33 @@ def test_load_and_summary_table(tmp_path, smoke):
     assert (df["width"] == 16).all()
     final = df[df["step"] == 64].set_index(["workdir", "model"])["validity_l1"]
     assert final[(a, 1)] == 0.9 and final[(b, 0)] == 0.25
-    lines = results.summary_table(results.load(a)).splitlines()
-    assert lines[0].split() == ["model", "P", "seed", "step", "l1", "l2", "l3", "copy", "flagged"]
-    assert lines[1].split() == ["0", "16", "0", "64", "0.5", "0.1", "0", "0", "-"]
-    assert lines[2].split() == ["1", "64", "0", "64", "-", "-", "-", "-", "nan@8"]  # no validity shown
-    assert results.summary_table(results.MetricsWriter(a).rows()) == "\n".join(lines)
+    # _fake_run writes the old column name ``copy``: it reads as ``copies``
+    assert "copies" in df and "copy" not in df and (df["copies"] == 0.0).all()
+    lines = results.summary_table(results.load(a), at="last").splitlines()
+    assert lines[0] == "each model at its last evaluation:"
+    assert lines[1].split() == ["model", "P", "seed", "step", "l1", "l2", "l3", "copies", "flagged"]
+    assert lines[2].split() == ["0", "16", "0", "64", "0.5", "0.1", "0", "0", "-"]
+    assert lines[3].split() == ["1", "64", "0", "64", "-", "-", "-", "-", "nan@8"]  # no validity shown
+    assert results.summary_table(results.MetricsWriter(a).rows(), at="last") == "\n".join(lines)
+
+
+def test_summary_reads_each_model_at_its_best_evaluation_by_default(tmp_path, smoke):
+    """Best = lowest mean of the windowed test loss (test_loss when there are no windows), as the report."""
+    workdir = str(tmp_path / "run")
+    results.prepare_workdir(workdir, smoke, GRID)
+    losses = {0: [0.9, 0.2, 0.5], 1: [0.9, 0.7, 0.4]}  # model 0 is best at step 8, model 1 at step 64
+    results.MetricsWriter(workdir).write([
+        row(m, step, validity_l1=step / 64, test_loss=9.0, test_loss_window_0=losses[m][i] - 0.1,
+            test_loss_window_1=losses[m][i] + 0.1, copies=0.0)
+        for i, step in enumerate((0, 8, 64)) for m in (0, 1)])
+    lines = results.summary_table(results.MetricsWriter(workdir).rows()).splitlines()
+    assert results.DEFAULT_READING == "best" and lines[0].startswith("each model at its best evaluation")
+    assert [line.split()[3] for line in lines[2:]] == ["8", "64"]
+    frame = results.load(workdir)
+    best = analysis.final(frame, "best").set_index("model")["step"]
+    assert best.to_dict() == {0: 8, 1: 64}  # the report's reading picks the same evaluations
+    with pytest.raises(ValueError, match="at='first'"):
+        results.summary_table(frame, at="first")
 
 
 def test_load_needs_a_workdir(tmp_path):
@@ -190,3 +212,37 @@ def test_load_merges_the_slices_of_a_job_array(tmp_path, smoke):
     df = results.load(root)
     assert list(zip(df["model"], df["step"])) == [(0, 0), (0, 8), (1, 0), (1, 8)]
     assert set(df["workdir"]) == {root}
+
+
+def test_load_has_grid_config_and_timing_columns_and_the_train_and_score_tables(tmp_path, smoke):
+    workdir = str(tmp_path / "run")
+    grid = [dict(g, budget_steps=64, budget_epochs=64 * 8 / g["P"]) for g in GRID]
+    results.prepare_workdir(workdir, smoke, grid)
+    results.MetricsWriter(workdir).write([row(m, step, copies=0.0) for step in (0, 8) for m in (0, 1)])
+    train = [dict(model=m, step=step, epoch=step * 8 / GRID[m]["P"], loss=1.0 / step, wall_s=float(step),
+                  model_steps_per_s=100.0 + step) for step in (4, 8) for m in (0, 1)]
+    results.MetricsWriter(workdir, results.TRAIN_FILE).write(train)
+    results.write_rows(os.path.join(workdir, "score_8_64_10.jsonl"), [row(1, 8, copies=0.5)])
+    df = results.load(workdir)
+    assert len(df) == 4
+    for column, value in dict(T=20, grammar_seed=0, data_seed=0, run_seed=0, batch_size=8, budget_steps=64).items():
+        assert (df[column] == value).all(), column
+    assert df["budget_epochs"].tolist() == [32.0, 8.0, 32.0, 8.0]
+    at8 = df[df["step"] == 8].set_index("model")
+    assert at8["wall_s"].tolist() == [8.0, 8.0] and at8["model_steps_per_s"].tolist() == [108.0, 108.0]
+    assert df[df["step"] == 0]["wall_s"].isna().all()  # nothing trained before step 0
+    loss = results.load(workdir, kind="train")
+    assert len(loss) == 4 and set(loss) >= {"model", "step", "loss", "P", "seed", "lr", "budget_steps", "T"}
+    scores = results.load(workdir, kind="scores")
+    assert scores[["model", "step", "num_samples", "sampler_steps", "copies"]].values.tolist() == [[1, 8, 64, 10, 0.5]]
+    with pytest.raises(ValueError, match="kind='losses'"):
+        results.load(workdir, kind="losses")
+
+
+def test_record_wall_time_goes_into_the_provenance(tmp_path, smoke):
+    workdir = str(tmp_path / "run")
+    results.prepare_workdir(workdir, smoke, GRID)
+    results.record_wall_time(workdir, 12.3456)
+    stored = results.read_config_json(workdir)
+    assert stored["provenance"]["wall_time_s"] == 12.346 and "finished_utc" in stored["provenance"]
+    assert results.prepare_workdir(workdir, smoke, GRID) == "resume"  # the provenance is not compared

@@ -154,8 +154,9 @@ def _newest_checkpoint(workdir: str) -> int | None:
 
 
 def _comparable(table):
-    """Rows sorted by (model, step), without the columns that name the directory."""
-    table = table.drop(columns=[c for c in ("workdir",) if c in table]).sort_values(["model", "step"])
+    """Rows sorted by (model, step), without the columns that name the directory or time the run."""
+    table = table.drop(columns=[c for c in ("workdir", "wall_s", "model_steps_per_s") if c in table])
+    table = table.sort_values(["model", "step"])
     return table.reset_index(drop=True)
 
 

@@ -73,6 +73,12 @@ def final_state(workdir, config):
     return jax.tree.map(lambda *xs: jnp.concatenate(xs), *states)
 
 
+def train_rows(workdir):
+    """The train table without its timing columns (which differ from run to run)."""
+    rows = results.read_rows(os.path.join(workdir, results.TRAIN_FILE))
+    return by_key([{k: v for k, v in r.items() if k not in ("wall_s", "model_steps_per_s")} for r in rows])
+
+
 def snapshot(workdir):
     """Every file under workdir with its bytes (to show that something was left untouched); the
     lock file is left out: taking the lock rewrites its holder line."""
@@ -100,6 +106,12 @@ def test_run_records_every_evaluation(reference):
     config, workdir, rows = reference
     assert [(r["model"], r["step"]) for r in by_key(rows)] == [(m, s) for m in range(4) for s in STEPS]
     assert results.read_rows(os.path.join(workdir, "metrics.jsonl")) == rows
+    # one train row per model and chunk (16 steps per call, cut at every evaluation step)
+    chunk_ends = [1, 2, 4, 8, 16, 32, 48, 64]
+    assert [(r["model"], r["step"]) for r in train_rows(workdir)] == [(m, s) for m in range(4) for s in chunk_ends]
+    assert all(r["loss"] > 0 and r["epoch"] == r["step"] * 8 / grid_P for r, grid_P in
+               ((r, [16, 16, 64, 64][r["model"]]) for r in train_rows(workdir)))
+    assert results.read_config_json(workdir)["provenance"]["wall_time_s"] > 0
     grid = results.read_config_json(workdir)["grid"]
     assert [(g["P"], g["seed"]) for g in grid] == [(16, 0), (16, 1), (64, 0), (64, 1)]
     for r in rows:
@@ -109,7 +121,10 @@ def test_run_records_every_evaluation(reference):
         assert ckpt.steps() == STEPS  # evaluation steps are kept
     assert (final_state(workdir, config).step == 64).all()
     summary = open(os.path.join(workdir, "summary.txt")).read().splitlines()
-    assert len(summary) == 5 and summary[1].split()[:4] == ["0", "16", "0", "64"]
+    assert summary[0] == "each model at its best evaluation (lowest test loss, mean over diffusion-time windows):"
+    best = {r["model"]: r["step"] for r in (results.pick([r for r in rows if r["model"] == m]) for m in range(4))}
+    assert len(summary) == 6 and [line.split()[:4] for line in summary[2:]] == [
+        [str(m), str(P), str(seed), str(best[m])] for m, (P, seed) in enumerate([(16, 0), (16, 1), (64, 0), (64, 1)])]
 
 
 def test_kept_evaluation_checkpoints_follow_run_keep_evaluations(reference, tmp_path):
@@ -151,6 +166,9 @@ def test_resume_after_a_stop_equals_an_uninterrupted_run(reference, tmp_path, mo
         rows = sweep.run(config, workdir, progress=False)
     assert "from the checkpoint at step 24 (4 later metrics rows dropped)" in caplog.text
     assert rows == ref_rows
+    # the chunks after step 24 were dropped, then redone once (checkpoint_every=24 also cuts a chunk)
+    ends = [1, 2, 4, 8, 16, 24, 32, 48, 64]
+    assert [(r["model"], r["step"]) for r in train_rows(workdir)] == [(m, s) for m in range(4) for s in ends]
     chex.assert_trees_all_equal(final_state(workdir, config), final_state(ref_dir, config))
     with checkpoint.Checkpointer(sweep.part_dir(workdir, 0), read_only=True) as ckpt:
         assert ckpt.steps() == sorted(STEPS + [48])  # 24 pruned: neither among the last 2 nor evaluated
@@ -197,7 +215,7 @@ def test_broken_latest_checkpoint_falls_back_and_completes(reference, tmp_path, 
         rows = sweep.run(config, workdir, progress=False)
     assert "checkpoint at step 64 is broken, falling back to the previous one" in caplog.text
     assert "from the checkpoint at step 32 (4 later metrics rows dropped)" in caplog.text
-    assert rows == ref_rows
+    assert rows == ref_rows and train_rows(workdir) == train_rows(ref_dir)
     chex.assert_trees_all_equal(final_state(workdir, config), final_state(ref_dir, config))
     assert any(p.startswith("broken-64-") for p in os.listdir(sweep.part_dir(workdir, 0)))
 
@@ -271,8 +289,8 @@ def test_diverged_models_are_reported_and_the_others_unharmed(reference, tmp_pat
     assert healthy == by_key([r for r in ref_rows if r["seed"] == 0])
     summary = open(tmp_path / "summary.txt").read().splitlines()
     at = {r["diverged_step"] for r in blown if r["diverged"]}
-    assert len(at) == 1 and summary[0].split()[-1] == "flagged"
-    assert summary[2].split()[-1] == f"nan@{at.pop()}" and summary[2].split()[5] == "-"  # no validity shown
+    assert len(at) == 1 and summary[1].split()[-1] == "flagged"  # summary[0] says the reading
+    assert summary[3].split()[-1] == f"nan@{at.pop()}" and summary[3].split()[5] == "-"  # no validity shown
 
 
 def test_bad_input_is_refused_before_anything_is_written(reference, tmp_path, capsys):
@@ -317,6 +335,7 @@ def test_sigkill_mid_run_then_restart_equals_an_uninterrupted_run(reference, tmp
     assert restart.returncode == 0, err[-3000:]
     assert "resuming models 0..3 from the checkpoint at step" in err, err[-3000:]
     assert by_key(results.read_rows(os.path.join(workdir, "metrics.jsonl"))) == by_key(ref_rows), err[-3000:]
+    assert train_rows(workdir) == train_rows(ref_dir)
     chex.assert_trees_all_equal(final_state(workdir, config), final_state(ref_dir, config))
 
 

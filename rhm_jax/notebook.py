@@ -1,0 +1,241 @@
+"""A finished (or stopped) run in a notebook: its models, parameters, grammar, sampling and scoring.
+
+Shape letters: M models loaded, N samples per model, D sequence length.
+
+    run = notebook.load("runs/quick", step="best")   # or "last", or a checkpoint step
+    run.table                    # one row per model: grid row (global index, seed, lr, budget), step, metrics
+    run.params                   # stacked parameters, leading axis M (the debiased EMA when the run kept one)
+    tokens_MxNxD = run.sample(256)                   # vmapped over the models
+    run.score_samples(tokens_MxNxD)                  # validity per level, copies ... per model
+    run.score(num_samples=4096)                      # re-evaluate; writes score_*.jsonl only if write=True
+
+Each model is restored from the checkpoint of the step it is loaded at (``best``: its lowest test
+loss, as ``results.pick`` and the report read it), so re-scoring with the run's settings reproduces
+its metrics rows. Nothing in the work directory is changed unless ``score(write=True)``. A job
+array (``launch.slurm``) keeps its checkpoints per slice: load ``DIR/slice_<k>``.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pandas as pd
+
+from rhm_jax import checkpoint, coherence, diffusion, evaluate, networks, results, sharding, sweep, train
+from rhm_jax import config as config_lib
+
+
+class Run:
+    """Models of one work directory, each at one step, stacked along a leading model axis M."""
+
+    def __init__(self, workdir: str, config: ml_collections.ConfigDict, progs: sweep.Programs,
+                 positions: list[int], state: train.TrainState, table: Any):
+        self.workdir, self.config, self._progs = workdir, config, progs
+        self._positions = positions  # of the loaded models in the run's grid
+        self.state = state  # stacked TrainState (opt_state dropped), leading axis M
+        self.table = table  # pandas DataFrame, one row per loaded model, in the order of axis M
+        self.grid = sweep.select(progs.grid, positions)
+
+    # ------------------------------------------------------------------ what was trained
+    @property
+    def grammar(self) -> Any:
+        """The run's grammar (``rhm_jax.grammar.Grammar``)."""
+        return self._progs.setup.grammar
+
+    @property
+    def process(self) -> Any:
+        return self._progs.setup.process
+
+    @property
+    def network(self) -> Any:
+        return self._progs.setup.network
+
+    @property
+    def models(self) -> list[int]:
+        """Global grid indices of the loaded models, in the order of axis M."""
+        return [int(m) for m in self.table["model"]]
+
+    @functools.cached_property
+    def params(self) -> Any:
+        """Parameters to evaluate, stacked (M, ...): the debiased EMA when the run kept one, else the raw ones."""
+        decay = train.ema_decay(self.config.train)
+        return jax.vmap(lambda st: train.eval_params(st, decay))(self.state)
+
+    def training_set(self, model: int) -> np.ndarray:
+        """(P, D) training rows of the model with global index ``model``."""
+        row = self.table[self.table["model"] == model]
+        if row.empty:
+            raise ValueError(f"model={model} is not loaded; loaded: {self.models}")
+        return np.asarray(self._progs.setup.pool_QxD[:int(row["P"].iloc[0])])
+
+    @property
+    def test_set(self) -> np.ndarray:
+        """(N_test, D) test rows shared by all models."""
+        return np.asarray(self._progs.setup.test_NxD)
+
+    # ------------------------------------------------------------------ sampling and scoring
+    def sample(self, num_samples: int, seed: int = 0, sampler_steps: int | None = None) -> np.ndarray:
+        """(M, N, D) int32 samples of every model (model i draws with fold_in(key(seed), its model seed))."""
+        if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+            raise ValueError(f"num_samples={num_samples!r} must be an integer >= 1")
+        fn = _sampler(self.process, self.network, int(num_samples), sampler_steps, self.grammar.d)
+        return np.asarray(fn(self.params, self.grid.model_seed, jax.random.key(seed)))
+
+    def score_samples(self, tokens_MxNxD: Any) -> Any:
+        """Table of per-model scores of given samples: validity per level, valid, copies (of the
+        model's own training set), novel_valid, duplicates, rule coverage and entropy."""
+        tokens_MxNxD = jnp.asarray(tokens_MxNxD, jnp.int32)
+        if tokens_MxNxD.ndim != 3 or tokens_MxNxD.shape[0] != len(self.models) or tokens_MxNxD.shape[2] != self.grammar.d:
+            raise ValueError(f"tokens_MxNxD of shape {tokens_MxNxD.shape} must be (M={len(self.models)}, N, "
+                             f"D={self.grammar.d})")
+        scores = _scorer(self.grammar, self._lookup)(tokens_MxNxD, self.grid.P)
+        return self._frame(jax.device_get(scores))
+
+    @functools.cached_property
+    def _lookup(self) -> coherence.Lookup:
+        return coherence.make_lookup(self._progs.setup.pool_QxD)
+
+    def score(self, num_samples: int | None = None, sampler_steps: int | None = None, write: bool = False) -> Any:
+        """Re-evaluate every loaded model (K samples, S sampler steps; the run's by default) with the
+        evaluation key of its step; returns the metrics rows as a table. ``write=True`` also stores
+        them in ``score_<step>_<K>_<S>.jsonl`` (read back by ``results.load(workdir, kind='scores')``)."""
+        config = config_lib.from_dict(config_lib.to_dict(self.config))
+        if num_samples is not None:
+            config.eval.num_samples = int(num_samples)
+        if sampler_steps is not None:
+            config.process.sampler_steps = int(sampler_steps)
+        config_lib.validate(config)
+        g = self.grammar
+        process = diffusion.make(config.process, g.v, g.d)
+        network = networks.make(config.network, g.v, g.s, g.L, process)
+        evaluator = evaluate.make_evaluator(config, g, process, network, self._progs.setup.pool_QxD,
+                                            self._progs.setup.test_NxD)
+        steps = np.asarray(self.table["step"])
+        rows = []
+        for step in sorted(set(steps.tolist())):
+            index = np.flatnonzero(steps == step)
+            state, grid = (jax.tree.map(lambda x: x[index], tree) for tree in (self.state, self.grid))
+            metrics = evaluator(state, grid, sweep.eval_key(config, int(step)))
+            grid_rows = [self._progs.grid_rows[self._positions[i]] for i in index]
+            step_rows = [dict(r, step=int(step)) for r in evaluate.to_rows(metrics, grid_rows, state)]
+            if write:
+                K, S = int(config.eval.num_samples), int(config.process.sampler_steps or config.process.T)
+                _merge_rows(os.path.join(self.workdir, f"score_{int(step)}_{K}_{S}.jsonl"), step_rows)
+            rows += step_rows
+        order = {m: i for i, m in enumerate(self.models)}
+        return pd.DataFrame(sorted(rows, key=lambda r: order[r["model"]]))
+
+    def _frame(self, values: dict) -> Any:
+        """A table of (M,)-leading arrays, one row per model, beside the model's grid columns."""
+        frame = self.table[["model", "P", "seed", "lr", "step"]].reset_index(drop=True).copy()
+        for name, array in values.items():
+            array = np.asarray(array)
+            if array.ndim == 1:
+                frame[name] = array
+            else:
+                for w in range(array.shape[1]):
+                    frame[f"{name}_{w}"] = array[:, w]
+        return frame
+
+
+@functools.lru_cache(maxsize=8)
+def _sampler(process: Any, network: Any, num_samples: int, steps: int | None, d: int):
+    """jit(vmap) of process.sample over stacked params and model seeds."""
+    kwargs = {} if getattr(process, "d", None) is not None else {"d": d}
+
+    @jax.jit
+    def sample(params: Any, model_seed_M: jax.Array, key: jax.Array) -> jax.Array:
+        one = lambda p, seed: process.sample(p, network.apply, jax.random.fold_in(key, seed), num_samples,
+                                             steps=steps, **kwargs)
+        return jax.vmap(one)(params, model_seed_M)
+
+    return sample
+
+
+def _scorer(grammar: Any, lookup: coherence.Lookup):
+    """jit(vmap) of evaluate.score_samples over models (tokens and P)."""
+    return jax.jit(jax.vmap(lambda tokens, P: evaluate.score_samples(grammar, lookup, tokens, P)))
+
+
+def _merge_rows(path: str, rows: list[dict]) -> None:
+    """Write rows into a jsonl file, replacing earlier rows of the same models."""
+    models = {r["model"] for r in rows}
+    kept = [r for r in results.read_rows(path) if r["model"] not in models]
+    results.write_rows(path, sorted(kept + rows, key=lambda r: r["model"]))
+
+
+# ----------------------------------------------------------------------------- loading
+
+def _wanted_steps(table: Any, step: int | str, models: list[int]) -> dict[int, int]:
+    """Model index -> the step to load it at."""
+    if isinstance(step, (int, np.integer)) and not isinstance(step, bool):
+        return {m: int(step) for m in models}
+    if step not in results.READINGS:
+        raise ValueError(f"step={step!r} must be a checkpoint step or one of {tuple(results.READINGS)}")
+    wanted = {}
+    for m in models:
+        history = table[table["model"] == m].to_dict("records")
+        if not history:
+            raise ValueError(f"model {m} has no evaluation yet, so no {step!r} step")
+        wanted[m] = int(results.pick(history, step)["step"])
+    return wanted
+
+
+def load(workdir: str | os.PathLike, step: int | str = results.DEFAULT_READING,
+         models: Sequence[int] | None = None) -> Run:
+    """The models of a work directory (global ``models`` indices, default all) at ``step``: a
+    checkpoint step, or 'best' / 'last' (each model at its own best or last evaluation).
+
+    ValueError (one line) when the directory is not a run, a model is not in it, or a step has no
+    checkpoint (``run.keep_evaluations`` may have dropped it; the message lists what exists).
+    """
+    workdir = os.path.abspath(str(workdir))
+    stored = results.read_config_json(workdir)
+    config = config_lib.from_dict(stored["config"])
+    progs = sweep.programs(config)
+    if results.to_json_value(progs.grid_rows) != stored["grid"]:
+        raise ValueError(f"the grid rebuilt from {workdir}/config.json differs from the stored one")
+    table = results.load(workdir)
+    all_models = [r["index"] for r in progs.grid_rows]
+    models = all_models if models is None else [int(m) for m in models]
+    missing = sorted(set(models) - set(all_models))
+    if missing:
+        raise ValueError(f"models {missing} are not in {workdir} (it holds {all_models[0]}..{all_models[-1]})")
+    wanted = _wanted_steps(table, step, models)
+    position = {r["index"]: i for i, r in enumerate(progs.grid_rows)}
+    parts = sweep.stored_parts(config, progs, workdir)
+    states: dict[int, Any] = {}
+    for index, part in enumerate(parts):
+        needed = {m: wanted[m] for m in part.models if m in wanted}
+        if not needed:
+            continue
+        with checkpoint.Checkpointer(sweep.part_dir(workdir, index), read_only=True) as ckpt:
+            available = ckpt.steps()
+            budget = {r["index"]: r["budget_steps"] for r in part.rows}
+            for s in sorted(set(needed.values())):
+                source = s if s in available else None
+                if source is None and all(budget[m] <= s for m, w in needed.items() if w == s):
+                    # models at their budget are frozen: any later checkpoint holds that state
+                    source = next((a for a in available if a > s), None)
+                if source is None:
+                    raise ValueError(f"no checkpoint at step {s} in {ckpt.directory}; available steps: {available}")
+                state, _ = ckpt.restore(source, sweep.restore_target(config, progs, part.grid), strict=False)
+                host = sharding.unpad(state.replace(opt_state=None), len(part.rows))
+                for m, w in needed.items():
+                    if w == s:
+                        states[m] = jax.tree.map(lambda x: x[part.models.index(m)], host)
+    state = jax.tree.map(lambda *xs: jnp.stack(xs), *[states[m] for m in models])
+    grid = {r["index"]: r for r in progs.grid_rows}
+    at = {m: int(states[m].step) for m in models}
+    rows = []
+    for m in models:
+        match = table[(table["model"] == m) & (table["step"] == at[m])]
+        row = match.iloc[0].to_dict() if len(match) else dict(grid[m], model=m, step=at[m])
+        row.pop("index", None)
+        rows.append(row)
+    return Run(workdir, config, progs, [position[m] for m in models], state, pd.DataFrame(rows))

@@ -1,0 +1,101 @@
+"""The entry points as a user meets them: quiet output, clear refusals, and an installed wheel that
+runs the smoke job and its report from outside the clone."""
+import os
+import shutil
+import subprocess
+import sys
+import venv
+
+import pytest
+
+from launch import report as launch_report
+from rhm_jax import results
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = os.path.join(ROOT, "sweeps", "smoke.py")
+NOISE = ("absl", "tpu", "proxy", "traceback")  # lowercased
+
+
+def _env(**extra):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", **extra)
+    return env
+
+
+def test_a_run_and_a_rescore_show_only_this_package_and_plain_progress_lines(tmp_path):
+    workdir = str(tmp_path / "run")
+    env = _env(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               PYTHONPATH=ROOT)
+    env.pop("JAX_PLATFORMS")  # let jax probe its backends, as on a user's machine: the probe must stay quiet
+    ran = subprocess.run([sys.executable, "-m", "launch.local", "--config", SMOKE, "--workdir", workdir], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=900)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    scored = subprocess.run([sys.executable, "-m", "launch.score", "--workdir", workdir, "--step", "16"], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=900)
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    output = ran.stdout + ran.stderr + scored.stdout + scored.stderr
+    assert not [word for word in NOISE if word in output.lower()], output[-3000:]
+    for line in (ran.stderr + scored.stderr).splitlines():  # every log line is ours, progress lines plain
+        assert " INFO rhm_jax." in line or line.startswith("training "), line
+    assert "\r" not in ran.stderr and "100.0%  256/256 model-steps" in ran.stderr
+    assert ran.stdout.startswith("each model at its best evaluation")  # the summary says its reading
+
+
+def test_launch_report_refuses_a_missing_or_empty_directory(tmp_path, capsys):
+    missing, empty, fresh = tmp_path / "missing", tmp_path / "empty", tmp_path / "fresh"
+    empty.mkdir()
+    fresh.mkdir()
+    shutil.copy(os.path.join(ROOT, "tests", "test_launch.py"), fresh / "notes.txt")
+    results.write_json_atomic(str(fresh / results.CONFIG_FILE), {"config": {}, "provenance": {}, "grid": []})
+    for workdir, message in ((missing, "no such directory"), (empty, "holds no config.json"),
+                             (fresh, "no evaluations yet")):
+        before = sorted(os.listdir(tmp_path)), sorted(os.listdir(workdir)) if workdir.exists() else None
+        assert launch_report.main(["--workdir", str(workdir)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
+        after = sorted(os.listdir(tmp_path)), sorted(os.listdir(workdir)) if workdir.exists() else None
+        assert after == before  # nothing created
+
+
+def _source_copy(destination: str) -> str:
+    """The tracked files of the clone (no build/ or egg-info left over from earlier builds)."""
+    listed = subprocess.run(["git", "-C", ROOT, "ls-files", "--cached", "--others", "--exclude-standard"],
+                            capture_output=True, text=True, check=True).stdout.split()
+    for name in listed:
+        if os.path.isfile(os.path.join(ROOT, name)):
+            os.makedirs(os.path.dirname(os.path.join(destination, name)), exist_ok=True)
+            shutil.copy2(os.path.join(ROOT, name), os.path.join(destination, name))
+    return destination
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_into_a_fresh_venv_and_runs_the_smoke_job_and_report_elsewhere(tmp_path):
+    source = _source_copy(str(tmp_path / "src"))
+    env = _env()
+    env.pop("PYTHONPATH", None)  # nothing of the clone on the path
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), source],
+                   env=env, check=True, capture_output=True, timeout=600)
+    wheel = [f for f in os.listdir(tmp_path / "dist") if f.endswith(".whl")]
+    assert len(wheel) == 1
+    venv.EnvBuilder(with_pip=True, system_site_packages=False).create(tmp_path / "venv")
+    bin_dir = tmp_path / "venv" / "bin"
+    installed = subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "-q",
+                                str(tmp_path / "dist" / wheel[0])], env=env, capture_output=True, text=True,
+                               timeout=1800)
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    def call(*args):
+        done = subprocess.run([str(a) for a in args], cwd=elsewhere, env=env, capture_output=True, text=True,
+                              timeout=1200)
+        assert done.returncode == 0, (args, done.stdout[-2000:], done.stderr[-3000:])
+        return done
+
+    probe = call(bin_dir / "python", "-c", "import rhm_jax, rhm_jax.report, rhm_jax.notebook, launch.local, sweeps.smoke;"
+                 " import importlib.util as u; print(rhm_jax.__file__, u.find_spec('chex'), u.find_spec('pytest'))")
+    assert str(tmp_path / "venv") in probe.stdout and probe.stdout.split()[1:] == ["None", "None"]  # test-only
+    run = call(bin_dir / "rhm-run", "--config", "sweeps/smoke.py", "--workdir", "runs/smoke", "--no_progress")
+    assert run.stdout.startswith("each model at its best evaluation")
+    call(bin_dir / "python", "-m", "launch.score", "--workdir", "runs/smoke", "--step", "64")
+    report = call(bin_dir / "rhm-report", "--workdir", "runs/smoke")
+    assert "report.md" in report.stdout and (elsewhere / "runs" / "smoke" / "report" / "report.md").exists()
