@@ -9,7 +9,8 @@ py="${PYTHON:-.venv/bin/python}"
 [ -x "$py" ] || py=python3
 mkdir -p wheels
 printf '*\n' > wheels/.gitignore  # the folder ignores itself: wheels are never committed
-# ml-collections is the one hard gap; absl-py (its dependency) and tqdm (the run loop's progress
-# bar) are usually there, and are fetched in case they are not. All three are py3-none-any wheels.
-"$py" -m pip download --no-deps --only-binary=:all: --dest wheels "ml-collections>=1.0" "absl-py" "tqdm"
+# ml-collections is the one hard gap for training and scoring; absl-py (its dependency) is usually
+# there and is fetched in case it is not. Both are py3-none-any wheels. The report (pandas,
+# matplotlib) is drawn afterwards on any machine from the work directory the GPU run brings back.
+"$py" -m pip download --no-deps --only-binary=:all: --dest wheels "ml-collections>=1.0" "absl-py"
 ls -l wheels/*.whl

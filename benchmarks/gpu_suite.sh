@@ -5,7 +5,7 @@
 #   bash benchmarks/gpu_suite.sh [RESULTS]   # there: results in RESULTS (default $OUT or runs/gpu_suite)
 #
 # Expects jax (CUDA), flax, optax, orbax-checkpoint, chex and numpy preinstalled; installs this
-# project with --no-deps and the carried wheels (ml-collections, absl-py, tqdm) where missing, with
+# project with --no-deps and the carried wheels (ml-collections, absl-py) where missing, with
 # no network. Items: memory bandwidth; training throughput for W=1024 (M=1,8,32,64) and W=256
 # (M=1,64,256) in float32 and bfloat16; one evaluation of 64 models x 1024 samples x 200 steps at
 # W=1024 in both dtypes. Ends with a table: model-steps/s, fraction of the memory roofline
@@ -25,7 +25,7 @@ say() { echo "[$(($(date +%s) - start)) s] $*" | tee -a "$log"; }
 
 # --- install (no network): the project without dependencies, the carried wheels where missing
 if [ "${SUITE_SMOKE:-0}" != 1 ]; then  # the smoke check uses the environment as it is
-for pair in ml_collections:ml_collections absl:absl_py tqdm:tqdm; do
+for pair in ml_collections:ml_collections absl:absl_py; do
   module="${pair%%:*}"; wheel="${pair##*:}"
   if ! "$py" -c "import $module" 2>/dev/null; then
     if ls wheels/${wheel}-*.whl >/dev/null 2>&1; then

@@ -26,3 +26,9 @@ def setup_logging(level: int = logging.INFO) -> None:
     root.setLevel(logging.WARNING)
     for name in LOGGERS:
         logging.getLogger(name).setLevel(level)
+
+
+def error_line(err: BaseException) -> str:
+    """``error: <message on one line>`` for a launcher's stderr (the exception's type if it has no message)."""
+    text = " ".join(str(err).split())
+    return f"error: {text or type(err).__name__}"

@@ -15,6 +15,7 @@ import argparse
 import os
 import sys
 
+from launch import error_line
 from rhm_jax import clustering, lock, results
 from rhm_jax import config as config_lib
 
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         with lock.hold(args.workdir, "clustering learner"):  # never beside a run writing the directory
             results.write_rows(path, rows)
     except (ValueError, OSError) as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        print(error_line(err), file=sys.stderr)
         return 2
     print(f"wrote {path} ({len(rows)} rows)")
     for t in clustering.thresholds(rows):

@@ -18,7 +18,7 @@ import argparse
 import os
 import sys
 
-from launch import setup_logging
+from launch import error_line, setup_logging
 from rhm_jax import config as config_lib
 from rhm_jax import results, sweep
 
@@ -63,17 +63,11 @@ def main(argv: list[str] | None = None) -> int:
               " again to resume from it", file=sys.stderr)
         return 130
     except (ValueError, OSError) as err:  # bad input, a busy or unwritable directory, disk full
-        print(f"error: {_one_line(err)}", file=sys.stderr)
+        print(error_line(err), file=sys.stderr)
         return 2
     with open(os.path.join(args.workdir, results.SUMMARY_FILE)) as f:
         print(f.read(), end="")
     return 0
-
-
-def _one_line(err: BaseException) -> str:
-    """The error's message on one line (OSError: with its file name)."""
-    text = " ".join(str(err).split())
-    return text or type(err).__name__
 
 
 if __name__ == "__main__":

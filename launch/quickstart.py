@@ -12,9 +12,9 @@ import argparse
 import os
 import sys
 
-from launch import setup_logging
+from launch import error_line, setup_logging
 from rhm_jax import config as config_lib
-from rhm_jax import clustering, report, results, sweep
+from rhm_jax import clustering, lock, report, results, sweep
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,8 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_lib.load(args.config, overrides)
         sweep.run(config, args.workdir)
-        results.write_rows(clustering.path(args.workdir), clustering.run_sweep(config))
-        paths = report.make_report([args.workdir], None, "sigmoid", results.DEFAULT_READING)
+        with lock.hold(args.workdir, "quickstart"):  # the learner's rows and the report, one writer at a time
+            results.write_rows(clustering.path(args.workdir), clustering.run_sweep(config))
+            paths = report.make_report([args.workdir], None, "sigmoid", results.DEFAULT_READING)
     except sweep.Interrupted as stop:  # a checkpoint is saved: re-running resumes
         print(f"stopped: {stop}", file=sys.stderr)
         return 128 + stop.signum
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         print("stopped at once by a second Ctrl-C: re-run to resume from the newest checkpoint", file=sys.stderr)
         return 130
     except (ValueError, OSError) as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        print(error_line(err), file=sys.stderr)
         return 2
     with open(os.path.join(args.workdir, results.SUMMARY_FILE)) as f:
         print(f.read(), end="")

@@ -16,7 +16,7 @@ import contextlib
 import os
 import sys
 
-from launch import setup_logging
+from launch import error_line, setup_logging
 from rhm_jax import lock, report, results
 
 
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         with lock.hold(inside[0], "report") if inside else contextlib.nullcontext():
             paths = report.make_report(args.workdir, out, args.method, args.at, args.time_axis)
     except (ValueError, OSError) as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        print(error_line(err), file=sys.stderr)
         return 2
     print(f"wrote {len(paths['figures'])} figures and {paths['report'][0]}")
     return 0

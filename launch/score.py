@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from launch import setup_logging
+from launch import error_line, setup_logging
 from rhm_jax import results, sweep
 
 
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         by_step = sweep.score(args.workdir, step=args.step, num_samples=args.num_samples,
                               sampler_steps=args.sampler_steps)
     except (ValueError, OSError) as err:  # bad input, busy or unwritable directory, read failure
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        print(error_line(err), file=sys.stderr)
         return 2
     for step, rows in by_step.items():
         print(f"step {step}:\n{results.summary_table(rows, title=False)}\n")

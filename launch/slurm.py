@@ -33,7 +33,7 @@ from typing import Any, Sequence
 import ml_collections
 import submitit
 
-from launch import setup_logging
+from launch import error_line, setup_logging
 from rhm_jax import config as config_lib
 from rhm_jax import results, sweep, train
 
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                                  args.timeout_min, args.gpus_per_task, args.cpus_per_task, args.mem_gb,
                                  args.partition, args.max_parallel)
     except (ValueError, OSError) as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        print(error_line(err), file=sys.stderr)
         return 2
     if not slices:
         print(f"all {args.slices} slices of {args.workdir} have finished; nothing to submit")
