@@ -117,7 +117,7 @@ def test_saving_an_existing_step_moves_the_old_one_aside(tmp_path, states):
         assert [p for p in os.listdir(tmp_path) if p.startswith("superseded-1-")]
 
 
-def _flip_a_byte_of_array_data(directory, step):
+def flip_a_byte(directory, step):
     """XOR one byte in the middle of the step's largest array-data file (a silent bit flip)."""
     data = max((f for f in files_of(directory, step) if f"{os.sep}d{os.sep}" in f), key=os.path.getsize)
     with open(data, "r+b") as f:
@@ -133,7 +133,7 @@ def test_a_flipped_byte_in_array_data_fails_the_checksum_and_falls_back(tmp_path
     with checkpoint.Checkpointer(directory) as ckpt:
         ckpt.save(4, state, {})
         ckpt.save(8, other, {})
-    _flip_a_byte_of_array_data(directory, 8)
+    flip_a_byte(directory, 8)
     with checkpoint.Checkpointer(directory) as ckpt, caplog.at_level(logging.WARNING):
         with pytest.raises(checkpoint.BrokenCheckpoint, match="step 8 .*(checksum|unreadable)"):
             ckpt.restore(8, state)

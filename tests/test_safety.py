@@ -22,7 +22,8 @@ from launch import local as launch_local
 from launch import report as launch_report
 from launch import score as launch_score
 from rhm_jax import analysis, checkpoint, lock, results, sweep
-from test_sweep import (ROOT, SMOKE, _damage_latest, by_key, compile_cache, final_state,  # noqa: F401
+from test_checkpoint import flip_a_byte
+from test_sweep import (ROOT, SMOKE, _damage_latest, by_key, final_state,  # noqa: F401
                         reference, smoke, snapshot)
 
 
@@ -126,24 +127,13 @@ def test_2_two_processes_on_one_workdir_one_runs_one_is_refused(reference, tmp_p
 
 # ----------------------------------------------------------------------------- 3. integrity
 
-def flip_a_byte(directory):
-    data = [os.path.join(d, f) for d, _, fs in os.walk(directory) for f in fs
-            if f"{os.sep}d{os.sep}" in os.path.join(d, f)]
-    biggest = max(data, key=os.path.getsize)
-    with open(biggest, "r+b") as f:
-        f.seek(os.path.getsize(biggest) // 2)
-        byte = f.read(1)[0]
-        f.seek(-1, os.SEEK_CUR)
-        f.write(bytes([byte ^ 0x10]))
-
-
 def test_3_a_flipped_byte_is_caught_by_score_and_run_falls_back(reference, tmp_path, caplog):
     """A run stopped after its step-32 checkpoint (64 not yet written), whose newest checkpoint then
     lost a bit: score refuses it; the run falls back to 16 and ends with the reference's rows."""
     config, ref_dir, ref_rows = reference
     workdir = copy_of(ref_dir, tmp_path)
     shutil.rmtree(step_dir(workdir, 64))
-    flip_a_byte(step_dir(workdir, 32))
+    flip_a_byte(sweep.part_dir(workdir, 0), 32)
     with pytest.raises(checkpoint.BrokenCheckpoint, match="step 32 .*fails its checksum"):
         sweep.score(workdir, step=32)
     with caplog.at_level(logging.INFO):

@@ -17,7 +17,6 @@ import chex
 import jax
 import jax.numpy as jnp
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 
 from launch import local as launch_local
 from launch import score as launch_score
@@ -27,20 +26,6 @@ from rhm_jax import config as config_lib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "sweeps", "smoke.py")
 STEPS = [0, 1, 2, 4, 8, 16, 32, 64]  # smoke: 64 steps, one evaluation per octave
-
-
-@pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-    """A persistent compilation cache for this module and its subprocesses; restored afterwards."""
-    path = str(tmp_path_factory.mktemp("jax_cache"))
-    before = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    compilation_cache.reset_cache()
-    yield path
-    jax.config.update("jax_compilation_cache_dir", before[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
-    compilation_cache.reset_cache()
 
 
 def smoke(*overrides):
