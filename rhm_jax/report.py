@@ -49,6 +49,13 @@ def wall_time(config: dict, df: pd.DataFrame, workdir: str | None = None) -> tup
     return float("nan"), "unknown"
 
 
+def _budget(train: dict) -> str:
+    """The step budget as configured: steps for every model, or epochs of each model's own P."""
+    if train.get("num_epochs"):
+        return f"{train['num_epochs']:g} epochs of each model's P"
+    return f"{train.get('num_steps', '?')} steps"
+
+
 def _commit(prov: dict) -> str:
     """Git revision from provenance ({'git': {'revision', 'dirty'}} or a plain string)."""
     git = prov.get("git", prov.get("git_revision", prov.get("commit")))
@@ -81,7 +88,7 @@ def _provenance_lines(workdir: str, config: dict, df: pd.DataFrame) -> list[str]
         f"{cfg.get('network', {}).get('name', '?')} width {cfg.get('network', {}).get('width', '?')}",
         f"- P grid: {cfg.get('data', {}).get('num_train', sorted(df['P'].unique().tolist()))}, "
         f"seeds: {tr.get('seeds', '?')}, batch {tr.get('batch_size', '?')}, lr {tr.get('lr', '?')}, "
-        f"steps {tr.get('num_steps', '?')} / epochs {tr.get('num_epochs', '?')}",
+        f"budget {_budget(tr)}",
         f"- commit: {_commit(prov)}",
         f"- packages: {pkg or '?'}; python {prov.get('python', '?')}",
         f"- machine: {_machine(prov)}",

@@ -164,3 +164,13 @@ def test_time_figures_take_epochs_or_steps(two_workdirs, tmp_path):
         assert figures.plot_time(df, two_workdirs[0], str(tmp_path), f"time_{axis}", axis)
     with pytest.raises(ValueError, match="time axis must be one of"):
         figures.plot_time(df, two_workdirs[0], str(tmp_path), "t", "hours")
+
+
+def test_the_provenance_lines_give_the_budget_as_configured():
+    """A step budget reads as steps, an epoch budget as epochs of each model's P (never 'epochs 0.0')."""
+    by_steps = report._provenance_lines("w", {"config": {"train": {"num_steps": 4096, "num_epochs": 0.0}}},
+                                           pd.DataFrame({"P": [8], "model": [0], "step": [0]}))
+    by_epochs = report._provenance_lines("w", {"config": {"train": {"num_steps": 0, "num_epochs": 1e4}}},
+                                            pd.DataFrame({"P": [8], "model": [0], "step": [0]}))
+    assert "budget 4096 steps" in by_steps[3] and "epochs" not in by_steps[3]
+    assert "budget 10000 epochs of each model's P" in by_epochs[3]
