@@ -1,6 +1,7 @@
 """Thin entry points (``python -m launch.<name>``, or the ``rhm-*`` console scripts of an install)."""
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 
@@ -32,3 +33,11 @@ def error_line(err: BaseException) -> str:
     """``error: <message on one line>`` for a launcher's stderr (the exception's type if it has no message)."""
     text = " ".join(str(err).split())
     return f"error: {text or type(err).__name__}"
+
+
+def argument_parser(name: str, doc: str, overrides: bool = False) -> argparse.ArgumentParser:
+    """The parser of ``python -m launch.<name>``: its docstring's first line, no abbreviated options
+    (``--f`` must never mean ``--force``), and the override syntax in the help when it takes them."""
+    epilog = "Overrides: --config.section.key=value (Python literals)." if overrides else None
+    return argparse.ArgumentParser(prog=f"python -m launch.{name}", description=doc.splitlines()[0],
+                                   epilog=epilog, allow_abbrev=False)

@@ -11,11 +11,10 @@ grammar and data sections must agree. Bad input exits with status 2.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
-from launch import error_line
+from launch import argument_parser, error_line
 from rhm_jax import clustering, lock, results
 from rhm_jax import config as config_lib
 
@@ -43,9 +42,7 @@ def load_config(workdir: str, spec: str | None, overrides: list[str]):
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, run the learner, write its rows; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m launch.cluster", description=__doc__.splitlines()[0],
-                                     epilog="Overrides: --config.section.key=value (Python literals).",
-                                     allow_abbrev=False)
+    parser = argument_parser("cluster", __doc__, overrides=True)
     parser.add_argument("--workdir", required=True, help="work directory (a sweep's, or a new one)")
     parser.add_argument("--config", default=None, help="sweeps/<exp>.py or sweeps/<exp>.py:arg")
     parser.add_argument("--context", default="tokens", choices=clustering.CONTEXTS,

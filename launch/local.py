@@ -14,11 +14,10 @@ model at its best evaluation (``summary.txt``).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
-from launch import error_line, setup_logging
+from launch import argument_parser, error_line, setup_logging
 from rhm_jax import config as config_lib
 from rhm_jax import results, sweep
 
@@ -38,9 +37,7 @@ def _quiet_closed_loops() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, run the sweep; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m launch.local", description=__doc__.splitlines()[0],
-                                     epilog="Overrides: --config.section.key=value (Python literals).",
-                                     allow_abbrev=False)  # '--f' must not mean '--force'
+    parser = argument_parser("local", __doc__, overrides=True)
 
     parser.add_argument("--config", required=True, help="sweeps/<exp>.py or sweeps/<exp>.py:arg")
     parser.add_argument("--workdir", required=True, help="work directory (created, or resumed)")

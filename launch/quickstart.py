@@ -8,19 +8,17 @@ thresholds beside the bpUNets'.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
-from launch import error_line, setup_logging
+from launch import argument_parser, error_line, setup_logging
 from rhm_jax import config as config_lib
 from rhm_jax import clustering, lock, report, results, sweep
 
 
 def main(argv: list[str] | None = None) -> int:
     """Train the quick grid, then write figures and report.md; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m launch.quickstart", description=__doc__.splitlines()[0],
-                                     allow_abbrev=False)
+    parser = argument_parser("quickstart", __doc__)
     parser.add_argument("--workdir", default="runs/quick")
     parser.add_argument("--config", default="sweeps/hierarchy_in_p.py:quick")
     args, overrides = parser.parse_known_args(argv)

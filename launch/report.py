@@ -11,12 +11,11 @@ elsewhere to report on it meanwhile.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import sys
 
-from launch import error_line, setup_logging
+from launch import argument_parser, error_line, setup_logging
 from rhm_jax import lock, report, results
 
 
@@ -31,8 +30,7 @@ def check_workdir(workdir: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, write the report; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m launch.report", description=__doc__.splitlines()[0],
-                                     allow_abbrev=False)
+    parser = argument_parser("report", __doc__)
     parser.add_argument("--workdir", nargs="+", required=True, help="one or more work directories")
     parser.add_argument("--out", default=None, help="output folder (default: <first workdir>/report)")
     parser.add_argument("--method", default="sigmoid", choices=("sigmoid", "interp"),

@@ -10,17 +10,15 @@ computation. Scoring every step skips broken checkpoints with a warning.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
-from launch import error_line, setup_logging
+from launch import argument_parser, error_line, setup_logging
 from rhm_jax import results, sweep
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, re-score; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m launch.score", description=__doc__.splitlines()[0],
-                                     allow_abbrev=False)
+    parser = argument_parser("score", __doc__)
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--step", type=int, default=None, help="one checkpoint step (default: all kept)")
     parser.add_argument("--num_samples", type=int, default=None, help="default: the run's eval.num_samples")

@@ -20,7 +20,6 @@ Bad input exits with status 2 and one error line.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import datetime
 import json
@@ -33,7 +32,7 @@ from typing import Any, Sequence
 import ml_collections
 import submitit
 
-from launch import error_line, setup_logging
+from launch import argument_parser, error_line, setup_logging
 from rhm_jax import config as config_lib
 from rhm_jax import results, sweep, train
 
@@ -160,9 +159,7 @@ def wait(jobs: Sequence[submitit.Job], slices: Sequence[int]) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, submit (and optionally wait for) the array; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m launch.slurm", description=__doc__.splitlines()[0],
-                                     epilog="Overrides: --config.section.key=value (Python literals).",
-                                     allow_abbrev=False)
+    parser = argument_parser("slurm", __doc__, overrides=True)
     parser.add_argument("--config", required=True, help="sweeps/<exp>.py or sweeps/<exp>.py:arg")
     parser.add_argument("--workdir", required=True, help="root work directory of the array")
     parser.add_argument("--slices", type=int, required=True, help="K, tasks of the array (1 <= K <= M)")
