@@ -2,7 +2,7 @@
 
     python benchmarks/sweep_loop.py [--steps 1024] [--steps_per_call 64] [--workdir /tmp/sweep_loop]
 
-Runs the smoke grid (4 tiny models) through ``sweep.run`` and, with the same compiled programs, the
+Runs the smoke grid (4 tiny models) through ``runner.run`` and, with the same compiled programs, the
 same chunk calls and evaluations with no checkpoints or files; prints both wall times. The smoke
 models are tiny, so this bounds the loop's fixed costs (a real grid's device time dwarfs them).
 """
@@ -19,22 +19,22 @@ import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from rhm_jax import config as config_lib  # noqa: E402
-from rhm_jax import sweep, train  # noqa: E402
+from rhm_jax import runner, train  # noqa: E402
 
 
 def bare(config, progs, stops_evals):
     """The same chunk calls and evaluations as the loop, nothing else."""
-    part = sweep.make_part(config, progs, list(range(len(progs.grid_rows))))
+    part = runner.make_part(config, progs, list(range(len(progs.grid_rows))))
     state = jax.device_put(train.init_state(config, progs.setup.network, part.grid), jax.devices()[0])
     t, K = 0, config.train.steps_per_call
-    jax.block_until_ready(progs.evaluator(state, part.grid, sweep.eval_key(config, 0)))
+    jax.block_until_ready(progs.evaluator(state, part.grid, runner.eval_key(config, 0)))
     for stop, evaluate in stops_evals:
         while t < stop:
             n = min(K, stop - t)
             state, _ = progs.step_fn(state, part.grid, progs.pool_QxD, n)
             t += n
         if evaluate:
-            jax.block_until_ready(progs.evaluator(state, part.grid, sweep.eval_key(config, t)))
+            jax.block_until_ready(progs.evaluator(state, part.grid, runner.eval_key(config, t)))
     jax.block_until_ready(state)
 
 
@@ -48,19 +48,19 @@ def main() -> None:
     config = config_lib.load("sweeps/smoke.py", [f"--config.train.num_steps={args.steps}",
                                                  f"--config.train.steps_per_call={args.steps_per_call}"])
     shutil.rmtree(args.workdir, ignore_errors=True)
-    sweep.run(config, args.workdir, progress=False)  # compiles
+    runner.run(config, args.workdir, progress=False)  # compiles
     shutil.rmtree(args.workdir)
     start = time.perf_counter()
-    sweep.run(config, args.workdir, progress=False)
+    runner.run(config, args.workdir, progress=False)
     loop = time.perf_counter() - start
-    progs = sweep.programs(config)
-    evals = set(sweep.schedule(args.steps, config.eval.per_octave))
+    progs = runner.programs(config)
+    evals = set(runner.schedule(args.steps, config.eval.per_octave))
     stops = [(s, True) for s in sorted(evals) if s > 0]
     start = time.perf_counter()
     bare(config, progs, stops)
     device = time.perf_counter() - start
     print(f"{jax.devices()[0].platform}: {args.steps} steps x 4 models, K={args.steps_per_call}, "
-          f"{len(evals)} evaluations + checkpoints: sweep.run {loop:.2f} s, bare calls {device:.2f} s, "
+          f"{len(evals)} evaluations + checkpoints: runner.run {loop:.2f} s, bare calls {device:.2f} s, "
           f"loop overhead {loop - device:.2f} s ({(loop - device) / len(evals) * 1e3:.0f} ms per evaluation point)")
 
 

@@ -19,7 +19,7 @@ import sys
 
 from launch import argument_parser, error_line, setup_logging
 from rhm_jax import config as config_lib
-from rhm_jax import results, sweep
+from rhm_jax import results, runner
 
 
 def _quiet_closed_loops() -> None:
@@ -50,9 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_closed_loops()
     try:
         config = config_lib.load(args.config, overrides)
-        sweep.run(config, args.workdir, force=args.force, progress=not args.no_progress,
+        runner.run(config, args.workdir, force=args.force, progress=not args.no_progress,
                   tensorboard=args.tensorboard)
-    except sweep.Interrupted as stop:
+    except runner.Interrupted as stop:
         print(f"stopped: {stop}", file=sys.stderr)
         return 128 + stop.signum
     except KeyboardInterrupt:

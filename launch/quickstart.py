@@ -13,7 +13,7 @@ import sys
 
 from launch import argument_parser, error_line, setup_logging
 from rhm_jax import config as config_lib
-from rhm_jax import clustering, lock, report, results, sweep
+from rhm_jax import clustering, lock, report, results, runner
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,11 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
         config = config_lib.load(args.config, overrides)
-        sweep.run(config, args.workdir)
+        runner.run(config, args.workdir)
         with lock.hold(args.workdir, "quickstart"):  # the learner's rows and the report, one writer at a time
             results.write_rows(clustering.path(args.workdir), clustering.run_sweep(config))
             paths = report.make_report([args.workdir], None, "sigmoid", results.DEFAULT_READING)
-    except sweep.Interrupted as stop:  # a checkpoint is saved: re-running resumes
+    except runner.Interrupted as stop:  # a checkpoint is saved: re-running resumes
         print(f"stopped: {stop}", file=sys.stderr)
         return 128 + stop.signum
     except KeyboardInterrupt:

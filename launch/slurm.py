@@ -9,7 +9,7 @@ Task k trains models [k*M/K, (k+1)*M/K) of the grid (``run.grid_slice='k/K'``) i
 directory ``DIR/slice_<k>``, with all the devices it is given (``rhm_jax.sharding``). ``DIR`` holds
 the full config (``config.json``), ``array.json`` (K and the job ids of each submission) and
 submitit's logs (``DIR/submitit``). On preemption or time-out SLURM signals the task (submitit's
-preemption signal, SIGUSR2 by default, or SIGTERM): ``sweep.run`` finishes the current device
+preemption signal, SIGUSR2 by default, or SIGTERM): ``runner.run`` finishes the current device
 call and saves a checkpoint, then the signal goes on to submitit's own handler, which calls
 ``SliceTask.checkpoint`` and requeues the task (SIGUSR2) or lets it end (SIGTERM: SLURM requeues
 preempted jobs itself); the requeued task resumes from that checkpoint. A task killed outright is resubmitted by running the same command
@@ -34,7 +34,7 @@ import submitit
 
 from launch import argument_parser, error_line, setup_logging
 from rhm_jax import config as config_lib
-from rhm_jax import results, sweep, train
+from rhm_jax import results, runner, train
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +43,14 @@ EXECUTORS = ("auto", "slurm", "local")
 
 
 class SliceTask(submitit.helpers.Checkpointable):
-    """One task of the array: ``sweep.run`` of one grid slice in its work directory (idempotent)."""
+    """One task of the array: ``runner.run`` of one grid slice in its work directory (idempotent)."""
 
     def __call__(self, config_values: dict, workdir: str) -> str:
         setup_logging()
         stops = (signal.SIGINT, signal.SIGTERM, preemption_signal())
         try:
-            sweep.run(config_lib.from_dict(config_values), workdir, progress=False, stop_signals=stops)
-        except sweep.Interrupted as stop:  # saved; submitit's handlers are back: let them requeue
+            runner.run(config_lib.from_dict(config_values), workdir, progress=False, stop_signals=stops)
+        except runner.Interrupted as stop:  # saved; submitit's handlers are back: let them requeue
             log.warning("%s", stop)
             signal.raise_signal(stop.signum)
             raise

@@ -1,6 +1,6 @@
 """Optional TensorBoard event files: per-model scalars of a run, to watch a long sweep live.
 
-Off by default (``sweep.run(..., tensorboard=True)``, ``launch.local --tensorboard``); needs the
+Off by default (``runner.run(..., tensorboard=True)``, ``launch.local --tensorboard``); needs the
 ``tensorboard`` extra (tensorboardX). One event directory per model,
 ``<workdir>/tensorboard/model_<index>_P<P>_seed<seed>``, so that TensorBoard overlays the models of
 a grid on each chart: ``train/loss`` per training chunk, and every scalar of an evaluation row

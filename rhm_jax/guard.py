@@ -1,7 +1,7 @@
 """What keeps a run safe while it holds its work directory: the directory's lock (taken before
 ``--force`` moves an old one aside) and the stop signals that end the run at a device-call boundary.
 
-``rhm_jax.sweep`` uses both; ``Interrupted`` is what it raises after saving (``sweep.Interrupted``).
+``rhm_jax.runner`` uses both; ``Interrupted`` is what it raises after saving (``runner.Interrupted``).
 """
 from __future__ import annotations
 

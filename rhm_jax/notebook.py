@@ -26,20 +26,20 @@ import ml_collections
 import numpy as np
 import pandas as pd
 
-from rhm_jax import checkpoint, coherence, diffusion, evaluate, networks, results, sharding, sweep, train
+from rhm_jax import checkpoint, coherence, diffusion, evaluate, networks, results, sharding, runner, train
 from rhm_jax import config as config_lib
 
 
 class Run:
     """Models of one work directory, each at one step, stacked along a leading model axis M."""
 
-    def __init__(self, workdir: str, config: ml_collections.ConfigDict, progs: sweep.Programs,
+    def __init__(self, workdir: str, config: ml_collections.ConfigDict, progs: runner.Programs,
                  positions: list[int], state: train.TrainState, table: Any):
         self.workdir, self.config, self._progs = workdir, config, progs
         self._positions = positions  # of the loaded models in the run's grid
         self.state = state  # stacked TrainState (opt_state dropped), leading axis M
         self.table = table  # pandas DataFrame, one row per loaded model, in the order of axis M
-        self.grid = sweep.select(progs.grid, positions)
+        self.grid = runner.select(progs.grid, positions)
 
     # ------------------------------------------------------------------ what was trained
     @property
@@ -120,7 +120,7 @@ class Run:
         for step in sorted(set(steps.tolist())):
             index = np.flatnonzero(steps == step)
             state, grid = (jax.tree.map(lambda x: x[index], tree) for tree in (self.state, self.grid))
-            metrics = evaluator(state, grid, sweep.eval_key(config, int(step)))
+            metrics = evaluator(state, grid, runner.eval_key(config, int(step)))
             grid_rows = [self._progs.grid_rows[self._positions[i]] for i in index]
             step_rows = [dict(r, step=int(step)) for r in evaluate.to_rows(metrics, grid_rows, state)]
             if write:
@@ -197,7 +197,7 @@ def load(workdir: str | os.PathLike, step: int | str = results.DEFAULT_READING,
     workdir = os.path.abspath(str(workdir))
     stored = results.read_config_json(workdir)
     config = config_lib.from_dict(stored["config"])
-    progs = sweep.programs(config)
+    progs = runner.programs(config)
     if results.to_json_value(progs.grid_rows) != stored["grid"]:
         raise ValueError(f"the grid rebuilt from {workdir}/config.json differs from the stored one")
     table = results.load(workdir)
@@ -208,13 +208,13 @@ def load(workdir: str | os.PathLike, step: int | str = results.DEFAULT_READING,
         raise ValueError(f"models {missing} are not in {workdir} (it holds {all_models[0]}..{all_models[-1]})")
     wanted = _wanted_steps(table, step, models)
     position = {r["index"]: i for i, r in enumerate(progs.grid_rows)}
-    parts = sweep.stored_parts(config, progs, workdir)
+    parts = runner.stored_parts(config, progs, workdir)
     states: dict[int, Any] = {}
     for index, part in enumerate(parts):
         needed = {m: wanted[m] for m in part.models if m in wanted}
         if not needed:
             continue
-        with checkpoint.Checkpointer(sweep.part_dir(workdir, index), read_only=True) as ckpt:
+        with checkpoint.Checkpointer(runner.part_dir(workdir, index), read_only=True) as ckpt:
             available = ckpt.steps()
             budget = {r["index"]: r["budget_steps"] for r in part.rows}
             for s in sorted(set(needed.values())):
@@ -224,7 +224,7 @@ def load(workdir: str | os.PathLike, step: int | str = results.DEFAULT_READING,
                     source = next((a for a in available if a > s), None)
                 if source is None:
                     raise ValueError(f"no checkpoint at step {s} in {ckpt.directory}; available steps: {available}")
-                state, _ = ckpt.restore(source, sweep.restore_target(config, progs, part.grid), strict=False)
+                state, _ = ckpt.restore(source, runner.restore_target(config, progs, part.grid), strict=False)
                 host = sharding.unpad(state.replace(opt_state=None), len(part.rows))
                 for m, w in needed.items():
                     if w == s:

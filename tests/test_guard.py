@@ -26,7 +26,7 @@ def test_a_second_ctrl_c_exits_130_with_one_line(monkeypatch, capsys):
     def second_ctrl_c(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(launch_local.sweep, "run", second_ctrl_c)
+    monkeypatch.setattr(launch_local.runner, "run", second_ctrl_c)
     assert launch_local.main(["--config", "sweeps/smoke.py", "--workdir", "unused", "--no_progress"]) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("stopped at once by a second Ctrl-C") and "Traceback" not in "".join(err)

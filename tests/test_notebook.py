@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from rhm_jax import checkpoint, events, notebook, results, sweep, train
+from rhm_jax import checkpoint, events, notebook, results, runner, train
 from rhm_jax import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,7 +23,7 @@ def finished(tmp_path_factory, compile_cache):
     writes TensorBoard event files)."""
     config = config_lib.load(SMOKE, ["--config.train.ema_decay=0.9"])
     workdir = str(tmp_path_factory.mktemp("smoke") / "run")
-    rows = sweep.run(config, workdir, progress=False, tensorboard=True)
+    rows = runner.run(config, workdir, progress=False, tensorboard=True)
     return config, workdir, rows
 
 
@@ -76,10 +76,10 @@ def test_params_are_the_debiased_ema_of_the_stored_state(finished):
     config, workdir, _ = finished
     run = notebook.load(workdir, step="last")
     assert run.table["step"].tolist() == [64] * 4
-    progs = sweep.programs(config)
-    part = sweep.stored_parts(config, progs, workdir)[0]
-    with checkpoint.Checkpointer(sweep.part_dir(workdir, 0), read_only=True) as ckpt:
-        state, _ = ckpt.restore(64, sweep.restore_target(config, progs, part.grid))
+    progs = runner.programs(config)
+    part = runner.stored_parts(config, progs, workdir)[0]
+    with checkpoint.Checkpointer(runner.part_dir(workdir, 0), read_only=True) as ckpt:
+        state, _ = ckpt.restore(64, runner.restore_target(config, progs, part.grid))
     expected = jax.vmap(lambda st: train.eval_params(st, 0.9))(state)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), run.params, expected)
     leaves = zip(jax.tree.leaves(run.params), jax.tree.leaves(state.params))

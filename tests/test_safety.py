@@ -21,7 +21,7 @@ import pytest
 from launch import local as launch_local
 from launch import report as launch_report
 from launch import score as launch_score
-from rhm_jax import analysis, checkpoint, lock, results, sweep
+from rhm_jax import analysis, checkpoint, lock, results, runner
 from test_checkpoint import flip_a_byte
 from test_sweep import (ROOT, SMOKE, _damage_latest, by_key, final_state,  # noqa: F401
                         reference, smoke, snapshot)
@@ -48,7 +48,7 @@ def metrics(workdir):
 
 
 def step_dir(workdir, step):
-    return os.path.join(sweep.part_dir(workdir, 0), str(step))
+    return os.path.join(runner.part_dir(workdir, 0), str(step))
 
 
 def last_line(text):
@@ -76,7 +76,7 @@ def test_1_a_transient_read_error_stops_with_one_line_and_changes_nothing(refere
 
     monkeypatch.setattr(ocp.CheckpointManager, "restore", eio)
     with pytest.raises(checkpoint.ReadFailure, match="could not read the checkpoint at step 64 .*nothing was changed"):
-        sweep.run(config, workdir, progress=False)
+        runner.run(config, workdir, progress=False)
     assert snapshot(workdir) == before  # no checkpoint moved aside, no row dropped
     assert launch_local.main(["--config", SMOKE, "--workdir", workdir, "--no_progress"]) == 2
     err = capsys.readouterr().err
@@ -90,7 +90,7 @@ def test_1_no_readable_checkpoint_refuses_to_start_over_existing_rows(reference,
     workdir = copy_of(ref_dir, tmp_path)
     shutil.rmtree(os.path.join(workdir, "checkpoints"))
     with pytest.raises(ValueError, match=r"holds 28 rows of models 0..3 up to step 64, but no readable checkpoint"):
-        sweep.run(config, workdir, progress=False)
+        runner.run(config, workdir, progress=False)
     assert metrics(workdir) == ref_rows
 
 
@@ -102,11 +102,11 @@ def test_2_a_locked_workdir_is_refused_by_run_force_and_score(reference, tmp_pat
     before = snapshot(workdir)
     with lock.hold(workdir):
         with pytest.raises(lock.Busy, match="is in use by another process .*changed nothing"):
-            sweep.run(config, workdir, progress=False)
+            runner.run(config, workdir, progress=False)
         with pytest.raises(lock.Busy):
-            sweep.run(smoke("--config.train.batch_size=4"), workdir, force=True, progress=False)
+            runner.run(smoke("--config.train.batch_size=4"), workdir, force=True, progress=False)
         with pytest.raises(lock.Busy):
-            sweep.score(workdir, step=16)
+            runner.score(workdir, step=16)
         assert launch_report.main(["--workdir", workdir]) == 2  # it would write into workdir/report
     assert snapshot(workdir) == before and os.listdir(tmp_path) == ["run"]  # --force moved nothing
 
@@ -133,11 +133,11 @@ def test_3_a_flipped_byte_is_caught_by_score_and_run_falls_back(reference, tmp_p
     config, ref_dir, ref_rows = reference
     workdir = copy_of(ref_dir, tmp_path)
     shutil.rmtree(step_dir(workdir, 64))
-    flip_a_byte(sweep.part_dir(workdir, 0), 32)
+    flip_a_byte(runner.part_dir(workdir, 0), 32)
     with pytest.raises(checkpoint.BrokenCheckpoint, match="step 32 .*fails its checksum"):
-        sweep.score(workdir, step=32)
+        runner.score(workdir, step=32)
     with caplog.at_level(logging.INFO):
-        rows = sweep.run(config, workdir, progress=False)
+        rows = runner.run(config, workdir, progress=False)
     assert "checkpoint at step 32 is broken" in caplog.text and "fails its checksum" in caplog.text
     assert "from the checkpoint at step 16" in caplog.text
     assert rows == ref_rows
@@ -152,7 +152,7 @@ def test_3_a_flipped_byte_is_caught_by_score_and_run_falls_back(reference, tmp_p
 
 def test_4_lr_100_collapse_is_flagged_in_rows_summary_and_analysis(tmp_path):
     config = smoke("--config.train.seeds=(0,)", "--config.train.lr=(3e-3, 100.0)")  # same program size
-    rows = sweep.run(config, str(tmp_path), progress=False)
+    rows = runner.run(config, str(tmp_path), progress=False)
     blown = [r for r in rows if r["lr"] == 100.0 and r["step"] >= 1]
     assert blown and all(r["collapsed"] and r["loss_blowup"] for r in blown)
     assert all(r["validity_l1"] > 0.9 for r in blown)  # what made them look like the best models
@@ -176,7 +176,7 @@ def test_5_deleted_metrics_rows_are_re_evaluated_from_kept_checkpoints(reference
     workdir = copy_of(ref_dir, tmp_path)
     os.remove(os.path.join(workdir, "metrics.jsonl"))
     with caplog.at_level(logging.WARNING):
-        rows = sweep.run(config, workdir, progress=False)
+        rows = runner.run(config, workdir, progress=False)
     assert "re-evaluating them from their checkpoints" in caplog.text
     assert by_key(rows) == by_key(ref_rows)
 
@@ -188,7 +188,7 @@ def test_5_missing_rows_without_their_checkpoint_are_refused(reference, tmp_path
     shutil.rmtree(step_dir(workdir, 8))
     before = snapshot(workdir)
     with pytest.raises(ValueError, match=r"lacks the rows of evaluation steps \[8\] of models 0..3"):
-        sweep.run(config, workdir, progress=False)
+        runner.run(config, workdir, progress=False)
     assert snapshot(workdir) == before
 
 
@@ -199,7 +199,7 @@ def test_6_sigint_saves_a_checkpoint_and_the_resume_equals_an_uninterrupted_run(
     step), a checkpoint is saved there, and a re-run continues from it."""
     config, ref_dir, ref_rows = reference
     workdir = str(tmp_path)
-    real = sweep.programs
+    real = runner.programs
     calls = []
 
     def interrupting(config):
@@ -213,16 +213,16 @@ def test_6_sigint_saves_a_checkpoint_and_the_resume_equals_an_uninterrupted_run(
 
         return progs._replace(step_fn=step_fn)
 
-    monkeypatch.setattr(sweep, "programs", interrupting)
+    monkeypatch.setattr(runner, "programs", interrupting)
     handler = signal.getsignal(signal.SIGINT)
-    with pytest.raises(sweep.Interrupted, match="stopped by SIGINT at step 48 of models 0..3"):
-        sweep.run(config, workdir, progress=False)
+    with pytest.raises(runner.Interrupted, match="stopped by SIGINT at step 48 of models 0..3"):
+        runner.run(config, workdir, progress=False)
     assert signal.getsignal(signal.SIGINT) is handler  # restored
-    with checkpoint.Checkpointer(sweep.part_dir(workdir, 0), read_only=True) as ckpt:
+    with checkpoint.Checkpointer(runner.part_dir(workdir, 0), read_only=True) as ckpt:
         assert ckpt.steps()[-1] == 48
     assert max(r["step"] for r in metrics(workdir)) == 32
-    monkeypatch.setattr(sweep, "programs", real)
-    assert sweep.run(config, workdir, progress=False) == ref_rows
+    monkeypatch.setattr(runner, "programs", real)
+    assert runner.run(config, workdir, progress=False) == ref_rows
     chex.assert_trees_all_equal(final_state(workdir, config), final_state(ref_dir, config))
 
 
@@ -230,7 +230,7 @@ def test_6_sigint_saves_a_checkpoint_and_the_resume_equals_an_uninterrupted_run(
 def test_6_sigterm_in_a_subprocess_then_resume_equals_an_uninterrupted_run(reference, tmp_path, compile_cache):
     config, ref_dir, ref_rows = reference
     workdir = str(tmp_path / "run")
-    part = sweep.part_dir(workdir, 0)
+    part = runner.part_dir(workdir, 0)
     process = launch(workdir, compile_cache, "--config.run.checkpoint_every=1")
     deadline = time.time() + 300
     while not (os.path.isdir(part) and any(p.isdigit() for p in os.listdir(part))):
@@ -289,7 +289,7 @@ def test_8_a_damaged_config_json_is_one_line_naming_it(reference, tmp_path, caps
 def test_8_an_edited_partition_is_named(reference, tmp_path, capsys, parts, message):
     _, ref_dir, _ = reference
     workdir = copy_of(ref_dir, tmp_path)
-    with open(os.path.join(workdir, "checkpoints", sweep.PARTITION_FILE), "w") as f:
+    with open(os.path.join(workdir, "checkpoints", runner.PARTITION_FILE), "w") as f:
         json.dump({"parts": parts}, f)
     assert run_cli(workdir) == 2
     assert re.search(message, last_line(capsys.readouterr().err))
@@ -329,21 +329,21 @@ def test_8_disk_full_while_writing_rows_or_a_checkpoint_is_one_line(reference, t
 def test_9_a_directory_holding_only_a_stale_temp_file_is_a_new_run(tmp_path):
     config = smoke()
     (tmp_path / "config.json.tmp").write_text('{"config": {"gram')  # a first write cut short
-    rows = sweep.run(config, str(tmp_path), progress=False)
+    rows = runner.run(config, str(tmp_path), progress=False)
     assert {r["step"] for r in rows} == {0, 1, 2, 4, 8, 16, 32, 64}
 
 
 def test_10_score_refuses_an_empty_checkpoint_folder_and_skips_broken_steps(reference, tmp_path, capsys, caplog):
     _, ref_dir, ref_rows = reference
     workdir = copy_of(ref_dir, tmp_path)
-    _damage_latest(sweep.part_dir(workdir, 0), 8)
+    _damage_latest(runner.part_dir(workdir, 0), 8)
     with caplog.at_level(logging.WARNING):
-        by_step = sweep.score(workdir)
+        by_step = runner.score(workdir)
     assert sorted(by_step) == [0, 1, 2, 4, 16, 32, 64] and "skipping step 8" in caplog.text
     assert by_step[16] == [r for r in ref_rows if r["step"] == 16]
     empty = copy_of(ref_dir, tmp_path, "empty")
-    for name in os.listdir(sweep.part_dir(empty, 0)):
-        shutil.rmtree(os.path.join(sweep.part_dir(empty, 0), name))
+    for name in os.listdir(runner.part_dir(empty, 0)):
+        shutil.rmtree(os.path.join(runner.part_dir(empty, 0), name))
     assert launch_score.main(["--workdir", empty]) == 2
     assert "holds no checkpoint to score" in last_line(capsys.readouterr().err)
 

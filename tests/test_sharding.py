@@ -142,12 +142,12 @@ def test_four_device_checkpoint_restores_on_fewer(four_devices, devices):
 def _setup():
     """The smoke grammar with 3 seeds x 2 P = 6 models, its data, process, network and grid."""
     from rhm_jax import config as config_lib
-    from rhm_jax import sweep
+    from rhm_jax import runner
 
     config = config_lib.load(os.path.join(ROOT, "sweeps", "smoke.py"),
                              ["--config.train.seeds=(0,1,2)", f"--config.train.steps_per_call={STEPS}",
                               "--config.eval.num_samples=16"])
-    setup = sweep.build(config)  # the run loop's own grammar, data, process and network
+    setup = runner.build(config)  # the run loop's own grammar, data, process and network
     grid, rows = train.make_grid(config)
     return config, setup.grammar, setup.pool_QxD, setup.test_NxD, setup.process, setup.network, grid, rows
 

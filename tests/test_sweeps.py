@@ -88,10 +88,10 @@ def test_m3_companion_differs_from_main_sweep_only_in_m_and_grid():
 @pytest.mark.slow
 def test_quick_p_sweep_learns_level_one_before_level_two(tmp_path):
     """Must-show: on the quick grid, the fitted threshold of level 1 lies below that of level 2."""
-    from rhm_jax import sweep
+    from rhm_jax import runner
 
     workdir = str(tmp_path / "quick")
-    sweep.run(sweep_module("hierarchy_in_p").get_config("quick"), workdir, progress=False)
+    runner.run(sweep_module("hierarchy_in_p").get_config("quick"), workdir, progress=False)
     # at each model's lowest test loss: the small-P models end up copying their data (see the docstring)
     table = analysis.thresholds(analysis.load(workdir), at="best")
     summary = analysis.threshold_summary(table).set_index("level")

@@ -2,7 +2,7 @@
 a broken checkpoint, re-scoring, sub-grids, refusals.
 
 All runs share one persistent compilation cache (also used by the subprocesses), and the in-process
-runs share sweep.programs' memo, so the grid is compiled once per size.
+runs share runner.programs' memo, so the grid is compiled once per size.
 """
 import json
 import logging
@@ -20,7 +20,7 @@ import pytest
 
 from launch import local as launch_local
 from launch import score as launch_score
-from rhm_jax import checkpoint, results, sharding, sweep
+from rhm_jax import checkpoint, results, sharding, runner
 from rhm_jax import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,11 +49,11 @@ def assert_rows_close(rows, expected):
 
 def final_state(workdir, config):
     """The newest checkpointed state of every model, stacked in grid order."""
-    progs = sweep.programs(config)
+    progs = runner.programs(config)
     states = []
-    for i, part in enumerate(sweep.stored_parts(config, progs, workdir)):
-        with checkpoint.Checkpointer(sweep.part_dir(workdir, i), read_only=True) as ckpt:
-            state, _ = ckpt.restore(ckpt.steps()[-1], sweep.restore_target(config, progs, part.grid))
+    for i, part in enumerate(runner.stored_parts(config, progs, workdir)):
+        with checkpoint.Checkpointer(runner.part_dir(workdir, i), read_only=True) as ckpt:
+            state, _ = ckpt.restore(ckpt.steps()[-1], runner.restore_target(config, progs, part.grid))
         states.append(sharding.unpad(state, len(part.rows)))
     return jax.tree.map(lambda *xs: jnp.concatenate(xs), *states)
 
@@ -83,7 +83,7 @@ def reference(tmp_path_factory, compile_cache):
     """An uninterrupted run of the smoke grid: (config, workdir, rows)."""
     config = smoke()
     workdir = str(tmp_path_factory.mktemp("reference"))
-    rows = sweep.run(config, workdir, progress=False)
+    rows = runner.run(config, workdir, progress=False)
     return config, workdir, rows
 
 
@@ -102,7 +102,7 @@ def test_run_records_every_evaluation(reference):
     for r in rows:
         assert r["P"] == grid[r["model"]]["P"] and r["epoch"] == r["step"] * 8 / r["P"]
         assert 0 <= r["validity_l1"] <= 1 and r["diverged"] is False
-    with checkpoint.Checkpointer(sweep.part_dir(workdir, 0), read_only=True) as ckpt:
+    with checkpoint.Checkpointer(runner.part_dir(workdir, 0), read_only=True) as ckpt:
         assert ckpt.steps() == STEPS  # evaluation steps are kept
     assert (final_state(workdir, config).step == 64).all()
     summary = open(os.path.join(workdir, "summary.txt")).read().splitlines()
@@ -115,13 +115,13 @@ def test_run_records_every_evaluation(reference):
 def test_kept_evaluation_checkpoints_follow_run_keep_evaluations(reference, tmp_path):
     _, _, ref_rows = reference
     points = {0, 1, 2, 3, 4, 6, 8, 11, 16, 23, 30}
-    assert sweep.kept_evaluations(points, "all", [30]) == points
-    assert sweep.kept_evaluations(points, "octaves", [23, 30]) == {0, 1, 2, 4, 8, 16, 23, 30}
-    assert sweep.kept_evaluations(points, "none", [30]) == set()
+    assert runner.kept_evaluations(points, "all", [30]) == points
+    assert runner.kept_evaluations(points, "octaves", [23, 30]) == {0, 1, 2, 4, 8, 16, 23, 30}
+    assert runner.kept_evaluations(points, "none", [30]) == set()
     workdir = str(tmp_path)
-    rows = sweep.run(smoke("--config.run.keep_evaluations=none"), workdir, progress=False)
+    rows = runner.run(smoke("--config.run.keep_evaluations=none"), workdir, progress=False)
     assert by_key(rows) == by_key(ref_rows)  # the same run, only fewer checkpoints on disk
-    with checkpoint.Checkpointer(sweep.part_dir(workdir, 0), read_only=True) as ckpt:
+    with checkpoint.Checkpointer(runner.part_dir(workdir, 0), read_only=True) as ckpt:
         assert ckpt.steps() == [32, 64]  # run.keep_last=2
     with pytest.raises(ValueError, match=r"run.keep_evaluations='some' must be one of"):
         config_lib.validate(smoke("--config.run.keep_evaluations=some"))
@@ -144,18 +144,18 @@ def test_resume_after_a_stop_equals_an_uninterrupted_run(reference, tmp_path, mo
 
     monkeypatch.setattr(checkpoint.Checkpointer, "save", stop_at_32)
     with pytest.raises(_Stop):
-        sweep.run(config, workdir, progress=False)
+        runner.run(config, workdir, progress=False)
     assert max(r["step"] for r in results.read_rows(os.path.join(workdir, "metrics.jsonl"))) == 32
     monkeypatch.setattr(checkpoint.Checkpointer, "save", save)
     with caplog.at_level(logging.INFO):
-        rows = sweep.run(config, workdir, progress=False)
+        rows = runner.run(config, workdir, progress=False)
     assert "from the checkpoint at step 24 (4 later metrics rows dropped)" in caplog.text
     assert rows == ref_rows
     # the chunks after step 24 were dropped, then redone once (checkpoint_every=24 also cuts a chunk)
     ends = [1, 2, 4, 8, 16, 24, 32, 48, 64]
     assert [(r["model"], r["step"]) for r in train_rows(workdir)] == [(m, s) for m in range(4) for s in ends]
     chex.assert_trees_all_equal(final_state(workdir, config), final_state(ref_dir, config))
-    with checkpoint.Checkpointer(sweep.part_dir(workdir, 0), read_only=True) as ckpt:
+    with checkpoint.Checkpointer(runner.part_dir(workdir, 0), read_only=True) as ckpt:
         assert ckpt.steps() == sorted(STEPS + [48])  # 24 pruned: neither among the last 2 nor evaluated
 
 
@@ -165,7 +165,7 @@ def test_a_work_directory_older_than_a_schema_key_resumes_from_its_checkpoints(r
     # config.json and checkpoints as a version without train.p_below_batch wrote them
     old = config_lib.to_dict(config)
     del old["train"]["p_below_batch"]
-    grid = results.to_json_value(sweep.programs(config).grid_rows)
+    grid = results.to_json_value(runner.programs(config).grid_rows)
     results.write_json_atomic(os.path.join(workdir, "config.json"), {"config": old, "provenance": {}, "grid": grid})
     save, hashes = checkpoint.Checkpointer.save, set()
 
@@ -177,10 +177,10 @@ def test_a_work_directory_older_than_a_schema_key_resumes_from_its_checkpoints(r
 
     monkeypatch.setattr(checkpoint.Checkpointer, "save", stop_at_32)
     with pytest.raises(_Stop):
-        sweep.run(config, workdir, progress=False)
+        runner.run(config, workdir, progress=False)
     monkeypatch.setattr(checkpoint.Checkpointer, "save", save)
     assert hashes == {config_lib.config_hash(old)}  # the hash that version saved its checkpoints with
-    assert sweep.run(config, workdir, progress=False) == ref_rows
+    assert runner.run(config, workdir, progress=False) == ref_rows
 
 
 def _damage_latest(part_directory, step):
@@ -195,14 +195,14 @@ def test_broken_latest_checkpoint_falls_back_and_completes(reference, tmp_path, 
     config, ref_dir, ref_rows = reference
     workdir = str(tmp_path / "run")
     shutil.copytree(ref_dir, workdir)
-    _damage_latest(sweep.part_dir(workdir, 0), 64)
+    _damage_latest(runner.part_dir(workdir, 0), 64)
     with caplog.at_level(logging.INFO):
-        rows = sweep.run(config, workdir, progress=False)
+        rows = runner.run(config, workdir, progress=False)
     assert "checkpoint at step 64 is broken, falling back to the previous one" in caplog.text
     assert "from the checkpoint at step 32 (4 later metrics rows dropped)" in caplog.text
     assert rows == ref_rows and train_rows(workdir) == train_rows(ref_dir)
     chex.assert_trees_all_equal(final_state(workdir, config), final_state(ref_dir, config))
-    assert any(p.startswith("broken-64-") for p in os.listdir(sweep.part_dir(workdir, 0)))
+    assert any(p.startswith("broken-64-") for p in os.listdir(runner.part_dir(workdir, 0)))
 
 
 def test_score_reproduces_evaluation_rows_and_touches_nothing(reference, capsys):
@@ -216,21 +216,21 @@ def test_score_reproduces_evaluation_rows_and_touches_nothing(reference, capsys)
     assert launch_score.main(["--workdir", workdir, "--step", "5"]) == 2
     assert "no checkpoint at step 5" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"available steps: \[0, 1, 2, 4, 8, 16, 32, 64\]"):
-        sweep.score(workdir, step=5)
-    strided = sweep.score(workdir, step=16, sampler_steps=10)[16]  # 10 of the T=20 steps
+        runner.score(workdir, step=5)
+    strided = runner.score(workdir, step=16, sampler_steps=10)[16]  # 10 of the T=20 steps
     assert os.path.exists(os.path.join(workdir, f"score_16_{len_samples(workdir)}_10.jsonl"))
-    assert [r["model"] for r in strided] == [r["model"] for r in sweep.score(workdir, step=16)[16]]
+    assert [r["model"] for r in strided] == [r["model"] for r in runner.score(workdir, step=16)[16]]
     with pytest.raises(ValueError, match=r"process.sampler_steps=21 must be <= T=20"):
-        sweep.score(workdir, step=16, sampler_steps=21)
+        runner.score(workdir, step=16, sampler_steps=21)
 
 
 def test_score_of_a_broken_checkpoint_is_a_clear_error(reference, tmp_path):
     _, ref_dir, _ = reference
     workdir = str(tmp_path / "run")
     shutil.copytree(ref_dir, workdir)
-    _damage_latest(sweep.part_dir(workdir, 0), 8)
+    _damage_latest(runner.part_dir(workdir, 0), 8)
     with pytest.raises(ValueError, match="checkpoint at step 8 .*is unreadable"):
-        sweep.score(workdir, step=8)
+        runner.score(workdir, step=8)
 
 
 def test_model_cap_splits_the_grid_with_the_same_rows(reference, tmp_path, caplog):
@@ -239,9 +239,9 @@ def test_model_cap_splits_the_grid_with_the_same_rows(reference, tmp_path, caplo
     config, ref_dir, ref_rows = reference
     capped = smoke("--config.train.seeds=(0,1,2,3)", "--config.run.max_models_per_program=4")
     with caplog.at_level(logging.INFO):
-        rows = sweep.run(capped, str(tmp_path), progress=False)
+        rows = runner.run(capped, str(tmp_path), progress=False)
     assert "splitting the grid of 8 models into 2 sub-grids of at most 4" in caplog.text
-    with open(tmp_path / "checkpoints" / sweep.PARTITION_FILE) as f:
+    with open(tmp_path / "checkpoints" / runner.PARTITION_FILE) as f:
         assert json.load(f) == {"parts": [[0, 1, 2, 3], [4, 5, 6, 7]]}
     same = {0: 0, 1: 1, 4: 2, 5: 3}  # capped-grid index -> reference index (P=16, 64 x seeds 0, 1)
     assert_rows_close(by_key([dict(r, model=same[r["model"]]) for r in rows if r["model"] in same]),
@@ -255,7 +255,7 @@ def test_model_cap_splits_the_grid_with_the_same_rows(reference, tmp_path, caplo
 def test_per_model_budgets_freeze_each_model_without_touching_the_others(reference, tmp_path):
     config, ref_dir, ref_rows = reference
     config = smoke("--config.train.num_steps=0", "--config.train.num_epochs=4.0")  # 4 * P / 8 steps
-    rows = sweep.run(config, str(tmp_path), progress=False)
+    rows = runner.run(config, str(tmp_path), progress=False)
     budgets = {0: 8, 1: 8, 2: 32, 3: 32}
     assert [(r["model"], r["step"]) for r in by_key(rows)] == [
         (m, s) for m in range(4) for s in STEPS if s <= budgets[m]]
@@ -267,7 +267,7 @@ def test_diverged_models_are_reported_and_the_others_unharmed(reference, tmp_pat
     _, _, ref_rows = reference
     config = smoke("--config.train.seeds=(0,)", "--config.train.lr=(3e-3, 1e30)")  # 4 models again
     with caplog.at_level(logging.WARNING):
-        rows = sweep.run(config, str(tmp_path), progress=False)
+        rows = runner.run(config, str(tmp_path), progress=False)
     blown = [r for r in rows if r["lr"] == 1e30]
     assert all(r["diverged"] for r in blown if r["step"] >= 2) and "diverged at step" in caplog.text
     healthy = by_key([dict(r, model=r["model"] // 2 * 2) for r in rows if r["lr"] != 1e30])
@@ -282,13 +282,13 @@ def test_bad_input_is_refused_before_anything_is_written(reference, tmp_path, ca
     _, ref_dir, _ = reference
     fresh = str(tmp_path / "fresh")
     with pytest.raises(ValueError, match="P_max=256"):
-        sweep.run(smoke("--config.data.num_train=(16,250)"), fresh, progress=False)
+        runner.run(smoke("--config.data.num_train=(16,250)"), fresh, progress=False)
     assert launch_local.main(["--config", SMOKE, "--workdir", fresh, "--config.train.lrate=1"]) == 2
     assert "unknown config key 'train.lrate'" in capsys.readouterr().err
     assert not os.path.exists(fresh)
     before = snapshot(ref_dir)
     with pytest.raises(ValueError, match=r"train.batch_size: 8 -> 4.*--force"):
-        sweep.run(smoke("--config.train.batch_size=4"), ref_dir, progress=False)
+        runner.run(smoke("--config.train.batch_size=4"), ref_dir, progress=False)
     assert snapshot(ref_dir) == before
 
 
@@ -304,7 +304,7 @@ def _launch(workdir, cache):
 def test_sigkill_mid_run_then_restart_equals_an_uninterrupted_run(reference, tmp_path, compile_cache):
     config, ref_dir, ref_rows = reference
     workdir = str(tmp_path / "run")
-    part = sweep.part_dir(workdir, 0)
+    part = runner.part_dir(workdir, 0)
     process = _launch(workdir, compile_cache)
     deadline = time.time() + 300
     while not (os.path.isdir(part) and any(p.isdigit() for p in os.listdir(part))):
