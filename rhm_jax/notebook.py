@@ -12,7 +12,9 @@ Shape letters: M models loaded, N samples per model, D sequence length.
 Each model is restored from the checkpoint of the step it is loaded at (``best``: its lowest test
 loss, as ``results.pick`` and the report read it), so re-scoring with the run's settings reproduces
 its metrics rows. Nothing in the work directory is changed unless ``score(write=True)``. A job
-array (``launch.slurm``) keeps its checkpoints per slice: load ``DIR/slice_<k>``.
+array (``launch.slurm``) keeps its checkpoints per slice: load ``DIR/slice_<k>``. A sweep over static
+settings (``plan``) runs several programs in one directory; ``load`` takes models of one program
+(default: the first program's).
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import ml_collections
 import numpy as np
 import pandas as pd
 
-from rhm_jax import checkpoint, coherence, diffusion, evaluate, networks, results, sharding, runner, train
+from rhm_jax import checkpoint, coherence, evaluate, plan, results, runner, sharding, train
 from rhm_jax import config as config_lib
 
 
@@ -110,11 +112,7 @@ class Run:
         if sampler_steps is not None:
             config.process.sampler_steps = int(sampler_steps)
         config_lib.validate(config)
-        g = self.grammar
-        process = diffusion.make(config.process, g.v, g.d)
-        network = networks.make(config.network, g.v, g.s, g.L, process)
-        evaluator = evaluate.make_evaluator(config, g, process, network, self._progs.setup.pool_QxD,
-                                            self._progs.setup.test_NxD)
+        evaluator = runner.programs(config, self._progs.grid_rows).evaluator  # the run's data, these settings
         steps = np.asarray(self.table["step"])
         rows = []
         for step in sorted(set(steps.tolist())):
@@ -122,7 +120,7 @@ class Run:
             state, grid = (jax.tree.map(lambda x: x[index], tree) for tree in (self.state, self.grid))
             metrics = evaluator(state, grid, runner.eval_key(config, int(step)))
             grid_rows = [self._progs.grid_rows[self._positions[i]] for i in index]
-            step_rows = [dict(r, step=int(step)) for r in evaluate.to_rows(metrics, grid_rows, state)]
+            step_rows = runner.metrics_rows(metrics, grid_rows, state, int(step))
             if write:
                 K, S = int(config.eval.num_samples), int(config.process.sampler_steps or config.process.T)
                 _merge_rows(os.path.join(self.workdir, f"score_{int(step)}_{K}_{S}.jsonl"), step_rows)
@@ -186,6 +184,21 @@ def _wanted_steps(table: Any, step: int | str, models: list[int]) -> dict[int, i
     return wanted
 
 
+def _program_of(sweep: plan.Plan, models: Sequence[int], workdir: str) -> tuple[plan.Program, int]:
+    """The program holding all ``models`` and its first position; ValueError if they span several."""
+    offset = 0
+    for program in sweep.programs:
+        indices = {r["index"] for r in program.rows}
+        if set(models) <= indices:
+            return program, offset
+        if set(models) & indices:
+            break
+        offset += len(program.rows)
+    spans = [f"{p.rows[0]['index']}..{p.rows[-1]['index']}" for p in sweep.programs]
+    raise ValueError(f"models {list(models)} of {workdir} belong to different programs (models {', '.join(spans)}:"
+                     f" other static settings of {', '.join(sweep.swept)}); load each program's models separately")
+
+
 def load(workdir: str | os.PathLike, step: int | str = results.DEFAULT_READING,
          models: Sequence[int] | None = None) -> Run:
     """The models of a work directory (global ``models`` indices, default all) at ``step``: a
@@ -196,21 +209,22 @@ def load(workdir: str | os.PathLike, step: int | str = results.DEFAULT_READING,
     """
     workdir = os.path.abspath(str(workdir))
     stored = results.read_config_json(workdir)
-    config = config_lib.from_dict(stored["config"])
-    progs = runner.programs(config)
-    if results.to_json_value(progs.grid_rows) != stored["grid"]:
+    sweep = plan.make_plan(config_lib.from_dict(stored["config"]), stored.get("points", [{}]))
+    if results.to_json_value([r for p in sweep.programs for r in p.rows]) != stored["grid"]:
         raise ValueError(f"the grid rebuilt from {workdir}/config.json differs from the stored one")
-    table = results.load(workdir)
-    all_models = [r["index"] for r in progs.grid_rows]
-    models = all_models if models is None else [int(m) for m in models]
+    all_models = [r["index"] for p in sweep.programs for r in p.rows]
+    models = [r["index"] for r in sweep.programs[0].rows] if models is None else [int(m) for m in models]
     missing = sorted(set(models) - set(all_models))
     if missing:
         raise ValueError(f"models {missing} are not in {workdir} (it holds {all_models[0]}..{all_models[-1]})")
+    program, offset = _program_of(sweep, models, workdir)
+    config = program.config
+    progs = runner.programs(config, program.rows)
+    table = results.load(workdir)
     wanted = _wanted_steps(table, step, models)
     position = {r["index"]: i for i, r in enumerate(progs.grid_rows)}
-    parts = runner.stored_parts(config, progs, workdir)
     states: dict[int, Any] = {}
-    for index, part in enumerate(parts):
+    for index, part in runner.stored_parts(config, progs, workdir, offset):
         needed = {m: wanted[m] for m in part.models if m in wanted}
         if not needed:
             continue

@@ -92,6 +92,16 @@ class Progress:
             self.pauses_done += 1
             self._show()
 
+    @contextlib.contextmanager
+    def untimed(self) -> Iterator[None]:
+        """A training call that compiles (a later program's first): kept out of the rate, not a pause."""
+        begin = self._clock()
+        try:
+            yield
+        finally:
+            if self._train_start is not None:
+                self._paused += self._clock() - begin
+
     # ------------------------------------------------------------------ estimates
     @property
     def clock_started(self) -> bool:

@@ -186,12 +186,13 @@ def move_aside(workdir: str) -> bool:
     return True
 
 
-def prepare_workdir(workdir: str, config, grid_rows: Sequence[dict], force: bool = False) -> str:
+def prepare_workdir(workdir: str, config, grid_rows: Sequence[dict], force: bool = False,
+                    points: Sequence[dict] = ({},)) -> str:
     """Create or check a work directory; returns 'new' or 'resume'.
 
-    Existing directory with the same config and grid -> 'resume'. A different one -> ValueError
-    naming the differing keys (nothing is touched) unless ``force``, which moves the old work
-    directory to ``<workdir>.bak-<timestamp>`` (``move_aside``) and starts fresh.
+    Existing directory with the same config, sweep ``points`` and grid -> 'resume'. A different
+    one -> ValueError naming the differing keys (nothing is touched) unless ``force``, which moves
+    the old work directory to ``<workdir>.bak-<timestamp>`` (``move_aside``) and starts fresh.
     """
     workdir = os.path.abspath(workdir)
     if os.path.exists(workdir) and not os.path.isdir(workdir):
@@ -200,11 +201,12 @@ def prepare_workdir(workdir: str, config, grid_rows: Sequence[dict], force: bool
     grid = to_json_value(list(grid_rows))
     if force:
         move_aside(workdir)
+    points = to_json_value(list(points))
     if _contents(workdir):
-        _check_same(workdir, config_dict, grid)
+        _check_same(workdir, config_dict, grid, points)
         return "resume"
     os.makedirs(workdir, exist_ok=True)
-    payload = {"config": config_dict, "provenance": to_json_value(provenance()), "grid": grid}
+    payload = {"config": config_dict, "points": points, "provenance": to_json_value(provenance()), "grid": grid}
     write_json_atomic(os.path.join(workdir, CONFIG_FILE), payload)
     return "new"
 
@@ -219,7 +221,7 @@ def record_wall_time(workdir: str, seconds: float) -> None:
     write_json_atomic(path, payload)
 
 
-def _check_same(workdir: str, config_dict: dict, grid: list) -> None:
+def _check_same(workdir: str, config_dict: dict, grid: list, points: list) -> None:
     """Raise ValueError unless the stored config and grid equal these (execution keys aside)."""
     how = "choose a new --workdir, or pass --force to move the old directory aside (nothing is deleted)"
     path = os.path.join(workdir, CONFIG_FILE)
@@ -234,7 +236,14 @@ def _check_same(workdir: str, config_dict: dict, grid: list) -> None:
             f"{k}: {config_lib.flatten(stored_config).get(k, '<missing>')!r} -> "
             f"{config_lib.flatten(config_dict).get(k, '<missing>')!r}" for k in differing[:10])
         raise ValueError(f"workdir={workdir!r} holds a run with a different config ({details}); {how}")
-    if stored.get("grid") != grid:
+    if stored.get("points", [{}]) != points:
+        raise ValueError(f"workdir={workdir!r} holds a run of another sweep (points {stored.get('points', [{}])!r:.200}"
+                         f" -> {points!r:.200}); {how}")
+    stored_grid = stored.get("grid")
+    # A directory written before a grid-row field existed lacks it: compare the fields it has (its
+    # config, compared above through the schema's defaults, fixes the rest).
+    if not isinstance(stored_grid, list) or len(stored_grid) != len(grid) or any(
+            not isinstance(old, dict) or {k: new.get(k) for k in old} != old for old, new in zip(stored_grid, grid)):
         raise ValueError(f"workdir={workdir!r} holds a run with a different grid of models; {how}")
     execution = config_lib.differences(stored_config, config_dict)
     if execution:

@@ -39,7 +39,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from rhm_jax import checkpoint, data, diffusion, evaluate, events, grammar, health, lock, networks, results, sharding, train
+from rhm_jax import checkpoint, data, diffusion, evaluate, events, grammar, health, lock, networks, plan, results, sharding, train
 from rhm_jax.guard import STOP_SIGNALS, Interrupted, StopSignals, lock_workdir
 from rhm_jax import config as config_lib
 from rhm_jax.progress import Progress, format_seconds
@@ -88,11 +88,19 @@ def build(config: ml_collections.ConfigDict) -> Setup:
     return Setup(rules, jax.numpy.asarray(train_QxD), jax.numpy.asarray(test_NxD), process, network)
 
 
-def programs(config: ml_collections.ConfigDict) -> Programs:
-    """The config's setup and programs, memoized so that re-running a config in one process
-    (resume, re-score, tests, notebooks) reuses the compilations."""
+def programs(config: ml_collections.ConfigDict, rows: Sequence[dict] | None = None) -> Programs:
+    """The setup and programs of one program of a sweep (``rows``: its models' grid rows; default:
+    the config's own grid), memoized so that re-running a config in one process (resume,
+    re-score, tests, notebooks) reuses the compilations."""
     values = {k: v for k, v in config_lib.flatten(config_lib.to_dict(config)).items() if k not in _NOT_PROGRAM_KEYS}
-    grid, grid_rows = train.make_grid(config)
+    grid_rows = list(rows) if rows is not None else train.make_grid(config)[1]
+    grid = train.Grid(
+        P=jax.numpy.asarray([r["P"] for r in grid_rows], jax.numpy.int32),
+        data_seed=jax.numpy.asarray([r["seed"] for r in grid_rows], jax.numpy.uint32),
+        model_seed=jax.numpy.asarray([r["seed"] for r in grid_rows], jax.numpy.uint32),
+        lr=jax.numpy.asarray([r["lr"] for r in grid_rows], jax.numpy.float32),
+        budget=jax.numpy.asarray([r["budget_steps"] for r in grid_rows], jax.numpy.int32),
+    )
     return _programs(json.dumps(values, sort_keys=True))._replace(grid=grid, grid_rows=grid_rows)
 
 
@@ -188,42 +196,65 @@ def models_per_program(config: ml_collections.ConfigDict, progs: Programs) -> in
     return min(k, M)
 
 
-def partition(config: ml_collections.ConfigDict, progs: Programs, workdir: str) -> list[list[int]]:
-    """Consecutive, balanced sub-grids (positions in the grid); the stored split of a started run wins."""
+def partition(config: ml_collections.ConfigDict, progs: Programs, workdir: str,
+              offset: int = 0) -> list[tuple[int, list[int]]]:
+    """(part number, positions in the program's grid) of one program's consecutive, balanced sub-grids.
+
+    ``checkpoints/partition.json`` lists every started program's parts in run order, as positions
+    in the run's model list (this program's start at ``offset``); the stored split of a started
+    program wins, a new program's split is appended.
+    """
     path = os.path.join(workdir, "checkpoints", PARTITION_FILE)
-    M = len(progs.grid_rows)
-    if os.path.exists(path):
-        return _read_partition(path, M)
+    n = len(progs.grid_rows)
+    stored = _read_partition(path) if os.path.exists(path) else []
+    mine = [(j, [p - offset for p in part]) for j, part in enumerate(stored) if offset <= part[0] < offset + n]
+    if mine:
+        if [p for _, part in mine for p in part] != list(range(n)):
+            raise ValueError(f"{path} must split positions {offset}..{offset + n - 1} (one program's models) into"
+                             f" runs of consecutive models, found {[part for _, part in mine]!r}; restore it, or"
+                             " start over with --force")
+        return mine
+    covered = sum(len(part) for part in stored)
+    if covered != offset:
+        raise ValueError(f"{path} covers positions 0..{covered - 1}, but the next program starts at {offset}:"
+                         " was it edited? Restore it, or start over with --force")
     k = models_per_program(config, progs)
-    parts = [p.tolist() for p in np.array_split(np.arange(M), math.ceil(M / k))]
+    parts = [(offset + p).tolist() for p in np.array_split(np.arange(n), math.ceil(n / k))]
     if len(parts) > 1:
         log.info("splitting the grid of %d models into %d sub-grids of at most %d, run one after another",
-                 M, len(parts), max(len(p) for p in parts))
+                 n, len(parts), max(len(p) for p in parts))
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    results.write_json_atomic(path, {"parts": parts})
-    return parts
+    results.write_json_atomic(path, {"parts": stored + parts})
+    return [(len(stored) + i, [p - offset for p in part]) for i, part in enumerate(parts)]
 
 
-def stored_parts(config: ml_collections.ConfigDict, progs: Programs, workdir: str) -> list[Part]:
-    """The sub-grids of an existing run (ValueError if it has no checkpoints)."""
+def stored_parts(config: ml_collections.ConfigDict, progs: Programs, workdir: str,
+                 offset: int = 0) -> list[tuple[int, Part]]:
+    """(part number, sub-grid) of one program of an existing run; [] if that program never started.
+
+    ValueError if the run has no checkpoints at all.
+    """
     path = os.path.join(workdir, "checkpoints", PARTITION_FILE)
     if not os.path.exists(path):
         raise ValueError(f"workdir={workdir!r} holds no checkpoints (no {path})")
-    return [make_part(config, progs, positions) for positions in _read_partition(path, len(progs.grid_rows))]
+    n = len(progs.grid_rows)
+    stored = _read_partition(path)
+    return [(j, make_part(config, progs, [p - offset for p in part]))
+            for j, part in enumerate(stored) if offset <= part[0] < offset + n]
 
 
-def _read_partition(path: str, M: int) -> list[list[int]]:
-    """The stored split; ValueError naming the file unless it lists runs of consecutive positions 0..M-1."""
+def _read_partition(path: str) -> list[list[int]]:
+    """The stored split; ValueError naming the file unless it lists runs of consecutive positions 0, 1, ..."""
     try:
         with open(path) as f:
             parts = json.load(f)["parts"]
         flat = [int(i) for part in parts for i in part]
-        ok = all(isinstance(p, list) and p for p in parts) and flat == list(range(M))
+        ok = all(isinstance(p, list) and p for p in parts) and flat == list(range(len(flat)))
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{path} is not a valid partition ({type(err).__name__}: {err}); restore it from a"
                          " backup, or start over with --force") from None
     if not ok:
-        raise ValueError(f"{path} must split the grid's positions 0..{M - 1} into runs of consecutive models,"
+        raise ValueError(f"{path} must split the models' positions 0, 1, ... into runs of consecutive models,"
                          f" found {parts!r}; restore it, or start over with --force")
     return parts
 
@@ -240,10 +271,22 @@ def evaluation_rows(config: ml_collections.ConfigDict, progs: Programs, part: Pa
     """Evaluate every model of the part at ``step``; rows of the models for which ``due(model)``,
     flagged by ``tracker`` (loss blow-up, collapse) when given."""
     metrics = progs.evaluator(state, part.grid, eval_key(config, step))
-    rows = evaluate.to_rows(metrics, part.rows, state)  # real models come first in a padded grid
-    # A diverged model is frozen at diverged_step; its rows still carry the schedule's step.
-    rows = [dict(r, step=int(step)) for r in rows if due(int(r["model"]))]
+    rows = [r for r in metrics_rows(metrics, part.rows, state, step) if due(int(r["model"]))]
     return rows if tracker is None else tracker.flag(rows)
+
+
+_GRID_ONLY = ("index", "budget_steps", "budget_epochs")  # grid-row fields that are not metrics columns
+
+
+def metrics_rows(metrics: dict, grid_rows: Sequence[dict], state: Any, step: int) -> list[dict]:
+    """One metrics row per model of ``grid_rows`` (the first models of a padded grid): the model's
+    index, its grid row's columns (the seeds and every swept setting), the metrics, ``step``.
+
+    A diverged model is frozen at diverged_step; its rows still carry the schedule's step.
+    """
+    rows = evaluate.to_rows(metrics, list(grid_rows), state)
+    return [{"model": r["model"], **{k: v for k, v in g.items() if k not in _GRID_ONLY}, **r, "step": int(step)}
+            for r, g in zip(rows, grid_rows)]
 
 
 def _log_divergence(state: Any, part: Part, seen: set[int]) -> None:
@@ -342,11 +385,12 @@ def _stops(config: ml_collections.ConfigDict, part: Part) -> list[int]:
 
 
 def _run_part(config: ml_collections.ConfigDict, progs: Programs, rec: Recorder, directory: str, part: Part,
-              digest: str, stopping: "StopSignals | None" = None) -> None:
+              digest: str, stopping: "StopSignals | None" = None, compiles: bool = True) -> None:
     """Train one sub-grid to its end, resuming from its newest readable checkpoint; on a stop
     signal, save a checkpoint after the current device call and raise ``Interrupted``.
 
-    ``digest``: the config hash its checkpoints carry (``stored_hash``).
+    ``digest``: the config hash its checkpoints carry (``stored_hash``). ``compiles``: the first
+    training call compiles the program (the first sub-grid of a program): it is left out of the rate.
     """
     eval_points, writer, bar = part.eval_points, rec.metrics, rec.bar
     keep = kept_evaluations(eval_points, config.run.keep_evaluations, [r["budget_steps"] for r in part.rows])
@@ -390,11 +434,15 @@ def _run_part(config: ml_collections.ConfigDict, progs: Programs, rec: Recorder,
         while t < part.end:
             target_step = next(s for s in stops if s > t)
             n = min(int(config.train.steps_per_call), target_step - t)
-            state, metrics = progs.step_fn(state, part.grid, progs.pool_QxD, n)
+            if compiles and bar.clock_started:  # a later program's first call compiles: not timed either
+                with bar.untimed():
+                    state, metrics = jax.block_until_ready(progs.step_fn(state, part.grid, progs.pool_QxD, n))
+            else:
+                state, metrics = progs.step_fn(state, part.grid, progs.pool_QxD, n)
             t += n
-            if not bar.clock_started:  # wait for the first call once: its compilation is not timed
+            if compiles or not bar.clock_started:  # wait for the first call: its compilation is not timed
                 bar.compiled(rec.chunk(metrics, part, timed=False))
-                metrics = None
+                metrics, compiles = None, False
             if pending is not None:
                 bar.advance(rec.chunk(pending, part, timed=True))
             pending = metrics
@@ -423,45 +471,66 @@ def stored_hash(workdir: str) -> str:
     return config_lib.config_hash(results.read_config_json(workdir)["config"])
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, *, force: bool = False,
-        progress: bool = True, stop_signals: Sequence[int] = STOP_SIGNALS, tensorboard: bool = False) -> list[dict]:
-    """Train and evaluate the config's grid in ``workdir`` (new or resumed); returns all metrics rows.
+def run(config: ml_collections.ConfigDict, workdir: str, *, points: Sequence[dict] | None = None,
+        force: bool = False, progress: bool = True, stop_signals: Sequence[int] = STOP_SIGNALS,
+        tensorboard: bool = False) -> list[dict]:
+    """Train and evaluate a sweep in ``workdir`` (new or resumed); returns all metrics rows.
 
-    Holds ``workdir``'s lock throughout (``lock.Busy`` if another process has it). The
-    ``stop_signals`` end the run at the next device-call boundary with a checkpoint saved:
-    ``Interrupted`` is raised and re-running resumes with unchanged results. Writes ``summary.txt``
-    (each model at its ``results.DEFAULT_READING`` evaluation) at the end and prints nothing but
-    the progress lines (stderr; ``progress=False``: none). ``tensorboard``: also write TensorBoard
-    event files (``rhm_jax.events``).
+    ``points``: the sweep (``plan``; default: the config alone). Its programs (models that share
+    every static setting) run one after another in the one work directory: one config.json, one
+    metrics.jsonl, one progress bar, one summary. Holds ``workdir``'s lock throughout
+    (``lock.Busy`` if another process has it). The ``stop_signals`` end the run at the next
+    device-call boundary with a checkpoint saved: ``Interrupted`` is raised and re-running resumes
+    with unchanged results. Writes ``summary.txt`` (each model at its ``results.DEFAULT_READING``
+    evaluation) at the end and prints nothing but the progress lines (stderr; ``progress=False``:
+    none). ``tensorboard``: also write TensorBoard event files (``rhm_jax.events``).
     """
     config_lib.validate(config)
+    sweep = plan.make_plan(config, [{}] if points is None else points)  # every point checked, nothing compiled
     if tensorboard:
         events.check_available()
     workdir = os.path.abspath(workdir)
     with contextlib.ExitStack() as stack:
         stopping = stack.enter_context(StopSignals(stop_signals))
         lock_workdir(workdir, force, stack)
-        return _run_locked(config, workdir, progress, stopping, tensorboard)
+        return _run_locked(config, sweep, workdir, progress, stopping, tensorboard)
 
 
-def _run_locked(config: ml_collections.ConfigDict, workdir: str, progress: bool, stopping: StopSignals,
-                tensorboard: bool = False) -> list[dict]:
+def _sweep_stops(program: "plan.Program") -> int:
+    """The stops of one program as a single sub-grid (for the progress bar's count of pauses)."""
+    budgets = [r["budget_steps"] for r in program.rows]
+    points = set().union(*(schedule(b, program.config.eval.per_octave) for b in budgets))
+    every = int(program.config.run.checkpoint_every)
+    end = max(budgets)
+    return len(points | set(range(every, end, every) if every else ()) | {end})
+
+
+def _run_locked(config: ml_collections.ConfigDict, sweep: "plan.Plan", workdir: str, progress: bool,
+                stopping: StopSignals, tensorboard: bool = False) -> list[dict]:
     """``run`` once the work directory is locked."""
-    progs = programs(config)
-    setup = progs.setup
-    status = results.prepare_workdir(workdir, config, progs.grid_rows)
+    grid_rows = [r for program in sweep.programs for r in program.rows]
+    status = results.prepare_workdir(workdir, config, grid_rows, points=sweep.points)
     digest = stored_hash(workdir)
-    log.info("%s run in %s: %d models on %d device(s), largest P=%d, %d test rows", status, workdir,
-             len(progs.grid_rows), progs.place.num_devices, setup.pool_QxD.shape[0], setup.test_NxD.shape[0])
-    parts = [make_part(config, progs, positions) for positions in partition(config, progs, workdir)]
-    total = sum(r["budget_steps"] for r in progs.grid_rows)
-    bar = Progress(total, sum(len(_stops(config, p)) for p in parts), enabled=progress)
+    log.info("%s run in %s: %d models in %d program(s)%s", status, workdir, len(grid_rows), len(sweep.programs),
+             f", swept: {', '.join(sweep.swept)}" if sweep.swept else "")
+    bar = Progress(sum(r["budget_steps"] for r in grid_rows), sum(_sweep_stops(p) for p in sweep.programs),
+                   enabled=progress)
     rec = Recorder(workdir, bar, tensorboard)
+    offset = 0
     try:
-        for index, part in enumerate(parts):
-            if len(parts) > 1:
-                log.info("sub-grid %d/%d: models %s", index + 1, len(parts), _span(part.models))
-            _run_part(config, progs, rec, part_dir(workdir, index), part, digest, stopping)
+        for program in sweep.programs:
+            progs = programs(program.config, program.rows)
+            log.info("program %d/%d: models %s on %d device(s), largest P=%d, %d test rows", program.index + 1,
+                     len(sweep.programs), _span([r["index"] for r in program.rows]), progs.place.num_devices,
+                     progs.setup.pool_QxD.shape[-2], progs.setup.test_NxD.shape[-2])
+            parts = partition(program.config, progs, workdir, offset)
+            for i, (number, positions) in enumerate(parts):
+                part = make_part(program.config, progs, positions)
+                if len(parts) > 1:
+                    log.info("sub-grid %d: models %s", number, _span(part.models))
+                _run_part(program.config, progs, rec, part_dir(workdir, number), part, digest, stopping,
+                          compiles=i == 0 or len(positions) != len(parts[0][1]))
+            offset += len(program.rows)
     finally:
         bar.close()
         rec.end_part()
@@ -507,49 +576,63 @@ def score(workdir: str, step: int | None = None, num_samples: int | None = None,
     config_lib.validate(config)
     if not os.access(workdir, os.W_OK):
         raise ValueError(f"workdir={workdir!r} is not writable: score writes its score_*.jsonl files there")
+    sweep = plan.make_plan(config, stored.get("points", [{}]))
     with lock.hold(workdir, "score"):
-        return _score_locked(workdir, stored, config, step)
+        return _score_locked(workdir, stored, sweep, step)
 
 
-def _score_locked(workdir: str, stored: dict, config: ml_collections.ConfigDict, step: int | None) -> dict[int, list[dict]]:
+class _Stored(NamedTuple):
+    """One sub-grid of a stored run, with its program's config and programs."""
+
+    config: ml_collections.ConfigDict
+    progs: Programs
+    part: Part
+    ckpt: checkpoint.Checkpointer
+
+
+def _score_locked(workdir: str, stored: dict, sweep: "plan.Plan", step: int | None) -> dict[int, list[dict]]:
     """``score`` once the work directory is locked."""
-    progs = programs(config)
-    if results.to_json_value(progs.grid_rows) != stored["grid"]:
+    grid_rows = [r for program in sweep.programs for r in program.rows]
+    if results.to_json_value(grid_rows) != stored["grid"]:
         raise ValueError(f"the grid rebuilt from {workdir}/config.json differs from the stored one")
-    parts = stored_parts(config, progs, workdir)
-    ckpts = [checkpoint.Checkpointer(part_dir(workdir, i), read_only=True) for i in range(len(parts))]
     earlier = results.read_rows(os.path.join(workdir, results.METRICS_FILE))
-    try:
-        available = sorted(set().union(*(c.steps() for c in ckpts)))
+    subgrids, offset = [], 0
+    with contextlib.ExitStack() as stack:
+        for program in sweep.programs:
+            progs = programs(program.config, program.rows)
+            for number, part in stored_parts(program.config, progs, workdir, offset):
+                ckpt = stack.enter_context(checkpoint.Checkpointer(part_dir(workdir, number), read_only=True))
+                subgrids.append(_Stored(program.config, progs, part, ckpt))
+            offset += len(program.rows)
+        available = sorted(set().union(*(g.ckpt.steps() for g in subgrids)))
         if not available:
             raise ValueError(f"workdir={workdir!r} holds no checkpoint to score (checkpoints/part_*/ are empty)")
         if step is not None and step not in available:
             raise ValueError(f"no checkpoint at step {step} in {workdir}; available steps: {available}")
+        num_samples, sampler_steps = sweep.programs[0].config.eval.num_samples, _sampler_steps(sweep.programs[0].config)
         by_step, broken = {}, []
         for s in [step] if step is not None else available:
             rows = []
-            tracker = health.Tracker(config.eval.num_samples, [r for r in earlier if r["step"] < s])
-            for part, ckpt in zip(parts, ckpts):
-                if s in ckpt.steps():
-                    try:
-                        state, _ = ckpt.restore(s, restore_target(config, progs, part.grid), strict=False)
-                    except checkpoint.BrokenCheckpoint as err:
-                        if step is not None:
-                            raise
-                        log.warning("skipping step %d: %s", s, err)
-                        broken.append(s)
-                        continue
-                    budget = {r["index"]: r["budget_steps"] for r in part.rows}
-                    rows += evaluation_rows(config, progs, part, state, s, lambda model: s <= budget[model], tracker)
+            tracker = health.Tracker(num_samples, [r for r in earlier if r["step"] < s])
+            for g in subgrids:
+                if s not in g.ckpt.steps():
+                    continue
+                try:
+                    state, _ = g.ckpt.restore(s, restore_target(g.config, g.progs, g.part.grid), strict=False)
+                except checkpoint.BrokenCheckpoint as err:
+                    if step is not None:
+                        raise
+                    log.warning("skipping step %d: %s", s, err)
+                    broken.append(s)
+                    continue
+                budget = {r["index"]: r["budget_steps"] for r in g.part.rows}
+                rows += evaluation_rows(g.config, g.progs, g.part, state, s, lambda model: s <= budget[model], tracker)
             if s in broken and not rows:
                 continue
-            name = f"score_{s}_{config.eval.num_samples}_{_sampler_steps(config)}.jsonl"
+            name = f"score_{s}_{num_samples}_{sampler_steps}.jsonl"
             results.write_rows(os.path.join(workdir, name), rows)
             log.info("wrote %s (%d rows)", name, len(rows))
             by_step[s] = rows
         if broken:
-            log.warning("%d broken checkpoint(s) skipped, at steps %s", len(broken), broken)
-    finally:
-        for ckpt in ckpts:
-            ckpt.close()
+            log.warning("%d broken checkpoint(s) skipped, at steps %s", len(broken), sorted(set(broken)))
     return by_step

@@ -77,7 +77,7 @@ def test_params_are_the_debiased_ema_of_the_stored_state(finished):
     run = notebook.load(workdir, step="last")
     assert run.table["step"].tolist() == [64] * 4
     progs = runner.programs(config)
-    part = runner.stored_parts(config, progs, workdir)[0]
+    _, part = runner.stored_parts(config, progs, workdir)[0]
     with checkpoint.Checkpointer(runner.part_dir(workdir, 0), read_only=True) as ckpt:
         state, _ = ckpt.restore(64, runner.restore_target(config, progs, part.grid))
     expected = jax.vmap(lambda st: train.eval_params(st, 0.9))(state)

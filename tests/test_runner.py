@@ -51,7 +51,7 @@ def final_state(workdir, config):
     """The newest checkpointed state of every model, stacked in grid order."""
     progs = runner.programs(config)
     states = []
-    for i, part in enumerate(runner.stored_parts(config, progs, workdir)):
+    for i, part in runner.stored_parts(config, progs, workdir):
         with checkpoint.Checkpointer(runner.part_dir(workdir, i), read_only=True) as ckpt:
             state, _ = ckpt.restore(ckpt.steps()[-1], runner.restore_target(config, progs, part.grid))
         states.append(sharding.unpad(state, len(part.rows)))
