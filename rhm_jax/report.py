@@ -124,22 +124,30 @@ def readings(df: pd.DataFrame, method: str = "sigmoid") -> pd.DataFrame:
                and (r == "normalized" or s == "all")]
     for reading, samples, at in choices:
         summary = analysis.threshold_summary(analysis.thresholds(df, method, at, reading, samples))
-        for workdir, g in summary.groupby("workdir"):
-            row = dict(workdir=figures.label(workdir), reading=reading, samples=samples, at=at)
+        keys = analysis.curve_keys(summary)  # a row per work directory, or per swept value within one
+        for values, g in summary.groupby(keys, dropna=False):
+            row = dict(zip(keys, values), reading=reading, samples=samples, at=at)
+            row["workdir"] = figures.label(row["workdir"])
             for r in g.itertuples():
                 row[f"P*_{r.level}"] = r.P_star if np.isfinite(r.P_star) else f"({r.censored})"
             rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _threshold_table(summary: pd.DataFrame, rising: pd.DataFrame) -> pd.DataFrame:
-    """Summary with theory v m^(l+1), P*/theory and how many models were still rising per level."""
+def _threshold_table(summary: pd.DataFrame, rising: pd.DataFrame, df: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Summary with theory v m^(l+1), P*/theory and how many models were still rising per curve and level."""
     out = summary.copy()
     if {"v", "m"} <= set(out):
         out["theory"] = analysis.context_size(out["v"], out["m"], out["level"])
         out["P_star / theory"] = out["P_star"] / out["theory"]
-    counts = rising.groupby(["workdir", "level"])["rising"].sum() if len(rising) else pd.Series(dtype=int)
-    out["still_rising"] = [int(counts.get((w, l), 0)) for w, l in zip(out["workdir"], out["level"])]
+    keys = analysis.curve_keys(out)
+    if len(rising) and df is not None and len(keys) > 1:  # the swept values of each model, from the table
+        models = df[["workdir", "model", *keys[1:]]].drop_duplicates(["workdir", "model"])
+        rising = rising.merge(models, on=["workdir", "model"], how="left")
+    else:
+        keys = ["workdir"]
+    counts = rising.groupby([*keys, "level"])["rising"].sum() if len(rising) else pd.Series(dtype=int)
+    out["still_rising"] = [int(counts.get(tuple(ids), 0)) for ids in out[[*keys, "level"]].itertuples(index=False)]
     out["workdir"] = out["workdir"].map(figures.label)
     return out.drop(columns=[c for c in ("n", "s", "L", "reading", "samples", "at") if c in out])
 
@@ -209,7 +217,7 @@ def write_markdown(workdirs: Sequence[str], df: pd.DataFrame, out: str, paths: l
         "`theory`: v m^(l+1) (`rhm_jax.theory.sample_complexity`). `still_rising`: models whose normalized "
         "validity at that level (over non-copied samples when logged) rose by more than 0.05 (and twice its sampling error) over their last "
         "doubling of steps: their budget was too short, so a P* read there is an upper bound.",
-        markdown_table(_threshold_table(summary, rising)))
+        markdown_table(_threshold_table(summary, rising, df)))
     lines += _section(
         "The same thresholds in every reading",
         "P*_l pooled over seeds; `reading`: normalized = crossing of 1/2 by the normalized validity, raw = "
