@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from rhm_jax import analysis, clustering, dynamics, figures, theory
+from rhm_jax import analysis, clustering, dynamics, figures, keys, theory
 
 DEFINITION = (f"**Normalized validity** of level l: {analysis.NORMALIZED}, the fraction of the way from "
               "chance to perfect; V_l is the fraction of level-l nodes of the generated samples that parse, "
@@ -73,6 +73,19 @@ def _machine(prov: dict) -> str:
     return f"{devices}" + (f" on {host}" if host else "")
 
 
+def _sweep_lines(points: list[dict], df: pd.DataFrame) -> list[str]:
+    """One line naming a sweep's points and the values each swept key takes (the lines below show its base)."""
+    swept = [k for k in dict.fromkeys(k for p in points for k in p) if len({repr(p.get(k)) for p in points}) > 1]
+    if len(points) < 2 or not swept:
+        return []
+    values = []
+    for key in swept:
+        column = keys.KEYS[key].column if key in keys.KEYS else key
+        found = sorted(df[column].dropna().unique().tolist()) if column in df else sorted({repr(p.get(key)) for p in points})
+        values.append(f"{key} ({column}): {', '.join(str(v) for v in found)}")
+    return [f"- sweep of {len(points)} points, the base config below; swept: " + "; ".join(values)]
+
+
 def _provenance_lines(workdir: str, config: dict, df: pd.DataFrame) -> list[str]:
     """Bullet lines: commit, packages, machine, date and wall time of one work directory."""
     prov = config.get("provenance", {}) or {}
@@ -83,6 +96,7 @@ def _provenance_lines(workdir: str, config: dict, df: pd.DataFrame) -> list[str]
     seconds, how = wall_time(config, df, workdir)
     return [
         f"### {figures.label(workdir)} (`{workdir}`)",
+        *_sweep_lines(config.get("points") or [{}], df),
         f"- grammar: {', '.join(f'{k}={v}' for k, v in g.items())}",
         f"- process: {cfg.get('process', {}).get('name', '?')}, network: "
         f"{cfg.get('network', {}).get('name', '?')} width {cfg.get('network', {}).get('width', '?')}",

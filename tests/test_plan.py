@@ -171,3 +171,16 @@ def test_load_sweep_reads_get_sweep_and_refuses_an_override_of_a_swept_key(tmp_p
                                          r"point 0: grammar.m=2"):
         config_lib.load_sweep(str(path), ["--config.grammar.m=4"])
     assert config_lib.load_sweep(os.path.join(ROOT, "sweeps", "smoke.py")) == [{}]  # no get_sweep
+
+
+@pytest.mark.parametrize("spec", ["", "0/3", "2/3"])
+@pytest.mark.parametrize("budget", [dict(num_steps=64, num_epochs=0.0), dict(num_steps=0, num_epochs=2.5)])
+def test_rows_of_the_config_alone_are_the_grid_of_train(smoke, spec, budget):
+    """Without a sweep, the plan's rows (index, P, seed, lr, budgets) and slices are train.make_grid's."""
+    from rhm_jax import train
+
+    smoke.train.update(budget)
+    smoke.run.grid_slice = spec
+    rows = plan.make_plan(smoke, [{}]).programs[0].rows
+    _, expected = train.make_grid(smoke)
+    assert [{k: r[k] for k in expected[0]} for r in rows] == expected

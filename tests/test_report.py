@@ -185,6 +185,7 @@ def test_report_of_one_workdir_sweeping_m_reads_m_from_the_table(tmp_path):
     out = str(tmp_path / "report")
     paths = report.make_report([workdir], out)
     text = open(paths["report"][0]).read()
+    assert "- sweep of 2 points, the base config below; swept: grammar.m (m): 2, 3" in text
     main = text.split("## Thresholds")[1].split("## ")[0]
     for m in (2, 3):
         for level in (1, 2, 3):

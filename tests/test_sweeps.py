@@ -46,6 +46,9 @@ def test_docstring_records_launch_time_and_expectation(name):
 def test_unknown_argument_raises(name):
     with pytest.raises(ValueError, match="quick"):
         sweep_module(name).get_config("fast")
+    if hasattr(sweep_module(name), "get_sweep"):
+        with pytest.raises(ValueError, match="quick"):
+            sweep_module(name).get_sweep("fast")
 
 
 @pytest.mark.parametrize("arg", [None, "quick"])
