@@ -24,7 +24,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def declare() -> list[dict]:
     """The 1,000 points."""
-    return plan.product(plan.sweep("network.width", [256, 1024]), plan.sweep("train.warmup_steps", [0, 10, 100, 1000, 10000]),
+    return plan.product(plan.sweep("network.width", [256, 1024]),
+                        plan.sweep("train.warmup_steps", [0, 10, 100, 1000, 10000]),
                         plan.sweep("grammar.seed", list(range(10))), plan.sweep("data.seed", list(range(10))))
 
 

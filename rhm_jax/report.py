@@ -81,7 +81,8 @@ def _sweep_lines(points: list[dict], df: pd.DataFrame) -> list[str]:
     values = []
     for key in swept:
         column = keys.KEYS[key].column if key in keys.KEYS else key
-        found = sorted(df[column].dropna().unique().tolist()) if column in df else sorted({repr(p.get(key)) for p in points})
+        found = (sorted(df[column].dropna().unique().tolist()) if column in df
+                 else sorted({repr(p.get(key)) for p in points}))
         values.append(f"{key} ({column}): {', '.join(str(v) for v in found)}")
     return [f"- sweep of {len(points)} points, the base config below; swept: " + "; ".join(values)]
 

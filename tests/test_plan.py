@@ -5,7 +5,7 @@ import os
 import pytest
 
 from rhm_jax import config as config_lib
-from rhm_jax import keys, plan
+from rhm_jax import plan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -180,7 +180,7 @@ def test_report_of_one_workdir_sweeping_m_reads_m_from_the_table(tmp_path):
     """One work directory with m in {2, 3}: thresholds, readings and panels per m; the collapse and c over both."""
     from test_analysis import write_sweep_workdir
 
-    frames = [synthetic_metrics(m=3, c=1.0, seeds=(0, 1), num_P=8), synthetic_metrics(m=2, c=1.0, seeds=(0, 1), num_P=8)]
+    frames = [synthetic_metrics(m=m, c=1.0, seeds=(0, 1), num_P=8) for m in (3, 2)]
     workdir = write_sweep_workdir(tmp_path / "sweep", frames)
     out = str(tmp_path / "report")
     paths = report.make_report([workdir], out)
