@@ -55,6 +55,8 @@ def _known(key: str) -> None:
 
 def _json_ready(value: Any) -> Any:
     """Tuples to lists, numpy scalars to Python: the point as config.json stores it."""
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
     if isinstance(value, (tuple, list)):
         return [_json_ready(v) for v in value]
     if isinstance(value, np.generic):

@@ -64,6 +64,14 @@ def test_no_sweep_is_the_config_alone(smoke):
     assert [(r["P"], r["seed"]) for r in p.programs[0].rows] == [(16, 0), (16, 1), (64, 0), (64, 1)]
 
 
+def test_written_points_are_stored_json_ready_and_optional_keys_take_values(smoke):
+    points = [{"data.num_train": (8, 16), "process.sampler_steps": 10}, {"process.sampler_steps": None}]
+    p = plan.make_plan(smoke, points)
+    assert p.points == ({"data.num_train": [8, 16], "process.sampler_steps": 10}, {"process.sampler_steps": None})
+    assert [r["process.sampler_steps"] for r in p.programs[0].rows] == [10] * 4
+    assert p.programs[1].config.process.sampler_steps is None and p.programs[0].config.process.sampler_steps == 10
+
+
 def test_bare_grid_axis_value_is_one_model_per_point(smoke):
     p = plan.make_plan(smoke, plan.zipped(plan.sweep("train.seeds", [3, 4]), plan.sweep("data.seed", [3, 4])))
     assert [(r["seed"], r["data_seed"]) for r in p.programs[0].rows] == [(3, 3), (3, 3), (4, 4), (4, 4)]
