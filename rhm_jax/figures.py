@@ -140,12 +140,14 @@ def plot_collapse(df: pd.DataFrame, out: str, at: str = "last") -> list[str]:
     ax = fig.subplots()
     markers = "osD^vP*X"
     lv = sorted(points["level"].unique())
-    for i, workdir in enumerate(sorted(points["workdir"].unique())):
+    keys = analysis.curve_keys(points)  # a marker per work directory, or per swept value within one
+    for i, (values, curve) in enumerate(points.groupby(keys, dropna=False)):
+        name = analysis.curve_label(keys, (label(values[0]), *values[1:]))
         for color, level in zip(_colors(len(lv)), lv):
-            part = points[(points["workdir"] == workdir) & (points["level"] == level)]
+            part = curve[curve["level"] == level]
             if len(part):
                 _spread(ax, part, "x", "validity", color, marker=markers[i % len(markers)],
-                        label=f"{label(workdir)} (m={int(part['m'].iloc[0])}) l={level}")
+                        label=f"{name} (m={int(part['m'].iloc[0])}) l={level}")
     ax.axvline(1.0, color="gray", ls=":", lw=1)
     ax.axhline(0.5, color="0.6", lw=0.6)
     ax.set_xscale("log")

@@ -334,13 +334,17 @@ def make_report(workdirs: Sequence[str], out: str | None = None, method: str = "
     paths = figures.plot_validity_vs_p(df, summary, out, at, extra=extra_thresholds)
     if {"v", "m"} <= set(df) and df.groupby("workdir")["P"].nunique().max() > 1:
         paths += figures.plot_collapse(df, out, at)
-    many = len(workdirs) > 1
-    for i, workdir in enumerate(workdirs):
-        suffix = f"_{i}_{figures.label(workdir)}" if many else ""
-        paths += figures.plot_time(df, workdir, out, f"time{suffix}", time_axis)
-        paths += figures.plot_windows(df, workdir, out, f"windows{suffix}")
-        if {"v", "m", "s"} <= set(df.dropna(axis=1, how="all")):  # the theory's xi needs the grammar
-            paths += figures.plot_coherence(df, workdir, out, f"coherence{suffix}", time_axis)
-        paths += figures.plot_correlation(df, workdir, out, f"correlation{suffix}", at)
+    keys_ = analysis.curve_keys(df)  # a set of figures per work directory, or per swept value within one
+    curves = list(df.groupby(keys_, dropna=False, sort=False))
+    many = len(curves) > 1
+    for i, (values, part) in enumerate(curves):
+        workdir = values[0]
+        name = analysis.curve_label(keys_, values).replace(" ", "_").replace("=", "")
+        suffix = f"_{i}_{name}" if many else ""
+        paths += figures.plot_time(part, workdir, out, f"time{suffix}", time_axis)
+        paths += figures.plot_windows(part, workdir, out, f"windows{suffix}")
+        if {"v", "m", "s"} <= set(part.dropna(axis=1, how="all")):  # the theory's xi needs the grammar
+            paths += figures.plot_coherence(part, workdir, out, f"coherence{suffix}", time_axis)
+        paths += figures.plot_correlation(part, workdir, out, f"correlation{suffix}", at)
     report = write_markdown(workdirs, df, out, paths, method, at, extra_thresholds)
     return dict(figures=paths, report=[report])

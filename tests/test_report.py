@@ -194,7 +194,8 @@ def test_report_of_one_workdir_sweeping_m_reads_m_from_the_table(tmp_path):
     assert re.search(r"\| sweep \| 2 \| normalized \|", every) and re.search(r"\| sweep \| 3 \| normalized \|", every)
     c_text = float(re.search(r"c = ([0-9.e+-]+);", text).group(1))
     assert c_text == pytest.approx(1.0, rel=0.1)
-    assert os.path.getsize(os.path.join(out, "validity_vs_P.png")) > 1000
+    for stem in ("validity_vs_P", "collapse", "time_0_sweep_m3", "time_1_sweep_m2", "coherence_1_sweep_m2"):
+        assert os.path.getsize(os.path.join(out, f"{stem}.png")) > 1000
     # models still rising are counted per m: the two curves' counts add up to the work directory's
     df = analysis.load(workdir)
     rising = report.dynamics.still_rising(df)
