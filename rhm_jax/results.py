@@ -462,7 +462,9 @@ def summary_table(rows_or_df: Any, at: str = DEFAULT_READING, title: bool = True
     for row in rows:
         by_model.setdefault((row.get("workdir"), row["model"]), []).append(row)
     levels = _level_columns(rows)
-    extra = [k for k in ("lr",) if len({r.get(k) for r in rows}) > 1]
+    # the swept values that tell models apart besides P and seed (lr, m, grammar_seed, width, ...)
+    candidates = dict.fromkeys(["lr", *(c for c in keys.columns() if c not in ("P", "seed"))])
+    extra = [k for k in candidates if len({repr(r.get(k)) for r in rows}) > 1]
     header = ["model", "P", "seed", *extra, "step", *[k.replace("validity_", "") for k in levels],
               "copies", "flagged"]
     lines = []

@@ -260,6 +260,8 @@ def test_swept_key_columns_come_from_the_rows_and_win_over_the_config(tmp_path, 
     df = results.load(workdir).set_index("model")
     assert df["m"].tolist() == [2] * 4 + [3] * 4 and df["width"].tolist() == [16] * 4 + [8] * 4
     assert (df["v"] == smoke.grammar.v).all() and (df["T"] == smoke.process.T).all()  # constants still fill in
+    header = results.summary_table(df.reset_index(), at="last").splitlines()[1].split()
+    assert header[:5] == ["model", "P", "seed", "m", "width"]  # the swept values tell the models apart
     assert results.read_config_json(workdir)["points"] == [{"grammar.m": 2, "network.width": 16},
                                                            {"grammar.m": 3, "network.width": 8}]
     assert results.prepare_workdir(workdir, smoke, grid, points=planned.points) == "resume"
