@@ -194,8 +194,8 @@ def make_plan(config: ml_collections.ConfigDict, points: Sequence[dict]) -> Plan
     """Validate every point of the sweep and group its models into programs (no compilation).
 
     Raises ValueError naming the point and key for: an unknown or execution key, a value of the
-    wrong type, a point whose own config is invalid (``config.validate``), more than MAX_MODELS
-    models, and a run.grid_slice with more slices than models.
+    wrong type, a point whose own config is invalid (``config.validate``), a point that repeats
+    another, more than MAX_MODELS models, and a run.grid_slice with more slices than models.
     """
     points = [dict(p) for p in points]
     if not points:
@@ -210,10 +210,13 @@ def make_plan(config: ml_collections.ConfigDict, points: Sequence[dict]) -> Plan
     work = copy.deepcopy(config)
     base = {k: _get(config, k) for k in swept_keys}
     groups: dict[tuple, list[int]] = {}
-    per_point, seen, total = [], {k: set() for k in swept_keys}, 0
+    per_point, seen, total, first = [], {k: set() for k in swept_keys}, 0, {}
     for i, point in enumerate(points):
         where = _describe(i, point)
         values = {k: _config_value(k, point[k]) if k in point else base[k] for k in swept_keys}
+        same = first.setdefault(tuple(_hashable(v) for v in values.values()), i)
+        if same != i:
+            raise ValueError(f"{where} repeats {_describe(same, points[same])}: its models would be duplicates")
         for key, value in values.items():
             _set(work, key, value, where)
             seen[key].add(_hashable(value))

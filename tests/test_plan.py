@@ -152,6 +152,14 @@ def test_more_models_than_the_limit_is_refused_before_expanding(smoke, monkeypat
     assert plan.make_plan(smoke, two_m()[:2]).num_models == 8
 
 
+def test_repeated_point_is_refused(smoke):
+    points = plan.sweep("grammar.seed", [0, 1]) + [{"grammar.seed": 1}]
+    with pytest.raises(ValueError, match=r"sweep point 2 \(grammar.seed=1\) repeats sweep point 1"):
+        plan.make_plan(smoke, points)
+    with pytest.raises(ValueError, match="sweep point 1 .* repeats sweep point 0 .the config alone"):
+        plan.make_plan(smoke, [{}, {"grammar.m": smoke.grammar.m}])  # the base value, written out
+
+
 def test_empty_sweep_is_refused(smoke):
     with pytest.raises(ValueError, match="no points"):
         plan.make_plan(smoke, [])
