@@ -44,3 +44,4 @@ def test_readme_key_table_lists_every_key_with_its_kind():
         readme = f.read()
     documented = dict(re.findall(r"^\| `([\w.]+)` \| (\w+) \|", readme, flags=re.M))
     assert documented == {name: key.kind for name, key in keys.KEYS.items()}
+    assert keys.table() in readme  # columns and docs too: regenerate with print(rhm_jax.keys.table())
