@@ -200,3 +200,11 @@ def test_rows_of_the_config_alone_are_the_grid_of_train(smoke, spec, budget):
     rows = plan.make_plan(smoke, [{}]).programs[0].rows
     _, expected = train.make_grid(smoke)
     assert [{k: r[k] for k in expected[0]} for r in rows] == expected
+
+
+def test_plan_rebuilt_from_what_config_json_stores_is_the_same(smoke):
+    """config.json holds the base config and the points: planning them again gives the same models."""
+    p = plan.make_plan(smoke, two_m())
+    stored = json.loads(json.dumps(dict(config=config_lib.to_dict(smoke), points=p.points)))
+    again = plan.make_plan(config_lib.from_dict(stored["config"]), stored["points"])
+    assert again == p
