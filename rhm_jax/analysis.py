@@ -19,9 +19,16 @@ import numpy as np
 import pandas as pd
 import scipy.optimize
 
-from rhm_jax import health, results, theory
+from rhm_jax import health, keys, results, theory
 
 GRAMMAR_KEYS = ("v", "n", "m", "s", "L")
+# Columns of the seeds a curve pools over (per-seed fits are per replicate: grammar, data and model seed).
+REPLICATES = tuple(keys.KEYS[k].column for k in ("grammar.seed", "data.seed", "train.seeds"))
+# Columns that may separate curves of one work directory (a sweep over m, width, lr, ...): every
+# result-determining key but the replicate seeds, the evaluation seed and P itself.
+CURVE_COLUMNS = tuple(key.column for name, key in keys.KEYS.items()
+                      if key.kind != "execution" and key.column not in REPLICATES
+                      and name not in ("data.num_train", "run.seed"))
 READINGS = ("normalized", "raw")
 SAMPLES = ("all", "noncopy")
 # Per-row flags of a model that went non-finite: its rows are reported, never fitted.
@@ -60,10 +67,23 @@ def copies_column(df: pd.DataFrame) -> str | None:
 
 
 def curve_keys(df: pd.DataFrame) -> list[str]:
-    """Columns that separate validity-vs-P curves: the workdir, and lr where a run sweeps it."""
-    if "lr" in df and "workdir" in df and df.groupby("workdir")["lr"].nunique().max() > 1:
-        return ["workdir", "lr"]
-    return ["workdir"]
+    """Columns that separate validity-vs-P curves: the workdir, and each column a work directory sweeps
+    (e.g. m, width or lr; its seeds are replicates of one curve)."""
+    if "workdir" not in df:
+        return ["workdir"]
+    per_workdir = df.groupby("workdir")
+    return ["workdir", *[c for c in CURVE_COLUMNS if c in df and per_workdir[c].nunique(dropna=False).max() > 1]]
+
+
+def curve_label(keys_: Sequence[str], values: Sequence) -> str:
+    """A curve's name: the work directory's last path part, then its swept values (``run m=3``)."""
+    named = dict(zip(keys_, values))
+    head = str(named.pop("workdir", "")).rstrip("/").rsplit("/", 1)[-1] or "run"
+    return " ".join([head, *(f"{k}={v}" for k, v in named.items())])
+
+
+def _replicates(df: pd.DataFrame) -> list[str]:
+    return [c for c in REPLICATES if c in df]
 
 
 def _keyed(df: pd.DataFrame) -> pd.DataFrame:
@@ -178,7 +198,8 @@ def final_validity(df: pd.DataFrame, at: str = "last", reading: str = "normalize
     the fits drop them and say so).
     """
     last = readout(final(healthy(df), at), reading, samples)
-    ids = [c for c in ("workdir", "model", "P", "seed", "lr", "step", "epoch", *GRAMMAR_KEYS) if c in last]
+    ids = list(dict.fromkeys(c for c in ("workdir", "model", "P", *REPLICATES, "lr", "step", "epoch", *GRAMMAR_KEYS,
+                                           *CURVE_COLUMNS) if c in last))
     parts = []
     for level in levels(df):
         part = last[ids].assign(level=level, validity=last[f"validity_l{level}"],
@@ -280,43 +301,47 @@ def _censor(P: pd.Series, validity: pd.Series, P_star: float) -> str:
 
 def thresholds(df: pd.DataFrame, method: str = "sigmoid", at: str = "last", reading: str = "normalized",
                samples: str = "all") -> pd.DataFrame:
-    """Per (workdir, level, seed) and pooled over seeds (seed = -1): the threshold P*_l of a reading.
+    """Per (curve, level, seed) and pooled over seeds (seed = -1): the threshold P*_l of a reading.
+
+    A curve is a work directory, or one value of each key it sweeps (``curve_keys``); a seed is a
+    replicate (grammar seed, data seed, model seed), and the pooled row has -1 in each of them.
 
     ``at`` picks each model's evaluation: 'last', or 'best' (lowest test loss, i.e. early stopping,
     which keeps small-P models from counting memorized copies as learned rules). ``num_nan``:
     models whose reading is NaN (e.g. every sample a copy with samples='noncopy'), left out.
     """
     long = final_validity(df, at, reading, samples)
-    keys = curve_keys(long)
+    keys_ = curve_keys(long)
+    reps = _replicates(long)
     rows = []
-    for values, group in long.groupby([*keys, "level"]):
-        ids = dict(zip([*keys, "level"], values))
+    for values, group in long.groupby([*keys_, "level"], dropna=False):
+        ids = dict(zip([*keys_, "level"], values))
         grammar = {k: group[k].iloc[0] for k in GRAMMAR_KEYS if k in group}
-        per_seed = [(seed, g) for seed, g in group.groupby("seed")] + [(-1, group)]
-        for seed, g in per_seed:
+        per_seed = [(dict(zip(reps, v)), g) for v, g in group.groupby(reps, dropna=False)] if reps else []
+        for seeds, g in per_seed + [({c: -1 for c in reps}, group)]:
             finite = g[np.isfinite(g["validity"].to_numpy(float))]
             P_star = threshold(finite["P"], finite["validity"], method) if len(finite) else np.nan
-            rows.append(dict(**ids, seed=seed, **grammar, P_star=P_star,
-                             censored=_censor(g["P"], g["validity"], P_star), num_P=finite["P"].nunique(),
-                             num_nan=int(len(g) - len(finite)), reading=reading, samples=samples, at=at))
+            rows.append({**ids, **seeds, **grammar, "P_star": P_star,
+                         "censored": _censor(g["P"], g["validity"], P_star), "num_P": finite["P"].nunique(),
+                         "num_nan": int(len(g) - len(finite)), "reading": reading, "samples": samples, "at": at})
     return pd.DataFrame(rows)
 
 
 def threshold_summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per (workdir, level): pooled P*, and mean +- std over per-seed fits (in P and in log10 P)."""
-    keys = [*curve_keys(table), "level"]
+    keys_ = [*curve_keys(table), "level"]
     rows = []
-    for values, g in table.groupby(keys):
+    for values, g in table.groupby(keys_, dropna=False):
         pooled = g[g["seed"] == -1].iloc[0]
         seeds = g[(g["seed"] != -1) & np.isfinite(g["P_star"])]["P_star"].to_numpy(float)
-        rows.append(dict(
-            **dict(zip(keys, values)), **{k: pooled[k] for k in GRAMMAR_KEYS if k in g},
-            P_star=pooled["P_star"], censored=pooled["censored"],
-            P_star_mean=seeds.mean() if seeds.size else np.nan,
-            P_star_std=seeds.std(ddof=1) if seeds.size > 1 else np.nan,
-            log10_P_star_std=np.log10(seeds).std(ddof=1) if seeds.size > 1 else np.nan,
-            num_seeds=int(seeds.size),
-            **{k: pooled[k] for k in ("reading", "samples", "at") if k in g}))
+        rows.append({
+            **dict(zip(keys_, values)), **{k: pooled[k] for k in GRAMMAR_KEYS if k in g},
+            "P_star": pooled["P_star"], "censored": pooled["censored"],
+            "P_star_mean": seeds.mean() if seeds.size else np.nan,
+            "P_star_std": seeds.std(ddof=1) if seeds.size > 1 else np.nan,
+            "log10_P_star_std": np.log10(seeds).std(ddof=1) if seeds.size > 1 else np.nan,
+            "num_seeds": int(seeds.size),
+            **{k: pooled[k] for k in ("reading", "samples", "at") if k in g}})
     return pd.DataFrame(rows)
 
 
@@ -332,17 +357,19 @@ def theory_threshold(v: int, m: int, level: int, c: float = 1.0) -> float:
 
 def ratios(table: pd.DataFrame) -> pd.DataFrame:
     """P*_(l+1) / P*_l per workdir and level (pooled, and mean +- std over seeds) next to m."""
-    keys = curve_keys(table)
+    keys_ = curve_keys(table)
+    reps = _replicates(table)
     rows = []
-    for values, g in table.groupby(keys):
+    for values, g in table.groupby(keys_, dropna=False):
         for level in sorted(g["level"].unique())[:-1]:
-            lo = g[g["level"] == level].set_index("seed")["P_star"]
-            hi = g[g["level"] == level + 1].set_index("seed")["P_star"]
-            per_seed = (hi / lo).drop(-1, errors="ignore").dropna().to_numpy(float)
-            rows.append(dict(**dict(zip(keys, values)), level=level, m=g["m"].iloc[0] if "m" in g else np.nan,
-                             ratio=hi.get(-1, np.nan) / lo.get(-1, np.nan),
-                             ratio_mean=per_seed.mean() if per_seed.size else np.nan,
-                             ratio_std=per_seed.std(ddof=1) if per_seed.size > 1 else np.nan))
+            lo = g[g["level"] == level].set_index(reps)["P_star"]
+            hi = g[g["level"] == level + 1].set_index(reps)["P_star"]
+            pooled = (-1,) * len(reps) if len(reps) > 1 else -1
+            per_seed = (hi / lo).drop(pooled, errors="ignore").dropna().to_numpy(float)
+            rows.append({**dict(zip(keys_, values)), "level": level, "m": g["m"].iloc[0] if "m" in g else np.nan,
+                         "ratio": hi.get(pooled, np.nan) / lo.get(pooled, np.nan),
+                         "ratio_mean": per_seed.mean() if per_seed.size else np.nan,
+                         "ratio_std": per_seed.std(ddof=1) if per_seed.size > 1 else np.nan})
     return pd.DataFrame(rows)
 
 
@@ -378,7 +405,8 @@ def creativity(df: pd.DataFrame, at: str = "last") -> pd.DataFrame:
     """Per model at its last (or best) evaluation: valid, copies, novel_valid and novel share of valid."""
     last = final(healthy(df), at)
     copies = copies_column(last)
-    ids = [c for c in ("workdir", "model", "P", "seed", "lr", *GRAMMAR_KEYS) if c in last]
+    ids = list(dict.fromkeys(c for c in ("workdir", "model", "P", *REPLICATES, "lr", *GRAMMAR_KEYS, *CURVE_COLUMNS)
+                             if c in last))
     out = last[[*ids, "valid", copies, "novel_valid"]].rename(columns={copies: "copies"})
     with np.errstate(invalid="ignore", divide="ignore"):
         out["novel_share"] = np.where(out["valid"] > 0, out["novel_valid"] / out["valid"], np.nan)

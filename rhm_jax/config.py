@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
-from rhm_jax import diffusion, grammar, networks
+from rhm_jax import diffusion, grammar, keys, networks
 
 KEEP_EVALUATIONS = ("all", "octaves", "none")
 # Size bounds checked with logarithms before anything computes s**L or P_max as an integer.
@@ -29,16 +29,14 @@ MAX_LOG2_TUPLES = 26  # v**s <= 2**26 (the parse tables)
 # v=16, m=4, s=2, L=4 in 5.5 s), so about 3 minutes at the limit, and the pool lives on the device.
 MAX_DATASET_ROWS = 2**25
 
-# Run keys that change how a run executes but not its results; a work directory may be resumed
-# with other values for these (results.prepare_workdir ignores them when comparing configs).
-EXECUTION_KEYS = (
-    "train.steps_per_call",
-    "run.checkpoint_every",
-    "run.keep_last",
-    "run.keep_evaluations",
-    "run.max_models_per_program",
-    "run.shard_models",
-)
+# Keys that change how a run executes but not its results (``rhm_jax.keys``); a work directory may
+# be resumed with other values for these (results.prepare_workdir ignores them when comparing configs).
+EXECUTION_KEYS = keys.of_kind("execution")
+# The keys config_hash leaves out by default, frozen as they were when checkpoints began to record
+# the hash: adding a key here would change the hash of every stored work directory and make its
+# checkpoints unresumable. (The resume check itself compares configs up to EXECUTION_KEYS.)
+HASH_IGNORED = ("train.steps_per_call", "run.checkpoint_every", "run.keep_last", "run.keep_evaluations",
+                "run.max_models_per_program", "run.shard_models")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -209,15 +207,11 @@ def _validate_train(t: ml_collections.ConfigDict) -> None:
 
 
 def _validate_slice(config: ml_collections.ConfigDict) -> None:
-    """run.grid_slice is '' or 'k/K' with 0 <= k < K <= M (the grid's model count)."""
+    """run.grid_slice is '' or 'k/K' with 0 <= k < K; ``plan.make_plan`` checks K against the sweep's models."""
     spec = config.run.grid_slice
-    if spec == "":
-        return
-    num_models = len(config.data.num_train) * len(config.train.seeds) * len(config.train.lr)
     k, _, K = str(spec).partition("/")
-    if not (k.isdigit() and K.isdigit() and int(k) < int(K) <= num_models):
-        raise ValueError(f"run.grid_slice={spec!r} must be '' or 'k/K' with 0 <= k < K <= M={num_models}"
-                         " (the grid's model count)")
+    if spec != "" and not (k.isdigit() and K.isdigit() and int(k) < int(K)):
+        raise ValueError(f"run.grid_slice={spec!r} must be '' or 'k/K' with 0 <= k < K (slice k of K of the sweep)")
 
 
 def _validate_eval(e: ml_collections.ConfigDict) -> None:
@@ -242,14 +236,8 @@ def _installed_sweep(path: str) -> str:
     return path
 
 
-def load(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-    """Config from ``path.py[:arg]`` plus ``--config.a.b=value`` overrides (config_flags syntax).
-
-    ``sweeps/<exp>.py`` that is not a file here is read from the installed ``sweeps`` package.
-    The file's ``get_config(arg)`` (``get_config()`` without an arg) builds the config. Values are
-    Python literals (``3e-4``, ``(64,256)``, ``True``); strings may be bare (``masked``). Unknown
-    keys, values of the wrong type and malformed overrides raise ValueError.
-    """
+def _module(spec: str) -> tuple[Any, str, str]:
+    """(module, path, arg) of the config file ``path.py[:arg]``, executed."""
     path, _, arg = spec.partition(":")
     if not os.path.isfile(path):
         path = _installed_sweep(path)
@@ -258,6 +246,18 @@ def load(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
     module_spec = importlib.util.spec_from_file_location(f"rhm_jax_config_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
+    return module, path, arg
+
+
+def load(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """Config from ``path.py[:arg]`` plus ``--config.a.b=value`` overrides (config_flags syntax).
+
+    ``sweeps/<exp>.py`` that is not a file here is read from the installed ``sweeps`` package.
+    The file's ``get_config(arg)`` (``get_config()`` without an arg) builds the config. Values are
+    Python literals (``3e-4``, ``(64,256)``, ``True``); strings may be bare (``masked``). Unknown
+    keys, values of the wrong type and malformed overrides raise ValueError.
+    """
+    module, path, arg = _module(spec)
     if not hasattr(module, "get_config"):
         raise ValueError(f"--config={spec!r}: {path} defines no get_config(arg=None)")
     config = module.get_config(arg) if arg else module.get_config()
@@ -265,6 +265,28 @@ def load(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
     for item in overrides:
         apply_override(config, item)
     return config
+
+
+def load_sweep(spec: str, overrides: Sequence[str] = ()) -> list[dict]:
+    """The sweep points of ``path.py[:arg]``: its ``get_sweep(arg)``, or ``[{}]`` (the config alone).
+
+    An override of a key the sweep sets raises ValueError: the sweep would silently undo it.
+    """
+    module, path, arg = _module(spec)
+    get_sweep = getattr(module, "get_sweep", None)
+    if get_sweep is None:
+        return [{}]
+    points = get_sweep(arg) if arg else get_sweep()
+    if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
+        raise ValueError(f"--config={spec!r}: get_sweep of {path} must return a list of dicts (sweep points),"
+                         f" got {type(points).__name__}")
+    for item in overrides:
+        name = item[len("--config."):].partition("=")[0] if item.startswith("--config.") else item
+        where = next((i for i, point in enumerate(points) if name in point), None)
+        if where is not None:
+            raise ValueError(f"override {item!r} sets {name}, which the sweep of {path} sets (point {where}:"
+                             f" {name}={points[where][name]!r}); change the sweep or pick it with its argument")
+    return points
 
 
 def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
@@ -396,7 +418,7 @@ def differences(a: dict, b: dict, ignore: Sequence[str] = ()) -> list[str]:
     return [k for k in keys if k not in ignore and flat_a.get(k, "<missing>") != flat_b.get(k, "<missing>")]
 
 
-def config_hash(config: ml_collections.ConfigDict | dict, ignore: Sequence[str] = EXECUTION_KEYS) -> str:
+def config_hash(config: ml_collections.ConfigDict | dict, ignore: Sequence[str] = HASH_IGNORED) -> str:
     """Short sha256 of the canonical JSON of the result-determining settings."""
     values = config if isinstance(config, dict) else to_dict(config)
     flat = {k: v for k, v in flatten(values).items() if k not in ignore}

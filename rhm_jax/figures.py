@@ -72,14 +72,18 @@ def plot_validity_vs_p(df: pd.DataFrame, summary: pd.DataFrame, out: str, at: st
     raw value where the normalized reading is 1/2. ``extra``: other thresholds (label, level, P_star[,
     workdir]) drawn as triangles at 1/2, e.g. the clustering learner's. No figure for one-P runs."""
     long = analysis.final_validity(df, at, "normalized", samples)
-    workdirs = [w for w in sorted(long["workdir"].unique()) if long[long["workdir"] == w]["P"].nunique() > 1]
-    if not workdirs:
+    keys = analysis.curve_keys(long)  # a panel per work directory, or per swept value within one
+    curves = [(values, part) for values, part in long.groupby(keys, dropna=False) if part["P"].nunique() > 1]
+    if not curves:
         return []
-    fig = Figure(figsize=(10.0, 3.9 * len(workdirs)))
-    axes = fig.subplots(len(workdirs), 2, squeeze=False)
+    fig = Figure(figsize=(10.0, 3.9 * len(curves)))
+    axes = fig.subplots(len(curves), 2, squeeze=False)
     markers = "v^<>sD"
-    for (ax, ax_raw), workdir in zip(axes, workdirs):
-        part = long[long["workdir"] == workdir]
+    for (ax, ax_raw), (values, part) in zip(axes, curves):
+        workdir = values[0]
+        mine = summary
+        for key, value in zip(keys, values):
+            mine = mine[mine[key] == value] if key in mine else mine
         g = _grammar(part)
         lv = sorted(part["level"].unique())
         colors = dict(zip(lv, _colors(len(lv))))
@@ -87,7 +91,7 @@ def plot_validity_vs_p(df: pd.DataFrame, summary: pd.DataFrame, out: str, at: st
             points = part[part["level"] == level]
             _spread(ax, points, "P", "validity", color, ls="none")
             _spread(ax_raw, points, "P", "raw", color, ls="none")
-            row = summary[(summary["workdir"] == workdir) & (summary["level"] == level)]
+            row = mine[mine["level"] == level]
             p_star = float(row["P_star"].iloc[0]) if len(row) else np.nan
             if np.isfinite(p_star):
                 grid = np.logspace(np.log10(points["P"].min()), np.log10(points["P"].max()), 200)
@@ -118,7 +122,8 @@ def plot_validity_vs_p(df: pd.DataFrame, summary: pd.DataFrame, out: str, at: st
         ax.set_ylabel(NORM_LABEL, fontsize=8)
         ax_raw.set_ylabel("level-l nodes valid (raw fraction)", fontsize=8)
         which = "non-copied samples" if samples == "noncopy" else "all samples"
-        title = f"{label(workdir)}: " + ", ".join(f"{k}={v}" for k, v in g.items()) + f"\n{at} evaluation, {which}"
+        title = (f"{analysis.curve_label(keys, values)}: " + ", ".join(f"{k}={v}" for k, v in g.items())
+                 + f"\n{at} evaluation, {which}")
         ax.set_title(title + ": read above chance", fontsize=8)
         ax_raw.set_title(title + ": raw, with chance and the normalized 1/2", fontsize=8)
         for a in (ax, ax_raw):
@@ -135,12 +140,14 @@ def plot_collapse(df: pd.DataFrame, out: str, at: str = "last") -> list[str]:
     ax = fig.subplots()
     markers = "osD^vP*X"
     lv = sorted(points["level"].unique())
-    for i, workdir in enumerate(sorted(points["workdir"].unique())):
+    keys = analysis.curve_keys(points)  # a marker per work directory, or per swept value within one
+    for i, (values, curve) in enumerate(points.groupby(keys, dropna=False)):
+        name = analysis.curve_label(keys, (label(values[0]), *values[1:]))
         for color, level in zip(_colors(len(lv)), lv):
-            part = points[(points["workdir"] == workdir) & (points["level"] == level)]
+            part = curve[curve["level"] == level]
             if len(part):
                 _spread(ax, part, "x", "validity", color, marker=markers[i % len(markers)],
-                        label=f"{label(workdir)} (m={int(part['m'].iloc[0])}) l={level}")
+                        label=f"{name} (m={int(part['m'].iloc[0])}) l={level}")
     ax.axvline(1.0, color="gray", ls=":", lw=1)
     ax.axhline(0.5, color="0.6", lw=0.6)
     ax.set_xscale("log")

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from rhm_jax import analysis, clustering, dynamics, figures, theory
+from rhm_jax import analysis, clustering, dynamics, figures, keys, theory
 
 DEFINITION = (f"**Normalized validity** of level l: {analysis.NORMALIZED}, the fraction of the way from "
               "chance to perfect; V_l is the fraction of level-l nodes of the generated samples that parse, "
@@ -73,6 +73,20 @@ def _machine(prov: dict) -> str:
     return f"{devices}" + (f" on {host}" if host else "")
 
 
+def _sweep_lines(points: list[dict], df: pd.DataFrame) -> list[str]:
+    """One line naming a sweep's points and the values each swept key takes (the lines below show its base)."""
+    swept = [k for k in dict.fromkeys(k for p in points for k in p) if len({repr(p.get(k)) for p in points}) > 1]
+    if len(points) < 2 or not swept:
+        return []
+    values = []
+    for key in swept:
+        column = keys.KEYS[key].column if key in keys.KEYS else key
+        found = (sorted(df[column].dropna().unique().tolist()) if column in df
+                 else sorted({repr(p.get(key)) for p in points}))
+        values.append(f"{key} ({column}): {', '.join(str(v) for v in found)}")
+    return [f"- sweep of {len(points)} points, the base config below; swept: " + "; ".join(values)]
+
+
 def _provenance_lines(workdir: str, config: dict, df: pd.DataFrame) -> list[str]:
     """Bullet lines: commit, packages, machine, date and wall time of one work directory."""
     prov = config.get("provenance", {}) or {}
@@ -83,6 +97,7 @@ def _provenance_lines(workdir: str, config: dict, df: pd.DataFrame) -> list[str]
     seconds, how = wall_time(config, df, workdir)
     return [
         f"### {figures.label(workdir)} (`{workdir}`)",
+        *_sweep_lines(config.get("points") or [{}], df),
         f"- grammar: {', '.join(f'{k}={v}' for k, v in g.items())}",
         f"- process: {cfg.get('process', {}).get('name', '?')}, network: "
         f"{cfg.get('network', {}).get('name', '?')} width {cfg.get('network', {}).get('width', '?')}",
@@ -124,22 +139,30 @@ def readings(df: pd.DataFrame, method: str = "sigmoid") -> pd.DataFrame:
                and (r == "normalized" or s == "all")]
     for reading, samples, at in choices:
         summary = analysis.threshold_summary(analysis.thresholds(df, method, at, reading, samples))
-        for workdir, g in summary.groupby("workdir"):
-            row = dict(workdir=figures.label(workdir), reading=reading, samples=samples, at=at)
+        keys = analysis.curve_keys(summary)  # a row per work directory, or per swept value within one
+        for values, g in summary.groupby(keys, dropna=False):
+            row = dict(zip(keys, values), reading=reading, samples=samples, at=at)
+            row["workdir"] = figures.label(row["workdir"])
             for r in g.itertuples():
                 row[f"P*_{r.level}"] = r.P_star if np.isfinite(r.P_star) else f"({r.censored})"
             rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _threshold_table(summary: pd.DataFrame, rising: pd.DataFrame) -> pd.DataFrame:
-    """Summary with theory v m^(l+1), P*/theory and how many models were still rising per level."""
+def _threshold_table(summary: pd.DataFrame, rising: pd.DataFrame, df: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Summary with theory v m^(l+1), P*/theory and how many models were still rising per curve and level."""
     out = summary.copy()
     if {"v", "m"} <= set(out):
         out["theory"] = analysis.context_size(out["v"], out["m"], out["level"])
         out["P_star / theory"] = out["P_star"] / out["theory"]
-    counts = rising.groupby(["workdir", "level"])["rising"].sum() if len(rising) else pd.Series(dtype=int)
-    out["still_rising"] = [int(counts.get((w, l), 0)) for w, l in zip(out["workdir"], out["level"])]
+    keys = analysis.curve_keys(out)
+    if len(rising) and df is not None and len(keys) > 1:  # the swept values of each model, from the table
+        models = df[["workdir", "model", *keys[1:]]].drop_duplicates(["workdir", "model"])
+        rising = rising.merge(models, on=["workdir", "model"], how="left")
+    else:
+        keys = ["workdir"]
+    counts = rising.groupby([*keys, "level"])["rising"].sum() if len(rising) else pd.Series(dtype=int)
+    out["still_rising"] = [int(counts.get(tuple(ids), 0)) for ids in out[[*keys, "level"]].itertuples(index=False)]
     out["workdir"] = out["workdir"].map(figures.label)
     return out.drop(columns=[c for c in ("n", "s", "L", "reading", "samples", "at") if c in out])
 
@@ -209,7 +232,7 @@ def write_markdown(workdirs: Sequence[str], df: pd.DataFrame, out: str, paths: l
         "`theory`: v m^(l+1) (`rhm_jax.theory.sample_complexity`). `still_rising`: models whose normalized "
         "validity at that level (over non-copied samples when logged) rose by more than 0.05 (and twice its sampling error) over their last "
         "doubling of steps: their budget was too short, so a P* read there is an upper bound.",
-        markdown_table(_threshold_table(summary, rising)))
+        markdown_table(_threshold_table(summary, rising, df)))
     lines += _section(
         "The same thresholds in every reading",
         "P*_l pooled over seeds; `reading`: normalized = crossing of 1/2 by the normalized validity, raw = "
@@ -311,13 +334,17 @@ def make_report(workdirs: Sequence[str], out: str | None = None, method: str = "
     paths = figures.plot_validity_vs_p(df, summary, out, at, extra=extra_thresholds)
     if {"v", "m"} <= set(df) and df.groupby("workdir")["P"].nunique().max() > 1:
         paths += figures.plot_collapse(df, out, at)
-    many = len(workdirs) > 1
-    for i, workdir in enumerate(workdirs):
-        suffix = f"_{i}_{figures.label(workdir)}" if many else ""
-        paths += figures.plot_time(df, workdir, out, f"time{suffix}", time_axis)
-        paths += figures.plot_windows(df, workdir, out, f"windows{suffix}")
-        if {"v", "m", "s"} <= set(df.dropna(axis=1, how="all")):  # the theory's xi needs the grammar
-            paths += figures.plot_coherence(df, workdir, out, f"coherence{suffix}", time_axis)
-        paths += figures.plot_correlation(df, workdir, out, f"correlation{suffix}", at)
+    keys_ = analysis.curve_keys(df)  # a set of figures per work directory, or per swept value within one
+    curves = list(df.groupby(keys_, dropna=False, sort=False))
+    many = len(curves) > 1
+    for i, (values, part) in enumerate(curves):
+        workdir = values[0]
+        name = analysis.curve_label(keys_, values).replace(" ", "_").replace("=", "")
+        suffix = f"_{i}_{name}" if many else ""
+        paths += figures.plot_time(part, workdir, out, f"time{suffix}", time_axis)
+        paths += figures.plot_windows(part, workdir, out, f"windows{suffix}")
+        if {"v", "m", "s"} <= set(part.dropna(axis=1, how="all")):  # the theory's xi needs the grammar
+            paths += figures.plot_coherence(part, workdir, out, f"coherence{suffix}", time_axis)
+        paths += figures.plot_correlation(part, workdir, out, f"correlation{suffix}", at)
     report = write_markdown(workdirs, df, out, paths, method, at, extra_thresholds)
     return dict(figures=paths, report=[report])

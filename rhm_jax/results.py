@@ -38,7 +38,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from rhm_jax import config as config_lib
-from rhm_jax import health, lock
+from rhm_jax import health, keys, lock
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +55,12 @@ KINDS = ("metrics", "train", "scores")
 DEFAULT_READING = "best"
 READINGS = {"last": "its last evaluation",
             "best": "its best evaluation (lowest test loss, mean over diffusion-time windows)"}
-# Constant config values copied into every row by ``load`` (column name -> dotted config key).
-CONFIG_COLUMNS = {
-    "v": "grammar.v", "n": "grammar.n", "m": "grammar.m", "s": "grammar.s", "L": "grammar.L",
-    "grammar_seed": "grammar.seed", "data_seed": "data.seed", "run_seed": "run.seed", "num_test": "data.num_test",
-    "process": "process.name", "T": "process.T", "network": "network.name", "width": "network.width",
-    "batch_size": "train.batch_size", "num_samples": "eval.num_samples",
-}
+# Config values copied into every row by ``load`` where the row does not carry its own (column
+# name -> dotted key): the keys with a short column name (``rhm_jax.keys``) that results depend
+# on, except the grid keys (P, seed and lr come from each model's grid row). A swept key's column
+# comes from the rows, so its per-model value wins over config.json's constant.
+CONFIG_COLUMNS = {key.column: name for name, key in keys.KEYS.items()
+                  if key.column != name and key.kind != "execution" and name not in keys.GRID_KEYS}
 RENAMED_COLUMNS = {"copy": "copies"}  # older work directories wrote these names
 
 
@@ -187,12 +186,14 @@ def move_aside(workdir: str) -> bool:
 
 
 def prepare_workdir(workdir: str, config, grid_rows: Sequence[dict], force: bool = False,
-                    points: Sequence[dict] = ({},)) -> str:
+                    points: Sequence[dict] | None = None) -> str:
     """Create or check a work directory; returns 'new' or 'resume'.
 
-    Existing directory with the same config, sweep ``points`` and grid -> 'resume'. A different
-    one -> ValueError naming the differing keys (nothing is touched) unless ``force``, which moves
-    the old work directory to ``<workdir>.bak-<timestamp>`` (``move_aside``) and starts fresh.
+    ``points``: the sweep as declared (``plan.Plan.points``), recorded in config.json; a single run
+    (None) records none.
+    Existing directory with the same config and grid -> 'resume'. A different one -> ValueError
+    naming the differing keys (nothing is touched) unless ``force``, which moves the old work
+    directory to ``<workdir>.bak-<timestamp>`` (``move_aside``) and starts fresh.
     """
     workdir = os.path.abspath(workdir)
     if os.path.exists(workdir) and not os.path.isdir(workdir):
@@ -201,12 +202,14 @@ def prepare_workdir(workdir: str, config, grid_rows: Sequence[dict], force: bool
     grid = to_json_value(list(grid_rows))
     if force:
         move_aside(workdir)
-    points = to_json_value(list(points))
+    points = None if points is None else to_json_value(list(points))
     if _contents(workdir):
         _check_same(workdir, config_dict, grid, points)
         return "resume"
     os.makedirs(workdir, exist_ok=True)
-    payload = {"config": config_dict, "points": points, "provenance": to_json_value(provenance()), "grid": grid}
+    payload = {"config": config_dict, "provenance": to_json_value(provenance()), "grid": grid}
+    if points is not None:
+        payload["points"] = points
     write_json_atomic(os.path.join(workdir, CONFIG_FILE), payload)
     return "new"
 
@@ -221,8 +224,8 @@ def record_wall_time(workdir: str, seconds: float) -> None:
     write_json_atomic(path, payload)
 
 
-def _check_same(workdir: str, config_dict: dict, grid: list, points: list) -> None:
-    """Raise ValueError unless the stored config and grid equal these (execution keys aside)."""
+def _check_same(workdir: str, config_dict: dict, grid: list, points: list | None = None) -> None:
+    """Raise ValueError unless the stored config, sweep and grid equal these (execution keys aside)."""
     how = "choose a new --workdir, or pass --force to move the old directory aside (nothing is deleted)"
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.isfile(path):
@@ -236,9 +239,10 @@ def _check_same(workdir: str, config_dict: dict, grid: list, points: list) -> No
             f"{k}: {config_lib.flatten(stored_config).get(k, '<missing>')!r} -> "
             f"{config_lib.flatten(config_dict).get(k, '<missing>')!r}" for k in differing[:10])
         raise ValueError(f"workdir={workdir!r} holds a run with a different config ({details}); {how}")
-    if stored.get("points", [{}]) != points:
-        raise ValueError(f"workdir={workdir!r} holds a run of another sweep (points {stored.get('points', [{}])!r:.200}"
-                         f" -> {points!r:.200}); {how}")
+    # no points (a work directory of a single run, or written before sweeps) is the sweep [{}]
+    if (stored.get("points") or [{}]) != (points or [{}]):
+        raise ValueError(f"workdir={workdir!r} holds a run of a different sweep ({len(stored.get('points') or [])}"
+                         f" points stored, {len(points or [])} now, or other values); {how}")
     stored_grid = stored.get("grid")
     # A directory written before a grid-row field existed lacks it: compare the fields it has (its
     # config, compared above through the schema's defaults, fixes the rest).
@@ -372,8 +376,9 @@ def load(workdirs: str | os.PathLike | Sequence[str | os.PathLike], kind: str = 
     of the training chunk that ended at that step), 'train' (one row per model and training chunk:
     its mean loss), or 'scores' (the rows of ``launch.score`` / ``notebook.Run.score(write=True)``,
     with ``num_samples`` and ``sampler_steps``). Every row carries its model's grid row (``model``
-    is the index in the full grid; P, seed, lr, budget_steps, budget_epochs), the constant config
-    values of ``CONFIG_COLUMNS`` and ``workdir``. A job-array root (``launch.slurm``) reads as one run.
+    is the index in the whole sweep; P, seed, lr, budget_steps, budget_epochs, the traced scalars and
+    a column per swept key, e.g. ``m``), the config values of ``CONFIG_COLUMNS`` where the row does
+    not carry its own, and ``workdir``. A job-array root (``launch.slurm``) reads as one run.
     """
     import pandas as pd
 
@@ -461,7 +466,9 @@ def summary_table(rows_or_df: Any, at: str = DEFAULT_READING, title: bool = True
     for row in rows:
         by_model.setdefault((row.get("workdir"), row["model"]), []).append(row)
     levels = _level_columns(rows)
-    extra = [k for k in ("lr",) if len({r.get(k) for r in rows}) > 1]
+    # the swept values that tell models apart besides P and seed (lr, m, grammar_seed, width, ...)
+    candidates = dict.fromkeys(["lr", *(c for c in keys.columns() if c not in ("P", "seed"))])
+    extra = [k for k in candidates if len({repr(r.get(k)) for r in rows}) > 1]
     header = ["model", "P", "seed", *extra, "step", *[k.replace("validity_", "") for k in levels],
               "copies", "flagged"]
     lines = []

@@ -1,25 +1,36 @@
-"""Hierarchical learning in P: final validity per level vs training-set size (uniform process, bpUNet).
+"""Hierarchical learning in P, over m = 3 and 4: validity per level vs training-set size, one sweep.
 
 Launch:   python -m launch.local --config sweeps/hierarchy_in_p.py --workdir runs/hierarchy_in_p
-          python -m launch.report --workdir runs/hierarchy_in_p runs/hierarchy_in_p_m3 --at best
+          python -m launch.report --workdir runs/hierarchy_in_p --at best
 Quick:    python -m launch.local --config sweeps/hierarchy_in_p.py:quick --workdir runs/hierarchy_in_p_quick
-Grid:     v=n=16, m=4, s=2, L=4 (d=16, P_max = 16 * 4**15 ~ 1.7e10), P = 64 .. 65536 (11 values, one
-          per octave, from about v m**2 / 4 to 4 v m**(L+1)), 3 seeds: 33 bpUNets (W=1024, 25.2M
-          parameters each) trained together, batch 64, Adam 1e-4, 2**18 steps each.
-Run time: ESTIMATE, not yet measured. Training is memory bound at about 40 bytes per parameter per
-          model-step, so an H100 (3.0 TB/s) allows ~3,000 model-steps/s at 25.2M parameters; at the
-          ~80 % of roofline a plain-JAX prototype reached, ~2,400/s: 33 x 2**18 model-steps in about
-          1 h, plus ~2 min of evaluations (37 x 33 x 1024 samples). The authors' code (one model per
-          process, 127 steps/s) would need about 19 GPU-hours for the same grid.
-          Quick (8 models x 4096 steps, 14 evaluations) on a 2-core CPU: measured 2.0 min wall
-          (2.4 min CPU time) with the machine nearly idle, 5-5.5 min while ~10 other jobs shared it.
+Sweep:    get_sweep: m zipped with its P grid, times three realizations K = 0, 1, 2 (grammar seed,
+          data seed and model seed K together); one work directory, one table, two programs (m
+          changes the rule tables' shapes; the grammars, datasets and P of one m train side by side).
+Grid:     v=n=16, s=2, L=4 (d=16), bpUNet W=1024 (25.2M parameters each), batch 64, Adam 1e-4,
+          2**18 steps each. m=4: P_max = 16 * 4**15 ~ 1.7e10, P = 64 .. 65536 (11 values, one per
+          octave, from about v m**2 / 4 to 4 v m**(L+1)); m=3: P_max = 16 * 3**15 ~ 2.3e8, P = 32 ..
+          16384 (10 values). 3 realizations each: 33 + 30 = 63 models. (get_config alone is the m=4
+          program with model seeds 0, 1, 2 of grammar 0: the base that reproduction_cpu.py reads.)
+Run time: ESTIMATE, not yet measured: the sum of the two former runs. Training is memory bound at
+          about 40 bytes per parameter per model-step, so an H100 (3.0 TB/s) allows ~3,000
+          model-steps/s at 25.2M parameters; at the ~80 % of roofline a plain-JAX prototype reached,
+          ~2,400/s: m=4, 33 x 2**18 model-steps in about 1 h, and m=3, 30 x 2**18 in about 55 min,
+          plus ~2 min of evaluations each: about 2 h in all. The authors' code (one model per
+          process, 127 steps/s) would need about 36 GPU-hours for the same 63 models.
+          Quick (two programs: m=3, 8 models, and m=2, 7 models, x 4096 steps) on a 2-core CPU: the
+          two programs were measured as separate runs, 2.0 min (m=3, machine nearly idle) and 2.7
+          min (m=2) wall, so about 5 min for the quick sweep (not yet timed as one sweep).
 Expected: final validity rises with P level by level; thresholds P*_l ~ c v m**(l+1) with ratios
-          P*_(l+1) / P*_l ~ m = 4 and P*_4 ~ 16384 (SPEC section 5), i.e. c ~ 1, far below P_max.
-          Quick (v=8, m=3, L=3; --at best), measured for grammar/data/model seeds 0, 1, 2, 3, read
-          above chance (normalized validity (V_l - V_l^unif) / (1 - V_l^unif) = 1/2, the report's
-          default): P*_1 = 70, 53, 91, 64 and P*_2 = 255, 275, 346, 411 (theory v m**(l+1): 72, 216);
-          level 3 is not reached (normalized validity <= 0.3). Raw validity = 1/2 (biased low at
-          level 1, where chance is 0.375): P*_1 = 17, 17, 22, 15.
+          P*_(l+1) / P*_l ~ m and P*_4 ~ 16384 at m=4 (SPEC section 5), i.e. c ~ 1, far below P_max;
+          at m=3, P*_l ~ c * (144, 432, 1296, 3888). The collapse: validity vs P / (v m**(l+1)) of
+          both m and all levels on one curve, with one c.
+          Quick, m=3 (v=8, L=3; --at best), measured for grammar/data/model seeds 0, 1, 2, 3 as
+          separate runs, read above chance (normalized validity (V_l - V_l^unif) / (1 - V_l^unif) =
+          1/2, the report's default): P*_1 = 70, 53, 91, 64 and P*_2 = 255, 275, 346, 411 (theory v
+          m**(l+1): 72, 216); level 3 is not reached (normalized validity <= 0.3). Raw validity = 1/2
+          (biased low at level 1, where chance is 0.375): P*_1 = 17, 17, 22, 15. Quick, m=2 (seed 0):
+          P*_1 = 20, P*_2 = 97 (theory 32, 64); both m together: c = 0.67 with a log10 spread of
+          0.34 (measured with the two work directories of the former separate runs).
 Measure:  read thresholds with `--at best` (each model at its lowest test loss, i.e. early
           stopping). With one step budget for the whole grid the small-P models end up copying
           their training set, and copies are valid at every level: at their last evaluation they
@@ -30,6 +41,7 @@ from __future__ import annotations
 import ml_collections
 
 from rhm_jax import config as config_lib
+from rhm_jax import plan
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -45,6 +57,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg == "quick":
         _quick(config)
     return config
+
+
+def get_sweep(arg: str | None = None) -> list[dict]:
+    """m zipped with its P grid (one program per m), times realizations K: grammar, data and model seed K."""
+    if arg not in (None, "", "quick"):
+        raise ValueError(f"sweeps/hierarchy_in_p.py takes no argument or 'quick', got {arg!r}")
+    if arg == "quick":  # v=8, L=3: m=3 as get_config('quick'), and m=2 (P_max = 1024: thresholds ~ 32, 64)
+        return plan.zipped(plan.sweep("grammar.m", [3, 2]),
+                           plan.sweep("data.num_train", [tuple(8 * 2**k for k in range(8)),
+                                                         tuple(8 * 2**k for k in range(7))]))
+    sizes = plan.zipped(plan.sweep("grammar.m", [4, 3]),
+                        plan.sweep("data.num_train", [tuple(64 * 2**k for k in range(11)),
+                                                      tuple(32 * 2**k for k in range(10))]))
+    realizations = plan.zipped(*(plan.sweep(key, [0, 1, 2]) for key in ("grammar.seed", "data.seed", "train.seeds")))
+    return plan.product(sizes, realizations)
 
 
 def _quick(config: ml_collections.ConfigDict) -> None:

@@ -344,3 +344,52 @@ def test_divergence_flag_excludes_the_model_and_old_copy_column_is_read():
     assert analysis.diverged_models(df)["P"].tolist() == [64]
     assert analysis.copies_column(df) == "copy" and analysis.copies_column(df.rename(columns={"copy": "copies"})) == "copies"
     assert "copies" in analysis.creativity(df).columns
+
+
+def write_sweep_workdir(path, frames, config_m=4):
+    """One work directory of a sweep over m: the grid rows carry each model's m (config.json's grammar
+    says m=``config_m``, the base of the sweep), the metrics rows carry no grammar column."""
+    parts, offset = [], 0
+    for df in frames:
+        parts.append(df.assign(model=df["model"] + offset))
+        offset += df["model"].nunique()
+    both = pd.concat(parts, ignore_index=True)
+    models = both.drop_duplicates("model")
+    grid = [dict(index=int(r.model), P=int(r.P), seed=int(r.seed), lr=1e-4, grammar_seed=0, data_seed=0,
+                 budget_steps=4096, m=int(r.m)) for r in models.itertuples()]
+    path = write_workdir(path, both, m=config_m)
+    with open(os.path.join(path, "config.json")) as f:
+        stored = json.load(f)
+    stored.update(grid=grid, points=[{"grammar.m": int(m)} for m in models["m"].unique()])
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(stored, f)
+    return path
+
+
+def test_one_workdir_sweeping_m_gives_per_m_thresholds_and_the_collapse(tmp_path):
+    """m read from the rows (not config.json's constant m=4): a curve per m, ratios ~ m, one c."""
+    frames = [synthetic_metrics(m=3, c=1.0, jitter=0.0), synthetic_metrics(m=2, c=1.0, jitter=0.0)]
+    workdir = write_sweep_workdir(tmp_path / "sweep", frames)
+    df = analysis.load(workdir)
+    assert sorted(df["m"].unique()) == [2, 3] and df["v"].unique().tolist() == [8]
+    assert analysis.curve_keys(df) == ["workdir", "m"]
+    summary = analysis.threshold_summary(analysis.thresholds(df))
+    assert len(summary) == 6 and sorted(summary["m"].unique()) == [2, 3]
+    for row in summary.itertuples():
+        assert abs(np.log10(row.P_star / (8 * row.m ** (row.level + 1)))) < 0.05, row
+    ratios = analysis.ratios(analysis.thresholds(df))
+    np.testing.assert_allclose(ratios["ratio"], ratios["m"], rtol=0.1)
+    fit = analysis.fit_constant(summary)
+    assert fit["c"] == pytest.approx(1.0, rel=0.1) and fit["log10_spread"] < 0.05 and fit["num"] == 6
+    points = analysis.collapse(df)
+    np.testing.assert_allclose(points["x"], points["P"] / (8 * points["m"] ** (points["level"] + 1)))
+
+
+def test_per_seed_fits_are_per_grammar_seed_too():
+    """Seeds of a curve are replicates (grammar, data, model seed): three grammars with model seed 0 are
+    three per-seed fits, not one."""
+    df = synthetic_metrics(jitter=0.1, noise=0.0, seeds=(0, 1, 2), num_P=20)
+    df = df.assign(grammar_seed=df["seed"], data_seed=df["seed"], seed=0)
+    summary = analysis.threshold_summary(analysis.thresholds(df))
+    assert (summary["num_seeds"] == 3).all()
+    assert summary["log10_P_star_std"].between(0.02, 0.25).all()

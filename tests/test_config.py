@@ -81,8 +81,7 @@ BAD = [
     ("run.keep_last", 0, "run.keep_last=0"),
     ("run.checkpoint_every", -1, "run.checkpoint_every=-1"),
     ("run.max_models_per_program", -2, "run.max_models_per_program=-2"),
-    ("run.grid_slice", "4/4", "run.grid_slice='4/4'.*M=4"),
-    ("run.grid_slice", "0/5", "run.grid_slice='0/5'.*M=4"),
+    ("run.grid_slice", "4/4", "run.grid_slice='4/4'.*0 <= k < K"),  # K against the sweep: tests/test_plan.py
     ("run.grid_slice", "1", "run.grid_slice='1'"),
     ("train.mu_dtype", "float16", "train.mu_dtype"),
     ("train.p_below_batch", "all", "train.p_below_batch=.all. must be .repeat. or .full_batch."),

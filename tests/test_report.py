@@ -174,3 +174,31 @@ def test_the_provenance_lines_give_the_budget_as_configured():
                                             pd.DataFrame({"P": [8], "model": [0], "step": [0]}))
     assert "budget 4096 steps" in by_steps[3] and "epochs" not in by_steps[3]
     assert "budget 10000 epochs of each model's P" in by_epochs[3]
+
+
+def test_report_of_one_workdir_sweeping_m_reads_m_from_the_table(tmp_path):
+    """One work directory with m in {2, 3}: thresholds, readings and panels per m; the collapse and c over both."""
+    from test_analysis import write_sweep_workdir
+
+    frames = [synthetic_metrics(m=m, c=1.0, seeds=(0, 1), num_P=8) for m in (3, 2)]
+    workdir = write_sweep_workdir(tmp_path / "sweep", frames)
+    out = str(tmp_path / "report")
+    paths = report.make_report([workdir], out)
+    text = open(paths["report"][0]).read()
+    assert "- sweep of 2 points, the base config below; swept: grammar.m (m): 2, 3" in text
+    main = text.split("## Thresholds")[1].split("## ")[0]
+    for m in (2, 3):
+        for level in (1, 2, 3):
+            assert re.search(rf"\| sweep \| {m} \| {level} \| 8 \|", main), (m, level)
+    every = text.split("every reading")[1].split("## ")[0]
+    assert re.search(r"\| sweep \| 2 \| normalized \|", every) and re.search(r"\| sweep \| 3 \| normalized \|", every)
+    c_text = float(re.search(r"c = ([0-9.e+-]+);", text).group(1))
+    assert c_text == pytest.approx(1.0, rel=0.1)
+    for stem in ("validity_vs_P", "collapse", "time_0_sweep_m3", "time_1_sweep_m2", "coherence_1_sweep_m2"):
+        assert os.path.getsize(os.path.join(out, f"{stem}.png")) > 1000
+    # models still rising are counted per m: the two curves' counts add up to the work directory's
+    df = analysis.load(workdir)
+    rising = report.dynamics.still_rising(df)
+    table = report._threshold_table(analysis.threshold_summary(analysis.thresholds(df)), rising, df)
+    per_level = table.groupby("level")["still_rising"].sum()
+    assert per_level.to_dict() == rising.groupby("level")["rising"].sum().astype(int).to_dict()

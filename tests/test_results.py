@@ -246,3 +246,27 @@ def test_record_wall_time_goes_into_the_provenance(tmp_path, smoke):
     stored = results.read_config_json(workdir)
     assert stored["provenance"]["wall_time_s"] == 12.346 and "finished_utc" in stored["provenance"]
     assert results.prepare_workdir(workdir, smoke, GRID) == "resume"  # the provenance is not compared
+
+
+def test_swept_key_columns_come_from_the_rows_and_win_over_the_config(tmp_path, smoke):
+    """A sweep's config.json holds the base config (m=2 here); each model's m, width comes from its grid row."""
+    from rhm_jax import plan
+
+    planned = plan.make_plan(smoke, plan.zipped(plan.sweep("grammar.m", [2, 3]), plan.sweep("network.width", [16, 8])))
+    grid = [r for program in planned.programs for r in program.rows]
+    workdir = str(tmp_path / "sweep")
+    assert results.prepare_workdir(workdir, smoke, grid, points=planned.points) == "new"
+    results.MetricsWriter(workdir).write([dict(model=r["index"], step=8, copies=0.0) for r in grid])
+    df = results.load(workdir).set_index("model")
+    assert df["m"].tolist() == [2] * 4 + [3] * 4 and df["width"].tolist() == [16] * 4 + [8] * 4
+    assert (df["v"] == smoke.grammar.v).all() and (df["T"] == smoke.process.T).all()  # constants still fill in
+    header = results.summary_table(df.reset_index(), at="last").splitlines()[1].split()
+    assert header[:5] == ["model", "P", "seed", "m", "width"]  # the swept values tell the models apart
+    assert results.read_config_json(workdir)["points"] == [{"grammar.m": 2, "network.width": 16},
+                                                           {"grammar.m": 3, "network.width": 8}]
+    assert results.prepare_workdir(workdir, smoke, grid, points=planned.points) == "resume"
+    with pytest.raises(ValueError, match="different sweep"):
+        results.prepare_workdir(workdir, smoke, grid, points=planned.points[:1])
+    old = str(tmp_path / "single")  # a work directory without points (a single run) resumes as [{}]
+    results.prepare_workdir(old, smoke, GRID)
+    assert results.prepare_workdir(old, smoke, GRID, points=[{}]) == "resume"

@@ -1,5 +1,6 @@
 """Every sweep config validates (full and quick) without training; the quick P sweep shows the hierarchy."""
 import importlib.util
+import json
 import math
 import os
 import subprocess
@@ -10,10 +11,10 @@ import pytest
 
 from rhm_jax import analysis
 from rhm_jax import config as config_lib
-from rhm_jax import results
+from rhm_jax import plan, results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SWEEPS = ("hierarchy_in_p", "hierarchy_in_p_m3", "hierarchy_in_time", "masked_transformer", "reproduction_cpu")
+SWEEPS = ("hierarchy_in_p", "hierarchy_in_time", "masked_transformer", "reproduction_cpu")
 
 
 def sweep_module(name: str):
@@ -45,29 +46,65 @@ def test_docstring_records_launch_time_and_expectation(name):
 def test_unknown_argument_raises(name):
     with pytest.raises(ValueError, match="quick"):
         sweep_module(name).get_config("fast")
+    if hasattr(sweep_module(name), "get_sweep"):
+        with pytest.raises(ValueError, match="quick"):
+            sweep_module(name).get_sweep("fast")
 
 
-@pytest.mark.parametrize("name", ["hierarchy_in_p", "hierarchy_in_p_m3"])
-def test_p_grid_spans_every_threshold(name):
-    """>= 10 log-spaced P from about v m**2 / 4 to 4 v m**(L+1); the paper's optimizer."""
-    config = sweep_module(name).get_config()
-    g, P = config.grammar, np.array(sorted(config.data.num_train))
-    assert len(P) >= 10
-    np.testing.assert_allclose(np.diff(np.log2(P)), 1.0)  # one per octave
-    assert P[0] <= g.v * g.m**2 / 2 and P[-1] >= 2 * g.v * g.m ** (g.L + 1)
-    assert config.train.batch_size == 64 and tuple(config.train.lr) == (1e-4,)
-    assert len(config.train.seeds) == 3
-    assert config.process.name == "uniform" and config.network.name == "bpunet"
+@pytest.mark.parametrize("arg", [None, "quick"])
+@pytest.mark.parametrize("name", SWEEPS)
+def test_sweep_plans_before_any_compilation(name, arg):
+    """Every point of every sweep file validates: config.load_sweep (or [{}]) through plan.make_plan."""
+    spec = os.path.join(ROOT, "sweeps", f"{name}.py") + (f":{arg}" if arg else "")
+    planned = plan.make_plan(config_lib.load(spec), config_lib.load_sweep(spec))
+    assert planned.num_models == sum(len(p.rows) for p in planned.programs) > 0
 
 
-@pytest.mark.parametrize("name", ["hierarchy_in_p", "hierarchy_in_p_m3"])
-def test_quick_grid_brackets_levels_one_and_two(name):
-    """The quick grid has P values on both sides of v m**2 and of v m**3."""
-    config = sweep_module(name).get_config("quick")
-    g, P = config.grammar, np.array(config.data.num_train)
-    for level in (1, 2):
-        scale = g.v * g.m ** (level + 1)
-        assert (P < scale).sum() >= 2 and (P > scale).sum() >= 2
+def test_p_sweep_is_two_programs_one_per_m_with_three_realizations():
+    """One sweep file: m = 4 and 3 zipped with their P grids, times grammar/data/model seed K = 0, 1, 2."""
+    module = sweep_module("hierarchy_in_p")
+    planned = plan.make_plan(module.get_config(), module.get_sweep())
+    assert [p.config.grammar.m for p in planned.programs] == [4, 3] and planned.num_models == 33 + 30
+    assert set(planned.swept) == {"grammar.m", "data.num_train", "grammar.seed", "data.seed", "train.seeds"}
+    for program in planned.programs:
+        rows = program.rows
+        assert {(r["grammar_seed"], r["data_seed"], r["seed"]) for r in rows} == {(k, k, k) for k in range(3)}
+        # everything but m, the P grid and the seeds as in get_config (the m=4 program's base)
+        diff = config_lib.differences(config_lib.to_dict(module.get_config()), config_lib.to_dict(program.config))
+        assert set(diff) <= {"grammar.m", "data.num_train", "train.seeds"}
+
+
+@pytest.mark.parametrize("arg", [None, "quick"])
+def test_p_grid_of_each_m_spans_every_threshold(arg):
+    """Full: >= 10 log-spaced P from about v m**2 / 4 to 4 v m**(L+1), the paper's optimizer; quick: P on
+    both sides of v m**2 and of v m**3."""
+    module = sweep_module("hierarchy_in_p")
+    planned = plan.make_plan(module.get_config(arg), module.get_sweep(arg))
+    assert len(planned.programs) == 2
+    for program in planned.programs:
+        config = program.config
+        g, P = config.grammar, np.array(sorted({r["P"] for r in program.rows}))
+        assert config.process.name == "uniform" and config.network.name == "bpunet"
+        if arg == "quick":
+            for level in (1, 2):
+                scale = g.v * g.m ** (level + 1)
+                assert (P < scale).sum() >= 2 and (P > scale).sum() >= 2
+            continue
+        assert len(P) >= 10
+        np.testing.assert_allclose(np.diff(np.log2(P)), 1.0)  # one per octave
+        assert P[0] <= g.v * g.m**2 / 2 and P[-1] >= 2 * g.v * g.m ** (g.L + 1)
+        assert config.train.batch_size == 64 and tuple(config.train.lr) == (1e-4,)
+        assert len({r["seed"] for r in program.rows}) == 3
+
+
+def test_quick_p_sweep_is_the_quick_config_plus_a_smaller_m():
+    """The quick sweep's first program is get_config('quick') itself (m=3), the second m=2 with P <= 512."""
+    module = sweep_module("hierarchy_in_p")
+    quick = module.get_config("quick")
+    first, second = plan.make_plan(quick, module.get_sweep("quick")).programs
+    assert config_lib.to_dict(first.config) == config_lib.to_dict(quick)
+    assert second.config.grammar.m == 2 and max(r["P"] for r in second.rows) == 512
+    assert len(first.rows) + len(second.rows) == 15
 
 
 def test_time_sweep_matches_paper_setting():
@@ -76,13 +113,6 @@ def test_time_sweep_matches_paper_setting():
     assert (g.v, g.n, g.m, g.s, g.L) == (8, 8, 3, 2, 3)
     assert tuple(config.data.num_train) == (1024,) and config.network.width == 1024
     assert config.train.num_epochs == 1e4 and config.eval.per_octave == 4 and len(config.train.seeds) > 1
-
-
-def test_m3_companion_differs_from_main_sweep_only_in_m_and_grid():
-    main, m3 = sweep_module("hierarchy_in_p").get_config(), sweep_module("hierarchy_in_p_m3").get_config()
-    diff = config_lib.differences(config_lib.to_dict(main), config_lib.to_dict(m3))
-    assert set(diff) == {"grammar.m", "data.num_train"}
-    assert m3.grammar.m == 3
 
 
 @pytest.mark.slow
@@ -111,6 +141,17 @@ def test_reproduction_grid_brackets_every_level_with_the_papers_process():
     paper = config_lib.base_config()
     assert config.process == paper.process and config.train.batch_size == 64
     assert config.network.name == "bpunet" and config.network.width < paper.network.width
+
+
+def test_reproduction_config_is_unchanged_by_the_sweep_file_it_reads():
+    """reproduction_cpu.py builds on hierarchy_in_p.py's get_config: its configs stay exactly those of the
+    runs already made (tests/data/reproduction_cpu_configs.json, written before the P sweep became one file)."""
+    with open(os.path.join(ROOT, "tests", "data", "reproduction_cpu_configs.json")) as f:
+        stored = json.load(f)
+    module = sweep_module("reproduction_cpu")
+    for arg, values in stored.items():
+        assert config_lib.to_dict(module.get_config(arg)) == values, arg
+    assert config_lib.load_sweep(os.path.join(ROOT, "sweeps", "reproduction_cpu.py")) == [{}]
 
 
 def test_reproduction_seed_argument_changes_only_the_seeds():
