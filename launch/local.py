@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_closed_loops()
     try:
         config = config_lib.load(args.config, overrides)
-        runner.run(config, args.workdir, force=args.force, progress=not args.no_progress,
+        points = config_lib.load_sweep(args.config, overrides)
+        runner.run(config, args.workdir, points=points, force=args.force, progress=not args.no_progress,
                   tensorboard=args.tensorboard)
     except runner.Interrupted as stop:
         print(f"stopped: {stop}", file=sys.stderr)

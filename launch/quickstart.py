@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
         config = config_lib.load(args.config, overrides)
-        runner.run(config, args.workdir)
+        points = config_lib.load_sweep(args.config, overrides)
+        runner.run(config, args.workdir, points=points)
         with lock.hold(args.workdir, "quickstart"):  # the learner's rows and the report, one writer at a time
             results.write_rows(clustering.path(args.workdir), clustering.run_sweep(config))
             paths = report.make_report([args.workdir], None, "sigmoid", results.DEFAULT_READING)

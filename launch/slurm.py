@@ -5,7 +5,8 @@
         [--mem_gb 64] [--partition NAME] [--max_parallel N] [--wait] [--force]
         [--config.section.key=value ...]
 
-Task k trains models [k*M/K, (k+1)*M/K) of the grid (``run.grid_slice='k/K'``) in its own work
+Task k trains models [k*M/K, (k+1)*M/K) of the sweep's M models (``run.grid_slice='k/K'``; a sweep
+over static settings runs its programs one after another within each task) in its own work
 directory ``DIR/slice_<k>``, with all the devices it is given (``rhm_jax.sharding``). ``DIR`` holds
 the full config (``config.json``), ``array.json`` (K and the job ids of each submission) and
 submitit's logs (``DIR/submitit``). On preemption or time-out SLURM signals the task (submitit's
@@ -34,7 +35,7 @@ import submitit
 
 from launch import argument_parser, error_line, setup_logging
 from rhm_jax import config as config_lib
-from rhm_jax import results, runner, train
+from rhm_jax import plan, results, runner
 
 log = logging.getLogger(__name__)
 
@@ -45,20 +46,21 @@ EXECUTORS = ("auto", "slurm", "local")
 class SliceTask(submitit.helpers.Checkpointable):
     """One task of the array: ``runner.run`` of one grid slice in its work directory (idempotent)."""
 
-    def __call__(self, config_values: dict, workdir: str) -> str:
+    def __call__(self, config_values: dict, workdir: str, points: list[dict] | None = None) -> str:
         setup_logging()
         stops = (signal.SIGINT, signal.SIGTERM, preemption_signal())
         try:
-            runner.run(config_lib.from_dict(config_values), workdir, progress=False, stop_signals=stops)
+            runner.run(config_lib.from_dict(config_values), workdir, points=points, progress=False, stop_signals=stops)
         except runner.Interrupted as stop:  # saved; submitit's handlers are back: let them requeue
             log.warning("%s", stop)
             signal.raise_signal(stop.signum)
             raise
         return workdir
 
-    def checkpoint(self, config_values: dict, workdir: str) -> submitit.helpers.DelayedSubmission:
+    def checkpoint(self, config_values: dict, workdir: str,
+                   points: list[dict] | None = None) -> submitit.helpers.DelayedSubmission:
         """Requeue this very call: the progress lives in the rhm_jax checkpoints of ``workdir``."""
-        return submitit.helpers.DelayedSubmission(self, config_values, workdir)
+        return submitit.helpers.DelayedSubmission(self, config_values, workdir, points)
 
 
 def preemption_signal() -> int:
@@ -83,8 +85,10 @@ def finished(workdir: str) -> bool:
     return os.path.isfile(os.path.join(workdir, results.SUMMARY_FILE))
 
 
-def prepare(config: ml_collections.ConfigDict, root: str, K: int, force: bool = False) -> list[int]:
-    """Check the config and K, write ``DIR/config.json`` and ``array.json``; the slices to submit.
+def prepare(config: ml_collections.ConfigDict, root: str, K: int, force: bool = False,
+            points: Sequence[dict] | None = None) -> list[int]:
+    """Check the config, the sweep ``points`` and K, write ``DIR/config.json`` and ``array.json``;
+    the slices to submit.
 
     A resubmission needs the same config (execution keys aside) and the same K; it returns the
     slices whose run has not finished.
@@ -92,11 +96,12 @@ def prepare(config: ml_collections.ConfigDict, root: str, K: int, force: bool = 
     if config.run.get("grid_slice", ""):
         raise ValueError(f"run.grid_slice={config.run.grid_slice!r} must be '' here: --slices splits the grid")
     config_lib.validate(config)
-    _, rows = train.make_grid(config)
+    sweep = plan.make_plan(config, [{}] if points is None else points)
+    rows = [r for program in sweep.programs for r in program.rows]
     if not isinstance(K, int) or not 1 <= K <= len(rows):
-        raise ValueError(f"--slices={K} must lie in [1, M={len(rows)}] (the grid's model count)")
+        raise ValueError(f"--slices={K} must lie in [1, M={len(rows)}] (the sweep's model count)")
     root = os.path.abspath(root)
-    status = results.prepare_workdir(root, config, rows, force=force)
+    status = results.prepare_workdir(root, config, rows, force=force, points=sweep.points)
     path = os.path.join(root, ARRAY_FILE)
     if status == "resume" and os.path.exists(path):
         with open(path) as f:
@@ -127,12 +132,13 @@ def make_executor(kind: str, folder: str, timeout_min: int = 240, gpus_per_task:
 
 
 def submit(config: ml_collections.ConfigDict, root: str, slices: Sequence[int], K: int,
-           executor: submitit.AutoExecutor) -> list[submitit.Job]:
+           executor: submitit.AutoExecutor, points: Sequence[dict] | None = None) -> list[submitit.Job]:
     """Submit the given slices as one array; record their job ids in ``array.json``."""
     root = os.path.abspath(root)
     task = SliceTask()
     with executor.batch():  # one job array on SLURM
-        pending = [executor.submit(task, config_lib.to_dict(slice_config(config, k, K)), slice_dir(root, k))
+        pending = [executor.submit(task, config_lib.to_dict(slice_config(config, k, K)), slice_dir(root, k),
+                                   None if points is None else results.to_json_value(list(points)))
                    for k in slices]
     path = os.path.join(root, ARRAY_FILE)
     with open(path) as f:
@@ -176,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
         config = config_lib.load(args.config, overrides)
-        slices = prepare(config, args.workdir, args.slices, force=args.force)
+        points = config_lib.load_sweep(args.config, overrides)
+        slices = prepare(config, args.workdir, args.slices, force=args.force, points=points)
         executor = make_executor(args.executor, os.path.join(os.path.abspath(args.workdir), "submitit"),
                                  args.timeout_min, args.gpus_per_task, args.cpus_per_task, args.mem_gb,
                                  args.partition, args.max_parallel)
@@ -186,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     if not slices:
         print(f"all {args.slices} slices of {args.workdir} have finished; nothing to submit")
         return 0
-    jobs = submit(config, args.workdir, slices, args.slices, executor)
+    jobs = submit(config, args.workdir, slices, args.slices, executor, points)
     print(f"submitted slices {slices} of {args.slices}: jobs {[job.job_id for job in jobs]}")
     if args.wait:
         failed = wait(jobs, slices)
