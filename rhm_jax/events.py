@@ -39,6 +39,7 @@ class EventWriter:
         root = os.path.join(workdir, EVENTS_DIR)
         self._writers = {int(r["index"]): SummaryWriter(os.path.join(root, run_name(r)), purge_step=purge_step)
                          for r in grid_rows}
+        self._skip = _SKIP | {k for r in grid_rows for k in r}  # a model's settings (seeds, swept keys) are not curves
 
     def train(self, rows: Iterable[dict]) -> None:
         """Rows of the train table: ``train/loss`` at each row's step."""
@@ -51,7 +52,7 @@ class EventWriter:
         for row in rows:
             writer = self._writers[row["model"]]
             for name, value in row.items():
-                if name not in _SKIP and isinstance(value, (int, float)) and not isinstance(value, bool):
+                if name not in self._skip and isinstance(value, (int, float)) and not isinstance(value, bool):
                     writer.add_scalar(f"eval/{name}", value, row["step"])
 
     def flush(self) -> None:

@@ -104,6 +104,11 @@ def programs(config: ml_collections.ConfigDict, rows: Sequence[dict] | None = No
     return _programs(json.dumps(values, sort_keys=True))._replace(grid=grid, grid_rows=grid_rows)
 
 
+def clear_programs() -> None:
+    """Forget the memoized programs (the next ``programs`` call compiles afresh)."""
+    _programs.cache_clear()
+
+
 @functools.lru_cache(maxsize=2)
 def _programs(key: str) -> Programs:
     config = config_lib.base_config()
