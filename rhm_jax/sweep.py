@@ -42,6 +42,7 @@ import numpy as np
 from rhm_jax import checkpoint, data, diffusion, evaluate, events, grammar, health, lock, networks, results, sharding, train
 from rhm_jax.guard import STOP_SIGNALS, Interrupted, StopSignals, lock_workdir
 from rhm_jax import config as config_lib
+from rhm_jax.program import Programs, Setup, build, eval_key, programs  # noqa: F401 (moved to program.py)
 from rhm_jax.progress import Progress, format_seconds
 from rhm_jax.record import Recorder
 
@@ -53,66 +54,6 @@ PARTITION_FILE = "partition.json"
 # and its size (not part of the memo key: a new grid of the same size reuses the compilations).
 _NOT_PROGRAM_KEYS = ("run.checkpoint_every", "run.keep_last", "run.keep_evaluations", "run.max_models_per_program",
                      "train.num_steps", "train.num_epochs", "train.seeds", "train.lr", "run.grid_slice")
-
-
-class Setup(NamedTuple):
-    """What a config builds before training: grammar, data, process, network."""
-
-    grammar: grammar.Grammar
-    pool_QxD: jax.Array
-    test_NxD: jax.Array
-    process: Any
-    network: networks.Network
-
-
-class Programs(NamedTuple):
-    """A config's setup and its (placed, jitted) programs."""
-
-    setup: Setup
-    place: sharding.Placement
-    step_fn: Callable  # (state, grid, pool, num_steps) -> (state, metrics)
-    evaluator: Callable  # (state, grid, key) -> metrics
-    pool_QxD: jax.Array  # the pool where the programs read it
-    grid: train.Grid  # the whole grid (of this run's slice), not placed
-    grid_rows: list[dict]
-
-
-def build(config: ml_collections.ConfigDict) -> Setup:
-    """Grammar, datasets (the pool holds the largest P; smaller P are its prefixes), process, network."""
-    g = config.grammar
-    rules = grammar.sample_rules(g.seed, g.v, g.n, g.m, g.s, g.L)
-    train_QxD, test_NxD = data.sample_dataset(config.data.seed, rules, max(config.data.num_train),
-                                                 config.data.num_test)
-    process = diffusion.make(config.process, g.v, rules.d)
-    network = networks.make(config.network, g.v, g.s, g.L, process)
-    return Setup(rules, jax.numpy.asarray(train_QxD), jax.numpy.asarray(test_NxD), process, network)
-
-
-def programs(config: ml_collections.ConfigDict) -> Programs:
-    """The config's setup and programs, memoized so that re-running a config in one process
-    (resume, re-score, tests, notebooks) reuses the compilations."""
-    values = {k: v for k, v in config_lib.flatten(config_lib.to_dict(config)).items() if k not in _NOT_PROGRAM_KEYS}
-    grid, grid_rows = train.make_grid(config)
-    return _programs(json.dumps(values, sort_keys=True))._replace(grid=grid, grid_rows=grid_rows)
-
-
-@functools.lru_cache(maxsize=2)
-def _programs(key: str) -> Programs:
-    config = config_lib.base_config()
-    for name, value in json.loads(key).items():
-        section, field = name.split(".")
-        config[section][field] = tuple(value) if isinstance(value, list) else value
-    setup = build(config)
-    place = sharding.Placement(sharding.use_mesh(config))
-    step_fn = train.jit_chunk(place.chunk(train.make_train_chunk(config, setup.process, setup.network)))
-    evaluator = place.evaluator(evaluate.make_evaluator(config, setup.grammar, setup.process, setup.network,
-                                                        setup.pool_QxD, setup.test_NxD))
-    return Programs(setup, place, step_fn, evaluator, place.pool(setup.pool_QxD), None, [])
-
-
-def eval_key(config: ml_collections.ConfigDict, step: int) -> jax.Array:
-    """The evaluation key at ``step``: the same for a run, its resume and a re-score."""
-    return jax.random.fold_in(jax.random.key(config.run.seed), step)
 
 
 def schedule(budget: int, per_octave: int) -> list[int]:
@@ -156,7 +97,7 @@ def make_part(config: ml_collections.ConfigDict, progs: Programs, positions: Seq
 
 def restore_target(config: ml_collections.ConfigDict, progs: Programs, grid: train.Grid) -> Any:
     """Abstract state of a placed grid (the restore target)."""
-    return progs.place.target(jax.eval_shape(lambda: train.init_state(config, progs.setup.network, grid)))
+    return progs.place.target(jax.eval_shape(lambda: train.init_state(progs.settings.train, progs.setup.network, grid)))
 
 
 def models_per_program(config: ml_collections.ConfigDict, progs: Programs) -> int:
@@ -172,7 +113,7 @@ def models_per_program(config: ml_collections.ConfigDict, progs: Programs) -> in
     if not limit:
         return M
     grid = progs.place.grid(progs.grid)
-    lowered = progs.step_fn.lower(restore_target(config, progs, grid), grid, progs.pool_QxD, config.train.steps_per_call)
+    lowered = progs.step_fn.lower(restore_target(config, progs, grid), grid, progs.pool, config.train.steps_per_call)
     analysis = lowered.compile().memory_analysis()  # the compilation is reused by the first call
     if analysis is None:
         return M
@@ -276,7 +217,7 @@ def _start(config: ml_collections.ConfigDict, progs: Programs, part: Part, ckpt:
                 f" {max(r['step'] for r in later)}, but no readable checkpoint is left in {ckpt.directory}"
                 " (broken ones are kept as broken-*): starting over would drop them. Nothing was changed;"
                 " restore the checkpoints, or pass --force to move the directory aside and start over")
-        state = progs.place.init_state(config, progs.setup.network, part.grid)
+        state = progs.place.init_state(progs.settings.train, progs.setup.network, part.grid)
         if progs.place.mesh is None:  # committed like a restored state: one compilation for both
             state = jax.device_put(state, jax.devices()[0])
         writer.truncate_after(-1, part.models)
@@ -390,7 +331,7 @@ def _run_part(config: ml_collections.ConfigDict, progs: Programs, rec: Recorder,
         while t < part.end:
             target_step = next(s for s in stops if s > t)
             n = min(int(config.train.steps_per_call), target_step - t)
-            state, metrics = progs.step_fn(state, part.grid, progs.pool_QxD, n)
+            state, metrics = progs.step_fn(state, part.grid, progs.pool, n)
             t += n
             if not bar.clock_started:  # wait for the first call once: its compilation is not timed
                 bar.compiled(rec.chunk(metrics, part, timed=False))
@@ -452,7 +393,7 @@ def _run_locked(config: ml_collections.ConfigDict, workdir: str, progress: bool,
     status = results.prepare_workdir(workdir, config, progs.grid_rows)
     digest = stored_hash(workdir)
     log.info("%s run in %s: %d models on %d device(s), largest P=%d, %d test rows", status, workdir,
-             len(progs.grid_rows), progs.place.num_devices, setup.pool_QxD.shape[0], setup.test_NxD.shape[0])
+             len(progs.grid_rows), progs.place.num_devices, setup.pool_GxQxD.shape[1], setup.test_GxNxD.shape[1])
     parts = [make_part(config, progs, positions) for positions in partition(config, progs, workdir)]
     total = sum(r["budget_steps"] for r in progs.grid_rows)
     bar = Progress(total, sum(len(_stops(config, p)) for p in parts), enabled=progress)
