@@ -217,8 +217,8 @@ def stack_lookups(lookups) -> Lookup:
     shapes = sorted({tuple(x.tokens_PxD.shape) for x in lookups})
     if len(shapes) > 1 or len({x.bits for x in lookups}) > 1:
         raise ValueError(f"stack_lookups needs lookups of equal (P, D) and bits, got shapes {shapes}")
-    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *lookups)
-    return stacked.replace(window=max(x.window for x in lookups))
+    window = max(x.window for x in lookups)
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *[x.replace(window=window) for x in lookups])
 
 
 def _search_left(hashes_GxP: jax.Array, g: jax.Array, h: jax.Array) -> jax.Array:
