@@ -100,6 +100,12 @@ def score_samples(grammar: Any, lookup: coherence.Lookup, tokens_NxD: jax.Array,
     return _scores(grammar, tokens_NxD, coherence.is_copy(lookup, tokens_NxD, P))
 
 
+def score_in(refs: "References", g: jax.Array, tokens_NxD: jax.Array, P: jax.Array) -> dict:
+    """``score_samples`` of ONE model against slot g of stacked references (its own grammar and pool)."""
+    grammar = jax.tree_util.tree_map(lambda x: x[g], refs.grammar)
+    return _scores(grammar, tokens_NxD, coherence.is_copy_in(refs.lookup, g, tokens_NxD, P))
+
+
 def _scores(grammar: Any, tokens_NxD: jax.Array, copy_N: jax.Array) -> dict:
     """Coherence scores of one model's samples under its grammar, given which samples are copies."""
     result = coherence.validity(grammar, tokens_NxD)
@@ -194,7 +200,7 @@ def make_evaluator(settings: Settings, process: Any, network: Any) -> Callable:
         k_sample, k_train, k_test, k_train_w, k_test_w = jax.random.split(key, 5)
         sample_kwargs = {} if getattr(process, "d", None) is not None else {"d": grammar.d}
         tokens_NxD = process.sample(params, network.apply, k_sample, num_samples, **sample_kwargs)
-        metrics = _scores(grammar, tokens_NxD, coherence.is_copy_in(refs.lookup, g, tokens_NxD, grid.P))
+        metrics = score_in(refs, g, tokens_NxD, grid.P)
         train_RxD = refs.pool_GxQxD[g, data.batch_indices(_EVAL_ROWS_SEED ^ grid.data_seed, grid.P, 0, rows)]
         test_RxD = refs.test_GxRxD[g]
         for t in correlation_distances(grammar.d):

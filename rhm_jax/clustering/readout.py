@@ -23,7 +23,7 @@ _CURVE_KEYS = ("v", "n", "m", "s", "L", "grammar_seed", "data_seed", "context") 
 
 
 def sweep_data(config: Any) -> tuple[Grammar, np.ndarray]:
-    """The grammar and training pool (Q, D) of a sweep config, exactly as ``sweep.build`` draws them."""
+    """The grammar and training pool (Q, D) of a sweep config, exactly as ``program.build`` draws them (its only dataset)."""
     g = config.grammar
     rules = grammar_lib.sample_rules(g.seed, g.v, g.n, g.m, g.s, g.L)
     pool_QxD, _ = data.sample_dataset(config.data.seed, rules, max(config.data.num_train),
