@@ -1,9 +1,11 @@
 """Evaluate a grid of models in one compiled program: samples, coherence per level, copies, losses.
 
-Shape letters: M models, N generated samples per model, R rows for the loss estimates, Q pool rows
-(the largest P), T test rows, D sequence length, L depth, W diffusion-time windows.
+Shape letters: M models, N generated samples per model, R rows for the loss estimates, G datasets
+of the program, Q pool rows (the largest P), T test rows, D sequence length, L depth, W
+diffusion-time windows.
 
-Per model i (vmapped; sub-batches of models in a ``lax.map`` to bound memory):
+Per model i (vmapped; sub-batches of models in a ``lax.map`` to bound memory), against slot
+``dataset_i`` of the program's ``References``: its own grammar, copy lookup, training and test rows.
 - N samples from ``process.sample`` with the model's debiased EMA params when kept, else its params;
 - ``validity_l1..lL`` (mean over samples and node positions), ``valid`` (fully valid sequences);
 - ``validity_l1..lL_noncopy``: the same over the samples that are not copies (NaN when every
