@@ -11,9 +11,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-MU_DTYPES = ("float32", "bfloat16")
-P_BELOW_BATCH = ("repeat", "full_batch")
-
 
 @dataclasses.dataclass(frozen=True)
 class TrainSettings:
