@@ -252,7 +252,9 @@ def _adam_update(grads: Any, adam: optax.ScaleByAdamState, grid: Grid, mu_dtype:
     """``optax.scale_by_adam``'s update for ONE model with its own traced b1, b2 and eps.
 
     The same operations in the same order as optax's, except that 1 - b comes from the grid
-    (``one_minus_b1/b2``), so a model's fp32 results are those of constant b1, b2, eps.
+    (``one_minus_b1/b2``). With Python-float scalars this function gives optax's bits exactly; with
+    traced ones XLA compiles the pass differently, so fp32 parameters match constant b1, b2, eps
+    bitwise after the first step and to the last bits after more (measured: 5e-7 after 20 steps).
     """
     mu = jax.tree_util.tree_map(lambda g, t: grid.one_minus_b1 * g + grid.b1.astype(t.dtype) * t, grads, adam.mu)
     nu = jax.tree_util.tree_map(lambda g, t: grid.one_minus_b2 * g**2 + grid.b2.astype(t.dtype) * t, grads, adam.nu)
