@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grid_throughput  # noqa: E402  (the settings and data of SPEC section 6)
 
-from rhm_jax import evaluate, train  # noqa: E402
+from rhm_jax import settings, train  # noqa: E402
 
 BYTES_PER_PARAM_STEP = 40
 REFERENCE_STEPS_PER_S = {256: 169.0, 1024: 152.0}  # authors' PyTorch, one model per H100 (SPEC 6)
@@ -81,9 +81,10 @@ def time_train(out: str, width: int, models: list[int], dtype: str, seconds: flo
     for M in models:
         config = suite_config(width, M, K, 1024, dtype)
         _, pool_QxD, _, process, network, grid = grid_throughput.build(config)
-        state = train.init_state(config, network, grid)
+        typed = settings.TrainSettings.of(config)
+        state = train.init_state(typed, network, grid)
         params = network.num_params(jax.tree_util.tree_map(lambda x: x[0], state.params))
-        step = jax.jit(train.make_train_chunk(config, process, network), donate_argnums=0)
+        step = jax.jit(train.make_train_chunk(typed, process, network), donate_argnums=0)
         num_steps = jax.device_put(jnp.int32(K))  # on device before the guard: no per-call transfer
         start = time.perf_counter()
         compiled = step.lower(state, grid, pool_QxD, num_steps).compile()
@@ -115,8 +116,8 @@ def time_eval(out: str, width: int, models: list[int], dtype: str, num_samples: 
     for M in models:
         config = suite_config(width, M, 1, num_samples, dtype)
         rules, pool_QxD, test_NxD, process, network, grid = grid_throughput.build(config)
-        state = train.init_state(config, network, grid)
-        evaluator = evaluate.make_evaluator(config, rules, process, network, pool_QxD, test_NxD)
+        state = train.init_state(settings.TrainSettings.of(config), network, grid)
+        evaluator = grid_throughput.evaluator_of(config, rules, pool_QxD, test_NxD, process, network)
         keys = [jax.device_put(jax.random.key(i)) for i in range(2)]
         start = time.perf_counter()
         jax.block_until_ready(evaluator(state, grid, keys[0]))

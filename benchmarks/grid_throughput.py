@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import time
@@ -44,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rhm_jax import config as config_lib
-from rhm_jax import data, diffusion, evaluate, grammar, networks, train
+from rhm_jax import evaluate, program, settings, train
 from rhm_jax.networks import bpunet
 
 BYTES_PER_PARAM_STEP = 40
@@ -65,14 +66,17 @@ def make_config(width: int, models: int, steps_per_call: int, num_samples: int, 
 
 
 def build(config):
-    """Grammar, data on device, process, network, grid."""
-    g = config.grammar
-    rules = grammar.sample_rules(g.seed, g.v, g.n, g.m, g.s, g.L)
-    pool, test = data.sample_dataset(config.data.seed, rules, max(config.data.num_train), config.data.num_test)
-    process = diffusion.make(config.process, g.v, rules.d)
-    network = networks.make(config.network, g.v, g.s, g.L, process)
+    """Stacked grammar (G = 1), pool (G, Q, D) and test set on device, process, network, grid."""
+    setup = program.build(config)
     grid, _ = train.make_grid(config)
-    return rules, jnp.asarray(pool), jnp.asarray(test), process, network, grid
+    return setup.grammar, setup.pool_GxQxD, setup.test_GxNxD, setup.process, setup.network, grid
+
+
+def evaluator_of(config, rules, pool, test, process, network):
+    """``evaluate(state, grid, key)`` of the config against its (stacked) dataset."""
+    typed = settings.of(config)
+    refs = evaluate.references(typed.eval, rules, pool, test)
+    return functools.partial(evaluate.make_evaluator(typed, process, network), refs=refs)
 
 
 @contextlib.contextmanager
@@ -91,8 +95,9 @@ def compile_training(config, jax_rule: bool = False) -> dict:
     """Build, compile and warm up one training chunk; returns what ``timed_call`` needs."""
     rules, pool, test, process, network, grid = build(config)
     K = int(config.train.steps_per_call)
-    chunk = train.jit_chunk(train.make_train_chunk(config, process, network))
-    state = train.init_state(config, network, grid)
+    typed = settings.TrainSettings.of(config)
+    chunk = train.jit_chunk(train.make_train_chunk(typed, process, network))
+    state = train.init_state(typed, network, grid)
     params = network.num_params(jax.tree_util.tree_map(lambda x: x[0], state.params))
     start = time.perf_counter()
     with kernel_grad_rule(jax_rule):
@@ -137,8 +142,8 @@ def time_training(runs: dict, seconds: float, min_calls: int) -> dict:
 def time_evaluation(config) -> dict:
     """Compile, then time one evaluation of every model of the grid."""
     rules, pool, test, process, network, grid = build(config)
-    state = train.init_state(config, network, grid)
-    evaluator = evaluate.make_evaluator(config, rules, process, network, pool, test)
+    state = train.init_state(settings.TrainSettings.of(config), network, grid)
+    evaluator = evaluator_of(config, rules, pool, test, process, network)
     start = time.perf_counter()
     jax.block_until_ready(evaluator(state, grid, jax.random.key(0)))
     compile_s = time.perf_counter() - start

@@ -38,11 +38,11 @@ def main() -> None:
     config = config_lib.load(args.spec)
     progs = runner.programs(config)
     part = runner.make_part(config, progs, list(range(len(progs.grid_rows))))
-    state = progs.place.init_state(config, progs.setup.network, part.grid)
+    state = progs.place.init_state(progs.settings.train, progs.setup.network, part.grid)
     n, models = int(config.train.steps_per_call), len(progs.grid_rows)
 
     def chunk():
-        return progs.step_fn(state, part.grid, progs.pool_QxD, n)[0]
+        return progs.step_fn(state, part.grid, progs.pool, n)[0]
 
     compile_train, state = timed(chunk)
     train_s = 0.0

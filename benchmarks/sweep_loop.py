@@ -25,13 +25,13 @@ from rhm_jax import runner, train  # noqa: E402
 def bare(config, progs, stops_evals):
     """The same chunk calls and evaluations as the loop, nothing else."""
     part = runner.make_part(config, progs, list(range(len(progs.grid_rows))))
-    state = jax.device_put(train.init_state(config, progs.setup.network, part.grid), jax.devices()[0])
+    state = jax.device_put(train.init_state(progs.settings.train, progs.setup.network, part.grid), jax.devices()[0])
     t, K = 0, config.train.steps_per_call
     jax.block_until_ready(progs.evaluator(state, part.grid, runner.eval_key(config, 0)))
     for stop, evaluate in stops_evals:
         while t < stop:
             n = min(K, stop - t)
-            state, _ = progs.step_fn(state, part.grid, progs.pool_QxD, n)
+            state, _ = progs.step_fn(state, part.grid, progs.pool, n)
             t += n
         if evaluate:
             jax.block_until_ready(progs.evaluator(state, part.grid, runner.eval_key(config, t)))

@@ -4,7 +4,7 @@
                              [--config.section.key=value ...]
 
 Writes ``DIR/clustering.jsonl`` (``clustering_labels.jsonl`` with ``--context labels``): one row
-per (P, seed) of the sweep's grid, the learner trained on the same P rows as that model (same
+per dataset, P and model seed of the sweep, the learner trained on the same P rows as that model (same
 grammar seed, data seed and pool), and prints its thresholds beside v m**(l+1). Without
 ``--config`` it reads ``DIR/config.json``, the record of a sweep run there; with both, their
 grammar and data sections must agree. Bad input exits with status 2.
@@ -20,24 +20,28 @@ from rhm_jax import config as config_lib
 
 
 def load_config(workdir: str, spec: str | None, overrides: list[str]):
-    """The sweep config: ``spec`` (with overrides), else the work directory's config.json."""
+    """(config, sweep points): ``spec``'s (with overrides), else the work directory's config.json."""
     stored = os.path.join(workdir, "config.json")
     if spec is None:
         if not os.path.exists(stored):
             raise ValueError(f"--workdir {workdir} holds no config.json; pass --config")
-        config = config_lib.from_dict(results.read_config_json(workdir)["config"])
+        recorded = results.read_config_json(workdir)
+        config = config_lib.from_dict(recorded["config"])
         for item in overrides:
             config_lib.apply_override(config, item)
-        return config
+        return config, recorded.get("points") or [{}]
     config = config_lib.load(spec, overrides)
+    points = config_lib.load_sweep(spec, overrides)
     if os.path.exists(stored):
-        recorded = results.read_config_json(workdir)["config"]
+        recorded = results.read_config_json(workdir)
         mine = config_lib.to_dict(config)
         for section in ("grammar", "data"):
-            diff = config_lib.differences({section: recorded[section]}, {section: mine[section]})
+            diff = config_lib.differences({section: recorded["config"][section]}, {section: mine[section]})
             if diff:
                 raise ValueError(f"--config differs from {stored} in {section}: {', '.join(diff)}")
-    return config
+        if (recorded.get("points") or [{}]) != results.to_json_value(points):
+            raise ValueError(f"--config's sweep differs from the one recorded in {stored}")
+    return config, points
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="what describes a tuple: its sibling blocks' tokens (the theory's), or their labels")
     args, overrides = parser.parse_known_args(argv)
     try:
-        config = load_config(args.workdir, args.config, overrides)
-        rows = clustering.run_sweep(config, args.context)
+        config, points = load_config(args.workdir, args.config, overrides)
+        rows = clustering.run_sweep(config, args.context, points=points)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -202,3 +202,56 @@ def is_copy(lookup: Lookup, tokens, num_train) -> jax.Array:
     """
     index = find(lookup, tokens)
     return (index >= 0) & (index < num_train)
+
+
+# ---- Stacked lookups (one per dataset of a program) -----------------------------------------
+
+def stack_lookups(lookups) -> Lookup:
+    """G lookups of equally many rows stacked along a new leading axis (for ``is_copy_in``).
+
+    The window becomes the largest of them: a wider window compares more slots and stays exact.
+    """
+    lookups = list(lookups)
+    if not lookups:
+        raise ValueError("stack_lookups needs at least one lookup")
+    shapes = sorted({tuple(x.tokens_PxD.shape) for x in lookups})
+    if len(shapes) > 1 or len({x.bits for x in lookups}) > 1:
+        raise ValueError(f"stack_lookups needs lookups of equal (P, D) and bits, got shapes {shapes}")
+    window = max(x.window for x in lookups)
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *[x.replace(window=window) for x in lookups])
+
+
+def _search_left(hashes_GxP: jax.Array, g: jax.Array, h: jax.Array) -> jax.Array:
+    """First position in row g whose hash is >= h: a binary search reading single entries, so
+    that under a vmap over models no model copies its dataset's whole row."""
+    num = hashes_GxP.shape[1]
+    lo = jnp.zeros(h.shape, jnp.int32)
+    hi = jnp.full(h.shape, num, jnp.int32)
+    for _ in range(num.bit_length()):  # each round at least halves hi - lo
+        mid = (lo + hi) // 2
+        less = hashes_GxP[g, jnp.minimum(mid, num - 1)] < h
+        open_ = lo < hi
+        lo = jnp.where(open_ & less, mid + 1, lo)
+        hi = jnp.where(open_ & ~less, mid, hi)
+    return lo
+
+
+def find_in(lookups: Lookup, g: jax.Array, tokens: jax.Array) -> jax.Array:
+    """``find`` in slot g (traced scalar) of stacked lookups: index in that reference, or -1."""
+    num = lookups.hashes_P.shape[1]
+    h = _row_hash(tokens, lookups.bits)
+    start = _search_left(lookups.hashes_P, g, h)
+    slots = start[..., None] + jnp.arange(lookups.window)
+    inside = slots < num
+    slots = jnp.minimum(slots, num - 1)
+    same = (lookups.tokens_PxD[g, slots] == tokens[..., None, :]).all(-1)
+    match = inside & (lookups.hashes_P[g, slots] == h[..., None]) & same
+    first = jnp.argmax(match, axis=-1)
+    found = jnp.take_along_axis(slots, first[..., None], axis=-1)[..., 0]
+    return jnp.where(match.any(-1), lookups.index_P[g, found], -1)
+
+
+def is_copy_in(lookups: Lookup, g: jax.Array, tokens: jax.Array, num_train: jax.Array) -> jax.Array:
+    """``is_copy`` against slot g of stacked lookups: rows equal to one of its first ``num_train`` rows."""
+    index = find_in(lookups, g, tokens)
+    return (index >= 0) & (index < num_train)

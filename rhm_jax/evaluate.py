@@ -1,9 +1,11 @@
 """Evaluate a grid of models in one compiled program: samples, coherence per level, copies, losses.
 
-Shape letters: M models, N generated samples per model, R rows for the loss estimates, Q pool rows
-(the largest P), T test rows, D sequence length, L depth, W diffusion-time windows.
+Shape letters: M models, N generated samples per model, R rows for the loss estimates, G datasets
+of the program, Q pool rows (the largest P), T test rows, D sequence length, L depth, W
+diffusion-time windows.
 
-Per model i (vmapped; sub-batches of models in a ``lax.map`` to bound memory):
+Per model i (vmapped; sub-batches of models in a ``lax.map`` to bound memory), against slot
+``dataset_i`` of the program's ``References``: its own grammar, copy lookup, training and test rows.
 - N samples from ``process.sample`` with the model's debiased EMA params when kept, else its params;
 - ``validity_l1..lL`` (mean over samples and node positions), ``valid`` (fully valid sequences);
 - ``validity_l1..lL_noncopy``: the same over the samples that are not copies (NaN when every
@@ -28,9 +30,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rhm_jax import coherence, data, train
+from flax import struct
 
-DEFAULT_LOSS_ROWS = 1024
+from rhm_jax import coherence, data, train
+from rhm_jax.settings import EvalSettings, Settings
+
 _EVAL_ROWS_SEED = np.uint32(0xE7A1)  # the train rows of the loss estimate: not the training order
 _ACTIVATION_FACTOR = 24  # live (N, D, width) float32 tensors while sampling, a generous guess
 
@@ -95,8 +99,18 @@ def _usage_scores(counts: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 def score_samples(grammar: Any, lookup: coherence.Lookup, tokens_NxD: jax.Array, P: jax.Array) -> dict:
     """Coherence scores of one model's samples; copies are pool rows below ``P`` (traced)."""
+    return _scores(grammar, tokens_NxD, coherence.is_copy(lookup, tokens_NxD, P))
+
+
+def score_in(refs: "References", g: jax.Array, tokens_NxD: jax.Array, P: jax.Array) -> dict:
+    """``score_samples`` of ONE model against slot g of stacked references (its own grammar and pool)."""
+    grammar = jax.tree_util.tree_map(lambda x: x[g], refs.grammar)
+    return _scores(grammar, tokens_NxD, coherence.is_copy_in(refs.lookup, g, tokens_NxD, P))
+
+
+def _scores(grammar: Any, tokens_NxD: jax.Array, copy_N: jax.Array) -> dict:
+    """Coherence scores of one model's samples under its grammar, given which samples are copies."""
     result = coherence.validity(grammar, tokens_NxD)
-    copy_N = coherence.is_copy(lookup, tokens_NxD, P)
     scores = {f"validity_l{l}": result.per_level[:, l - 1].mean() for l in range(1, grammar.L + 1)}
     noncopy_N = ~copy_N
     num_noncopy = noncopy_N.sum(dtype=jnp.float32)
@@ -116,18 +130,16 @@ def score_samples(grammar: Any, lookup: coherence.Lookup, tokens_NxD: jax.Array,
     return scores
 
 
-def _models_per_batch(config: Any, d: int, M: int) -> int:
+def _models_per_batch(settings: EvalSettings, d: int, M: int) -> int:
     """Models evaluated at once: eval.models_per_batch if set (> 0), else a device-memory guess."""
-    chosen = int(config.eval.get("models_per_batch", 0) or 0)
-    if chosen > 0:
-        return min(chosen, M)
+    if settings.models_per_batch > 0:
+        return min(settings.models_per_batch, M)
     try:
         limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
     except Exception:  # CPU backends may not report memory
         limit = None
     budget = 0.25 * limit if limit else 8 * 2**30
-    width = int(config.network.get("width", 256))
-    per_model = int(config.eval.num_samples) * d * width * 4 * _ACTIVATION_FACTOR
+    per_model = settings.num_samples * d * settings.width * 4 * _ACTIVATION_FACTOR
     return int(max(1, min(M, budget // per_model)))
 
 
@@ -142,40 +154,57 @@ def _map_models(fn: Callable, args: Any, M: int, per_batch: int) -> Any:
     return jax.tree_util.tree_map(lambda x: x.reshape(batches * per_batch, *x.shape[2:])[:M], out)
 
 
-def make_evaluator(config: Any, grammar: Any, process: Any, network: Any, pool_QxD: jax.Array,
-                   test_TxD: jax.Array) -> Callable:
-    """``evaluate(state_M, grid_M, key) -> dict of (M, ...) arrays``, jitted once per grid size M.
+@struct.dataclass
+class References:
+    """What the models of a program are scored against, stacked over its G datasets.
 
+    Model i reads slot ``grid.dataset[i]`` of each: its own grammar (validity, rule usage), its own
+    copy lookup (of its own training pool), its own training rows (losses, ``corr_train``) and
+    its own test rows.
+    """
+
+    grammar: Any  # grammar.Grammar, every leaf with leading axis G
+    lookup: coherence.Lookup  # coherence.stack_lookups of the G pools
+    pool_GxQxD: jax.Array
+    test_GxRxD: jax.Array  # the first R = eval.loss_rows test rows of each dataset
+
+
+def references(settings: EvalSettings, grammar_G: Any, pool_GxQxD: Any, test_GxNxD: Any) -> References:
+    """The References of G stacked datasets (a stacked grammar, (G, Q, D) pools, (G, N, D) tests)."""
+    pool, test = np.asarray(pool_GxQxD), np.asarray(test_GxNxD)
+    G = np.shape(jax.tree_util.tree_leaves(grammar_G)[0])[0]
+    if pool.ndim != 3 or test.ndim != 3 or pool.shape[0] != G or test.shape[0] != G:
+        raise ValueError(f"pool_GxQxD {pool.shape} and test_GxNxD {test.shape} must be (G={G}, rows, d)")
+    if pool.shape[2] != grammar_G.d or test.shape[2] != grammar_G.d or test.shape[1] < 1 or pool.shape[1] < 1:
+        raise ValueError(f"pool_GxQxD {pool.shape} and test_GxNxD {test.shape} need rows >= 1 of d={grammar_G.d}")
+    lookup = coherence.stack_lookups([coherence.make_lookup(p) for p in pool])
+    return References(grammar_G, lookup, jnp.asarray(pool, jnp.int32),
+                      jnp.asarray(test[:, :settings.loss_rows], jnp.int32))
+
+
+def make_evaluator(settings: Settings, process: Any, network: Any) -> Callable:
+    """``evaluate(state_M, grid_M, key, refs) -> dict of (M, ...) arrays``, jitted once per shape.
+
+    Model i is scored against slot ``grid.dataset[i]`` of ``refs`` (``References``).
     Deterministic given ``key``: model i samples with fold_in(key, model_seed_i), so a model's
     scores do not depend on the other models of the grid.
     """
-    num_samples = int(config.eval.num_samples)
-    num_windows = int(config.eval.num_windows)
-    rows = int(config.eval.get("loss_rows", DEFAULT_LOSS_ROWS) or DEFAULT_LOSS_ROWS)
-    if num_samples < 1 or num_windows < 1 or rows < 1:
-        raise ValueError(f"need eval.num_samples={num_samples} >= 1, eval.num_windows={num_windows} >= 1,"
-                         f" eval.loss_rows={rows} >= 1")
-    if pool_QxD.ndim != 2 or test_TxD.ndim != 2 or pool_QxD.shape[1] != grammar.d or test_TxD.shape[1] != grammar.d:
-        raise ValueError(f"pool_QxD {pool_QxD.shape} and test_TxD {test_TxD.shape} must be (rows, d={grammar.d})")
-    if len(test_TxD) < 1:
-        raise ValueError("test_TxD must hold at least one row")
-    batch = int(config.train.batch_size)
-    full = train.full_batch(config.train)
-    decay = train.ema_decay(config.train)
-    lookup = coherence.make_lookup(pool_QxD)
-    test_RxD = jnp.asarray(test_TxD[:rows], jnp.int32)
-    sample_kwargs = {} if getattr(process, "d", None) is not None else {"d": grammar.d}
+    num_samples, num_windows, rows = settings.eval.num_samples, settings.eval.num_windows, settings.eval.loss_rows
+    batch, full, decay = settings.train.batch_size, settings.train.full_batch, settings.train.ema_decay
 
-    def one_model(args: tuple, grammar: Any, lookup: coherence.Lookup, pool_QxD: jax.Array,
-                  test_RxD: jax.Array, key: jax.Array) -> dict:
-        """All metrics of ONE model."""
+    def one_model(args: tuple, refs: References, key: jax.Array) -> dict:
+        """All metrics of ONE model, against its own dataset's slot of ``refs``."""
         state, grid = args
+        g = grid.dataset
+        grammar = jax.tree_util.tree_map(lambda x: x[g], refs.grammar)
         params = train.eval_params(state, decay)
         key = jax.random.fold_in(key, grid.model_seed)
         k_sample, k_train, k_test, k_train_w, k_test_w = jax.random.split(key, 5)
+        sample_kwargs = {} if getattr(process, "d", None) is not None else {"d": grammar.d}
         tokens_NxD = process.sample(params, network.apply, k_sample, num_samples, **sample_kwargs)
-        metrics = score_samples(grammar, lookup, tokens_NxD, grid.P)
-        train_RxD = pool_QxD[data.batch_indices(_EVAL_ROWS_SEED ^ grid.data_seed, grid.P, 0, rows)]
+        metrics = score_in(refs, g, tokens_NxD, grid.P)
+        train_RxD = refs.pool_GxQxD[g, data.batch_indices(_EVAL_ROWS_SEED ^ grid.data_seed, grid.P, 0, rows)]
+        test_RxD = refs.test_GxRxD[g]
         for t in correlation_distances(grammar.d):
             # The R rows cycle through the model's P rows: C(t) of its training set as the model
             # sees it (the empirical distribution when P divides R; a subsample of R rows when P > R).
@@ -191,17 +220,13 @@ def make_evaluator(config: Any, grammar: Any, process: Any, network: Any, pool_Q
         return metrics
 
     @jax.jit
-    def run(state: train.TrainState, grid: train.Grid, key: jax.Array, grammar: Any,
-            lookup: coherence.Lookup, pool_QxD: jax.Array, test_RxD: jax.Array) -> dict:
+    def evaluate(state: train.TrainState, grid: train.Grid, key: jax.Array, refs: References) -> dict:
+        """Metrics of every model of the grid, leading axis M."""
         M = grid.P.shape[0]
         # Only what sampling needs travels into the model batches (not the optimizer state).
         slim = state.replace(opt_state=None)
-        fn = lambda args: one_model(args, grammar, lookup, pool_QxD, test_RxD, key)
-        return _map_models(fn, (slim, grid), M, _models_per_batch(config, grammar.d, M))
-
-    def evaluate(state: train.TrainState, grid: train.Grid, key: jax.Array) -> dict:
-        """Metrics of every model of the grid, leading axis M."""
-        return run(state, grid, key, grammar, lookup, pool_QxD, test_RxD)
+        fn = lambda args: one_model(args, refs, key)
+        return _map_models(fn, (slim, grid), M, _models_per_batch(settings.eval, refs.grammar.d, M))
 
     return evaluate
 

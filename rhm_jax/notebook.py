@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 import pandas as pd
 
-from rhm_jax import checkpoint, coherence, evaluate, plan, results, runner, sharding, train
+from rhm_jax import checkpoint, evaluate, plan, results, runner, sharding, train
 from rhm_jax import config as config_lib
 
 
@@ -46,8 +46,9 @@ class Run:
     # ------------------------------------------------------------------ what was trained
     @property
     def grammar(self) -> Any:
-        """The run's grammar (``rhm_jax.grammar.Grammar``)."""
-        return self._progs.setup.grammar
+        """The grammar (``rhm_jax.grammar.Grammar``) of the loaded models' first dataset (the only one
+        unless the run sweeps grammar or data seeds; ``training_set`` is per model)."""
+        return jax.tree.map(lambda x: x[0], self._progs.setup.grammar)
 
     @property
     def process(self) -> Any:
@@ -65,7 +66,7 @@ class Run:
     @functools.cached_property
     def params(self) -> Any:
         """Parameters to evaluate, stacked (M, ...): the debiased EMA when the run kept one, else the raw ones."""
-        decay = train.ema_decay(self.config.train)
+        decay = self._progs.settings.train.ema_decay
         return jax.vmap(lambda st: train.eval_params(st, decay))(self.state)
 
     def training_set(self, model: int) -> np.ndarray:
@@ -73,12 +74,14 @@ class Run:
         row = self.table[self.table["model"] == model]
         if row.empty:
             raise ValueError(f"model={model} is not loaded; loaded: {self.models}")
-        return np.asarray(self._progs.setup.pool_QxD[:int(row["P"].iloc[0])])
+        dataset = int(self.grid.dataset[self.models.index(model)])
+        return np.asarray(self._progs.setup.pool_GxQxD[dataset, :int(row["P"].iloc[0])])
 
     @property
     def test_set(self) -> np.ndarray:
-        """(N_test, D) test rows shared by all models."""
-        return np.asarray(self._progs.setup.test_NxD)
+        """(N_test, D) test rows of the loaded models' first dataset (shared by all models unless the
+        run sweeps grammar or data seeds)."""
+        return np.asarray(self._progs.setup.test_GxNxD[0])
 
     # ------------------------------------------------------------------ sampling and scoring
     def sample(self, num_samples: int, seed: int = 0, sampler_steps: int | None = None) -> np.ndarray:
@@ -95,12 +98,13 @@ class Run:
         if tokens_MxNxD.ndim != 3 or tokens_MxNxD.shape[0] != len(self.models) or tokens_MxNxD.shape[2] != self.grammar.d:
             raise ValueError(f"tokens_MxNxD of shape {tokens_MxNxD.shape} must be (M={len(self.models)}, N, "
                              f"D={self.grammar.d})")
-        scores = _scorer(self.grammar, self._lookup)(tokens_MxNxD, self.grid.P)
+        scores = _scorer(self._refs)(tokens_MxNxD, self.grid.P, self.grid.dataset)
         return self._frame(jax.device_get(scores))
 
     @functools.cached_property
-    def _lookup(self) -> coherence.Lookup:
-        return coherence.make_lookup(self._progs.setup.pool_QxD)
+    def _refs(self) -> evaluate.References:
+        setup = self._progs.setup
+        return evaluate.references(self._progs.settings.eval, setup.grammar, setup.pool_GxQxD, setup.test_GxNxD)
 
     def score(self, num_samples: int | None = None, sampler_steps: int | None = None, write: bool = False) -> Any:
         """Re-evaluate every loaded model (K samples, S sampler steps; the run's by default) with the
@@ -155,9 +159,9 @@ def _sampler(process: Any, network: Any, num_samples: int, steps: int | None, d:
     return sample
 
 
-def _scorer(grammar: Any, lookup: coherence.Lookup):
-    """jit(vmap) of evaluate.score_samples over models (tokens and P)."""
-    return jax.jit(jax.vmap(lambda tokens, P: evaluate.score_samples(grammar, lookup, tokens, P)))
+def _scorer(refs: Any):
+    """jit(vmap) of evaluate.score_in over models (tokens, P and dataset slot)."""
+    return jax.jit(jax.vmap(lambda tokens, P, g: evaluate.score_in(refs, g, tokens, P)))
 
 
 def _merge_rows(path: str, rows: list[dict]) -> None:

@@ -244,6 +244,11 @@ def _check_same(workdir: str, config_dict: dict, grid: list, points: list | None
         raise ValueError(f"workdir={workdir!r} holds a run of a different sweep ({len(stored.get('points') or [])}"
                          f" points stored, {len(points or [])} now, or other values); {how}")
     stored_grid = stored.get("grid")
+    if isinstance(stored_grid, list) and any(isinstance(r, dict) and "data_seed" not in r for r in stored_grid) \
+            and any(r.get("seed") != r.get("data_seed") for r in grid):
+        raise ValueError(f"workdir={workdir!r} was written before data.seed set each model's batch order (its"
+                         " models' order followed train.seeds); resuming would train the rest on another order."
+                         f" Finish it with the version that wrote it, or {how}")
     # A directory written before a grid-row field existed lacks it: compare the fields it has (its
     # config, compared above through the schema's defaults, fixes the rest).
     if not isinstance(stored_grid, list) or len(stored_grid) != len(grid) or any(

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import functools
 import json
 import logging
 import math
@@ -39,9 +38,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from rhm_jax import checkpoint, data, diffusion, evaluate, events, grammar, health, lock, networks, plan, results, sharding, train
+from rhm_jax import checkpoint, evaluate, events, health, lock, plan, results, train
 from rhm_jax.guard import STOP_SIGNALS, Interrupted, StopSignals, lock_workdir
 from rhm_jax import config as config_lib
+from rhm_jax.program import Programs, eval_key, programs
 from rhm_jax.progress import Progress, format_seconds
 from rhm_jax.record import Recorder
 
@@ -49,84 +49,6 @@ log = logging.getLogger(__name__)
 
 MEMORY_FRACTION = 0.8  # of a device's bytes_limit that one training program may plan to use
 PARTITION_FILE = "partition.json"
-# Settings that change neither the data nor a compiled program, or only the grid's traced values
-# and its size (not part of the memo key: a new grid of the same size reuses the compilations).
-_NOT_PROGRAM_KEYS = ("run.checkpoint_every", "run.keep_last", "run.keep_evaluations", "run.max_models_per_program",
-                     "train.num_steps", "train.num_epochs", "train.seeds", "train.lr", "run.grid_slice")
-
-
-class Setup(NamedTuple):
-    """What a config builds before training: grammar, data, process, network."""
-
-    grammar: grammar.Grammar
-    pool_QxD: jax.Array
-    test_NxD: jax.Array
-    process: Any
-    network: networks.Network
-
-
-class Programs(NamedTuple):
-    """A config's setup and its (placed, jitted) programs."""
-
-    setup: Setup
-    place: sharding.Placement
-    step_fn: Callable  # (state, grid, pool, num_steps) -> (state, metrics)
-    evaluator: Callable  # (state, grid, key) -> metrics
-    pool_QxD: jax.Array  # the pool where the programs read it
-    grid: train.Grid  # the whole grid (of this run's slice), not placed
-    grid_rows: list[dict]
-
-
-def build(config: ml_collections.ConfigDict) -> Setup:
-    """Grammar, datasets (the pool holds the largest P; smaller P are its prefixes), process, network."""
-    g = config.grammar
-    rules = grammar.sample_rules(g.seed, g.v, g.n, g.m, g.s, g.L)
-    train_QxD, test_NxD = data.sample_dataset(config.data.seed, rules, max(config.data.num_train),
-                                                 config.data.num_test)
-    process = diffusion.make(config.process, g.v, rules.d)
-    network = networks.make(config.network, g.v, g.s, g.L, process)
-    return Setup(rules, jax.numpy.asarray(train_QxD), jax.numpy.asarray(test_NxD), process, network)
-
-
-def programs(config: ml_collections.ConfigDict, rows: Sequence[dict] | None = None) -> Programs:
-    """The setup and programs of one program of a sweep (``rows``: its models' grid rows; default:
-    the config's own grid), memoized so that re-running a config in one process (resume,
-    re-score, tests, notebooks) reuses the compilations."""
-    values = {k: v for k, v in config_lib.flatten(config_lib.to_dict(config)).items() if k not in _NOT_PROGRAM_KEYS}
-    grid_rows = list(rows) if rows is not None else train.make_grid(config)[1]
-    grid = train.Grid(
-        P=jax.numpy.asarray([r["P"] for r in grid_rows], jax.numpy.int32),
-        data_seed=jax.numpy.asarray([r["seed"] for r in grid_rows], jax.numpy.uint32),
-        model_seed=jax.numpy.asarray([r["seed"] for r in grid_rows], jax.numpy.uint32),
-        lr=jax.numpy.asarray([r["lr"] for r in grid_rows], jax.numpy.float32),
-        budget=jax.numpy.asarray([r["budget_steps"] for r in grid_rows], jax.numpy.int32),
-    )
-    return _programs(json.dumps(values, sort_keys=True))._replace(grid=grid, grid_rows=grid_rows)
-
-
-def clear_programs() -> None:
-    """Forget the memoized programs (the next ``programs`` call compiles afresh)."""
-    _programs.cache_clear()
-
-
-@functools.lru_cache(maxsize=2)
-def _programs(key: str) -> Programs:
-    config = config_lib.base_config()
-    for name, value in json.loads(key).items():
-        section, field = name.split(".")
-        config[section][field] = tuple(value) if isinstance(value, list) else value
-    setup = build(config)
-    place = sharding.Placement(sharding.use_mesh(config))
-    step_fn = train.jit_chunk(place.chunk(train.make_train_chunk(config, setup.process, setup.network)))
-    evaluator = place.evaluator(evaluate.make_evaluator(config, setup.grammar, setup.process, setup.network,
-                                                        setup.pool_QxD, setup.test_NxD))
-    return Programs(setup, place, step_fn, evaluator, place.pool(setup.pool_QxD), None, [])
-
-
-def eval_key(config: ml_collections.ConfigDict, step: int) -> jax.Array:
-    """The evaluation key at ``step``: the same for a run, its resume and a re-score."""
-    return jax.random.fold_in(jax.random.key(config.run.seed), step)
-
 
 def schedule(budget: int, per_octave: int) -> list[int]:
     """Evaluation steps of a model with this budget: 0, the log-spaced steps, and the budget."""
@@ -169,7 +91,7 @@ def make_part(config: ml_collections.ConfigDict, progs: Programs, positions: Seq
 
 def restore_target(config: ml_collections.ConfigDict, progs: Programs, grid: train.Grid) -> Any:
     """Abstract state of a placed grid (the restore target)."""
-    return progs.place.target(jax.eval_shape(lambda: train.init_state(config, progs.setup.network, grid)))
+    return progs.place.target(jax.eval_shape(lambda: train.init_state(progs.settings.train, progs.setup.network, grid)))
 
 
 def models_per_program(config: ml_collections.ConfigDict, progs: Programs) -> int:
@@ -185,7 +107,7 @@ def models_per_program(config: ml_collections.ConfigDict, progs: Programs) -> in
     if not limit:
         return M
     grid = progs.place.grid(progs.grid)
-    lowered = progs.step_fn.lower(restore_target(config, progs, grid), grid, progs.pool_QxD, config.train.steps_per_call)
+    lowered = progs.step_fn.lower(restore_target(config, progs, grid), grid, progs.pool, config.train.steps_per_call)
     analysis = lowered.compile().memory_analysis()  # the compilation is reused by the first call
     if analysis is None:
         return M
@@ -324,7 +246,7 @@ def _start(config: ml_collections.ConfigDict, progs: Programs, part: Part, ckpt:
                 f" {max(r['step'] for r in later)}, but no readable checkpoint is left in {ckpt.directory}"
                 " (broken ones are kept as broken-*): starting over would drop them. Nothing was changed;"
                 " restore the checkpoints, or pass --force to move the directory aside and start over")
-        state = progs.place.init_state(config, progs.setup.network, part.grid)
+        state = progs.place.init_state(progs.settings.train, progs.setup.network, part.grid)
         if progs.place.mesh is None:  # committed like a restored state: one compilation for both
             state = jax.device_put(state, jax.devices()[0])
         writer.truncate_after(-1, part.models)
@@ -441,9 +363,9 @@ def _run_part(config: ml_collections.ConfigDict, progs: Programs, rec: Recorder,
             n = min(int(config.train.steps_per_call), target_step - t)
             if compiles and bar.clock_started:  # a later program's first call compiles: not timed either
                 with bar.untimed():
-                    state, metrics = jax.block_until_ready(progs.step_fn(state, part.grid, progs.pool_QxD, n))
+                    state, metrics = jax.block_until_ready(progs.step_fn(state, part.grid, progs.pool, n))
             else:
-                state, metrics = progs.step_fn(state, part.grid, progs.pool_QxD, n)
+                state, metrics = progs.step_fn(state, part.grid, progs.pool, n)
             t += n
             if compiles or not bar.clock_started:  # wait for the first call: its compilation is not timed
                 bar.compiled(rec.chunk(metrics, part, timed=False))
@@ -527,7 +449,7 @@ def _run_locked(config: ml_collections.ConfigDict, sweep: "plan.Plan", workdir: 
             progs = programs(program.config, program.rows)
             log.info("program %d/%d: models %s on %d device(s), largest P=%d, %d test rows", program.index + 1,
                      len(sweep.programs), _span([r["index"] for r in program.rows]), progs.place.num_devices,
-                     progs.setup.pool_QxD.shape[-2], progs.setup.test_NxD.shape[-2])
+                     progs.setup.pool_GxQxD.shape[1], progs.setup.test_GxNxD.shape[1])
             parts = partition(program.config, progs, workdir, offset)
             for i, (number, positions) in enumerate(parts):
                 part = make_part(program.config, progs, positions)

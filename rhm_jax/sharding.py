@@ -1,11 +1,11 @@
 """Several devices on one host: the stacked model axis M split over a 1-D device mesh.
 
-Shape letters: M models of the grid, M' = M padded to a multiple of the device count n, Q pool rows,
-D sequence length.
+Shape letters: M models of the grid, M' = M padded to a multiple of the device count n, G datasets,
+Q pool rows, D sequence length.
 
 Every leaf of a ``TrainState`` and of a ``Grid`` has the model axis first; it is split over the
 mesh axis ``'models'`` (``NamedSharding(mesh, P('models'))``), each device holding M'/n whole
-models. The training pool is replicated. The train chunk and the evaluator run per device
+models. The training pools (G, Q, D) and the evaluation references are replicated. The train chunk and the evaluator run per device
 (``jax.shard_map``), each vmapped over its own M'/n models, so their compiled programs hold no
 cross-device traffic (``collectives`` finds none in the HLO; a test checks it).
 
@@ -29,6 +29,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rhm_jax import train
+from rhm_jax.settings import ShardSettings, TrainSettings
 
 AXIS = "models"
 # HLO ops that move data between devices; none may appear in the compiled train chunk.
@@ -113,10 +114,10 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.device_put(tree, replicated(mesh))
 
 
-def init_state(config: Any, network: Any, grid: train.Grid, mesh: Mesh) -> train.TrainState:
+def init_state(settings: TrainSettings, network: Any, grid: train.Grid, mesh: Mesh) -> train.TrainState:
     """``train.init_state`` of a padded grid, built directly in its shards (never whole on one device)."""
     _check_divisible(grid, mesh)
-    build = jax.jit(lambda g: train.init_state(config, network, g), out_shardings=model_sharding(mesh))
+    build = jax.jit(lambda g: train.init_state(settings, network, g), out_shardings=model_sharding(mesh))
     return build(shard(grid, mesh))
 
 
@@ -133,22 +134,23 @@ def shard_chunk(chunk: Callable, mesh: Mesh) -> Callable:
     Per-device programs hold no collective by construction, whatever the step contains: left to
     GSPMD, a data-dependent while loop under vmap (as an earlier batch shuffle had) agrees on its
     trip count across devices with an all-reduce every iteration.
-    Arguments as the chunk's: (state_M', grid_M', pool_QxD replicated, num_steps replicated).
+    Arguments as the chunk's: (state_M', grid_M', pool_GxQxD replicated, num_steps replicated).
     """
     models, whole = PartitionSpec(AXIS), PartitionSpec()
     mapped = _per_device(chunk, mesh, (models, models, whole, whole), (models, models))
 
-    def sharded_chunk(state: train.TrainState, grid: train.Grid, pool_QxD: jax.Array, num_steps: jax.Array):
-        return mapped(state, grid, pool_QxD, num_steps)
+    def sharded_chunk(state: train.TrainState, grid: train.Grid, pool_GxQxD: jax.Array, num_steps: jax.Array):
+        return mapped(state, grid, pool_GxQxD, num_steps)
 
     sharded_chunk.steps_per_call = getattr(chunk, "steps_per_call", None)
     return sharded_chunk
 
 
 def shard_evaluator(evaluate: Callable, mesh: Mesh) -> Callable:
-    """``evaluate(state_M', grid_M', key) -> metrics_M'`` run by each device on its own models."""
-    models = PartitionSpec(AXIS)
-    return jax.jit(_per_device(evaluate, mesh, (models, models, PartitionSpec()), models))
+    """``evaluate(state_M', grid_M', key, refs) -> metrics_M'`` run by each device on its own models
+    (``refs``, the program's ``evaluate.References``, replicated)."""
+    models, whole = PartitionSpec(AXIS), PartitionSpec()
+    return jax.jit(_per_device(evaluate, mesh, (models, models, whole, whole), models))
 
 
 def restore_target(abstract: Any, mesh: Mesh) -> Any:
@@ -175,13 +177,10 @@ def collectives(hlo_text: str) -> list[str]:
     return sorted(found)
 
 
-def use_mesh(config: Any, devices: Sequence[Any] | None = None) -> Mesh | None:
+def use_mesh(settings: ShardSettings, devices: Sequence[Any] | None = None) -> Mesh | None:
     """The mesh a run should use: every local device when ``run.shard_models`` and n > 1, else None."""
     devices = list(jax.local_devices() if devices is None else devices)
-    wanted = config.run.get("shard_models", True)
-    if not isinstance(wanted, bool):
-        raise ValueError(f"run.shard_models={wanted!r} must be True or False")
-    return make_mesh(devices) if wanted and len(devices) > 1 else None
+    return make_mesh(devices) if settings.shard_models and len(devices) > 1 else None
 
 
 class Placement:
@@ -198,11 +197,11 @@ class Placement:
         """The grid padded to a multiple of the device count and split over the mesh."""
         return grid if self.mesh is None else shard(pad_grid(grid, self.num_devices), self.mesh)
 
-    def init_state(self, config: Any, network: Any, grid: train.Grid) -> train.TrainState:
+    def init_state(self, settings: TrainSettings, network: Any, grid: train.Grid) -> train.TrainState:
         """Initial state of a (placed) grid, built in its shards."""
         if self.mesh is None:
-            return train.init_state(config, network, grid)
-        return init_state(config, network, grid, self.mesh)
+            return train.init_state(settings, network, grid)
+        return init_state(settings, network, grid, self.mesh)
 
     def target(self, abstract: Any) -> Any:
         """Restore target: the abstract state with this mesh's shardings (unchanged on one device)."""
@@ -216,6 +215,7 @@ class Placement:
         """The evaluator, per device when on a mesh."""
         return evaluate if self.mesh is None else shard_evaluator(evaluate, self.mesh)
 
-    def pool(self, pool_QxD: jax.Array) -> jax.Array:
-        """The shared training pool, replicated on every device of the mesh."""
-        return pool_QxD if self.mesh is None else replicate(pool_QxD, self.mesh)
+    def pool(self, tree: Any) -> Any:
+        """Data every model may read (the stacked pools, the evaluation references), replicated on
+        every device of the mesh."""
+        return tree if self.mesh is None else replicate(tree, self.mesh)

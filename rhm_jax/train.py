@@ -1,13 +1,19 @@
 """Train a grid of models as one compiled program: stacked state, shuffled batches, chunks of steps.
 
-Shape letters: M models (grid axis), B batch, Q rows in the shared training pool (the largest P),
-D sequence length, K steps per device call.
+Shape letters: M models (grid axis), B batch, G datasets of the program, Q rows of each dataset's
+training pool (the program's largest P), D sequence length, K steps per device call.
 
-Every model of the grid reads its training set from ONE pool ``pool_QxD`` kept on device: model i
-uses the first ``P_i`` rows (datasets of different P are nested prefixes). Its stream of examples is
-the concatenation of permutations pi_0, pi_1, ... of ``[0, P_i)``, pi_e a keyed bijection of
-(data_seed, e) computed element-wise (``data.permute``); step k reads stream elements
-[k*B, (k+1)*B) (``data.batch_indices``). Batches may straddle epochs; when ``B > P`` a batch spans
+The models of one program may differ in every traced setting (``Grid``): P, learning rate, warmup,
+Adam's b1, b2 and eps, step budget, model seed, and dataset. A dataset is a (grammar seed, data
+seed) pair; the program stacks its G distinct datasets' pools in ``pool_GxQxD`` on device, and model
+i uses the first ``P_i`` rows of pool ``dataset_i`` (datasets of different P are nested prefixes).
+Its stream of examples is the concatenation of permutations pi_0, pi_1, ... of ``[0, P_i)``, pi_e a
+keyed bijection of (data_seed, e) computed element-wise (``data.permute``); step k reads stream
+elements [k*B, (k+1)*B) (``data.batch_indices``). The data seed (``data.seed``) thus decides which
+sequences a model trains on AND their order; the model seed (``train.seeds``) decides its
+initialization and per-step noise only. (Before issue 9 the model seed also set the order: a model
+whose seed differs from data.seed now sees another batch order than it did then.)
+Batches may straddle epochs; when ``B > P`` a batch spans
 several epochs and may hold a row more than once (our decision: it keeps every step the same size
 and every epoch a full permutation).
 ``train.p_below_batch='full_batch'`` gives the authors' loader instead: a model with P < B takes
@@ -18,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +33,7 @@ import optax
 from flax import struct
 
 from rhm_jax import data
+from rhm_jax.settings import TrainSettings
 
 _INIT_STREAM = np.uint32(0xFFFFFFFF)  # fold_in tag for init keys; no int32 step reaches it
 _TRAIN_TAG = 0  # fold_in tag of the training loss key within a step
@@ -37,10 +44,19 @@ class Grid:
     """The traced per-model settings of a grid; every leaf has leading axis M."""
 
     P: jax.Array  # (M,) int32 training-set size
-    data_seed: jax.Array  # (M,) uint32 seed of the shuffling order
-    model_seed: jax.Array  # (M,) uint32 seed of init and per-step randomness
+    dataset: jax.Array  # (M,) int32 index g of the model's (grammar seed, data seed) in the program's stack
+    data_seed: jax.Array  # (M,) uint32 data.seed: which sequences are drawn and the training stream's order
+    model_seed: jax.Array  # (M,) uint32 train.seeds: init and per-step randomness
     lr: jax.Array  # (M,) float32 peak learning rate
     budget: jax.Array  # (M,) int32 step at which the model stops
+    warmup_steps: jax.Array  # (M,) int32 linear warmup of the learning rate (0: none)
+    b1: jax.Array  # (M,) float32 Adam's first-moment decay
+    b2: jax.Array  # (M,) float32 Adam's second-moment decay
+    adam_eps: jax.Array  # (M,) float32 Adam's epsilon
+    # 1 - b1 and 1 - b2 rounded once to float32 from the exact difference, as optax computes
+    # them from Python floats: 1 - float32(b) would differ in the last bits (derived in grid_arrays).
+    one_minus_b1: jax.Array  # (M,) float32
+    one_minus_b2: jax.Array  # (M,) float32
 
 
 @struct.dataclass
@@ -59,103 +75,90 @@ class TrainState:
 # ----------------------------------------------------------------------------- grid
 
 
-def _as_list(value: Any) -> list:
-    """A config entry that may be a scalar or a sequence, as a list."""
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    return [value]
-
-
-def _seed_list(seeds: Any) -> list[int]:
-    """``train.seeds``: an int n means seeds 0..n-1, a sequence lists them."""
-    if isinstance(seeds, (list, tuple)):
-        values = [int(s) for s in seeds]
-    else:
-        if int(seeds) < 1:
-            raise ValueError(f"train.seeds={seeds} must be >= 1 (a count) or a list of seeds")
-        values = list(range(int(seeds)))
-    if not values or any(s < 0 or s >= 2**32 for s in values):
-        raise ValueError(f"train.seeds={seeds} must be non-empty with seeds in [0, 2**32)")
-    return values
-
-
-P_BELOW_BATCH = ("repeat", "full_batch")
-
-
-def full_batch(train_config: Any) -> bool:
-    """train.p_below_batch: 'repeat' (default) or 'full_batch' (the authors' loader when P < B)."""
-    mode = train_config.get("p_below_batch", "repeat") or "repeat"
-    if mode not in P_BELOW_BATCH:
-        raise ValueError(f"train.p_below_batch={mode!r} must be one of {P_BELOW_BATCH}")
-    return mode == "full_batch"
-
-
 def rows_per_step(P: Any, batch_size: int, full: bool) -> Any:
     """Training rows one step consumes: min(P, B) with the authors' full batch, else B."""
     return jnp.minimum(P, batch_size) if full else batch_size
 
 
 def budget_steps(train_config: Any, P: int) -> int:
-    """Step budget of a model with P examples: num_steps, or ceil(num_epochs * P / rows per step)."""
-    num_epochs = train_config.get("num_epochs", None)
-    num_steps = train_config.get("num_steps", None)
-    batch = min(P, int(train_config.batch_size)) if full_batch(train_config) else int(train_config.batch_size)
-    if num_epochs:  # epochs win when both are set: the paper counts time in epochs
-        if num_epochs < 0:
-            raise ValueError(f"train.num_epochs={num_epochs} must be >= 0")
+    """Step budget of a model with P examples: num_steps, or ceil(num_epochs * P / rows per step).
+
+    ``train_config``: the validated ``train`` section of a config (exactly one of num_steps and
+    num_epochs is > 0).
+    """
+    num_epochs, num_steps = train_config.num_epochs, int(train_config.num_steps)
+    batch = int(train_config.batch_size)
+    if train_config.p_below_batch == "full_batch":
+        batch = min(P, batch)
+    if num_epochs > 0:  # epochs win when both are set: the paper counts time in epochs
         if float(num_epochs).is_integer():
             steps = -(-int(num_epochs) * P // batch)  # exact integer ceil
         else:
             steps = math.ceil(num_epochs * P / batch)
-    elif num_steps is not None:
-        steps = int(num_steps)
     else:
-        raise ValueError("train.num_steps or train.num_epochs must be set")
-    if not 0 <= steps < 2**31:
+        steps = num_steps
+    if not 0 <= steps < 2**31:  # a derived bound (epochs x P), which validate cannot see per P
         raise ValueError(f"budget of {steps} steps for P={P} must lie in [0, 2**31)")
     return steps
 
 
-def make_grid(config: Any) -> tuple[Grid, list[dict]]:
-    """Expand data.num_train x train.seeds (x train.lr if a list) into M models, P outermost."""
-    sizes = [int(p) for p in _as_list(config.data.num_train)]
-    seeds = _seed_list(config.train.seeds)
-    lrs = [float(x) for x in _as_list(config.train.lr)]
-    batch = int(config.train.batch_size)
-    if batch < 1:
-        raise ValueError(f"train.batch_size={batch} must be >= 1")
-    if not sizes or any(p < 1 or p >= 2**31 for p in sizes):
-        raise ValueError(f"data.num_train={sizes} must be non-empty with every P in [1, 2**31)")
-    if not lrs or any(not math.isfinite(x) or x <= 0 for x in lrs):
-        raise ValueError(f"train.lr={lrs} must be finite and > 0")
+def grid_rows(config: Any) -> list[dict]:
+    """Grid rows of a validated single-program config: data.num_train x train.seeds x train.lr, P outermost.
+
+    One dict per model (the grid rows of ``docs/architecture.md``): index (in the full grid), P,
+    seed (model seed), lr, grammar_seed, data_seed, budget_steps, budget_epochs, warmup_steps,
+    b1, b2, adam_eps. ``run.grid_slice`` keeps a job-array task's share, indices unchanged.
+    """
+    t = config.train
+    per_step = lambda P: min(P, int(t.batch_size)) if t.p_below_batch == "full_batch" else int(t.batch_size)
     rows = []
-    for P in sizes:
-        for seed in seeds:
-            for lr in lrs:
-                steps = budget_steps(config.train, P)
-                per_step = min(P, batch) if full_batch(config.train) else batch
-                rows.append(dict(index=len(rows), P=P, seed=seed, lr=lr, budget_steps=steps,
-                                 budget_epochs=steps * per_step / P))
-    start, stop = slice_bounds(_grid_slice_spec(config), len(rows))
-    rows = rows[start:stop]  # a job-array task's share; "index" stays the model's index in the full grid
-    grid = Grid(
-        P=jnp.asarray([r["P"] for r in rows], jnp.int32),
-        data_seed=jnp.asarray([r["seed"] for r in rows], jnp.uint32),
-        model_seed=jnp.asarray([r["seed"] for r in rows], jnp.uint32),
-        lr=jnp.asarray([r["lr"] for r in rows], jnp.float32),
-        budget=jnp.asarray([r["budget_steps"] for r in rows], jnp.int32),
+    for P in (int(p) for p in config.data.num_train):
+        steps = budget_steps(t, P)
+        for seed in t.seeds:
+            for lr in t.lr:
+                rows.append(dict(index=len(rows), P=P, seed=int(seed), lr=float(lr),
+                                 grammar_seed=int(config.grammar.seed), data_seed=int(config.data.seed),
+                                 budget_steps=steps, budget_epochs=steps * per_step(P) / P,
+                                 warmup_steps=int(t.warmup_steps), b1=float(t.b1), b2=float(t.b2),
+                                 adam_eps=float(t.adam_eps)))
+    start, stop = slice_bounds(config.run.grid_slice, len(rows))
+    return rows[start:stop]
+
+
+def datasets_of(rows: Sequence[dict]) -> tuple[tuple[int, int], ...]:
+    """The distinct (grammar_seed, data_seed) of grid rows, in order of first appearance."""
+    return tuple(dict.fromkeys((int(r["grammar_seed"]), int(r["data_seed"])) for r in rows))
+
+
+def grid_arrays(rows: Sequence[dict]) -> Grid:
+    """The traced Grid of grid rows; ``dataset`` indexes ``datasets_of(rows)``."""
+    if not rows:
+        raise ValueError("grid rows must hold at least one model")
+    index = {pair: g for g, pair in enumerate(datasets_of(rows))}
+    column = lambda name, dtype: jnp.asarray([r[name] for r in rows], dtype)
+    return Grid(
+        P=column("P", jnp.int32),
+        dataset=jnp.asarray([index[(int(r["grammar_seed"]), int(r["data_seed"]))] for r in rows], jnp.int32),
+        data_seed=column("data_seed", jnp.uint32),
+        model_seed=column("seed", jnp.uint32),
+        lr=column("lr", jnp.float32),
+        budget=column("budget_steps", jnp.int32),
+        warmup_steps=column("warmup_steps", jnp.int32),
+        b1=column("b1", jnp.float32),
+        b2=column("b2", jnp.float32),
+        adam_eps=column("adam_eps", jnp.float32),
+        one_minus_b1=jnp.asarray([1.0 - float(r["b1"]) for r in rows], jnp.float32),
+        one_minus_b2=jnp.asarray([1.0 - float(r["b2"]) for r in rows], jnp.float32),
     )
-    return grid, rows
+
+
+def make_grid(config: Any) -> tuple[Grid, list[dict]]:
+    """``(grid_arrays(rows), rows)`` of ``grid_rows(config)``."""
+    rows = grid_rows(config)
+    return grid_arrays(rows), rows
 
 
 # ----------------------------------------------------------------------------- grid slices (job arrays)
-
-
-def _grid_slice_spec(config: Any) -> str:
-    """run.grid_slice, '' (the whole grid) when the config has no such field."""
-    run = config.get("run", None)
-    spec = run.get("grid_slice", "") if run is not None else ""
-    return "" if spec is None else spec
 
 
 def slice_bounds(spec: str, num_models: int) -> tuple[int, int]:
@@ -194,36 +197,17 @@ def step_key(model_seed: jax.Array, step: jax.Array) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(jax.random.key(model_seed), step), _TRAIN_TAG)
 
 
-def _adam(train_config: Any) -> optax.GradientTransformation:
-    """Adam's moment scaling; the learning rate (per model, warmed up) is applied outside."""
-    return optax.scale_by_adam(b1=float(train_config.b1), b2=float(train_config.b2),
-                               eps=float(train_config.get("adam_eps", 1e-8)),  # PyTorch's default eps
-                               mu_dtype=mu_dtype(train_config))
-
-
 MU_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}  # None: the parameters' dtype
 
 
-def mu_dtype(train_config: Any) -> Any:
-    """train.mu_dtype: dtype of Adam's first moment (bfloat16 halves its memory traffic)."""
-    name = train_config.get("mu_dtype", "float32") or "float32"
-    if name not in MU_DTYPES:
-        raise ValueError(f"train.mu_dtype={name!r} must be one of {tuple(MU_DTYPES)}")
-    return MU_DTYPES[name]
-
-
-def ema_decay(train_config: Any) -> float:
-    """train.ema_decay, 0 when absent; must lie in [0, 1)."""
-    decay = float(train_config.get("ema_decay", 0.0) or 0.0)
-    if not 0.0 <= decay < 1.0:
-        raise ValueError(f"train.ema_decay={decay} must lie in [0, 1)")
-    return decay
-
-
 @functools.lru_cache(maxsize=32)
-def _initializer(network: Any, b1: float, b2: float, eps: float, mu: Any = None) -> Callable:
-    """Jitted, vmapped (params, opt_state) init; cached so repeated grids reuse the compilation."""
-    adam = optax.scale_by_adam(b1=b1, b2=b2, eps=eps, mu_dtype=mu)
+def _initializer(network: Any, mu_dtype: str) -> Callable:
+    """Jitted, vmapped (params, opt_state) init; cached so repeated grids reuse the compilation.
+
+    Adam's initial state (zero moments, count 0) does not depend on b1, b2 or eps, which are
+    per-model values of the step.
+    """
+    adam = optax.scale_by_adam(mu_dtype=MU_DTYPES[mu_dtype])
 
     def init_one(seed: jax.Array) -> tuple[Any, Any]:
         params = network.init(init_key(seed))
@@ -232,17 +216,14 @@ def _initializer(network: Any, b1: float, b2: float, eps: float, mu: Any = None)
     return jax.jit(jax.vmap(init_one))
 
 
-def init_state(config: Any, network: Any, grid: Grid) -> TrainState:
+def init_state(settings: TrainSettings, network: Any, grid: Grid) -> TrainState:
     """Stacked initial state: vmapped ``network.init`` over keys derived from model_seed."""
-    t = config.train
-    decay = ema_decay(t)
-    params, opt_state = _initializer(network, float(t.b1), float(t.b2),
-                                     float(t.get("adam_eps", 1e-8)), mu_dtype(t))(grid.model_seed)
+    params, opt_state = _initializer(network, settings.mu_dtype)(grid.model_seed)
     M = grid.P.shape[0]
     return TrainState(
         params=params,
         opt_state=opt_state,
-        ema=jax.tree_util.tree_map(jnp.zeros_like, params) if decay > 0 else None,
+        ema=jax.tree_util.tree_map(jnp.zeros_like, params) if settings.ema_decay > 0 else None,
         step=jnp.zeros(M, jnp.int32),
         diverged=jnp.zeros(M, bool),
         diverged_step=jnp.full(M, -1, jnp.int32),
@@ -261,11 +242,29 @@ def eval_params(state_1: TrainState, ema_decay: float) -> Any:
         lambda e, p: jnp.where(state_1.step > 0, e / safe, p).astype(p.dtype), state_1.ema, state_1.params)
 
 
-def _warmup(step: jax.Array, warmup_steps: int) -> jax.Array:
-    """Linear warmup factor of the step about to be taken (1 when warmup_steps is 0)."""
-    if warmup_steps <= 0:
-        return jnp.float32(1.0)
-    return jnp.minimum(1.0, (step.astype(jnp.float32) + 1.0) / warmup_steps)
+def _warmup(step: jax.Array, warmup_steps: jax.Array) -> jax.Array:
+    """Linear warmup factor of the step about to be taken (1 when warmup_steps is 0); traced per model."""
+    ramp = jnp.minimum(1.0, (step.astype(jnp.float32) + 1.0) / jnp.maximum(warmup_steps, 1).astype(jnp.float32))
+    return jnp.where(warmup_steps > 0, ramp, jnp.float32(1.0))
+
+
+def _adam_update(grads: Any, adam: optax.ScaleByAdamState, grid: Grid, mu_dtype: Any) -> tuple[Any, Any]:
+    """``optax.scale_by_adam``'s update for ONE model with its own traced b1, b2 and eps.
+
+    The same operations in the same order as optax's, except that 1 - b comes from the grid
+    (``one_minus_b1/b2``). With Python-float scalars this function gives optax's bits exactly; with
+    traced ones XLA compiles the pass differently, so fp32 parameters match constant b1, b2, eps
+    bitwise after the first step and to the last bits after more (measured: 5e-7 after 20 steps).
+    """
+    mu = jax.tree_util.tree_map(lambda g, t: grid.one_minus_b1 * g + grid.b1.astype(t.dtype) * t, grads, adam.mu)
+    nu = jax.tree_util.tree_map(lambda g, t: grid.one_minus_b2 * g**2 + grid.b2.astype(t.dtype) * t, grads, adam.nu)
+    count = optax.safe_increment(adam.count)
+    mu_hat = optax.tree.bias_correction(mu, grid.b1, count)
+    nu_hat = optax.tree.bias_correction(nu, grid.b2, count)
+    updates = jax.tree_util.tree_map(lambda m, v: m / (jnp.sqrt(v + 0.0) + grid.adam_eps), mu_hat, nu_hat)
+    mu = optax.tree.cast(mu, mu_dtype)
+    nu = optax.tree.cast_like(nu, adam.nu)
+    return updates, optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
 
 
 def _all_finite(tree: Any) -> jax.Array:
@@ -277,40 +276,34 @@ def _all_finite(tree: Any) -> jax.Array:
 # ----------------------------------------------------------------------------- chunk
 
 
-def make_train_chunk(config: Any, process: Any, network: Any) -> Callable:
-    """``chunk(state_M, grid_M, pool_QxD, num_steps) -> (state_M, metrics)`` over K = steps_per_call.
+def make_train_chunk(settings: TrainSettings, process: Any, network: Any) -> Callable:
+    """``chunk(state_M, grid_M, pool_GxQxD, num_steps) -> (state_M, metrics)`` over K = steps_per_call.
 
-    ``num_steps`` (traced, unbatched int32, clipped to [0, K]) is the trip count of a while loop,
-    so one compiled chunk stops at any evaluation step. Models past their budget or diverged are
-    frozen (state unchanged). A step with a non-finite loss or gradient is not applied: the model
-    is marked diverged at that step and frozen; the other models are untouched. (Finite gradients
-    give finite new params: an Adam step is a few times lr at most.) Metrics per model: ``loss``
-    (mean over the chunk's applied steps, NaN if none), ``steps_done``, ``step`` (after the chunk) and
-    ``epoch`` (step * rows per step / P).
+    Model i reads its batches from ``pool_GxQxD[grid.dataset[i]]``, the pool of its own
+    (grammar seed, data seed). ``num_steps`` (traced, unbatched int32, clipped to [0, K]) is the
+    trip count of a while loop, so one compiled chunk stops at any evaluation step. Models past
+    their budget or diverged are frozen (state unchanged). A step with a non-finite loss or
+    gradient is not applied: the model is marked diverged at that step and frozen; the other
+    models are untouched. (Finite gradients give finite new params: an Adam step is a few times lr
+    at most.) Metrics per model: ``loss`` (mean over the chunk's applied steps, NaN if none),
+    ``steps_done``, ``step`` (after the chunk) and ``epoch`` (step * rows per step / P).
     """
-    batch = int(config.train.batch_size)
-    K = int(config.train.steps_per_call)
-    warmup_steps = int(config.train.get("warmup_steps", 0) or 0)
-    if batch < 1 or K < 1 or warmup_steps < 0:
-        raise ValueError(f"need train.batch_size={batch} >= 1, train.steps_per_call={K} >= 1, "
-                         f"train.warmup_steps={warmup_steps} >= 0")
-    adam = _adam(config.train)
-    decay = ema_decay(config.train)
-    full = full_batch(config.train)
+    batch, K, full, decay = settings.batch_size, settings.steps_per_call, settings.full_batch, settings.ema_decay
+    mu_dtype = MU_DTYPES[settings.mu_dtype]
 
-    def model_step(state: TrainState, grid: Grid, pool_QxD: jax.Array) -> tuple[TrainState, jax.Array, jax.Array]:
+    def model_step(state: TrainState, grid: Grid, pool_GxQxD: jax.Array) -> tuple[TrainState, jax.Array, jax.Array]:
         """One step of ONE model: new state, loss if applied (else 0), whether it was applied."""
         key = step_key(grid.model_seed, state.step)
         if full:  # the authors' loader: min(P, B) real rows, the others weigh nothing
             rows = rows_per_step(grid.P, batch, True)
-            x0_BxD = pool_QxD[data.batch_indices(grid.data_seed, grid.P, state.step, batch, rows)]
+            x0_BxD = pool_GxQxD[grid.dataset, data.batch_indices(grid.data_seed, grid.P, state.step, batch, rows)]
             loss_fn = lambda p: process.loss(p, network.apply, key, x0_BxD, num_rows=rows)[0]
         else:
-            x0_BxD = pool_QxD[data.batch_indices(grid.data_seed, grid.P, state.step, batch)]
+            x0_BxD = pool_GxQxD[grid.dataset, data.batch_indices(grid.data_seed, grid.P, state.step, batch)]
             loss_fn = lambda p: process.loss(p, network.apply, key, x0_BxD)[0]
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
-        updates, opt_state = adam.update(grads, state.opt_state, state.params)
-        scale = -grid.lr * _warmup(state.step, warmup_steps)
+        updates, opt_state = _adam_update(grads, state.opt_state, grid, mu_dtype)
+        scale = -grid.lr * _warmup(state.step, grid.warmup_steps)
         params = jax.tree_util.tree_map(lambda p, u: (p + scale * u).astype(p.dtype), state.params, updates)
         ema = state.ema
         if ema is not None:
@@ -335,13 +328,13 @@ def make_train_chunk(config: Any, process: Any, network: Any) -> Callable:
 
     grid_step = jax.vmap(model_step, in_axes=(0, 0, None))
 
-    def chunk(state: TrainState, grid: Grid, pool_QxD: jax.Array, num_steps: jax.Array):
+    def chunk(state: TrainState, grid: Grid, pool_GxQxD: jax.Array, num_steps: jax.Array):
         """Run min(num_steps, K) steps of every model of the grid."""
         M = grid.P.shape[0]
 
         def body(i: jax.Array, carry: tuple) -> tuple:
             st, loss_sum, count = carry
-            st, loss_M, applied_M = grid_step(st, grid, pool_QxD)
+            st, loss_M, applied_M = grid_step(st, grid, pool_GxQxD)
             return st, loss_sum + loss_M, count + applied_M.astype(jnp.int32)
 
         # A while loop whose trip count is traced but unbatched: stopping at any step costs no
@@ -367,11 +360,11 @@ def jit_chunk(chunk: Callable) -> Callable:
     jitted = jax.jit(chunk, donate_argnums=0)
     K = getattr(chunk, "steps_per_call", None)
 
-    def call(state: TrainState, grid: Grid, pool_QxD: jax.Array, num_steps: Any):
+    def call(state: TrainState, grid: Grid, pool_GxQxD: jax.Array, num_steps: Any):
         if isinstance(num_steps, (int, np.integer)):
             if K is not None and not 0 <= num_steps <= K:
                 raise ValueError(f"num_steps={num_steps} must lie in [0, steps_per_call={K}]")
-        return jitted(state, grid, pool_QxD, jnp.asarray(num_steps, jnp.int32))
+        return jitted(state, grid, pool_GxQxD, jnp.asarray(num_steps, jnp.int32))
 
     call.lower = lambda *args: jitted.lower(*args[:3], jnp.asarray(args[3], jnp.int32))
     return call

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from launch import cluster as launch_cluster
-from rhm_jax import analysis, clustering, data, grammar, lock, runner
+from rhm_jax import analysis, clustering, data, grammar, lock, program
 from rhm_jax import config as config_lib
 from test_analysis import quick_rows
 
@@ -168,9 +168,9 @@ def test_on_the_quick_sweeps_data_thresholds_are_ordered_beside_the_bpunets(tmp_
     overrides = ["--config.eval.num_samples=64"]
     config = config_lib.load("sweeps/hierarchy_in_p.py:quick", overrides)
     g, pool = clustering.sweep_data(config)
-    setup = runner.build(config)
-    np.testing.assert_array_equal(pool, np.asarray(setup.pool_QxD))
-    assert jax.tree.all(jax.tree.map(lambda a, b: bool((np.asarray(a) == np.asarray(b)).all()), g, setup.grammar))
+    setup = program.build(config)
+    np.testing.assert_array_equal(pool, np.asarray(setup.pool_GxQxD[0]))
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool((np.asarray(a) == np.asarray(b)[0]).all()), g, setup.grammar))
     assert launch_cluster.main(["--workdir", str(tmp_path), "--config", "sweeps/hierarchy_in_p.py:quick",
                                 *overrides]) == 0
     assert "accuracy level 1" in capsys.readouterr().out
@@ -189,14 +189,28 @@ def test_on_the_quick_sweeps_data_thresholds_are_ordered_beside_the_bpunets(tmp_
 
 
 def test_launch_cluster_reads_the_workdirs_config_and_refuses_another_grammar(tmp_path, capsys):
-    config = config_lib.load("sweeps/hierarchy_in_p.py:quick", ["--config.data.num_train=(8,)"])
+    config = config_lib.load("sweeps/smoke.py", ["--config.data.num_train=(8,)"])
     (tmp_path / "config.json").write_text(json.dumps({"config": config_lib.to_dict(config)}))
-    assert launch_cluster.main(["--workdir", str(tmp_path), "--config", "sweeps/hierarchy_in_p.py:quick",
+    assert launch_cluster.main(["--workdir", str(tmp_path), "--config", "sweeps/smoke.py",
                                 "--config.grammar.seed=1", "--config.data.num_train=(8,)"]) == 2
     assert "differs from" in capsys.readouterr().err and not (tmp_path / "clustering.jsonl").exists()
     assert launch_cluster.main(["--workdir", str(tmp_path / "none")]) == 2
     assert "holds no config.json" in capsys.readouterr().err
-    assert launch_cluster.load_config(str(tmp_path), None, []).data.num_train == (8,)
+    stored, points = launch_cluster.load_config(str(tmp_path), None, [])
+    assert stored.data.num_train == (8,) and points == [{}]
+
+
+def test_the_learner_runs_on_every_dataset_of_a_sweep():
+    config = config_lib.load("tests/data/two_programs.py")
+    points = config_lib.load_sweep("tests/data/two_programs.py")
+    rows = clustering.run_sweep(config, points=points, restarts=2, iterations=3)
+    # the two widths share their data: each (grammar seed, data seed, P) once
+    got = sorted((r["grammar_seed"], r["data_seed"], r["P"]) for r in rows)
+    assert got == [(g, d, P) for g in (0, 1) for d in (0, 1) for P in (8, 16)]
+    g, pool = clustering.sweep_data(config)  # grammar 0, data 0: the same rows as that model trains on
+    other = config_lib.load("tests/data/two_programs.py")
+    other.grammar.seed, other.data.seed = 1, 1
+    assert not np.array_equal(pool, clustering.sweep_data(other)[1])
 
 
 def test_launch_cluster_respects_the_lock_and_takes_no_abbreviated_options(tmp_path, capsys):

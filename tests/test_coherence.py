@@ -190,3 +190,22 @@ def test_big_batches_go_through_blocks_with_the_same_answers():
     for got, *parts in zip(jax.tree.leaves(whole), *map(jax.tree.leaves, halves)):
         np.testing.assert_array_equal(got, np.concatenate(parts))
     assert 0 < whole.valid.mean() < 1
+
+
+def test_stacked_lookups_find_in_each_slot_what_its_own_lookup_finds():
+    """find_in(stack, g, .) == find(lookup_g, .) for every slot, with hash collisions (bits=3: wide windows)."""
+    g1 = grammar.sample_rules(0, v=4, n=3, m=2, s=2, L=3)
+    pools = [np.asarray(grammar.sample(jax.random.key(k), g1, 40)) for k in range(3)]
+    queries = np.concatenate([pools[0][:10], pools[1][5:15], pools[2][30:], np.zeros((3, g1.d), np.int32)])
+    for bits in (32, 3):
+        lookups = [coherence.make_lookup(p, bits=bits) for p in pools]
+        stacked = coherence.stack_lookups(lookups)
+        assert stacked.window == max(x.window for x in lookups)
+        found = jax.jit(jax.vmap(coherence.find_in, in_axes=(None, 0, None)))(stacked, jnp.arange(3), queries)
+        for g, lookup in enumerate(lookups):
+            np.testing.assert_array_equal(found[g], coherence.find(lookup, queries))
+        copies = jax.vmap(coherence.is_copy_in, in_axes=(None, 0, None, 0))(stacked, jnp.arange(3), queries,
+                                                                          jnp.asarray([10, 40, 35]))
+        for g, P in enumerate([10, 40, 35]):
+            want = [any((q == pools[g][:P]).all(1)) for q in queries]
+            np.testing.assert_array_equal(copies[g], want)

@@ -13,7 +13,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from rhm_jax import coherence, data, evaluate, grammar, train
+from rhm_jax import coherence, data, evaluate, grammar, settings, train
+from rhm_jax import config as config_lib
 
 G = grammar.sample_rules(3, v=4, n=3, m=2, s=2, L=3)
 NET = types.SimpleNamespace(apply=None)  # the stand-in process never calls the network
@@ -161,16 +162,27 @@ def table_state(tables, w, ema_tables=None, steps=None):
 
 
 def eval_config(num_samples=8, ema_decay=0.0, models_per_batch=0) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
-        train=dict(batch_size=4, ema_decay=ema_decay),
-        eval=dict(num_samples=num_samples, num_windows=3, loss_rows=12, models_per_batch=models_per_batch),
-        network=dict(width=8)))
+    config = config_lib.base_config()
+    config.train.update(dict(batch_size=4, ema_decay=ema_decay))
+    config.eval.update(dict(num_samples=num_samples, num_windows=3, loss_rows=12, models_per_batch=models_per_batch))
+    config.network.width = 8
+    return config
 
 
-def table_grid(P, seeds):
-    M = len(P)
-    return train.Grid(P=jnp.asarray(P, jnp.int32), data_seed=jnp.asarray(seeds, jnp.uint32),
-                      model_seed=jnp.asarray(seeds, jnp.uint32), lr=jnp.ones(M), budget=jnp.full(M, 99))
+def table_grid(P, seeds, datasets=None):
+    """A grid of models with these P and seeds (data seed = model seed); ``datasets``: (grammar_seed, data_seed) each."""
+    datasets = datasets or [(0, s) for s in seeds]
+    return train.grid_arrays([dict(index=i, P=p, seed=s, lr=1.0, grammar_seed=gs, data_seed=ds, budget_steps=99,
+                                   warmup_steps=0, b1=0.9, b2=0.999, adam_eps=1e-8)
+                              for i, (p, s, (gs, ds)) in enumerate(zip(P, seeds, datasets))])
+
+
+def make_evaluator(config, grammars, pools, tests):
+    """``evaluate(state, grid, key)`` of the stand-in process against stacked datasets (lists of G each)."""
+    typed = settings.of(config)
+    refs = evaluate.references(typed.eval, grammar.stack(grammars), np.stack(pools), np.stack(tests))
+    fn = evaluate.make_evaluator(typed, TableProcess(), NET)
+    return lambda state, grid, key: fn(state, grid, key, refs)
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +197,7 @@ def tables():
 def evaluator(tables):
     """The default stand-in evaluator, shared so that its compilations are too."""
     pool, test, _ = tables
-    return evaluate.make_evaluator(eval_config(), G, TableProcess(), NET, jnp.asarray(pool), jnp.asarray(test))
+    return make_evaluator(eval_config(), [G], [pool], [test])
 
 
 def test_evaluate_copies_losses_and_rows_against_brute_force(tables, evaluator):
@@ -214,17 +226,46 @@ def test_evaluate_copies_losses_and_rows_against_brute_force(tables, evaluator):
 
 def test_evaluate_grid_equals_single_models_and_model_batches(tables, evaluator):
     pool, test, table = tables
-    args = (G, TableProcess(), NET, jnp.asarray(pool), jnp.asarray(test))
     rng = np.random.default_rng(0)
     per_model = [np.where(rng.random(table.shape[0])[:, None] < 0.5, table, table[::-1]) for _ in range(3)]
     state = table_state(per_model, [1.0, 2.0, 3.0])
     grid = table_grid([2, 12, 3], [0, 1, 2])
     together = evaluator(state, grid, jax.random.key(1))
-    batched = evaluate.make_evaluator(eval_config(models_per_batch=2), *args)(state, grid, jax.random.key(1))
+    batched = make_evaluator(eval_config(models_per_batch=2), [G], [pool], [test])(state, grid, jax.random.key(1))
     chex.assert_trees_all_close(together, batched)
     take = lambda tree, i: jax.tree_util.tree_map(lambda x: x[i:i + 1], tree)
     for i in range(3):
         chex.assert_trees_all_close(take(together, i), evaluator(take(state, i), take(grid, i), jax.random.key(1)))
+
+
+def test_each_model_is_scored_against_its_own_grammar_pool_and_test_set():
+    """Two datasets in one program (grammars A and B of equal sizes), through the per-model evaluator:
+    samples valid under A score 1 in A's slot and exactly coherence.validity under B in B's slot;
+    copies, train and test losses are counted against each slot's own rows."""
+    A, B = G, grammar.sample_rules(4, v=4, n=3, m=2, s=2, L=3)
+    pool_A, test_A = data.sample_dataset(5, A, 12, 20)
+    pool_B, test_B = data.sample_dataset(6, B, 12, 20)
+    valid_A = np.concatenate([pool_A[:3], test_A[:5]])  # valid under A; 3 are A's training rows
+    mixed = np.concatenate([pool_B[:2], pool_A[3:5], test_B[:4]])  # training rows of both datasets
+    evaluator = make_evaluator(eval_config(), [A, B], [pool_A, pool_B], [test_A, test_B])
+    tables, P = [valid_A, valid_A, mixed, mixed], [12, 12, 12, 4]
+    pools, tests = [pool_A, pool_B, pool_B, pool_A], [test_A, test_B, test_B, test_A]
+    grid = table_grid(P, [0, 0, 1, 1], datasets=[(0, 5), (1, 6), (1, 6), (0, 5)])
+    np.testing.assert_array_equal(grid.dataset, [0, 1, 1, 0])
+    metrics = jax.device_get(evaluator(table_state(tables, [1.0] * 4), grid, jax.random.key(0)))
+    under_B = coherence.validity(B, jnp.asarray(valid_A))
+    per_level_B = np.asarray(under_B.per_level)
+    assert per_level_B.mean(0).min() < 1  # B rejects some of A's sequences: the check below can fail
+    for l in range(1, G.L + 1):
+        assert metrics[f"validity_l{l}"][0] == 1.0
+        assert metrics[f"validity_l{l}"][1] == per_level_B[:, l - 1].mean(dtype=np.float32)
+    assert metrics["valid"][0] == 1.0 and metrics["valid"][1] == np.asarray(under_B.valid).mean(dtype=np.float32)
+    for i in range(4):
+        copy = np.asarray([any((r == pools[i][:P[i]]).all(1)) for r in tables[i]])
+        assert metrics["copies"][i] == pytest.approx(copy.mean()), i
+        assert metrics["train_loss"][i] == pytest.approx(pools[i][:P[i]].mean(), rel=1e-6)
+        assert metrics["test_loss"][i] == pytest.approx(tests[i][:12].mean(), rel=1e-6)
+    np.testing.assert_allclose(metrics["copies"], [3 / 8, 0, 2 / 8, 1 / 8])  # pool_A[4] is not below P=4
 
 
 def test_evaluate_scores_the_debiased_ema(tables):
@@ -233,7 +274,7 @@ def test_evaluate_scores_the_debiased_ema(tables):
     junk = np.full_like(table, 1)
     state = table_state([junk], [1.0], ema_tables=[table * (1 - decay**steps)], steps=[steps])
     config = eval_config(ema_decay=decay)
-    evaluator = evaluate.make_evaluator(config, G, TableProcess(), NET, jnp.asarray(pool), jnp.asarray(test))
+    evaluator = make_evaluator(config, [G], [pool], [test])
     metrics = evaluator(state, table_grid([12], [0]), jax.random.key(0))
     assert float(metrics["copies"][0]) == pytest.approx(0.5)  # the EMA table: 4 of 8 rows are pool rows
 
@@ -263,13 +304,14 @@ def test_tiny_grid_learns_the_lowest_level():
     process = diffusion.make(config.process, g.v, g.d)
     network = networks.make(config.network, g.v, g.s, g.L, process)
     grid, rows = train.make_grid(config)
-    state = train.init_state(config, network, grid)
-    chunk = train.jit_chunk(train.make_train_chunk(config, process, network))
-    pool = jnp.asarray(pool)
+    typed = settings.of(config)
+    state = train.init_state(typed.train, network, grid)
+    chunk = train.jit_chunk(train.make_train_chunk(typed.train, process, network))
+    pool_GxQxD = jnp.asarray(pool)[None]
     for _ in range(2):
-        state, _ = chunk(state, grid, pool, 400)
-    metrics = evaluate.make_evaluator(config, g, process, network, pool, jnp.asarray(test))(
-        state, grid, jax.random.key(0))
+        state, _ = chunk(state, grid, pool_GxQxD, 400)
+    refs = evaluate.references(typed.eval, grammar.stack([g]), pool[None], test[None])
+    metrics = evaluate.make_evaluator(typed, process, network)(state, grid, jax.random.key(0), refs)
     out = evaluate.to_rows(metrics, rows, state)
     assert all(r["step"] == 800 and not r["diverged"] for r in out)
     assert min(r["validity_l1"] for r in out) > 0.9, out

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rhm_jax import sharding, train
+from rhm_jax import config as config_lib
+from rhm_jax import settings, sharding, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 6  # train steps per chunk in the cases
@@ -27,9 +28,9 @@ STEPS = 6  # train steps per chunk in the cases
 
 
 def grid_of(M: int) -> train.Grid:
-    return train.Grid(P=jnp.arange(1, M + 1, dtype=jnp.int32) * 8, data_seed=jnp.arange(M, dtype=jnp.uint32),
-                      model_seed=jnp.arange(M, dtype=jnp.uint32) + 7, lr=jnp.full(M, 1e-3),
-                      budget=jnp.arange(M, dtype=jnp.int32) + 3)
+    return train.grid_arrays([dict(index=i, P=8 * (i + 1), seed=i + 7, lr=1e-3, grammar_seed=i % 2, data_seed=i,
+                                   budget_steps=i + 3, warmup_steps=i, b1=0.9, b2=0.99, adam_eps=1e-8)
+                              for i in range(M)])
 
 
 @pytest.mark.parametrize("M, multiple, expected", [(6, 4, 8), (8, 4, 8), (1, 3, 3), (5, 1, 5)])
@@ -39,7 +40,7 @@ def test_pad_grid_appends_frozen_copies_of_model_zero(M, multiple, expected):
     assert padded.P.shape == (expected,)
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[:M], b), padded, jax.device_get(grid))
     assert (padded.budget[M:] == 0).all()  # dummies never take a step
-    for name in ("P", "data_seed", "model_seed", "lr"):
+    for name in ("P", "dataset", "data_seed", "model_seed", "lr", "warmup_steps", "b1", "b2", "adam_eps"):
         assert (getattr(padded, name)[M:] == getattr(padded, name)[0]).all()
     unpadded = sharding.unpad(padded, M)
     jax.tree.map(np.testing.assert_array_equal, unpadded, jax.device_get(grid))
@@ -62,22 +63,18 @@ def test_collectives_reads_hlo_ops_not_names():
 
 
 def test_one_device_placement_is_the_identity():
-    place = sharding.Placement(sharding.use_mesh(_Config(True)))
+    place = sharding.Placement(sharding.use_mesh(settings.ShardSettings(True)))
     assert place.mesh is None  # this process has one device
     grid = grid_of(3)
     assert place.grid(grid) is grid and place.pool(grid.P) is grid.P
 
 
-class _Config:
-    """Just ``config.run.get('shard_models')``."""
-
-    def __init__(self, shard_models):
-        self.run = {"shard_models": shard_models}
-
-
-def test_shard_models_must_be_a_bool():
-    with pytest.raises(ValueError, match="run.shard_models"):
-        sharding.use_mesh(_Config("yes"))
+def test_use_mesh_needs_shard_models_and_several_devices():
+    one = jax.devices()[0]
+    assert sharding.use_mesh(settings.ShardSettings(False), [one, one]) is None
+    mesh = sharding.use_mesh(settings.ShardSettings(True), [one, one])
+    assert mesh is not None and mesh.devices.size == 2
+    assert settings.ShardSettings.of(config_lib.base_config()) == settings.ShardSettings(True)
 
 
 # ----------------------------------------------------------------------------- subprocess cases
@@ -141,15 +138,14 @@ def test_four_device_checkpoint_restores_on_fewer(four_devices, devices):
 
 def _setup():
     """The smoke grammar with 3 seeds x 2 P = 6 models, its data, process, network and grid."""
-    from rhm_jax import config as config_lib
-    from rhm_jax import runner
+    from rhm_jax import program
 
     config = config_lib.load(os.path.join(ROOT, "sweeps", "smoke.py"),
                              ["--config.train.seeds=(0,1,2)", f"--config.train.steps_per_call={STEPS}",
                               "--config.eval.num_samples=16"])
-    setup = runner.build(config)  # the run loop's own grammar, data, process and network
+    setup = program.build(config)  # the run loop's own grammar, data, process and network
     grid, rows = train.make_grid(config)
-    return config, setup.grammar, setup.pool_QxD, setup.test_NxD, setup.process, setup.network, grid, rows
+    return config, setup.grammar, setup.pool_GxQxD, setup.test_GxNxD, setup.process, setup.network, grid, rows
 
 
 def _max_diff(a, b) -> float:
@@ -166,18 +162,20 @@ def _case_train4(directory: str) -> dict:
     from rhm_jax import checkpoint, evaluate
 
     config, rules, pool_QxD, test_NxD, process, network, grid, rows = _setup()
-    chunk = train.make_train_chunk(config, process, network)
-    evaluator = evaluate.make_evaluator(config, rules, process, network, pool_QxD, test_NxD)
+    typed = settings.of(config)
+    chunk = train.make_train_chunk(typed.train, process, network)
+    evaluator = evaluate.make_evaluator(typed, process, network)
+    refs = evaluate.references(typed.eval, rules, pool_QxD, test_NxD)
     key = jax.random.key(3)
     one = jax.devices()[0]
-    single = jax.device_put(train.init_state(config, network, grid), one)
+    single = jax.device_put(train.init_state(typed.train, network, grid), one)
     single, metrics_1 = train.jit_chunk(chunk)(single, grid, pool_QxD, STEPS)
-    eval_1 = jax.device_get(evaluator(single, grid, key))
+    eval_1 = jax.device_get(evaluator(single, grid, key, refs))
     single = jax.device_get(single)
 
     place = sharding.Placement(sharding.make_mesh())
     grid_8 = place.grid(grid)
-    state = place.init_state(config, network, grid_8)
+    state = place.init_state(typed.train, network, grid_8)
     placed = sharding.is_sharded(state, place.mesh) and sharding.is_sharded(grid_8, place.mesh)
     step = train.jit_chunk(place.chunk(chunk))
     pool = place.pool(pool_QxD)
@@ -185,7 +183,7 @@ def _case_train4(directory: str) -> dict:
     hlo = compiled.as_text()
     state, metrics_8 = compiled(state, grid_8, pool, jnp.int32(STEPS))
     placed = placed and sharding.is_sharded(state, place.mesh)
-    eval_8 = jax.device_get(place.evaluator(evaluator)(state, grid_8, key))
+    eval_8 = jax.device_get(place.evaluator(evaluator)(state, grid_8, key, place.pool(refs)))
 
     with checkpoint.Checkpointer(os.path.join(directory, "four")) as ckpt:
         ckpt.save(STEPS, state, {"models": list(range(6))})
@@ -194,7 +192,7 @@ def _case_train4(directory: str) -> dict:
     expected = sharding.unpad(state, 6)
     np.savez(os.path.join(directory, "expected.npz"), *jax.tree.leaves(expected))
     # The other direction: 6 rows written from one device, restored zero-padded to 8 on the mesh.
-    target = place.target(jax.eval_shape(lambda: train.init_state(config, network, grid_8)))
+    target = place.target(jax.eval_shape(lambda: train.init_state(typed.train, network, grid_8)))
     with checkpoint.Checkpointer(os.path.join(directory, "one")) as ckpt:
         restored, _ = ckpt.restore(STEPS, target, strict=False)
     restore_6_on_4 = (_same(sharding.unpad(restored, 6), single) and sharding.is_sharded(restored, place.mesh)
@@ -217,7 +215,8 @@ def _case_restore(directory: str) -> dict:
     config, _, _, _, _, network, grid, _ = _setup()
     place = sharding.Placement(sharding.make_mesh() if len(jax.devices()) > 1 else None)
     placed_grid = place.grid(grid)
-    target = place.target(jax.eval_shape(lambda: train.init_state(config, network, placed_grid)))
+    target = place.target(jax.eval_shape(lambda: train.init_state(settings.TrainSettings.of(config), network,
+                                                                   placed_grid)))
     with checkpoint.Checkpointer(os.path.join(directory, "four")) as ckpt:
         state, meta = ckpt.restore(STEPS, target, strict=False)
     with np.load(os.path.join(directory, "expected.npz")) as stored:

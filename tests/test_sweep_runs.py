@@ -13,7 +13,7 @@ import pytest
 
 from launch import slurm
 from rhm_jax import config as config_lib
-from rhm_jax import results, runner, train
+from rhm_jax import program, results, runner, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEP = os.path.join(ROOT, "tests", "data", "two_programs.py")
@@ -47,7 +47,7 @@ def reference(tmp_path_factory, compile_cache):
 
     train.make_train_chunk = counting
     try:
-        runner.clear_programs()
+        program.clear_cache()
         config, points = sweep()
         workdir = str(tmp_path_factory.mktemp("sweep") / "run")
         rows = runner.run(config, workdir, points=points, progress=False)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from rhm_jax import config as config_lib
-from rhm_jax import data, diffusion, grammar, networks, train
+from rhm_jax import data, diffusion, grammar, networks, settings, train
 from rhm_jax.networks import bpunet
 
 V, D, Q = 4, 4, 48  # vocabulary, length, pool rows
@@ -64,20 +64,20 @@ class ToyNetwork:
 
 
 def toy_config(**train_overrides) -> ml_collections.ConfigDict:
-    """A config with only the fields train.py reads."""
-    train_cfg = dict(batch_size=8, lr=1e-2, b1=0.9, b2=0.999, warmup_steps=2, ema_decay=0.9,
-                     num_steps=100, num_epochs=0.0, seeds=(0,), steps_per_call=8)
-    train_cfg.update(train_overrides)
-    config = ml_collections.ConfigDict(dict(data=dict(num_train=(Q,)), train=train_cfg))
-    config.lock()
+    """The base config with the toy grid's training settings."""
+    config = config_lib.base_config()
+    config.data.num_train = (Q,)
+    config.train.update(dict(batch_size=8, lr=(1e-2,), warmup_steps=2, ema_decay=0.9, num_steps=100, seeds=(0,),
+                             steps_per_call=8))
+    config.train.update(train_overrides)
     return config
 
 
-def make_grid(P, seeds, lr, budget) -> train.Grid:
-    """A Grid from per-model lists."""
-    return train.Grid(P=jnp.asarray(P, jnp.int32), data_seed=jnp.asarray(seeds, jnp.uint32),
-                      model_seed=jnp.asarray(seeds, jnp.uint32), lr=jnp.asarray(lr, jnp.float32),
-                      budget=jnp.asarray(budget, jnp.int32))
+def make_grid(P, seeds, lr, budget, warmup=2) -> train.Grid:
+    """A Grid from per-model lists (data seed = model seed, as the tests below were written)."""
+    rows = [dict(index=i, P=p, seed=s, lr=r, grammar_seed=0, data_seed=s, budget_steps=b, warmup_steps=warmup,
+                 b1=0.9, b2=0.999, adam_eps=1e-8) for i, (p, s, r, b) in enumerate(zip(P, seeds, lr, budget))]
+    return train.grid_arrays(rows)
 
 
 def take(tree, i):
@@ -93,10 +93,11 @@ def setup():
     new P, seeds, learning rates, budgets or step counts.
     """
     config = toy_config()
-    pool_QxD = jax.random.randint(jax.random.key(1), (Q, D), 0, V, dtype=jnp.int32)
+    pool_QxD = jax.random.randint(jax.random.key(1), (1, Q, D), 0, V, dtype=jnp.int32)  # G = 1 dataset
     network = ToyNetwork()
-    chunk = chex.assert_max_traces(train.make_train_chunk(config, ToyProcess(), network), n=2)
-    init = lambda grid: train.init_state(config, network, grid)
+    typed = settings.TrainSettings.of(config)
+    chunk = chex.assert_max_traces(train.make_train_chunk(typed, ToyProcess(), network), n=2)
+    init = lambda grid: train.init_state(typed, network, grid)
     return config, pool_QxD, train.jit_chunk(chunk), init
 
 
@@ -116,15 +117,24 @@ def test_make_grid_expands_sizes_seeds_and_epoch_budgets():
     assert [r["index"] for r in rows] == [0, 1, 2, 3]
 
 
-def test_make_grid_lr_list_and_bad_values():
-    config = toy_config(lr=(1e-3, 1e-2))
+def test_make_grid_lr_list_and_traced_settings():
+    config = toy_config(lr=(1e-3, 1e-2), b1=0.8, adam_eps=1e-6)
+    config.data.seed = 5
     grid, rows = train.make_grid(config)
     assert [r["lr"] for r in rows] == [1e-3, 1e-2]
     assert rows[0]["budget_steps"] == 100
-    with pytest.raises(ValueError, match="train.lr"):
-        train.make_grid(toy_config(lr=-1.0))
-    with pytest.raises(ValueError, match="train.seeds"):
-        train.make_grid(toy_config(seeds=()))
+    assert rows[0]["data_seed"] == 5 and rows[0]["seed"] == 0 and rows[0]["warmup_steps"] == 2
+    np.testing.assert_array_equal(grid.data_seed, [5, 5])  # data.seed orders the stream, not train.seeds
+    np.testing.assert_array_equal(grid.model_seed, [0, 0])
+    np.testing.assert_allclose(grid.b1, [0.8, 0.8])
+    np.testing.assert_array_equal(grid.one_minus_b1, np.float32(1 - 0.8))  # rounded once, from double
+
+
+def test_grid_arrays_index_datasets_in_order_of_first_appearance():
+    rows = [dict(index=i, P=4, seed=0, lr=1.0, grammar_seed=gs, data_seed=ds, budget_steps=1, warmup_steps=0,
+                 b1=0.9, b2=0.999, adam_eps=1e-8) for i, (gs, ds) in enumerate([(1, 0), (0, 0), (1, 0), (1, 2)])]
+    assert train.datasets_of(rows) == ((1, 0), (0, 0), (1, 2))
+    np.testing.assert_array_equal(train.grid_arrays(rows).dataset, [0, 1, 0, 2])
 
 
 # ----------------------------------------------------------------------------- chunk
@@ -238,8 +248,10 @@ def _bpunet_training(models: int, jax_rule: bool, steps: int = 3):
     network = networks.make(config.network, g.v, g.s, g.L, process)
     grid, _ = train.make_grid(config)
     grid = grid.replace(P=jnp.full(models, 256, jnp.int32))
-    state = train.init_state(config, network, grid)
-    chunk = train.jit_chunk(train.make_train_chunk(config, process, network))
+    typed = settings.TrainSettings.of(config)
+    state = train.init_state(typed, network, grid)
+    chunk = train.jit_chunk(train.make_train_chunk(typed, process, network))
+    pool_QxD = pool_QxD[None]  # G = 1 dataset
     shipped = bpunet.matmul
     bpunet.matmul = bpunet.plain_matmul if jax_rule else shipped
     try:

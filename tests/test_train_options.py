@@ -10,17 +10,15 @@ import optax
 import pytest
 
 from rhm_jax import config as config_lib
-from rhm_jax import data, diffusion, networks, train
+from rhm_jax import data, diffusion, networks, settings, train
 
 
-def tiny_config(**run) -> ml_collections.ConfigDict:
+def tiny_config() -> ml_collections.ConfigDict:
     """A grid of 3 P x 2 seeds x 1 lr = 6 models (no network needed for make_grid)."""
-    return ml_collections.ConfigDict(dict(
-        data=dict(num_train=(8, 16, 32)),
-        train=dict(batch_size=4, lr=(1e-3,), b1=0.9, b2=0.999, num_steps=5, num_epochs=0.0, seeds=(0, 1),
-                   steps_per_call=2),
-        run=dict(grid_slice="", **run),
-    ))
+    config = config_lib.base_config()
+    config.data.num_train = (8, 16, 32)
+    config.train.update(dict(batch_size=4, lr=(1e-3,), num_steps=5, seeds=(0, 1), steps_per_call=2))
+    return config
 
 
 @pytest.mark.parametrize("K", [1, 2, 4, 5, 6])
@@ -47,12 +45,6 @@ def test_bad_slice_is_a_value_error_naming_the_field(spec):
         train.make_grid(config)
 
 
-def test_config_without_run_section_is_the_whole_grid():
-    config = tiny_config()
-    del config["run"]
-    assert len(train.make_grid(config)[1]) == 6
-
-
 class Linear:
     """A one-matrix network: enough to exercise Adam's state dtypes."""
 
@@ -64,13 +56,13 @@ def test_bf16_first_moment_only_and_bad_name():
     config = tiny_config()
     config.train.mu_dtype = "bfloat16"
     grid, _ = train.make_grid(config)
-    state = train.init_state(config, Linear(), grid)
+    state = train.init_state(settings.TrainSettings.of(config), Linear(), grid)
     adam_state = state.opt_state
     assert adam_state.mu["w"].dtype == jnp.bfloat16
     assert adam_state.nu["w"].dtype == jnp.float32 and state.params["w"].dtype == jnp.float32
     config.train.mu_dtype = "float16"
     with pytest.raises(ValueError, match="train.mu_dtype"):
-        train.init_state(config, Linear(), grid)
+        config_lib.validate(config)
 
 
 def test_bf16_moments_train():
@@ -82,10 +74,11 @@ def test_bf16_moments_train():
     process = diffusion.make(config.process, g.v, g.s**g.L)
     network = networks.make(config.network, g.v, g.s, g.L, process)
     grid, _ = train.make_grid(config)
-    pool_QxD = jax.random.randint(jax.random.key(0), (max(config.data.num_train), g.s**g.L), 0, g.v)
-    state = train.init_state(config, network, grid)
+    pool_QxD = jax.random.randint(jax.random.key(0), (1, max(config.data.num_train), g.s**g.L), 0, g.v)
+    typed = settings.TrainSettings.of(config)
+    state = train.init_state(typed, network, grid)
     before = jax.device_get(state.params)
-    step = train.jit_chunk(train.make_train_chunk(config, process, network))
+    step = train.jit_chunk(train.make_train_chunk(typed, process, network))
     state, metrics = step(state, grid, pool_QxD, 4)
     assert np.isfinite(np.asarray(metrics["loss"])).all() and (np.asarray(state.step) == 4).all()
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(state.opt_state.mu))
@@ -109,11 +102,11 @@ class RowNet:
 
 def full_batch_config(mode: str) -> ml_collections.ConfigDict:
     """P = 5 < B = 8 and P = 16 >= B, budgets of 3 epochs."""
-    return ml_collections.ConfigDict(dict(
-        data=dict(num_train=(5, 16)),
-        train=dict(batch_size=8, lr=(1e-2,), b1=0.9, b2=0.999, num_steps=0, num_epochs=3.0, seeds=(3,),
-                   steps_per_call=4, p_below_batch=mode),
-    ))
+    config = config_lib.base_config()
+    config.data.update(dict(num_train=(5, 16), seed=3))
+    config.train.update(dict(batch_size=8, lr=(1e-2,), num_steps=0, num_epochs=3.0, seeds=(3,), steps_per_call=4,
+                             p_below_batch=mode))
+    return config
 
 
 def test_full_batch_step_is_an_adam_step_on_exactly_the_P_rows():
@@ -124,10 +117,11 @@ def test_full_batch_step_is_an_adam_step_on_exactly_the_P_rows():
     assert [r["budget_steps"] for r in rows] == [3, 6]  # one epoch per step below B; ceil(3 * 16 / 8)
     assert [r["budget_epochs"] for r in rows] == [3.0, 3.0]
     pool_QxD = jax.random.randint(jax.random.key(0), (16, 4), 0, 4, dtype=jnp.int32)
-    state0 = train.init_state(config, net, grid)
+    typed = settings.TrainSettings.of(config)
+    state0 = train.init_state(typed, net, grid)
     params0 = jax.device_get(jax.tree.map(lambda a: a[0], state0.params))  # the chunk donates state0
-    chunk = train.jit_chunk(train.make_train_chunk(config, process, net))
-    state1, metrics = chunk(state0, grid, pool_QxD, 1)
+    chunk = train.jit_chunk(train.make_train_chunk(typed, process, net))
+    state1, metrics = chunk(state0, grid, pool_QxD[None], 1)
     np.testing.assert_allclose(metrics["epoch"], [1.0, 0.5])
     # By hand: the P rows of epoch 0, once, in a batch of exactly P rows.
     P, seed = 5, np.uint32(3)
@@ -143,4 +137,4 @@ def test_full_batch_step_is_an_adam_step_on_exactly_the_P_rows():
     _, default_rows = train.make_grid(full_batch_config("repeat"))
     assert [r["budget_steps"] for r in default_rows] == [2, 6]
     with pytest.raises(ValueError, match="train.p_below_batch='all'"):
-        train.make_grid(full_batch_config("all"))
+        config_lib.validate(full_batch_config("all"))

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from rhm_jax import data, results, theory, train
+from rhm_jax import data, plan, results, theory
 from rhm_jax import config as config_lib
 from rhm_jax import grammar as grammar_lib
 from rhm_jax.clustering.learner import CONTEXTS
@@ -23,7 +23,7 @@ _CURVE_KEYS = ("v", "n", "m", "s", "L", "grammar_seed", "data_seed", "context") 
 
 
 def sweep_data(config: Any) -> tuple[Grammar, np.ndarray]:
-    """The grammar and training pool (Q, D) of a sweep config, exactly as ``runner.build`` draws them."""
+    """The grammar and training pool (Q, D) of a sweep config, exactly as ``program.build`` draws them (its only dataset)."""
     g = config.grammar
     rules = grammar_lib.sample_rules(g.seed, g.v, g.n, g.m, g.s, g.L)
     pool_QxD, _ = data.sample_dataset(config.data.seed, rules, max(config.data.num_train),
@@ -31,21 +31,42 @@ def sweep_data(config: Any) -> tuple[Grammar, np.ndarray]:
     return rules, pool_QxD
 
 
-def run_sweep(config: Any, context: str = "tokens", restarts: int = 32, iterations: int = 30) -> list[dict]:
-    """One row per (P, seed) of the sweep's grid: the learner on that model's P training rows."""
+def run_sweep(config: Any, context: str = "tokens", restarts: int = 32, iterations: int = 30,
+              points: Sequence[dict] | None = None) -> list[dict]:
+    """One row per dataset, P and model seed of the sweep (``points``: ``plan``; default the config
+    alone): the learner on exactly that model's P training rows (its grammar seed, data seed and pool)."""
     config_lib.validate(config)
-    rules, pool_QxD = sweep_data(config)
-    pairs = sorted({(r["P"], r["seed"]) for r in train.make_grid(config)[1]})
+    # The learner reads only the data: programs that differ in other settings (width, process, ...)
+    # share their datasets, and each dataset is learned once.
+    datasets: dict[tuple, tuple[Any, list[dict]]] = {}
+    for program in plan.make_plan(config, [{}] if points is None else points).programs:
+        c = program.config
+        for r in program.rows:
+            key = (c.grammar.v, c.grammar.n, c.grammar.m, c.grammar.s, c.grammar.L, c.data.num_test,
+                   c.eval.num_samples, r["grammar_seed"], r["data_seed"])
+            datasets.setdefault(key, (c, []))[1].append(r)
+    rows = []
+    for key, (c, models) in datasets.items():
+        rows += _learner_rows(c, key[-2], key[-1], models, context, restarts, iterations)
+    return rows
+
+
+def _learner_rows(config: Any, grammar_seed: int, data_seed: int, models: Sequence[dict], context: str,
+                  restarts: int, iterations: int) -> list[dict]:
+    """The learner's rows of one dataset of a program, one per (P, model seed) of its ``models``."""
+    g = config.grammar
+    rules = grammar_lib.sample_rules(grammar_seed, g.v, g.n, g.m, g.s, g.L)
+    pool_QxD, _ = data.sample_dataset(data_seed, rules, max(r["P"] for r in models), config.data.num_test)
+    pairs = sorted({(r["P"], r["seed"]) for r in models})
     P_M = np.asarray([p for p, _ in pairs], np.int32)
     seed_M = np.asarray([seed for _, seed in pairs], np.uint32)
     out = jax.device_get(run_grid(rules, pool_QxD, P_M, seed_M, int(config.eval.num_samples), restarts,
                                   iterations, context))
     chance = np.asarray(chance_accuracy(rules, jax.random.key(0)))
-    g = config.grammar
     rows = []
     for i, (P, seed) in enumerate(pairs):
         row = dict(learner="clustering", context=context, P=P, seed=seed, v=g.v, n=g.n, m=g.m, s=g.s, L=g.L,
-                   grammar_seed=g.seed, data_seed=config.data.seed)
+                   grammar_seed=grammar_seed, data_seed=data_seed)
         for level in range(1, g.L):
             row[f"accuracy_l{level}"] = float(out["accuracy"][i, level - 1])
             row[f"accuracy_chance_l{level}"] = float(chance[level - 1])
