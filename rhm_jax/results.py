@@ -245,7 +245,7 @@ def _check_same(workdir: str, config_dict: dict, grid: list, points: list | None
                          f" points stored, {len(points or [])} now, or other values); {how}")
     stored_grid = stored.get("grid")
     if isinstance(stored_grid, list) and any(isinstance(r, dict) and "data_seed" not in r for r in stored_grid) \
-            and any(r.get("seed") != r.get("data_seed") for r in grid):
+            and any("data_seed" in r and r["seed"] != r["data_seed"] for r in grid):
         raise ValueError(f"workdir={workdir!r} was written before data.seed set each model's batch order (its"
                          " models' order followed train.seeds); resuming would train the rest on another order."
                          f" Finish it with the version that wrote it, or {how}")

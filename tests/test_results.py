@@ -115,6 +115,23 @@ def test_a_key_missing_from_an_older_config_json_reads_as_its_default(tmp_path, 
         results.prepare_workdir(workdir, smoke, GRID)
 
 
+def test_a_directory_written_before_data_seed_set_the_batch_order_resumes_only_if_the_order_is_kept(tmp_path):
+    now = [dict(g, grammar_seed=0, data_seed=0) for g in GRID]
+    for seed, outcome in ((0, "resume"), (1, None)):
+        workdir, config = str(tmp_path / f"seed{seed}"), config_lib.base_config()
+        config.train.seeds = (seed,)
+        before = [dict(g, seed=seed) for g in GRID]  # no grammar_seed / data_seed: an older version's rows
+        os.makedirs(workdir)
+        results.write_json_atomic(os.path.join(workdir, results.CONFIG_FILE),
+                                  {"config": config_lib.to_dict(config), "grid": before})
+        grid = [dict(g, seed=seed) for g in now]  # data.seed is 0: model seed 1 now reads another order
+        if outcome:
+            assert results.prepare_workdir(workdir, config, grid) == outcome
+        else:
+            with pytest.raises(ValueError, match="batch order"):
+                results.prepare_workdir(workdir, config, grid)
+
+
 def test_different_config_is_refused_and_nothing_changes(tmp_path, smoke):
     workdir = str(tmp_path)
     results.prepare_workdir(workdir, smoke, GRID)
