@@ -67,9 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         print(error_line(err), file=sys.stderr)
         return 2
     print(f"wrote {path} ({len(rows)} rows)")
-    for t in clustering.thresholds(rows):
-        value = f"{t['P_star']:.0f}" if t["censored"] == "" else f"- ({t['censored']})"
-        print(f"  {t['quantity']:>14} level {t['level']}: P* = {value:>12}   v m^(l+1) = {t['theory']:.0f}")
+    for where, part in clustering.curves(rows):
+        print("  " + ", ".join(f"{k}={v}" for k, v in where.items()))
+        for t in clustering.thresholds(part):
+            value = f"{t['P_star']:.0f}" if t["censored"] == "" else f"- ({t['censored']})"
+            print(f"  {t['quantity']:>14} level {t['level']}: P* = {value:>12}   v m^(l+1) = {t['theory']:.0f}")
     return 0
 
 

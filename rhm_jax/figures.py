@@ -105,8 +105,10 @@ def plot_validity_vs_p(df: pd.DataFrame, summary: pd.DataFrame, out: str, at: st
             ax_raw.axhline(base, color=color, ls="-.", lw=0.8)
             ax_raw.axhline(base + (1 - base) / 2, color=color, ls=(0, (1, 3)), lw=0.8)
             if extra is not None and len(extra):
-                mine = extra[(extra["level"] == level) & (extra.get("workdir", workdir) == workdir)]
-                for i, (name, rows) in enumerate(mine.groupby("label")):
+                shown = extra[(extra["level"] == level) & (extra.get("workdir", workdir) == workdir)]
+                for key, value in zip(keys[1:], values[1:]):  # the curve's swept values (m, ...) where given
+                    shown = shown[shown[key] == value] if key in shown else shown
+                for i, (name, rows) in enumerate(shown.groupby("label")):
                     ax.plot(rows["P_star"], np.full(len(rows), 0.5), markers[i % len(markers)], color=color,
                             mec="k", ms=7, ls="none")
         ax.axhline(0.5, color="0.6", lw=0.6)

@@ -23,7 +23,7 @@ Choice:   lr and budget. Adam moves weights by ~lr per step, so "lr x steps" is 
           room for --at best to find each model's early-stopping point. Level 3 (paper: ~2,000
           epochs at 1e-4, lr x steps ~ 3) would need ~6,400 steps by the paper's clock but 4x more
           by the quick run's (its level 2 took 4x the paper's lr x steps): it may not be reached.
-Run time: ESTIMATE from short measurements on the 2-core CPU under `nice -n 10`, shared with other
+Run time: ESTIMATE (made before the run; measured below) from short measurements on the 2-core CPU under `nice -n 10`, shared with other
           sessions (not the idle machine the run is meant for). This grid, seed 0: 384 steps of the 7
           models in 124 s after an 80 s compilation (22 model-steps/s), one evaluation (7 models x
           128 samples x 200 ancestral steps, plus losses on 2 x 1024 rows x 10 windows) in 58 s
@@ -39,11 +39,12 @@ Run time: ESTIMATE from short measurements on the 2-core CPU under `nice -n 10`,
           first on the idle machine: `nice -n 10 python benchmarks/reproduction_time.py` (~6 min). Nine of
           the 15 evaluations (steps 0 .. 128) come before level 1 is expected to rise; they give
           the time-course figures their start.
-Expected: UNMEASURED (this grid has not been run). Theory (SPEC sections 5 and 7): P*_l ~ v m**(l+1)
-          = 72, 216, 648 for levels 1, 2, 3, with ratio P*_2 / P*_1 ~ m = 3; normalized thresholds
-          read --at best. The quick sweep (W=64, T=50) measured P*_1 = 53-91 and P*_2 = 255-411
-          over four grammar seeds; this run should land within a factor 2 of 72 and 216, and level
-          3 may read censored 'above' (not learned within 8192 steps, or only at P = 2048).
+Measured: 2026-12-01, commit ca3f768, 2-core CPU shared with two other sessions (load 4-6): 1 h 44 min
+          for the three seeds (training 31-36 min per seed). Normalized thresholds at each model's
+          best evaluation: P*_1 = 60, 82, 107 and P*_2 = 325, 688, 893 (seeds 0, 1, 2; theory 72,
+          216), level 3 not reached; the clustering learner on the same rows: P*_1 = 103, 92, 49,
+          P*_2 = 429, 434, 400. Level 2 was still rising for every model at step 8192 (README,
+          Results; rows and report in docs/results/reproduction_cpu/).
 """
 from __future__ import annotations
 

@@ -174,9 +174,13 @@ def test_on_the_quick_sweeps_data_thresholds_are_ordered_beside_the_bpunets(tmp_
     assert launch_cluster.main(["--workdir", str(tmp_path), "--config", "sweeps/hierarchy_in_p.py:quick",
                                 *overrides]) == 0
     assert "accuracy level 1" in capsys.readouterr().out
-    rows = clustering.load(str(tmp_path))
-    assert rows == [json.loads(line) for line in (tmp_path / "clustering.jsonl").read_text().splitlines()]
-    assert [(r["P"], r["seed"], r["context"]) for r in rows] == [(P, 0, "tokens") for P in config.data.num_train]
+    stored = clustering.load(str(tmp_path))
+    assert stored == [json.loads(line) for line in (tmp_path / "clustering.jsonl").read_text().splitlines()]
+    points = config_lib.load_sweep("sweeps/hierarchy_in_p.py:quick")  # m = 3 (the stored rows'), then m = 2
+    grids = {p["grammar.m"]: tuple(p["data.num_train"]) for p in points}
+    assert sorted({r["m"] for r in stored}) == sorted(grids)
+    rows = [r for r in stored if r["m"] == 3]
+    assert [(r["P"], r["seed"], r["context"]) for r in rows] == [(P, 0, "tokens") for P in grids[3]]
     learner = {t["level"]: t for t in clustering.thresholds(rows) if t["quantity"] == "accuracy"}
     bpunets = analysis.threshold_summary(analysis.thresholds(quick_rows(), at="best")).set_index("level")
     with capsys.disabled():

@@ -23,7 +23,7 @@ from launch import report as launch_report
 from launch import score as launch_score
 from rhm_jax import analysis, checkpoint, lock, results, runner
 from test_checkpoint import flip_a_byte
-from test_sweep import (ROOT, SMOKE, _damage_latest, by_key, final_state,  # noqa: F401
+from test_runner import (ROOT, SMOKE, _damage_latest, by_key, final_state,  # noqa: F401
                         reference, smoke, snapshot)
 
 
@@ -202,8 +202,8 @@ def test_6_sigint_saves_a_checkpoint_and_the_resume_equals_an_uninterrupted_run(
     real = runner.programs
     calls = []
 
-    def interrupting(config):
-        progs = real(config)
+    def interrupting(config, rows=None):
+        progs = real(config, rows)
 
         def step_fn(*args):
             calls.append(1)
@@ -284,7 +284,7 @@ def test_8_a_damaged_config_json_is_one_line_naming_it(reference, tmp_path, caps
 
 @pytest.mark.parametrize("parts, message", [
     ([[0, 1], [2, 3]], r"holds models \[0, 1, 2, 3\] but partition.json assigns models \[0, 1\]"),
-    ([[0, 5]], r"partition.json must split the grid's positions 0..3"),
+    ([[0, 5]], r"partition.json must split the models' positions 0, 1, ... into runs of consecutive models"),
 ])
 def test_8_an_edited_partition_is_named(reference, tmp_path, capsys, parts, message):
     _, ref_dir, _ = reference

@@ -66,9 +66,9 @@ def test_slices_must_fit_the_grid(tmp_path, K):
 
 def test_checkpoint_requeues_the_same_call():
     task = slurm.SliceTask()
-    delayed = task.checkpoint({"a": 1}, "/w/slice_0")
+    delayed = task.checkpoint({"a": 1}, "/w/slice_0", [{"grammar.m": 3}])
     assert isinstance(delayed, submitit.helpers.DelayedSubmission)
-    assert delayed.function is task and delayed.args == ({"a": 1}, "/w/slice_0")
+    assert delayed.function is task and delayed.args == ({"a": 1}, "/w/slice_0", [{"grammar.m": 3}])
 
 
 def test_bad_executor_is_a_value_error(tmp_path):

@@ -47,9 +47,9 @@ learner seeds, last rises through 1/2 (log-linear between grid points): (A_l - A
 """
 from rhm_jax.clustering.learner import CONTEXTS, Learned, generate, learn
 from rhm_jax.clustering.measure import accuracy, chance_accuracy, confusion, run_grid, score
-from rhm_jax.clustering.readout import (READING, crossing, load, normalized, path, report_thresholds, run_sweep,
-                                        sweep_data, thresholds)
+from rhm_jax.clustering.readout import (READING, crossing, curves, load, normalized, path, report_thresholds,
+                                        run_sweep, sweep_data, thresholds)
 
-__all__ = ["CONTEXTS", "READING", "Learned", "accuracy", "chance_accuracy", "confusion", "crossing", "generate",
+__all__ = ["CONTEXTS", "READING", "Learned", "accuracy", "chance_accuracy", "confusion", "crossing", "curves", "generate",
            "learn", "load", "normalized", "path", "report_thresholds", "run_grid", "run_sweep", "score",
            "sweep_data", "thresholds"]

@@ -162,8 +162,17 @@ def report_thresholds(workdirs: Sequence[str]) -> list[dict]:
     out = []
     for workdir in workdirs:
         for context in CONTEXTS:
-            rows = load(str(workdir), context)
-            out += [dict(label=f"clustering learner ({context})", level=t["level"], P_star=t["P_star"],
-                         censored=t["censored"], theory=t["theory"], workdir=str(workdir))
-                    for t in (thresholds(rows, ("accuracy",)) if rows else [])]
+            for where, rows in curves(load(str(workdir), context)):
+                out += [dict(label=f"clustering learner ({context})", level=t["level"], P_star=t["P_star"],
+                             censored=t["censored"], theory=t["theory"], workdir=str(workdir), **where)
+                        for t in thresholds(rows, ("accuracy",))]
     return out
+
+
+def curves(rows: Sequence[dict]) -> list[tuple[dict, list[dict]]]:
+    """The learner's rows split into curves (a sweep's rows hold one per grammar and dataset): a
+    list of ({v, n, m, s, L, grammar_seed, data_seed}, rows), in order of first appearance."""
+    split: dict[tuple, list[dict]] = {}
+    for row in rows:
+        split.setdefault(tuple(row.get(k) for k in _CURVE_KEYS), []).append(row)
+    return [({k: v for k, v in zip(_CURVE_KEYS, key) if k != "context"}, part) for key, part in split.items()]
