@@ -39,8 +39,8 @@ Run time: ESTIMATE (made before the run; measured below) from short measurements
           first on the idle machine: `nice -n 10 python benchmarks/reproduction_time.py` (~6 min). Nine of
           the 15 evaluations (steps 0 .. 128) come before level 1 is expected to rise; they give
           the time-course figures their start.
-Measured: 2026-12-01, commit ca3f768, 2-core CPU shared with two other sessions (load 4-6): 1 h 44 min
-          for the three seeds (training 31-36 min per seed). Normalized thresholds at each model's
+Expected: measured 2026-12-01, commit ca3f768, 2-core CPU shared with two other sessions (load
+          4-6): 1 h 44 min for the three seeds (training 31-36 min per seed). Normalized thresholds at each model's
           best evaluation: P*_1 = 60, 82, 107 and P*_2 = 325, 688, 893 (seeds 0, 1, 2; theory 72,
           216), level 3 not reached; the clustering learner on the same rows: P*_1 = 103, 92, 49,
           P*_2 = 429, 434, 400. Level 2 was still rising for every model at step 8192 (README,

@@ -5,8 +5,6 @@ value, resume after a SIGKILL in the second program, and a job array merged into
 import copy
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -14,6 +12,7 @@ import pytest
 from launch import slurm
 from rhm_jax import config as config_lib
 from rhm_jax import program, results, runner, train
+from test_runner import _launch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEP = os.path.join(ROOT, "tests", "data", "two_programs.py")
@@ -96,20 +95,12 @@ def test_one_work_directory_holds_the_whole_sweep(reference):
         assert len([line for line in f if line.strip()]) >= 16
 
 
-def _launch(workdir, cache):
-    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-    return subprocess.Popen([sys.executable, "-m", "launch.local", "--config", SWEEP, "--workdir", workdir,
-                             "--no_progress"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-
 @pytest.mark.slow
 def test_sigkill_in_the_second_program_then_rerun_gives_the_same_rows(reference, tmp_path, compile_cache):
     rows, _, _ = reference
     workdir = str(tmp_path / "run")
     second = runner.part_dir(workdir, 1)  # one sub-grid per program: part 1 is the second program's
-    process = _launch(workdir, compile_cache)
+    process = _launch(workdir, compile_cache, SWEEP)
     deadline = time.time() + 600
     try:
         while not (os.path.isdir(second) and any(p.isdigit() for p in os.listdir(second))):
@@ -124,7 +115,7 @@ def test_sigkill_in_the_second_program_then_rerun_gives_the_same_rows(reference,
         if process.poll() is None:
             process.kill()
     assert process.returncode == -signal.SIGKILL
-    restart = _launch(workdir, compile_cache)
+    restart = _launch(workdir, compile_cache, SWEEP)
     _, err = restart.communicate(timeout=900)
     assert restart.returncode == 0, err[-3000:]
     assert "resuming models 8..15 from the checkpoint at step" in err, err[-3000:]
