@@ -134,11 +134,14 @@ def test_3_a_flipped_byte_is_caught_by_score_and_run_falls_back(reference, tmp_p
     workdir = copy_of(ref_dir, tmp_path)
     shutil.rmtree(step_dir(workdir, 64))
     flip_a_byte(runner.part_dir(workdir, 0), 32)
-    with pytest.raises(checkpoint.BrokenCheckpoint, match="step 32 .*fails its checksum"):
+    # The flip fails the checksum, or, when it lands in a compressed chunk's framing, the decoding:
+    # either way the checkpoint is caught as broken (seen intermittently in CI).
+    with pytest.raises(checkpoint.BrokenCheckpoint, match="step 32 .*(fails its checksum|is unreadable)"):
         runner.score(workdir, step=32)
     with caplog.at_level(logging.INFO):
         rows = runner.run(config, workdir, progress=False)
-    assert "checkpoint at step 32 is broken" in caplog.text and "fails its checksum" in caplog.text
+    assert "checkpoint at step 32 is broken" in caplog.text
+    assert "fails its checksum" in caplog.text or "is unreadable" in caplog.text
     assert "from the checkpoint at step 16" in caplog.text
     assert rows == ref_rows
     chex.assert_trees_all_equal(final_state(workdir, config), final_state(ref_dir, config))
