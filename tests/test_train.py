@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import chex
 import jax
@@ -278,3 +279,39 @@ def test_one_bpunet_trains_like_jax_rule_to_rounding():
     """
     ours, reference = _bpunet_training(1, False), _bpunet_training(1, True)
     chex.assert_trees_all_close(ours, reference, rtol=1e-6, atol=1e-9)
+
+
+# ---------- the step's passes over the state (issue 12) ----------
+
+
+@pytest.mark.parametrize("models,ema_decay", [(1, 0.0), (2, 0.0), (2, 0.9)])
+def test_compiled_step_copies_no_part_of_the_train_state(models, ema_decay):
+    """No parameter, moment or EMA leaf is copied at the top of each step of the compiled loop.
+
+    Before issue 12 the step read the old moments after their buffers were overwritten in place,
+    and XLA copied both moments of every leaf (8 bytes per parameter per step); with an EMA the
+    parameters too. Copies of loop-carried values show as copy(get-tuple-element) in the HLO.
+    """
+    config = toy_config(ema_decay=ema_decay)
+    network = ToyNetwork()
+    typed = settings.TrainSettings.of(config)
+    grid = make_grid([12] * models, list(range(models)), [1e-2] * models, [100] * models)
+    pool_QxD = jax.random.randint(jax.random.key(1), (1, Q, D), 0, V, dtype=jnp.int32)
+    state = train.init_state(typed, network, grid)
+    chunk = train.jit_chunk(train.make_train_chunk(typed, ToyProcess(), network))
+    text = chunk.lower(state, grid, pool_QxD, 4).compile().as_text()
+    leaves = [x for x in jax.tree_util.tree_leaves(state.params) if x.ndim > 1]  # not the scalar's (M,)
+    leaf_shapes = {str(list(x.shape)).replace(" ", "") for x in leaves}
+    copied = re.findall(r"= f32\[([0-9,]*)\]\{[0-9,]*\} copy\(%get-tuple-element", text)
+    assert [shape for shape in copied if f"[{shape}]" in leaf_shapes] == []
+    assert len(leaf_shapes) >= 3  # the toy network's matrices: shapes to look for
+
+
+def test_all_finite_sees_one_bad_entry_in_any_leaf():
+    """NaN, +inf or -inf anywhere makes a tree non-finite; the largest finite float does not."""
+    tree = dict(a=jnp.zeros((3, 4)), b=jnp.full((5,), 3.0e38, jnp.float32), empty=jnp.zeros((0, 2)))
+    assert bool(train._all_finite(tree))
+    for bad in (jnp.nan, jnp.inf, -jnp.inf):
+        for leaf, index in (("a", (2, 1)), ("b", (0,))):
+            broken = dict(tree, **{leaf: tree[leaf].at[index].set(bad)})
+            assert not bool(train._all_finite(broken)), (leaf, bad)
