@@ -406,11 +406,12 @@ def test_bad_inputs_raise_before_compilation():
 # ---------- bpUNet's backward products (issue 12: one model trained 2.5x slower than a grid) ----------
 
 
-def _bpunet_grad(width: int, dtype: str, jax_rule: bool, models: int | None, batch: int = 64):
+def _bpunet_grad(width: int, dtype: str, jax_rule: bool, models: int | None, batch: int = 64, fenced: bool = True):
     """Jitted gradient of a fixed loss of bpUNet logits; vmapped over ``models`` unless None.
 
     With ``jax_rule`` every kernel is differentiated by JAX's own rule (``bpunet.plain_matmul``);
-    the module global is swapped only while the function is traced.
+    without ``fenced``, ``bpunet.fence`` is the plain identity. The module globals are swapped
+    only while the function is traced.
     """
     v = 4
     net = networks.make(config(name="bpunet", width=width, dtype=dtype), v, 2, 3, process("uniform", v))
@@ -421,8 +422,9 @@ def _bpunet_grad(width: int, dtype: str, jax_rule: bool, models: int | None, bat
         return jnp.sum(jax.nn.log_softmax(logits_BxDxV) * weights_V) + jnp.sum(logits_BxDxV**2)
 
     grad = jax.grad(loss) if models is None else jax.vmap(jax.grad(loss))
-    shipped = bpunet.matmul
+    shipped, shipped_fence = bpunet.matmul, bpunet.fence
     bpunet.matmul = bpunet.plain_matmul if jax_rule else shipped
+    bpunet.fence = shipped_fence if fenced else (lambda y: y)
     try:
         keys = jax.random.split(jax.random.key(3), models or 1)
         params = jax.vmap(net.init)(keys)
@@ -431,7 +433,7 @@ def _bpunet_grad(width: int, dtype: str, jax_rule: bool, models: int | None, bat
         x_t, t = tokens(5, shape, v), jnp.asarray(np.random.default_rng(6).uniform(size=shape[:-1]), jnp.float32)
         compiled = jax.jit(grad).lower(params, x_t, t).compile()
     finally:
-        bpunet.matmul = shipped
+        bpunet.matmul, bpunet.fence = shipped, shipped_fence
     return compiled(params, x_t, t), compiled.as_text()
 
 
@@ -451,6 +453,14 @@ def test_bpunet_gradients_match_jax_rule_to_rounding_at_small_shapes(width, batc
     ours, _ = _bpunet_grad(width, "float32", False, models, batch)
     reference, _ = _bpunet_grad(width, "float32", True, models, batch)
     chex.assert_trees_all_close(ours, reference, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("width,models", [(64, None), (64, 2), (256, 1), (48, 3)])
+def test_fence_moves_no_bit_of_the_gradient(width, models):
+    """The cotangent fence only keeps XLA from fusing: every gradient entry is the same float."""
+    ours, _ = _bpunet_grad(width, "float32", False, models, batch=64 if width % 64 == 0 else 16)
+    unfenced, _ = _bpunet_grad(width, "float32", False, models, batch=64 if width % 64 == 0 else 16, fenced=False)
+    chex.assert_trees_all_equal(ours, unfenced)
 
 
 def test_one_models_backward_transposes_no_kernel():

@@ -33,7 +33,10 @@ Backward pass: the down and up kernels (sW x W and 2W x sW) are differentiated t
 at W = 1024 trained at half the per-model rate of a vmapped grid). The embedding and the
 readout (v x W and 2W x v) keep JAX's own rule: their transposes cost nothing, and XLA computes
 such thin products with a summation order that depends on the operand order, so swapping them
-would change results in the last bits.
+would change results in the last bits. Every layer but the readout puts its output's cotangent
+behind ``fence``, so the elementwise backward of the next layer is not evaluated inside a
+transpose; the readout's cotangent (the loss gradient) is left as it was, because behind a fence
+XLA orders the readout's thin products differently (grid results moved in the last bits).
 """
 from __future__ import annotations
 
@@ -88,6 +91,22 @@ def _matmul_bwd(res: tuple[jax.Array, jax.Array], dy_BxNxF: jax.Array) -> tuple[
 matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
+@jax.custom_vjp
+def fence(y: jax.Array) -> jax.Array:
+    """Identity whose cotangent is materialized before the backward products read it.
+
+    Without it XLA fuses the elementwise backward of what follows a layer (LayerNorm, GELU, the
+    1/sqrt(fan_in) scale) into the transpose that feeds the layer's backward dots, so erf and exp
+    are evaluated in transposed, strided order: on the CPU that fusion took 8% of a W=1024 step
+    (issue 12). Behind the fence the elementwise pass runs in row order and the transpose is a
+    plain copy. Values are unchanged: the same operations on the same numbers.
+    """
+    return y
+
+
+fence.defvjp(lambda y: (y, None), lambda _, dy: (jax.lax.optimization_barrier(dy),))
+
+
 class ScaledDense(nn.Module):
     """Bias-free matmul with an N(0, 1) kernel, output divided by `divisor` (authors' MyConv1d)."""
 
@@ -95,12 +114,14 @@ class ScaledDense(nn.Module):
     divisor: float
     dtype: Any = jnp.float32
     direct_grad: bool = True  # backward via ``matmul``; False: JAX's own rule (see BPUNet)
+    fenced: bool = True  # the output's cotangent behind ``fence`` (False: the readout, see BPUNet)
 
     @nn.compact
     def __call__(self, x_BxNxK: jax.Array) -> jax.Array:
         kernel_KxF = self.param("kernel", nn.initializers.normal(1.0), (x_BxNxK.shape[-1], self.features), jnp.float32)
         product = matmul if self.direct_grad else plain_matmul
         y_BxNxF = product(x_BxNxK.astype(self.dtype), kernel_KxF.astype(self.dtype))
+        y_BxNxF = fence(y_BxNxF) if self.fenced else y_BxNxF
         return y_BxNxF / self.divisor
 
 
@@ -140,7 +161,7 @@ class BPUNet(nn.Module):
             h_BxNxW = norm_gelu(up_BxnxsW.reshape(B, n * s, W), f"up_{i}_norm")
             self.sow("intermediates", "up", h_BxNxW)
         cat_BxDx2W = jnp.concatenate([h_BxNxW, skips.pop()], axis=-1)  # N = D again
-        return ScaledDense(self.v, 2.0 * W, self.dtype, direct_grad=False, name="readout")(cat_BxDx2W)
+        return ScaledDense(self.v, 2.0 * W, self.dtype, direct_grad=False, fenced=False, name="readout")(cat_BxDx2W)
 
 
 def init_std(name: str, shape: tuple[int, ...]) -> float | None:
