@@ -9,8 +9,10 @@ Usage (one script, unattended; prints a table at the end):
 
 Expected run time of the default on the project's 2-core CPU, machine otherwise idle: about
 6 minutes (12 settings, each compiled once, about 5 s to 30 s, then timed for ``--seconds``
-seconds, default 10, at least ``--min-calls`` calls of K = ``--steps-per-call`` steps, default 3
-calls of 10). On a GPU the default grid is W = 256, 1024 and M = 1, 4, 16, 64 with 100 steps per call.
+seconds each, default 10, at least ``--min-calls`` calls of K = ``--steps-per-call`` steps, default
+3 calls of 10). All settings of one width are compiled first and then called in turn, one call
+each per round, so that the ratios between grid sizes (column 'vs M=1') come from one stretch of
+machine load. On a GPU the default grid is W = 256, 1024 and M = 1, 4, 16, 64 with 100 steps per call.
 
 Setting (SPEC section 6): RHM v=n=8, m=3, s=2, L=3, P=1024, batch 64, uniform process T=200,
 bpUNet of width W, Adam; M models (seeds 0..M-1) trained together. Reported per (W, M):
@@ -29,7 +31,7 @@ plus coherence, copies and the train/test losses.
 with bpUNet's kernel gradients formed by JAX's own transpose rule (``bpunet.plain_matmul``, the
 program before issue 12) next to the shipped one (``bpunet.matmul``); rows are marked 'jax-rule'.
 Timings on a shared machine swing with its load: the run prints ``os.getloadavg()`` at the start
-and end of every setting.
+and end of every width.
 """
 from __future__ import annotations
 
@@ -229,25 +231,35 @@ def main() -> None:
     train_rows, eval_rows, failures = [], [], []
     variants = (("shipped", False), ("jax-rule", True)) if args.compare_jax_rule else (("shipped", False),)
     for width in widths:
+        # Every (M, program) of one width is compiled first and then timed call by call in turn,
+        # so the ratios between grid sizes are read on the same machine load (issue 12: timed one
+        # after the other, the same program swung by 25% between settings on the shared CPU).
+        runs, load_before = {}, load()
         for M in models:
             config = make_config(width, M, K, args.eval_samples, args.dtype)
-            load_before = load()
             try:  # unattended: a setting that fails (e.g. out of memory) is reported, the rest still run
-                runs = {name: compile_training(config, jax_rule) for name, jax_rule in variants}
-                measured = time_training(runs, seconds, args.min_calls)
+                for name, jax_rule in variants:
+                    runs[(M, name)] = compile_training(config, jax_rule)
             except Exception as err:  # noqa: BLE001
                 failures.append(f"train W={width} M={M}: {type(err).__name__}: {str(err)[:300]}")
                 print("  FAILED", failures[-1], flush=True)
-                continue
-            for name, row in measured.items():
-                row = dict(width=width, M=M, program=name, load=f"{load_before}->{load()}", **row)
-                row["peak_fraction"] = row["gflops"] * 1e9 / peak
-                row["roofline"] = bandwidth / (BYTES_PER_PARAM_STEP * row["params"])
-                row["roofline_fraction"] = row["model_steps_per_s"] / row["roofline"]
-                train_rows.append(row)
-                print(f"  train W={width} M={M} {name}: {row['model_steps_per_s']:.4g} model-steps/s, "
-                      f"{row['gflops']:.1f} GFLOP/s ({row['peak_fraction']:.2f} of peak), {row['calls']} calls, "
-                      f"compile {row['compile_s']:.1f} s, load {row['load']}", flush=True)
+        if not runs:
+            continue
+        measured = time_training(runs, seconds * len(runs), args.min_calls)
+        width_rows = []
+        for (M, name), row in measured.items():
+            row = dict(width=width, M=M, program=name, load=f"{load_before}->{load()}", **row)
+            row["peak_fraction"] = row["gflops"] * 1e9 / peak
+            row["roofline"] = bandwidth / (BYTES_PER_PARAM_STEP * row["params"])
+            row["roofline_fraction"] = row["model_steps_per_s"] / row["roofline"]
+            width_rows.append(row)
+            print(f"  train W={width} M={M} {name}: {row['model_steps_per_s']:.4g} model-steps/s, "
+                  f"{row['gflops']:.1f} GFLOP/s ({row['peak_fraction']:.2f} of peak), {row['calls']} calls, "
+                  f"compile {row['compile_s']:.1f} s, load {row['load']}", flush=True)
+        smallest = {r["program"]: r for r in sorted(width_rows, key=lambda r: -r["M"])}  # each program's least M
+        for row in width_rows:
+            row["vs_least_M"] = row["model_steps_per_s"] / smallest[row["program"]]["model_steps_per_s"]
+        train_rows.extend(width_rows)
         for M in eval_models:
             try:
                 row = dict(width=width, M=M, samples=args.eval_samples,
@@ -261,12 +273,14 @@ def main() -> None:
 
     print(f"\ntraining (aggregate over the grid; peak = fp32 matmul {peak / 1e9:.1f} GFLOP/s; "
           f"roofline = {bandwidth:.3g} B/s / (40 B x params))")
-    print(f"{'W':>5} {'M':>3} {'program':>9} {'params':>9} {'model-steps/s':>14} {'GFLOP/s':>8} {'of peak':>8} "
-          f"{'GFLOP/step':>11} {'of roofline':>12} {'compile s':>10} {'load':>12}")
+    print("'vs M=1': total model-steps/s over that of the width's smallest M, timed in the same interleaved loop")
+    print(f"{'W':>5} {'M':>3} {'program':>9} {'params':>9} {'model-steps/s':>14} {'vs M=1':>7} {'GFLOP/s':>8} "
+          f"{'of peak':>8} {'GFLOP/step':>11} {'of roofline':>12} {'compile s':>10} {'load':>12}")
     for r in train_rows:
         print(f"{r['width']:>5} {r['M']:>3} {r['program']:>9} {r['params']:>9} {r['model_steps_per_s']:>14.4g} "
-              f"{r['gflops']:>8.1f} {r['peak_fraction']:>8.2f} {r['flops_per_model_step'] / 1e9:>11.3g} "
-              f"{r['roofline_fraction']:>12.3f} {r['compile_s']:>10.1f} {r['load']:>12}")
+              f"{r['vs_least_M']:>7.3f} {r['gflops']:>8.1f} {r['peak_fraction']:>8.2f} "
+              f"{r['flops_per_model_step'] / 1e9:>11.3g} {r['roofline_fraction']:>12.3f} {r['compile_s']:>10.1f} "
+              f"{r['load']:>12}")
     if eval_rows:
         print(f"\nevaluation ({args.eval_samples} samples x 200 sampler steps per model, plus scores and losses)")
         print(f"{'W':>5} {'M':>4} {'seconds':>9} {'s/model':>9} {'compile s':>10}")
