@@ -29,7 +29,8 @@ plus coherence, copies and the train/test losses.
 
 ``--compare-jax-rule`` times, interleaved call by call in the same process, the same program
 with bpUNet's kernel gradients formed by JAX's own transpose rule (``bpunet.plain_matmul``, the
-program before issue 12) next to the shipped one (``bpunet.matmul``); rows are marked 'jax-rule'.
+program before issue 12) next to the shipped one (``bpunet.matmul``, ``thin_matmul``); rows are
+marked 'jax-rule'.
 Timings on a shared machine swing with its load: the run prints ``os.getloadavg()`` at the start
 and end of every width.
 """
@@ -84,13 +85,13 @@ def evaluator_of(config, rules, pool, test, process, network):
 @contextlib.contextmanager
 def kernel_grad_rule(jax_rule: bool):
     """While tracing inside, bpUNet's kernel gradients use JAX's own transpose rule (the old program)."""
-    shipped = bpunet.matmul
+    shipped = bpunet.matmul, bpunet.thin_matmul
     if jax_rule:
-        bpunet.matmul = bpunet.plain_matmul
+        bpunet.matmul = bpunet.thin_matmul = bpunet.plain_matmul
     try:
         yield
     finally:
-        bpunet.matmul = shipped
+        bpunet.matmul, bpunet.thin_matmul = shipped
 
 
 def compile_training(config, jax_rule: bool = False) -> dict:

@@ -422,8 +422,9 @@ def _bpunet_grad(width: int, dtype: str, jax_rule: bool, models: int | None, bat
         return jnp.sum(jax.nn.log_softmax(logits_BxDxV) * weights_V) + jnp.sum(logits_BxDxV**2)
 
     grad = jax.grad(loss) if models is None else jax.vmap(jax.grad(loss))
-    shipped, shipped_fence = bpunet.matmul, bpunet.fence
+    shipped, shipped_thin, shipped_fence = bpunet.matmul, bpunet.thin_matmul, bpunet.fence
     bpunet.matmul = bpunet.plain_matmul if jax_rule else shipped
+    bpunet.thin_matmul = bpunet.plain_matmul if jax_rule else shipped_thin
     bpunet.fence = shipped_fence if fenced else (lambda y: y)
     try:
         keys = jax.random.split(jax.random.key(3), models or 1)
@@ -433,18 +434,27 @@ def _bpunet_grad(width: int, dtype: str, jax_rule: bool, models: int | None, bat
         x_t, t = tokens(5, shape, v), jnp.asarray(np.random.default_rng(6).uniform(size=shape[:-1]), jnp.float32)
         compiled = jax.jit(grad).lower(params, x_t, t).compile()
     finally:
-        bpunet.matmul, bpunet.fence = shipped, shipped_fence
+        bpunet.matmul, bpunet.thin_matmul, bpunet.fence = shipped, shipped_thin, shipped_fence
     return compiled(params, x_t, t), compiled.as_text()
 
 
 @pytest.mark.parametrize("width,dtype,models", [(64, "float32", None), (64, "float32", 1), (64, "float32", 2),
                                                 (256, "float32", 1), (64, "bfloat16", 2)])
 def test_bpunet_gradients_are_bit_identical_to_jax_rule_at_batch_64(width, dtype, models):
-    """At the batch of every experiment (64) and widths in multiples of 64, not one bit moves."""
+    """At the batch of every experiment (64) and widths in multiples of 64, not one bit moves.
+
+    Except in the thin kernels' own gradients (embedding, readout: ``thin_matmul``), which XLA
+    sums over the rows in another order: equal to float32 rounding.
+    """
     ours, _ = _bpunet_grad(width, dtype, False, models)
     reference, _ = _bpunet_grad(width, dtype, True, models)
-    chex.assert_trees_all_equal(ours, reference)
+    thin = lambda tree: {name: tree[name] for name in ("embed", "readout")}
+    rest = lambda tree: {name: leaf for name, leaf in tree.items() if name not in ("embed", "readout")}
+    chex.assert_trees_all_equal(rest(ours), rest(reference))
+    tolerance = dict(rtol=1e-2, atol=1e-2) if dtype == "bfloat16" else dict(rtol=1e-4, atol=1e-5)
+    chex.assert_trees_all_close(thin(ours), thin(reference), **tolerance)
     assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree_util.tree_leaves(ours))
+    assert len(rest(ours)) == 2 * 3 * 2  # down and up kernels and their LayerNorms: the check sees them
 
 
 @pytest.mark.parametrize("width,batch,models", [(16, 8, 2), (48, 16, 1)])

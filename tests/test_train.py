@@ -234,8 +234,9 @@ def test_first_steps_move_each_parameter_by_its_models_warmed_up_lr(setup):
 def _bpunet_training(models: int, jax_rule: bool, steps: int = 3):
     """State after ``steps`` steps of the quick job's setting (v=8, L=3, W=64, batch 64, T=50).
 
-    With ``jax_rule`` bpUNet's kernels are differentiated by JAX's own rule (the program before
-    issue 12); the module global is swapped only while the chunk is traced and compiled.
+    With ``jax_rule`` bpUNet's down and up kernels are differentiated by JAX's own rule (the
+    program before issue 12; the thin kernels keep ``thin_matmul``, whose rounding
+    tests/test_networks.py covers); the module global is swapped only while the chunk is traced.
     """
     config = config_lib.base_config()
     config.process.update(dict(T=50, beta2=0.2))
@@ -264,7 +265,7 @@ def _bpunet_training(models: int, jax_rule: bool, steps: int = 3):
 
 
 def test_bpunet_grid_training_is_bit_identical_to_jax_rule():
-    """A grid (M = 2) trains to the same bits as before the backward products changed (fp32)."""
+    """A grid (M = 2) trains to the same bits with the down/up kernels' products or JAX's (fp32)."""
     ours, reference = _bpunet_training(2, False), _bpunet_training(2, True)
     np.testing.assert_array_equal(ours.step, [3, 3])
     chex.assert_trees_all_equal(ours, reference)

@@ -28,15 +28,17 @@ follow the authors: the first up block concatenates the bottleneck with itself, 
 down-path activation of matching length, the readout the embedding; the upsampled signal comes
 first in each concatenation.
 
-Backward pass: the down and up kernels (sW x W and 2W x sW) are differentiated through
-``matmul``, whose products avoid transposing a kernel on XLA's CPU backend (issue 12: one model
-at W = 1024 trained at half the per-model rate of a vmapped grid). The embedding and the
-readout (v x W and 2W x v) keep JAX's own rule: their transposes cost nothing, and XLA computes
-such thin products with a summation order that depends on the operand order, so swapping them
-would change results in the last bits. Every layer but the readout puts its output's cotangent
-behind ``fence``, so the elementwise backward of the next layer is not evaluated inside a
-transpose; the readout's cotangent (the loss gradient) is left as it was, because behind a fence
-XLA orders the readout's thin products differently (grid results moved in the last bits).
+Backward pass (issue 12: on XLA's CPU backend one model trained at half the per-model rate of
+a vmapped grid, and a grid lost time to one generic dot): the down and up kernels (sW x W and
+2W x sW) are differentiated through ``matmul``, whose products transpose activations, never a
+kernel; the thin embedding and readout kernels (C x W, 2W x V) through ``thin_matmul``, which
+keeps JAX's own input gradient and forms only the kernel gradient as ``matmul`` does. Gradients
+are bit-identical to JAX's rule at batch 64 and widths in multiples of 64, except the thin
+kernels' own (float32 rounding: XLA sums their rows in another order). Every layer but the
+readout puts its output's cotangent behind ``fence``, so the elementwise backward of the next
+layer is not evaluated inside a transpose; the readout's cotangent (the loss gradient) is left
+as it is, because behind a fence XLA orders the readout's products differently and every
+gradient moved in the last bits.
 """
 from __future__ import annotations
 
@@ -77,18 +79,45 @@ def _matmul_fwd(x_BxNxK: jax.Array, kernel_KxF: jax.Array) -> tuple[jax.Array, t
     return plain_matmul(x_BxNxK, kernel_KxF), (x_BxNxK, kernel_KxF)
 
 
+def _kernel_grad(x_BxNxK: jax.Array, dy_BxNxF: jax.Array) -> jax.Array:
+    """x^T dy summed over every row (KxF), accumulated in float32 as JAX's rule does."""
+    rows = tuple(range(x_BxNxK.ndim - 1))
+    return jax.lax.dot_general(x_BxNxK, dy_BxNxF, ((rows, rows), ((), ())), preferred_element_type=jnp.float32)
+
+
 def _matmul_bwd(res: tuple[jax.Array, jax.Array], dy_BxNxF: jax.Array) -> tuple[jax.Array, jax.Array]:
     x_BxNxK, kernel_KxF = res
-    rows = tuple(range(x_BxNxK.ndim - 1))
     # dtypes as in JAX's rule: accumulate in float32, then cast to each operand's dtype
     dx_KxBxN = jax.lax.dot_general(kernel_KxF, dy_BxNxF, (((1,), (dy_BxNxF.ndim - 1,)), ((), ())),
                                    preferred_element_type=jnp.float32)
-    dkernel_KxF = jax.lax.dot_general(x_BxNxK, dy_BxNxF, ((rows, rows), ((), ())),
-                                      preferred_element_type=jnp.float32)
+    dkernel_KxF = _kernel_grad(x_BxNxK, dy_BxNxF)
     return jnp.moveaxis(dx_KxBxN, 0, -1).astype(x_BxNxK.dtype), dkernel_KxF.astype(kernel_KxF.dtype)
 
 
 matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+@jax.custom_vjp
+def thin_matmul(x_BxNxK: jax.Array, kernel_KxF: jax.Array) -> jax.Array:
+    """``plain_matmul`` for a thin kernel (the embedding's C x W, the readout's 2W x V).
+
+    The input gradient is JAX's own ``dy kernel^T`` (a thin kernel's transpose costs nothing, and
+    this keeps every gradient that flows back through the readout bit-identical to JAX's rule);
+    the kernel gradient is ``x^T dy`` as in ``matmul``: in a vmapped grid JAX's ``(dy^T x)^T`` was
+    the one batched dot XLA's CPU backend left to its slow generic kernel (about 7% of a W=256
+    model-step at M >= 2). Only the thin kernels' own gradients change, in float32 rounding.
+    """
+    return plain_matmul(x_BxNxK, kernel_KxF)
+
+
+def _thin_matmul_bwd(res: tuple[jax.Array, jax.Array], dy_BxNxF: jax.Array) -> tuple[jax.Array, jax.Array]:
+    x_BxNxK, kernel_KxF = res
+    dx_BxNxK = jax.lax.dot_general(dy_BxNxF, kernel_KxF, (((dy_BxNxF.ndim - 1,), (1,)), ((), ())),
+                                   preferred_element_type=jnp.float32)
+    return dx_BxNxK.astype(x_BxNxK.dtype), _kernel_grad(x_BxNxK, dy_BxNxF).astype(kernel_KxF.dtype)
+
+
+thin_matmul.defvjp(_matmul_fwd, _thin_matmul_bwd)
 
 
 @jax.custom_vjp
@@ -113,13 +142,13 @@ class ScaledDense(nn.Module):
     features: int
     divisor: float
     dtype: Any = jnp.float32
-    direct_grad: bool = True  # backward via ``matmul``; False: JAX's own rule (see BPUNet)
+    thin: bool = False  # a thin kernel (embedding, readout): ``thin_matmul``, else ``matmul``
     fenced: bool = True  # the output's cotangent behind ``fence`` (False: the readout, see BPUNet)
 
     @nn.compact
     def __call__(self, x_BxNxK: jax.Array) -> jax.Array:
         kernel_KxF = self.param("kernel", nn.initializers.normal(1.0), (x_BxNxK.shape[-1], self.features), jnp.float32)
-        product = matmul if self.direct_grad else plain_matmul
+        product = thin_matmul if self.thin else matmul
         y_BxNxF = product(x_BxNxK.astype(self.dtype), kernel_KxF.astype(self.dtype))
         y_BxNxF = fence(y_BxNxF) if self.fenced else y_BxNxF
         return y_BxNxF / self.divisor
@@ -144,7 +173,7 @@ class BPUNet(nn.Module):
     def __call__(self, feats_BxDxC: jax.Array) -> jax.Array:
         s, W = self.s, self.width
         B, D, C = feats_BxDxC.shape
-        embed = ScaledDense(W, np.sqrt(C), self.dtype, direct_grad=False, name="embed")
+        embed = ScaledDense(W, np.sqrt(C), self.dtype, thin=True, name="embed")
         h_BxNxW = jax.nn.gelu(embed(feats_BxDxC), approximate=False)
         skips = [h_BxNxW]  # N: the current length, d / s**level
         for i in range(self.L):
@@ -161,7 +190,7 @@ class BPUNet(nn.Module):
             h_BxNxW = norm_gelu(up_BxnxsW.reshape(B, n * s, W), f"up_{i}_norm")
             self.sow("intermediates", "up", h_BxNxW)
         cat_BxDx2W = jnp.concatenate([h_BxNxW, skips.pop()], axis=-1)  # N = D again
-        return ScaledDense(self.v, 2.0 * W, self.dtype, direct_grad=False, fenced=False, name="readout")(cat_BxDx2W)
+        return ScaledDense(self.v, 2.0 * W, self.dtype, thin=True, fenced=False, name="readout")(cat_BxDx2W)
 
 
 def init_std(name: str, shape: tuple[int, ...]) -> float | None:
