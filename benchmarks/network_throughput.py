@@ -11,7 +11,8 @@ random tokens. The loss is the uniform process's D3PM loss (T=200). One model: `
 1024 sequences with 200 ancestral steps for one model (its per-step cost is constant, so
 ``--sample-steps k`` times the k-step run and scales it to 200; the printout says which).
 Reference (SPEC section 6, authors' PyTorch, one model): 152 steps/s and 2.3 s per evaluation on
-an H100; 1.45 steps/s at W=1024 on the project's 2-core CPU.
+an H100. Against their code on this CPU, time both in one sitting: ``benchmarks/side_by_side.sh``
+(a figure from another day is off by as much as the machine swings, 30% here).
 """
 from __future__ import annotations
 
@@ -27,7 +28,6 @@ from rhm_jax import diffusion, networks
 
 V, S, L = 8, 2, 3
 REF_H100_STEPS = 152.0
-REF_CPU_STEPS = 1.45
 REF_H100_EVAL_S = 2.3
 
 
@@ -113,7 +113,6 @@ def main() -> None:
         steps = max(2, args.model_steps // models)
         rate = time_training(net, process, models, args.batch, steps)
         print(f"M={models:3d}: {rate:8.3f} steps/s = {rate * models:8.2f} model-steps/s over {steps} steps; "
-              f"x{rate * models / REF_CPU_STEPS:.2f} the authors' code on this CPU at W=1024 ({REF_CPU_STEPS}), "
               f"x{rate * models / REF_H100_STEPS:.4f} their H100 ({REF_H100_STEPS:.0f})", flush=True)
     if args.sample_steps == 0:
         print("sampling: skipped (--sample-steps 0)")
