@@ -246,7 +246,12 @@ def main() -> None:
                 print("  FAILED", failures[-1], flush=True)
         if not runs:
             continue
-        measured = time_training(runs, seconds * len(runs), args.min_calls)
+        try:  # a call that fails (e.g. out of memory with every M of the width held at once) ends the width only
+            measured = time_training(runs, seconds * len(runs), args.min_calls)
+        except Exception as err:  # noqa: BLE001
+            failures.append(f"train W={width} M={sorted({M for M, _ in runs})}: {type(err).__name__}: {str(err)[:300]}")
+            print("  FAILED", failures[-1], flush=True)
+            continue
         width_rows = []
         for (M, name), row in measured.items():
             row = dict(width=width, M=M, program=name, load=f"{load_before}->{load()}", **row)
@@ -274,7 +279,7 @@ def main() -> None:
 
     print(f"\ntraining (aggregate over the grid; peak = fp32 matmul {peak / 1e9:.1f} GFLOP/s; "
           f"roofline = {bandwidth:.3g} B/s / (40 B x params))")
-    print("'vs M=1': total model-steps/s over that of the width's smallest M, timed in the same interleaved loop")
+    print("'vs M=1': total model-steps/s over that of the width's smallest M (M=1 by default), timed in the same loop")
     print(f"{'W':>5} {'M':>3} {'program':>9} {'params':>9} {'model-steps/s':>14} {'vs M=1':>7} {'GFLOP/s':>8} "
           f"{'of peak':>8} {'GFLOP/step':>11} {'of roofline':>12} {'compile s':>10} {'load':>12}")
     for r in train_rows:
