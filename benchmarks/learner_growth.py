@@ -3,6 +3,7 @@
 Usage:
     python benchmarks/learner_growth.py                      # writes docs/results/learner_growth/
     python benchmarks/learner_growth.py --quick --out /tmp/g # L = 4, m = 2, one seed: seconds
+    python benchmarks/learner_growth.py --tables-only         # table.md again from thresholds.jsonl
 
 Per (L, m, context 'tokens' / 'labels', grammar seed 0, 1, 2; data seed = grammar seed, one learner
 seed equal to it) the learner (``rhm_jax.clustering.run_grid``) reads the first P rows of one pool
@@ -18,15 +19,17 @@ level map) beside v m^(l+1), and the per-seed ratios P*_(l+1) / P*_l against m. 
 restarts (the learner's default is 32; halved to keep the run near 10 minutes on the shared 2-core
 CPU), 30 Lloyd iterations.
 
-Writes ``table.md`` (the tables), ``rows.jsonl`` (one row per learner and P), ``thresholds.jsonl``
+Writes ``table.md`` (the tables, and the level map: P* of validity_(l+1) and of validity_l over
+P* of accuracy_l), ``rows.jsonl`` (one row per learner and P), ``thresholds.jsonl``
 (one per seed, quantity, level) and ``provenance.json`` (versions, git revision, date, host, load
-average, wall time). Expected: about 10 minutes on the shared 2-core CPU (load average ~2).
+average, wall time). Measured: 12 minutes on the shared 2-core CPU at load average ~10 (other
+sessions' jobs); expect less on an idle machine.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import platform
 import time
 
 import jax
@@ -63,6 +66,11 @@ def learner_rows(L: int, m: int, seed: int, context: str, P_K: np.ndarray, pool_
     return rows
 
 
+def _value(P_star: float | None) -> float:
+    """P* as a float, NaN for a missing one (thresholds.jsonl stores NaN as null)."""
+    return float("nan") if P_star is None else float(P_star)
+
+
 def _cell(values: list[float], censored: list[str]) -> str:
     """'median (min-max)' of the finite per-seed values, with how many seeds were censored."""
     finite = [x for x in values if np.isfinite(x)]
@@ -87,7 +95,7 @@ def tables(thresholds: list[dict]) -> list[str]:
     def get(context, L, m, quantity, level):
         found = sorted((t for t in thresholds if (t["context"], t["L"], t["m"], t["quantity"], t["level"]) ==
                         (context, L, m, quantity, level)), key=lambda t: t["grammar_seed"])
-        return [t["P_star"] for t in found], [t["censored"] for t in found]
+        return [_value(t["P_star"]) for t in found], [t["censored"] for t in found]
 
     lines, growth = [], []
     for context in clustering.CONTEXTS:
@@ -114,17 +122,64 @@ def tables(thresholds: list[dict]) -> list[str]:
                 if all_ratios:
                     growth.append((context, L, m, float(np.exp(np.mean(np.log(all_ratios)))), min(all_ratios),
                                    max(all_ratios), len(all_ratios)))
+    lines += level_map(thresholds)
     lines += ["\n### Growth per level of P*(accuracy_l), all levels and seeds pooled (theory: m)\n",
               "| context | L | m | geometric mean ratio | range | ratios |", "| --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {c} | {L} | {m} | {g:.2f} | {lo:.1f}-{hi:.1f} | {n} |" for c, L, m, g, lo, hi, n in growth]
     return lines
 
 
+def level_map(thresholds: list[dict]) -> list[str]:
+    """Markdown lines: per context, P*(validity_(l+1)) / P*(accuracy_l) and P*(validity_l) / P*(accuracy_l)."""
+    table = {(t["context"], t["L"], t["m"], t["grammar_seed"], t["quantity"], t["level"]): _value(t["P_star"])
+             for t in thresholds}
+    lines = ["\n### Level map: the learner's validity against its accuracy (per seed, level, L, m)\n",
+             "| context | P*(validity_(l+1)) / P*(accuracy_l) | P*(validity_l) / P*(accuracy_l) |",
+             "| --- | --- | --- |"]
+    for context in clustering.CONTEXTS:
+        cells = []
+        for shift in (1, 0):
+            r = [table.get((c, L, m, seed, "validity", level + shift), np.nan) / P
+                 for (c, L, m, seed, quantity, level), P in table.items() if c == context and quantity == "accuracy"]
+            r = [x for x in r if np.isfinite(x)]
+            cells.append(f"median {np.median(r):.2f}, range {min(r):.2f}-{max(r):.2f} ({len(r)} pairs)" if r else "-")
+        lines.append(f"| {context} | {cells[0]} | {cells[1]} |")
+    return lines
+
+
+def write_table(out: str, found: list[dict], grids: dict, wall: float, load: float, cpus: int | None) -> None:
+    """Print the tables and write them to ``out``/table.md."""
+    seeds = sorted({t["grammar_seed"] for t in found})
+    lines = ["# The clustering learner's threshold growth per level", "",
+             "Made by `benchmarks/learner_growth.py` (its docstring holds the method). P = 2 ... "
+             + ", ".join(f"{grid[-1]} (L={L})" for L, grid in grids.items()) + ", 2 points "
+             f"per octave; {NUM_SAMPLES} generated samples per learner; k-means with {RESTARTS} restarts, {ITERATIONS} "
+             f"iterations; grammar seeds {', '.join(map(str, seeds))} (data seed and learner seed equal to it). "
+             "Cells: median (min-max) over grammar seeds of P*, where the normalized curve last rises through "
+             "1/2; 'k/3 above' = not reached by the largest P for k seeds, 'below' = above 1/2 at every P. "
+             "accuracy_l and validity_(l+1) need the same clustered level l, whose theory is v m^(l+1). "
+             "Ratios: per seed, where both are finite.",
+             *tables(found), "",
+             f"Wall time {wall / 60:.1f} min; load average at the end {load:.2f} ({cpus} CPUs, shared)."]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    with open(os.path.join(out, "table.md"), "w") as f:
+        f.write(text)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="docs/results/learner_growth")
     parser.add_argument("--quick", action="store_true", help="L = 4, m = 2, one seed, P up to 4096")
+    parser.add_argument("--tables-only", action="store_true",
+                        help="rewrite OUT/table.md from OUT/thresholds.jsonl and provenance.json, learning nothing")
     args = parser.parse_args(argv)
+    if args.tables_only:
+        found = results.read_rows(os.path.join(args.out, "thresholds.jsonl"))
+        with open(os.path.join(args.out, "provenance.json")) as f:
+            run = json.load(f)
+        write_table(args.out, found, run["p_grid"], run["wall_s"], run["load_average"][0], run["cpus"])
+        return 0
     Ls, ms, seeds = ((4,), (2,), (0,)) if args.quick else (LS, MS, SEEDS)
     p_max = {L: 4096 if args.quick else P_MAX[L] for L in Ls}
     os.makedirs(args.out, exist_ok=True)
@@ -146,27 +201,13 @@ def main(argv=None) -> int:
                           + ", ".join("above" if not np.isfinite(x) else f"{x:.0f}" for x in acc)
                           + f"   [{time.time() - start:.0f} s]", flush=True)
     wall = time.time() - start
-    lines = ["# The clustering learner's threshold growth per level", "",
-             f"Made by `benchmarks/learner_growth.py` (its docstring holds the method). P = 2 ... "
-             + ", ".join(f"{p_max[L]} (L={L})" for L in Ls) + ", 2 points "
-             f"per octave; {NUM_SAMPLES} generated samples per learner; k-means with {RESTARTS} restarts, {ITERATIONS} "
-             f"iterations; grammar seeds {', '.join(map(str, seeds))} (data seed and learner seed equal to it). "
-             "Cells: median (min-max) over grammar seeds of P*, where the normalized curve last rises through "
-             "1/2; 'k/3 above' = not reached by the largest P for k seeds. accuracy_l and validity_(l+1) need "
-             "the same clustered level l, whose theory is v m^(l+1). Ratios: per seed, where both are finite.",
-             *tables(found), "",
-             f"Wall time {wall / 60:.1f} min; load average at the end {os.getloadavg()[0]:.2f} "
-             f"({os.cpu_count()} CPUs, {platform.processor() or platform.machine()})."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    with open(os.path.join(args.out, "table.md"), "w") as f:
-        f.write(text)
+    write_table(args.out, found, {L: p_grid(p_max[L]).tolist() for L in Ls}, wall, os.getloadavg()[0], os.cpu_count())
     results.write_rows(os.path.join(args.out, "rows.jsonl"), rows)
     results.write_rows(os.path.join(args.out, "thresholds.jsonl"), found)
     results.write_json_atomic(os.path.join(args.out, "provenance.json"),
                               dict(results.provenance(), wall_s=round(wall, 1), load_average=os.getloadavg(),
-                                   cpus=os.cpu_count(), p_grid={L: p_grid(p_max[L]).tolist() for L in Ls}, num_samples=NUM_SAMPLES,
-                                   restarts=RESTARTS, iterations=ITERATIONS))
+                                   cpus=os.cpu_count(), p_grid={L: p_grid(p_max[L]).tolist() for L in Ls},
+                                   num_samples=NUM_SAMPLES, restarts=RESTARTS, iterations=ITERATIONS))
     return 0
 
 
