@@ -248,9 +248,9 @@ def write_markdown(workdirs: Sequence[str], df: pd.DataFrame, out: str, paths: l
                           "(`make_report(extra_thresholds=...)`), with the definitions of their source. " + learner,
                           markdown_table(shown))
     if accuracy := clustering.report_thresholds(workdirs, "accuracy"):  # a different quantity: its own table
+        accuracy = pd.DataFrame(accuracy).assign(workdir=lambda d: d["workdir"].map(figures.label))
         lines += _section("The clustering learner's accuracy thresholds (not validity; not on the P figure)",
-                          clustering.ACCURACY_READING,
-                          markdown_table(pd.DataFrame(accuracy).assign(workdir=lambda d: d["workdir"].map(figures.label))))
+                          clustering.ACCURACY_READING, markdown_table(accuracy))
     lines += _section("Ratios P*_(l+1) / P*_l (normalized thresholds; theory: m)",
                       "`ratio`: of the pooled thresholds above; `ratio_mean`/`ratio_std`: over seeds.",
                       markdown_table(ratios))
