@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         print("  " + ", ".join(f"{k}={v}" for k, v in where.items()))
         for t in clustering.thresholds(part):
             value = f"{t['P_star']:.0f}" if t["censored"] == "" else f"- ({t['censored']})"
-            print(f"  {t['quantity']:>14} level {t['level']}: P* = {value:>12}   v m^(l+1) = {t['theory']:.0f}")
+            print(f"  {t['quantity']:>14} level {t['level']}: P* = {value:>12}   "
+                  f"v m^{t['clustered'] + 1} = {t['theory']:.0f} (needs level {t['clustered']} clustered)")
     return 0
 
 

@@ -4,7 +4,7 @@
 
 Re-running resumes (or, when finished, only redraws the report). The clustering learner
 (``rhm_jax.clustering``, seconds) runs on the same training rows, so the report draws its
-thresholds beside the bpUNets'.
+validity thresholds beside the bpUNets' (its accuracy thresholds get a table of their own).
 """
 from __future__ import annotations
 

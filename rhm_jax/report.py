@@ -247,6 +247,10 @@ def write_markdown(workdirs: Sequence[str], df: pd.DataFrame, out: str, paths: l
         lines += _section("Other thresholds drawn on the P figure", "Thresholds handed to the report "
                           "(`make_report(extra_thresholds=...)`), with the definitions of their source. " + learner,
                           markdown_table(shown))
+    if accuracy := clustering.report_thresholds(workdirs, "accuracy"):  # a different quantity: its own table
+        accuracy = pd.DataFrame(accuracy).assign(workdir=lambda d: d["workdir"].map(figures.label))
+        lines += _section("The clustering learner's accuracy thresholds (not validity; not on the P figure)",
+                          clustering.ACCURACY_READING, markdown_table(accuracy))
     lines += _section("Ratios P*_(l+1) / P*_l (normalized thresholds; theory: m)",
                       "`ratio`: of the pooled thresholds above; `ratio_mean`/`ratio_std`: over seeds.",
                       markdown_table(ratios))
@@ -318,7 +322,8 @@ def make_report(workdirs: Sequence[str], out: str | None = None, method: str = "
     ``time_axis``: 'epoch' (the paper's unit) or 'step'; ``extra_thresholds``: a table with
     columns label, level, P_star (and workdir) of thresholds from elsewhere, drawn on the P figure
     and listed in the report; by default the clustering learner's, where ``launch.cluster`` stored
-    them in the work directories (``clustering.report_thresholds``).
+    them in the work directories (``clustering.report_thresholds``: its validity, like for like; its
+    accuracy thresholds get a table of their own).
     """
     workdirs = [str(w) for w in ([workdirs] if isinstance(workdirs, (str, os.PathLike)) else workdirs)]
     if not workdirs:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from launch import cluster as launch_cluster
-from rhm_jax import analysis, clustering, data, grammar, lock, program
+from rhm_jax import analysis, clustering, coherence, data, grammar, lock, program, results
 from rhm_jax import config as config_lib
 from test_analysis import quick_rows
 
@@ -28,6 +28,7 @@ def grid_rows(g, pool, P_list, seed=0):
             row[f"accuracy_l{level}"] = float(out["accuracy"][i, level - 1])
             row[f"accuracy_chance_l{level}"] = float(chance[level - 1])
         for level in range(1, g.L + 1):
+            row[f"validity_l{level}"] = float(out["validity"][i, level - 1])
             row[f"validity_novel_l{level}"] = float(out["validity_novel"][i, level - 1])
         rows.append(row)
     return rows, out
@@ -84,6 +85,50 @@ def test_thresholds_rise_with_the_level_and_are_printed_beside_v_m_l_plus_1(full
         assert 2 <= first["P_star"] < second["P_star"] <= 8192
         # every level is exact from some P on: accuracy 1 at the largest P of the grid
         assert rows[-2]["accuracy_l1"] == rows[-2]["accuracy_l2"] == 1.0
+
+
+def test_thresholds_are_labelled_by_quantity_with_the_level_they_need_clustered(full, tmp_path):
+    g, pool, rows, out = full[0]
+    table = clustering.thresholds(rows, ("accuracy", "validity"))
+    assert [(t["quantity"], t["level"], t["clustered"]) for t in table] == [
+        ("accuracy", 1, 1), ("accuracy", 2, 2), ("validity", 1, 0), ("validity", 2, 1), ("validity", 3, 2)]
+    assert [t["theory"] for t in table] == [g.v * g.m ** (t["clustered"] + 1) for t in table]
+    assert table[2]["censored"] == "below"  # validity_1 is 1 at any P: observed tuples only
+    results.write_rows(clustering.path(str(tmp_path)), rows)
+    drawn = clustering.report_thresholds([str(tmp_path)])  # the P figure's: validity, like the networks'
+    assert [(r["label"], r["quantity"], r["level"]) for r in drawn] == [
+        ("clustering learner (tokens) validity", "validity", level) for level in (1, 2, 3)]
+    assert [r["P_star"] for r in drawn[1:]] == [t["P_star"] for t in table[3:]]
+    accuracy = clustering.report_thresholds([str(tmp_path)], "accuracy")
+    assert [(r["label"], r["level"], r["P_star"]) for r in accuracy] == [
+        ("clustering learner (tokens) accuracy", t["level"], t["P_star"]) for t in table[:2]]
+    with pytest.raises(ValueError, match="quantity must be one of"):
+        clustering.report_thresholds([str(tmp_path)], "copies")
+
+
+def test_validity_l_needs_level_l_minus_1_clustered_whatever_level_l(full):
+    """The level map: a generated level-l node is valid once levels 1..l-1 are clustered right."""
+    g, pool, rows, out = full[0]
+    learned = jax.tree.map(lambda x: x[-1], out["learned"])  # all sequences: every level exact
+    rng = np.random.default_rng(0)
+
+    def per_level(scrambled_level=None):
+        labels = list(learned.labels)
+        if scrambled_level is not None:  # random classes for the observed codes of one level
+            label = np.asarray(labels[scrambled_level - 1])
+            labels[scrambled_level - 1] = np.where(label < g.v, rng.integers(0, g.v, label.shape), g.v).astype(np.int32)
+        tokens = clustering.generate(learned.replace(labels=tuple(labels)), jax.random.key(1), 1024, g.v, g.s, g.L)
+        return np.asarray(coherence.validity(g, tokens).per_level.mean(0))
+
+    np.testing.assert_array_equal(per_level(), 1.0)
+    top = per_level(2)  # level 2 wrong, level 1 exact: level-2 nodes all valid, the root's children not
+    assert top[0] == top[1] == 1.0 and top[2] < 0.75, top
+    low = per_level(1)  # level 1 wrong: level-2 nodes valid only by chance
+    assert low[0] == 1.0 and low[1] < 0.75, low
+    # on the learner's own curve (measured 139 < 231 <= 560): validity_3 passes 1/2 once level 2 is
+    # partly clustered, after level 1 is and no later than level 2's accuracy does
+    table = {(t["quantity"], t["level"]): t["P_star"] for t in clustering.thresholds(rows, ("accuracy", "validity"))}
+    assert table["accuracy", 1] < table["validity", 3] <= table["accuracy", 2], table
 
 
 def test_generated_tuples_are_observed_ones(full):

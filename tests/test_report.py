@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from launch import report as launch_report
-from rhm_jax import analysis, clustering, figures, report, results
+from rhm_jax import analysis, clustering, figures, report, results, theory
 from test_analysis import quick_rows, synthetic_metrics, write_workdir
 
 
@@ -132,16 +132,26 @@ def test_report_of_the_quick_rows_shows_normalized_thresholds_and_every_reading(
 
 
 def test_the_clustering_learners_stored_thresholds_are_drawn_by_default(tmp_path):
+    """The P figure gets the learner's validity (like the networks'); its accuracy gets a table of its own."""
     workdir = write_workdir(tmp_path / "quick", quick_rows())
+    chance = theory.uniform_validity(8, 3, 2, 3, 8)
     learner = [dict(learner="clustering", context="tokens", P=P, seed=0, v=8, n=8, m=3, s=2, L=3, grammar_seed=0,
-                    data_seed=0, accuracy_l1=a1, accuracy_chance_l1=0.25, accuracy_l2=a2, accuracy_chance_l2=0.125)
-               for P, a1, a2 in [(32, 0.25, 0.125), (128, 0.625, 0.125), (512, 1.0, 0.5625), (1024, 1.0, 1.0)]]
+                    data_seed=0, accuracy_l1=a1, accuracy_chance_l1=0.25, accuracy_l2=a2, accuracy_chance_l2=0.125,
+                    validity_l1=1.0, validity_l2=chance[1] + y2 * (1 - chance[1]),
+                    validity_l3=chance[2] + y3 * (1 - chance[2]))
+               for P, a1, a2, y2, y3 in [(32, 0.25, 0.125, 0.0, 0.0), (128, 0.625, 0.125, 0.5, 0.0),
+                                         (512, 1.0, 0.5625, 1.0, 1.0), (1024, 1.0, 1.0, 1.0, 1.0)]]
     results.write_rows(clustering.path(workdir), learner)
     paths = report.make_report(workdir, str(tmp_path / "out"), at="best")
     text = open(paths["report"][0]).read()
-    assert "| clustering learner (tokens) | 1 | 128 |" in text  # normalized 0.5 exactly at P = 128
-    assert "| clustering learner (tokens) | 2 | 512 |" in text
-    assert clustering.READING in text
+    drawn, accuracy = text.split("## Other thresholds drawn on the P figure")[1].split(
+        "## The clustering learner's accuracy thresholds")[:2]
+    assert "| clustering learner (tokens) validity | validity | 2 | 128 |" in drawn  # normalized 0.5 at P = 128
+    assert "| clustering learner (tokens) validity | validity | 3 | 256 |" in drawn  # halfway 128..512 in log P
+    assert "accuracy |" not in drawn and clustering.READING in drawn
+    assert "| clustering learner (tokens) accuracy | accuracy | 1 | 128 |" in accuracy  # normalized 0.5 at P = 128
+    assert "| clustering learner (tokens) accuracy | accuracy | 2 | 512 |" in accuracy
+    assert clustering.ACCURACY_READING in accuracy
 
 
 def test_one_p_run_gets_reasons_and_no_p_figure(tmp_path):

@@ -44,12 +44,28 @@ clusters of level l-1 are pure. Thresholds (``thresholds``) are where a normaliz
 learner seeds, last rises through 1/2 (log-linear between grid points): (A_l - A_l^rand) /
 (1 - A_l^rand) with A_l^rand the accuracy of uniformly random labels (``chance_accuracy``), and
 (V_l - V_l^unif) / (1 - V_l^unif) with ``theory.uniform_validity``.
+
+**Level map (which quantity meets which v m**(l+1)).** The theory's v m**(l+1) is the P at which
+level-l synonyms (the s-tuples of level-(l-1) symbols that one level-l symbol produces) become
+separable: the learner's ``accuracy_l``. A level-l node of a generated sequence is an observed
+level-l code whose s labels are each expanded into an observed member code of their cluster, and so
+on down. If the clusters of levels 1..l-1 are pure, every expansion of a label has the true symbol
+the label stands for, so the node's children carry the symbols of an observed, hence valid, tuple:
+the node is valid whatever the level-l clustering. If level l-1 is mixed, a label expands into
+tuples of several true symbols and the node is valid only by chance. So ``validity_l`` is decided
+by level l-1's clustering, like ``accuracy_(l-1)``, at v m**l (``clustered_level``; ``thresholds``
+gives each reading its ``clustered`` level and ``theory`` = v m**(clustered+1)); ``validity_1`` is
+1 at any P. Measured (docs/learner.md): P*(validity_(l+1)) / P*(accuracy_l) has median 0.8 (tokens)
+and 1.0 (labels) over L = 4, 5 grammars, P*(validity_l) / P*(accuracy_l) 0.1 and 0.4. The networks'
+validity_l is set beside v m**(l+1) (SPEC section 5): on the P figure the learner's validity_l sits
+beside the networks' validity_l, like for like, and the level offset between them is a measured
+result, not a relabelling.
 """
 from rhm_jax.clustering.learner import CONTEXTS, Learned, generate, learn
 from rhm_jax.clustering.measure import accuracy, chance_accuracy, confusion, run_grid, score
-from rhm_jax.clustering.readout import (READING, crossing, curves, load, normalized, path, report_thresholds,
-                                        run_sweep, sweep_data, thresholds)
+from rhm_jax.clustering.readout import (ACCURACY_READING, QUANTITIES, READING, clustered_level, crossing, curves,
+                                        load, normalized, path, report_thresholds, run_sweep, sweep_data, thresholds)
 
-__all__ = ["CONTEXTS", "READING", "Learned", "accuracy", "chance_accuracy", "confusion", "crossing", "curves", "generate",
-           "learn", "load", "normalized", "path", "report_thresholds", "run_grid", "run_sweep", "score",
-           "sweep_data", "thresholds"]
+__all__ = ["ACCURACY_READING", "CONTEXTS", "QUANTITIES", "READING", "Learned", "accuracy", "chance_accuracy",
+           "clustered_level", "confusion", "crossing", "curves", "generate", "learn", "load", "normalized", "path",
+           "report_thresholds", "run_grid", "run_sweep", "score", "sweep_data", "thresholds"]

@@ -16,9 +16,19 @@ from rhm_jax.grammar import Grammar
 
 READING = ("Clustering learner (`rhm_jax.clustering`, no network, `python -m launch.cluster`): on the same "
            "training rows, s-tuples are clustered level by level by the distribution of their sibling blocks' "
-           "tokens (or labels); P* is where its normalized accuracy (A_l - A_l^rand) / (1 - A_l^rand) last rises "
-           "through 1/2, A_l being the share of level-l subtrees whose learned class matches their true symbol "
-           "and A_l^rand that of random labels; mean over learner seeds.")
+           "tokens (or labels), and sequences are generated from the learned grammar. Beside the networks' "
+           "validity it shows its own **validity** (label '... validity'): P* is where the normalized validity "
+           "(V_l - V_l^unif) / (1 - V_l^unif) of its samples last rises through 1/2, the networks' reading; "
+           "mean over learner seeds. Level map: its validity_l needs only levels 1..l-1 clustered, so it "
+           "tracks its accuracy_(l-1) and the theory's v m^l (`theory`), one level below the v m^(l+1) "
+           "set beside the networks' validity_l.")
+ACCURACY_READING = ("Clustering learner's **accuracy** (label '... accuracy', not validity, not drawn on the P "
+                    "figure): A_l is the share of level-l subtrees whose learned class matches their true "
+                    "symbol (classes matched by mutual majority, exact from the rules), A_l^rand that of random "
+                    "labels; P* is where (A_l - A_l^rand) / (1 - A_l^rand) last rises through 1/2, mean over "
+                    "learner seeds. accuracy_l is the theory's level-l clustering, `theory` = v m^(l+1); it "
+                    "shows in the learner's samples as validity_(l+1).")
+QUANTITIES = ("accuracy", "validity", "validity_novel")
 _CURVE_KEYS = ("v", "n", "m", "s", "L", "grammar_seed", "data_seed", "context")  # one learner curve
 
 
@@ -135,14 +145,29 @@ def crossing(P_K: np.ndarray, y_K: np.ndarray) -> tuple[float, str]:
     return float(10 ** (x0 + (0.5 - y0) / (y1 - y0) * (x1 - x0))), ""
 
 
+def clustered_level(quantity: str, level: int) -> int:
+    """The learner's clustered level that decides its ``quantity``_l<level>: l for accuracy, l-1 for validity.
+
+    A generated level-l node is an observed level-l code (an s-tuple of level-(l-1) labels) whose
+    labels are expanded into observed member codes: it is valid once the level-(l-1) clusters (and
+    those below) are pure, whatever the level-l clustering, so validity_l tracks accuracy_(l-1).
+    """
+    if quantity not in QUANTITIES:
+        raise ValueError(f"quantity must be one of {QUANTITIES}, got {quantity!r}")
+    return level if quantity == "accuracy" else level - 1
+
+
 def thresholds(rows: Sequence[dict], quantities: Sequence[str] = ("accuracy", "validity_novel")) -> list[dict]:
     """P* of the learner per quantity ('accuracy', 'validity', 'validity_novel') and level, on normalized curves.
 
-    ``theory`` is v m**(l+1). Accuracy is the learner's own readout; its sample validity at level
-    l >= 2 mostly reflects the purity of the clusters of level l-1 (see the module docstring).
+    Each dict: ``quantity``, ``level``, ``P_star``, ``censored``, ``clustered`` (the clustered
+    level that decides the reading, ``clustered_level``) and ``theory`` = v m**(clustered+1): v
+    m**(l+1) for accuracy_l, v m**l for validity_l (see the package docstring's level map).
     """
     if not rows:
         raise ValueError("thresholds needs learner rows; got none")
+    for quantity in quantities:
+        clustered_level(quantity, 1)
     curves = {tuple(r.get(k) for k in _CURVE_KEYS) for r in rows}
     if len(curves) > 1:
         raise ValueError(f"thresholds needs the rows of one grammar, data seed and context; got {len(curves)}")
@@ -151,21 +176,31 @@ def thresholds(rows: Sequence[dict], quantities: Sequence[str] = ("accuracy", "v
     for quantity in quantities:
         for level in range(1, first["L"] if quantity == "accuracy" else first["L"] + 1):
             P_star, censored = crossing(*normalized(rows, quantity, level))
+            clustered = clustered_level(quantity, level)
             out.append(dict(learner="clustering", quantity=quantity, level=level, P_star=P_star,
-                            censored=censored, theory=theory.sample_complexity(first["v"], first["m"], level)))
+                            censored=censored, clustered=clustered,
+                            theory=theory.sample_complexity(first["v"], first["m"], clustered)))
     return out
 
 
-def report_thresholds(workdirs: Sequence[str]) -> list[dict]:
-    """The learner's accuracy thresholds stored in each work directory (``launch.cluster``), as rows
-    (label, level, P_star, censored, theory, workdir) for ``report.make_report(extra_thresholds=...)``."""
+def report_thresholds(workdirs: Sequence[str], quantity: str = "validity") -> list[dict]:
+    """The learner's thresholds of one ``quantity`` stored in each work directory (``launch.cluster``),
+    as rows (label, quantity, level, P_star, censored, clustered, theory, workdir, ...) for
+    ``report.make_report(extra_thresholds=...)``.
+
+    'validity' (default) sits beside the networks' validity on the P figure, like for like;
+    'accuracy' is the learner's clustering readout, a different quantity (``ACCURACY_READING``).
+    The label names the quantity: 'clustering learner (tokens) validity'.
+    """
+    clustered_level(quantity, 1)
     out = []
     for workdir in workdirs:
         for context in CONTEXTS:
             for where, rows in curves(load(str(workdir), context)):
-                out += [dict(label=f"clustering learner ({context})", level=t["level"], P_star=t["P_star"],
-                             censored=t["censored"], theory=t["theory"], workdir=str(workdir), **where)
-                        for t in thresholds(rows, ("accuracy",))]
+                out += [dict(label=f"clustering learner ({context}) {quantity}", quantity=quantity,
+                             level=t["level"], P_star=t["P_star"], censored=t["censored"],
+                             clustered=t["clustered"], theory=t["theory"], workdir=str(workdir), **where)
+                        for t in thresholds(rows, (quantity,))]
     return out
 
 
