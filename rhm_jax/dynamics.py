@@ -40,10 +40,12 @@ def _epoch_of(g: pd.DataFrame, step: float) -> float:
 
 
 def _model_ids(workdir: str, model: int, g: pd.DataFrame) -> dict:
-    """Identity of one model's rows: workdir, grid index, P, seed (and lr when present)."""
-    ids = dict(workdir=workdir, model=model, P=g["P"].iloc[0], seed=g["seed"].iloc[0])
-    if "lr" in g:
-        ids["lr"] = g["lr"].iloc[0]
+    """Identity of one model's rows: workdir, grid index, P, its seeds and every result-determining
+    column a sweep may vary (lr, m, width, ...), so tables group by each swept key."""
+    ids = dict(workdir=workdir, model=model)
+    for column in dict.fromkeys(("P", "seed", *analysis.REPLICATES, *analysis.CURVE_COLUMNS, *analysis.GRAMMAR_KEYS)):
+        if column in g:
+            ids[column] = g[column].iloc[0]
     return ids
 
 
