@@ -129,7 +129,8 @@ def coherence_length(df: pd.DataFrame, reading: str = "normalized", samples: str
     lv = analysis.levels(read)
     passed_RxL = np.stack([read[f"validity_l{l}"].to_numpy(float) >= 0.5 for l in lv], axis=1)
     level_star = np.where(passed_RxL.any(1), np.asarray(lv)[::-1][np.argmax(passed_RxL[:, ::-1], axis=1)], 0)
-    ids = [c for c in ("workdir", "model", "P", "seed", "lr", "step", "epoch", *analysis.GRAMMAR_KEYS) if c in read]
+    ids = [c for c in dict.fromkeys(("workdir", "model", "P", "seed", *analysis.REPLICATES, *analysis.CURVE_COLUMNS,
+                                     "step", "epoch", *analysis.GRAMMAR_KEYS)) if c in read]
     return read[ids].assign(level_star=level_star, xi=read["s"].to_numpy(float) ** level_star).reset_index(drop=True)
 
 
