@@ -450,7 +450,7 @@ def thresholds(df: pd.DataFrame, method: str = DEFAULT_METHOD, at: str = results
             finite = g[np.isfinite(g["validity"].to_numpy(float))]
             P_star = threshold(finite["P"], finite["validity"], method) if len(finite) else np.nan
             band = [threshold(finite["P"], finite[c], method) if len(finite) else np.nan for c in ("hi", "lo")]
-            lo, hi = (_bootstrap(g, reps, method, np.random.default_rng(len(rows))) if interval and len(finite)
+            lo, hi = (_bootstrap(g, reps, method, np.random.default_rng(0)) if interval and len(finite)
                       else (np.nan, np.nan))
             rows.append({**ids, **seeds, **grammar, "P_star": P_star, "P_star_lo": lo, "P_star_hi": hi,
                          "P_star_band_lo": band[0], "P_star_band_hi": band[1],

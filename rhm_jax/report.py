@@ -366,7 +366,12 @@ def write_markdown(workdirs: Sequence[str], df: pd.DataFrame, out: str, paths: l
         f"Coherence length at the {at} evaluation", "xi = s^l*, l* = the highest level whose normalized "
         "validity reaches 1/2 (xi = 1 when none does); theory: xi ~ (P / (v m))^(log s / "
         "log m), which is s^l at P = v m^(l+1); means over model seeds. From correlations: "
-        + dynamics.CORRELATION_LENGTH, markdown_table(_coherence_table(df, at)))
+        + dynamics.CORRELATION_LENGTH + (
+            " These rows log no `corr_data_t<t>`: xi_C is read against the training rows' C(t), whose bias "
+            "correction in older work directories used the cycled evaluation rows instead of the P distinct "
+            "ones (issue 19: too high at P <= 128), and without a standard error no distance is known to be "
+            "resolved." if dynamics.correlation_distances(df) and not any(str(c).startswith("corr_data_t") for c in df)
+            else ""), markdown_table(_coherence_table(df, at)))
     if len(corr):
         wide = _mean_by_P(corr, "samples", "t")
         reference = "data" if corr["data"].notna().any() else "train"
