@@ -268,3 +268,28 @@ def test_report_states_the_estimator_the_interval_and_the_bounds_beside_the_numb
     assert re.search(r"\| m3 \| 1 \| 8 \| 3 \| [\d.]+ \[[\d.]+, [\d.]+\] \|", main)
     assert "No threshold is a bound." in text.split("## Constant c")[1]
     assert "## Selection: the best band" in text and "xi_C = 1 + the largest distance" in text
+
+
+def test_report_reads_xi_from_correlations_and_says_where_c_is_below_its_error(tmp_path):
+    """C(t) at every distance with its error and the data's own value: xi_C beside xi, the cells whose
+    error is not smaller than the value named, and the best band of losses scored with common random numbers."""
+    df = synthetic_metrics(seeds=(0,), num_P=6)
+    reached = np.clip(np.log10(df["P"]) - 1.0, 0, 2) / 2  # the samples reach more of the data's C(t) at larger P
+    for t in range(1, 8):
+        data = 0.02 * 0.4 ** (t - 1)
+        df[f"corr_data_t{t}"] = data
+        df[f"corr_t{t}"] = data * reached ** (t / 2)
+        df[f"corr_t{t}_se"] = 0.0004
+    df["test_loss_se"] = 0.01
+    workdir = write_workdir(tmp_path / "corr", df)
+    text = open(report.make_report(workdir, str(tmp_path / "report"))["report"][0]).read()
+    coherence = text.split("## Coherence length")[1].split("\n## ")[0]
+    assert "xi_C (from C(t))" in coherence and "largest resolved t" in coherence
+    xi_C = report.dynamics.correlation_length(analysis.final(analysis.load(workdir)))
+    assert xi_C["xi_C"].is_monotonic_increasing and xi_C["xi_C"].iloc[0] == 1 and xi_C["xi_C"].iloc[-1] > 2
+    assert (xi_C["t_resolved"] == 3).all()  # half the data's C(4) = 0.02 x 0.4**3 is below 2 x 0.0004
+    corr = text.split("## Token-token correlations")[1].split("\n## ")[0]
+    assert "t 1 data" in corr and "t 1 se" in corr and "is not larger than its standard error in" in corr
+    assert "| corr | 8 |" not in corr.split("standard error in")[0]  # the cells are named in the text
+    band = text.split("## Selection: the best band")[1].split("\n## ")[0]
+    assert "common random numbers" in band and "| corr |" in band
