@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         runner.run(config, args.workdir, points=points)
         with lock.hold(args.workdir, "quickstart"):  # the learner's rows and the report, one writer at a time
             results.write_rows(clustering.path(args.workdir), clustering.run_sweep(config, points=points))
-            paths = report.make_report([args.workdir], None, "sigmoid", results.DEFAULT_READING)
+            paths = report.make_report([args.workdir], None, at=results.DEFAULT_READING)
     except runner.Interrupted as stop:  # a checkpoint is saved: re-running resumes
         print(f"stopped: {stop}", file=sys.stderr)
         return 128 + stop.signum

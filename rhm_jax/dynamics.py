@@ -4,6 +4,10 @@ Every quantity is read on ``analysis.readout`` (normalized validity by default, 
 The coherence length of an evaluation is ``xi = s**l*`` with l* the highest level whose
 normalized validity reaches 1/2 (xi = 1, a single token, when none does); the theory predicts
 ``xi ~ (P / (v m))**(log s / log m)``, which is s**l exactly at P = v m**(l+1).
+
+From token-token correlations (``correlation_length``, ``CORRELATION_LENGTH``): xi_C = 1 + the
+largest distance t up to which the samples' C(t) reaches half the data's own C(t) at every distance
+whose half is distinguishable from 0 (more than twice the samples' standard error at t).
 """
 from __future__ import annotations
 
@@ -12,9 +16,16 @@ import re
 import numpy as np
 import pandas as pd
 
-from rhm_jax import analysis
+from rhm_jax import analysis, results
 
 _CORR = re.compile(r"^corr_t(\d+)$")
+CORRELATION_LENGTH = (
+    "xi_C = 1 + the largest distance t such that, at every distance t' <= t that is resolved, the samples' "
+    "C(t') reaches half the data's C(t') (`corr_data_t<t>`: the exact value of the model's grammar; the "
+    "training rows' `corr_train_t<t>` where that is not logged); t' is resolved when half the data's value "
+    "exceeds twice the samples' standard error `corr_t<t>_se` (any positive value where no error is "
+    "logged). In tokens, like xi = s^l*: 1 when no distance is reproduced. `xi_C_bound`: it reached the "
+    "largest resolved distance, so the samples may reproduce longer ones than the measurement can see.")
 
 
 def crossing_time(step_K: np.ndarray, y_K: np.ndarray, level: float = 0.5) -> float:
@@ -40,10 +51,12 @@ def _epoch_of(g: pd.DataFrame, step: float) -> float:
 
 
 def _model_ids(workdir: str, model: int, g: pd.DataFrame) -> dict:
-    """Identity of one model's rows: workdir, grid index, P, seed (and lr when present)."""
-    ids = dict(workdir=workdir, model=model, P=g["P"].iloc[0], seed=g["seed"].iloc[0])
-    if "lr" in g:
-        ids["lr"] = g["lr"].iloc[0]
+    """Identity of one model's rows: workdir, grid index, P, its seeds and every result-determining
+    column a sweep may vary (lr, m, width, ...), so tables group by each swept key."""
+    ids = dict(workdir=workdir, model=model)
+    for column in dict.fromkeys(("P", "seed", *analysis.REPLICATES, *analysis.CURVE_COLUMNS, *analysis.GRAMMAR_KEYS)):
+        if column in g:
+            ids[column] = g[column].iloc[0]
     return ids
 
 
@@ -116,7 +129,8 @@ def coherence_length(df: pd.DataFrame, reading: str = "normalized", samples: str
     lv = analysis.levels(read)
     passed_RxL = np.stack([read[f"validity_l{l}"].to_numpy(float) >= 0.5 for l in lv], axis=1)
     level_star = np.where(passed_RxL.any(1), np.asarray(lv)[::-1][np.argmax(passed_RxL[:, ::-1], axis=1)], 0)
-    ids = [c for c in ("workdir", "model", "P", "seed", "lr", "step", "epoch", *analysis.GRAMMAR_KEYS) if c in read]
+    ids = [c for c in dict.fromkeys(("workdir", "model", "P", "seed", *analysis.REPLICATES, *analysis.CURVE_COLUMNS,
+                                     "step", "epoch", *analysis.GRAMMAR_KEYS)) if c in read]
     return read[ids].assign(level_star=level_star, xi=read["s"].to_numpy(float) ** level_star).reset_index(drop=True)
 
 
@@ -130,23 +144,67 @@ def correlation_distances(df: pd.DataFrame) -> list[int]:
     return sorted(int(m.group(1)) for c in df.columns if (m := _CORR.match(str(c))))
 
 
-def correlations(df: pd.DataFrame, at: str = "last") -> pd.DataFrame:
-    """Long table per model and distance t at its ``at`` evaluation: C(t) of samples and training rows.
+def _corr_columns(df: pd.DataFrame, t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """(samples' C(t), its standard error, the reference C(t), the reference's name) per row."""
+    samples = df[f"corr_t{t}"].to_numpy(float)
+    se = df[f"corr_t{t}_se"].to_numpy(float) if f"corr_t{t}_se" in df else np.full(len(df), np.nan)
+    for name in (f"corr_data_t{t}", f"corr_train_t{t}"):
+        if name in df:
+            return samples, se, df[name].to_numpy(float), name.rsplit("_t", 1)[0].replace("corr_", "")
+    return samples, se, np.full(len(df), np.nan), "none"
 
-    ``ratio`` = samples / training: 1 when the model reproduces its data's correlations at t
-    (NaN where the training rows show none, C_train(t) <= 0).
+
+def correlation_length(df: pd.DataFrame) -> pd.DataFrame:
+    """Per row (every evaluation of every healthy model): the coherence length from C(t),
+    ``CORRELATION_LENGTH``: ``xi_C``, ``t_resolved`` (largest resolved distance), ``xi_C_bound`` and
+    ``reference`` ('data', 'train' or 'none'). Empty when no ``corr_t<t>`` column is logged."""
+    ts = correlation_distances(df)
+    read = analysis._keyed(analysis.healthy(df))
+    ids = [c for c in dict.fromkeys(("workdir", "model", "P", "seed", *analysis.REPLICATES, *analysis.CURVE_COLUMNS,
+                                     "step", "epoch", *analysis.GRAMMAR_KEYS)) if c in read]
+    if not ts:
+        return pd.DataFrame(columns=[*ids, "xi_C", "t_resolved", "xi_C_bound", "reference"])
+    reach = np.zeros(len(read), int)  # largest t reproduced so far, contiguously over resolved t
+    broken = np.zeros(len(read), bool)
+    resolved_max = np.zeros(len(read), int)
+    references = set()
+    for t in ts:
+        samples, se, ref, name = _corr_columns(read, t)
+        references.add(name)
+        half = ref / 2
+        resolved = np.isfinite(half) & (half > np.where(np.isfinite(se), 2 * se, 0.0))
+        resolved_max = np.where(resolved, t, resolved_max)
+        reached = samples >= half
+        broken |= resolved & ~reached
+        reach = np.where(resolved & reached & ~broken, t, reach)
+    out = read[ids].assign(xi_C=1 + reach, t_resolved=resolved_max,
+                           xi_C_bound=(reach == resolved_max) & (resolved_max > 0),
+                           reference="/".join(sorted(references)))
+    return out.reset_index(drop=True)
+
+
+def correlations(df: pd.DataFrame, at: str = results.DEFAULT_READING) -> pd.DataFrame:
+    """Long table per model and distance t at its ``at`` evaluation: C(t) of the samples (``samples``,
+    its standard error ``se`` when logged), of the training rows (``train``) and of the grammar
+    itself (``data``, exact, when logged).
+
+    ``ratio`` = samples / data (samples / train where the data's value is not logged): 1 when the
+    model reproduces the correlations at t (NaN where the reference shows none, <= 0).
     """
     ts = correlation_distances(df)
+    ids_all = ["workdir", "model", "P", "seed", *analysis.REPLICATES, *analysis.CURVE_COLUMNS, "step"]
     if not ts:
-        return pd.DataFrame(columns=["workdir", "model", "P", "seed", "t", "samples", "train", "ratio"])
+        return pd.DataFrame(columns=["workdir", "model", "P", "seed", "t", "samples", "se", "train", "data", "ratio"])
     last = analysis.final(analysis.healthy(df), at)
-    ids = [c for c in ("workdir", "model", "P", "seed", "lr", "step") if c in last]
+    ids = [c for c in dict.fromkeys(ids_all) if c in last]
     parts = []
     for t in ts:
-        train = last[f"corr_train_t{t}"].astype(float) if f"corr_train_t{t}" in last else np.nan
-        part = last[ids].assign(t=t, samples=last[f"corr_t{t}"].astype(float), train=train)
-        parts.append(part)
+        column = {name: last[f"corr_{name}_t{t}"].astype(float) if f"corr_{name}_t{t}" in last else np.nan
+                  for name in ("train", "data")}
+        se = last[f"corr_t{t}_se"].astype(float) if f"corr_t{t}_se" in last else np.nan
+        parts.append(last[ids].assign(t=t, samples=last[f"corr_t{t}"].astype(float), se=se, **column))
     long = pd.concat(parts, ignore_index=True)
+    reference = long["data"].where(long["data"].notna(), long["train"])
     with np.errstate(invalid="ignore", divide="ignore"):
-        long["ratio"] = np.where(long["train"] > 0, long["samples"] / long["train"], np.nan)
+        long["ratio"] = np.where(reference > 0, long["samples"] / reference, np.nan)
     return long.sort_values(["workdir", "P", "seed", "t"]).reset_index(drop=True)

@@ -66,17 +66,19 @@ def _key(ax, level_colors: dict, styles: list[tuple[str, dict]], **kwargs) -> No
     ax.legend(handles=handles, fontsize=6.5, **kwargs)
 
 
-def plot_validity_vs_p(df: pd.DataFrame, summary: pd.DataFrame, out: str, at: str = "last",
-                       samples: str = "all", extra: pd.DataFrame | None = None) -> list[str]:
-    """Per run: normalized validity vs P with fit, P* and theory; raw validity with chance and the
-    raw value where the normalized reading is 1/2. ``extra``: other thresholds (label, level, P_star[,
+def plot_validity_vs_p(df: pd.DataFrame, summary: pd.DataFrame, out: str, at: str = "best",
+                       samples: str = "all", extra: pd.DataFrame | None = None,
+                       method: str = analysis.DEFAULT_METHOD) -> list[str]:
+    """Per curve: normalized validity vs P with the estimator's curve (``method``), P* with its
+    interval (shaded; a bound dash-dotted) and theory; raw validity with chance and the raw value
+    where the normalized reading is 1/2. ``extra``: other thresholds (label, level, P_star[,
     workdir]) drawn as triangles at 1/2, e.g. the clustering learner's. No figure for one-P runs."""
     long = analysis.final_validity(df, at, "normalized", samples)
     keys = analysis.curve_keys(long)  # a panel per work directory, or per swept value within one
     curves = [(values, part) for values, part in long.groupby(keys, dropna=False) if part["P"].nunique() > 1]
     if not curves:
         return []
-    fig = Figure(figsize=(10.0, 3.9 * len(curves)))
+    fig = Figure(figsize=(10.0, 4.2 * len(curves)), layout="constrained")
     axes = fig.subplots(len(curves), 2, squeeze=False)
     markers = "v^<>sD"
     for (ax, ax_raw), (values, part) in zip(axes, curves):
@@ -93,12 +95,15 @@ def plot_validity_vs_p(df: pd.DataFrame, summary: pd.DataFrame, out: str, at: st
             _spread(ax_raw, points, "P", "raw", color, ls="none")
             row = mine[mine["level"] == level]
             p_star = float(row["P_star"].iloc[0]) if len(row) else np.nan
+            bound = bool(row["bound"].iloc[0]) if len(row) and "bound" in row else False
             if np.isfinite(p_star):
-                grid = np.logspace(np.log10(points["P"].min()), np.log10(points["P"].max()), 200)
-                center, slope = analysis.fit_sigmoid(np.log10(points["P"]), points["validity"])
-                ax.plot(grid, analysis.sigmoid(np.log10(grid), center, slope), "-", color=color, lw=1)
-                ax.axvline(p_star, color=color, ls="--", lw=0.9)
-                ax_raw.axvline(p_star, color=color, ls="--", lw=0.9)
+                _estimator_curve(ax, points, method, color)
+                ls = "-." if bound else "--"
+                ax.axvline(p_star, color=color, ls=ls, lw=0.9)
+                ax_raw.axvline(p_star, color=color, ls=ls, lw=0.9)
+                lo, hi = (float(row[c].iloc[0]) if c in row else np.nan for c in ("P_star_lo", "P_star_hi"))
+                if not bound and np.isfinite(lo):
+                    ax.axvspan(lo, min(hi, points["P"].max()), color=color, alpha=0.12, lw=0)
             if "v" in g and "m" in g:
                 ax.axvline(analysis.theory_threshold(g["v"], g["m"], level), color=color, ls=":", lw=1.3)
             base = float(analysis.baseline(points.iloc[:1], level)[0])
@@ -112,15 +117,16 @@ def plot_validity_vs_p(df: pd.DataFrame, summary: pd.DataFrame, out: str, at: st
                     ax.plot(rows["P_star"], np.full(len(rows), 0.5), markers[i % len(markers)], color=color,
                             mec="k", ms=7, ls="none")
         ax.axhline(0.5, color="0.6", lw=0.6)
-        styles = [("logistic fit in log P", dict(ls="-")), ("P*: normalized = 1/2", dict(ls="--")),
-                  ("theory v m^(l+1)", dict(ls=":"))]
+        styles = [(analysis.METHODS[method].split(" (")[0], dict(ls="-")),
+                  ("P*: normalized = 1/2 (band: 95% interval)", dict(ls="--")),
+                  ("P* a bound (still rising): <= P", dict(ls="-.")), ("theory v m^(l+1)", dict(ls=":"))]
         if extra is not None and len(extra):
             styles += [(f"{name}: P*", dict(marker=markers[i % len(markers)], ls="none", mec="k"))
                        for i, name in enumerate(sorted(extra["label"].unique()))]
-        _key(ax, colors, styles, loc="upper left")
+        _key(ax, colors, styles, loc="best", framealpha=0.6)
         _key(ax_raw, colors, [("chance V_l^unif (uniform tokens)", dict(ls="-.")),
                               ("normalized = 1/2", dict(ls=(0, (1, 3)))), ("P* (normalized)", dict(ls="--"))],
-             loc="upper left")
+             loc="best", framealpha=0.6)
         ax.set_ylabel(NORM_LABEL, fontsize=8)
         ax_raw.set_ylabel("level-l nodes valid (raw fraction)", fontsize=8)
         which = "non-copied samples" if samples == "noncopy" else "all samples"
@@ -135,7 +141,20 @@ def plot_validity_vs_p(df: pd.DataFrame, summary: pd.DataFrame, out: str, at: st
     return _save(fig, out, "validity_vs_P")
 
 
-def plot_collapse(df: pd.DataFrame, out: str, at: str = "last") -> list[str]:
+def _estimator_curve(ax, points: pd.DataFrame, method: str, color) -> None:
+    """The curve the threshold is read on: the isotonic fit of the seeds' mean per P, or the logistic."""
+    if method == "sigmoid":
+        grid = np.logspace(np.log10(points["P"].min()), np.log10(points["P"].max()), 200)
+        center, slope = analysis.fit_sigmoid(np.log10(points["P"]), points["validity"])
+        ax.plot(grid, analysis.sigmoid(np.log10(grid), center, slope), "-", color=color, lw=1)
+        return
+    finite = points[np.isfinite(points["validity"].to_numpy(float))].sort_values("P", kind="stable")
+    fit = analysis.isotonic(finite["validity"].to_numpy(float))
+    curve = pd.DataFrame(dict(P=finite["P"].to_numpy(float), fit=fit)).groupby("P")["fit"].mean()
+    ax.plot(curve.index, curve.to_numpy(), "-", color=color, lw=1)
+
+
+def plot_collapse(df: pd.DataFrame, out: str, at: str = "best") -> list[str]:
     """Normalized validity against P / (v m**(l+1)) for every level and work directory."""
     points = analysis.collapse(df, at)
     fig = Figure(figsize=(5.5, 4.0))
@@ -177,7 +196,8 @@ def _time_column(part: pd.DataFrame, axis: str) -> str:
     return axis
 
 
-def plot_time(df: pd.DataFrame, workdir: str, out: str, name: str, axis: str = "epoch") -> list[str]:
+def plot_time(df: pd.DataFrame, workdir: str, out: str, name: str, axis: str = "epoch",
+              title: str | None = None) -> list[str]:
     """Normalized validity per level and copies vs training time, one panel per P (mean, seed range)."""
     part = analysis.readout(analysis.healthy(df[df["workdir"] == workdir]))
     x = _time_column(part, axis)
@@ -199,13 +219,15 @@ def plot_time(df: pd.DataFrame, workdir: str, out: str, name: str, axis: str = "
         ax.set_xlabel(TIME_AXES[axis], fontsize=8)
     axes[0].set_ylabel(NORM_LABEL, fontsize=8)
     _key(axes[0], colors, [("copies (fraction of samples)", dict(ls="--", color="k"))] if copies else [])
-    fig.suptitle(f"{label(workdir)}: mean over seeds, band = their range", fontsize=9)
+    fig.suptitle(f"{title or label(workdir)}: mean over seeds, band = their range", fontsize=9)
     return _save(fig, out, name)
 
 
-def plot_windows(df: pd.DataFrame, workdir: str, out: str, name: str) -> list[str]:
-    """Final train (solid) and test (dashed) loss per diffusion-time window, one colour per P."""
-    last = analysis.final(analysis.healthy(df[df["workdir"] == workdir]))
+def plot_windows(df: pd.DataFrame, workdir: str, out: str, name: str, at: str = "last",
+                 title: str | None = None) -> list[str]:
+    """Train (solid) and test (dashed) loss per diffusion-time window at each model's ``at``
+    evaluation, one colour per P."""
+    last = analysis.final(analysis.healthy(df[df["workdir"] == workdir]), at)
     train_RxW = analysis.window_losses(last, "train")
     test_RxW = analysis.window_losses(last, "test")
     fig = Figure(figsize=(5.0, 3.8))
@@ -220,15 +242,19 @@ def plot_windows(df: pd.DataFrame, workdir: str, out: str, name: str) -> list[st
     ax.set_xlabel("diffusion-time window (0 = least noise)")
     ax.set_ylabel("loss per window (solid train, dashed test)")
     ax.set_yscale("log")
+    ax.set_title(f"{title or label(workdir)}: {at} evaluation", fontsize=8)
     ax.legend(fontsize=6, ncol=2)
     return _save(fig, out, name)
 
 
-def plot_coherence(df: pd.DataFrame, workdir: str, out: str, name: str, axis: str = "epoch") -> list[str]:
-    """Coherence length xi = s**l*: against P at the last and best evaluations with the theory's
+def plot_coherence(df: pd.DataFrame, workdir: str, out: str, name: str, axis: str = "epoch",
+                   title: str | None = None) -> list[str]:
+    """Coherence length xi = s**l* (solid) and, where C(t) is logged, xi_C from C(t) (dashed,
+    ``dynamics.CORRELATION_LENGTH``): against P at the best and last evaluations with the theory's
     (P / (v m))**(log s / log m), and against training time per P."""
     part = analysis.healthy(df[df["workdir"] == workdir])
     xi = dynamics.coherence_length(part)
+    xi_C = dynamics.correlation_length(part)
     g = _grammar(part)
     many_P = part["P"].nunique() > 1
     fig = Figure(figsize=(10.0 if many_P else 5.0, 3.6))
@@ -238,8 +264,11 @@ def plot_coherence(df: pd.DataFrame, workdir: str, out: str, name: str, axis: st
         for at, color in (("last", "C0"), ("best", "C1")):
             if at == "best" and not analysis.can_pick_best(part):
                 continue
-            _spread(ax, dynamics.coherence_length(analysis.final(part, at)), "P", "xi", color,
-                    label=f"measured, {at} evaluation")
+            chosen = analysis.final(part, at)
+            _spread(ax, dynamics.coherence_length(chosen), "P", "xi", color, label=f"xi = s^l*, {at} evaluation")
+            if len(xi_C):
+                _spread(ax, dynamics.correlation_length(chosen), "P", "xi_C", color, ls="--", marker="s",
+                        label=f"xi_C from C(t), {at} evaluation")
         grid = np.logspace(np.log10(part["P"].min()), np.log10(part["P"].max()), 100)
         ax.plot(grid, dynamics.theory_coherence_length(grid, g["v"], g["m"], g["s"]), "k:",
                 label="theory (P / (v m))^(log s / log m)")
@@ -253,31 +282,43 @@ def plot_coherence(df: pd.DataFrame, workdir: str, out: str, name: str, axis: st
     Ps = np.sort(xi["P"].unique())
     for color, P in zip(_colors(len(Ps)), Ps):
         _spread(ax, xi[(xi["P"] == P) & (xi["step"] > 0)], x, "xi", color, marker=None, label=f"P={int(P)}")
+        if len(xi_C):
+            _spread(ax, xi_C[(xi_C["P"] == P) & (xi_C["step"] > 0)], x, "xi_C", color, marker=None, ls="--")
     ax.set_xscale("log")
     ax.set_yscale("log", base=g["s"])
     ax.set_xlabel(TIME_AXES[axis], fontsize=8)
     ax.set_ylabel("coherence length xi = s^l* (tokens)", fontsize=8)
     ax.legend(fontsize=6, ncol=2)
-    fig.suptitle(f"{label(workdir)}: l* = highest level with normalized validity >= 1/2", fontsize=9)
+    fig.suptitle(f"{title or label(workdir)}: l* = highest level with normalized validity >= 1/2"
+                 + ("; dashed: xi_C from C(t)" if len(xi_C) else ""), fontsize=9)
     return _save(fig, out, name)
 
 
-def plot_correlation(df: pd.DataFrame, workdir: str, out: str, name: str, at: str = "last") -> list[str]:
-    """C(t) of generated samples (solid) and of the training rows (dashed) per P, at one evaluation."""
+def plot_correlation(df: pd.DataFrame, workdir: str, out: str, name: str, at: str = "best",
+                     title: str | None = None) -> list[str]:
+    """C(t) of generated samples (solid, with +-1 standard error where logged) and of the grammar's own
+    data (dashed; the training rows where that is not logged) per P, at one evaluation."""
     corr = dynamics.correlations(analysis.healthy(df[df["workdir"] == workdir]), at)
     if corr.empty:
         return []
     fig = Figure(figsize=(5.0, 3.8))
     ax = fig.subplots()
     Ps = np.sort(corr["P"].unique())
+    reference = "data" if corr["data"].notna().any() else "train"
     for color, P in zip(_colors(len(Ps)), Ps):
         rows = corr[corr["P"] == P]
         _spread(ax, rows, "t", "samples", color, label=f"P={int(P)}")
-        _spread(ax, rows, "t", "train", color, marker=None, ls="--")
+        if rows["se"].notna().any():
+            mean = rows.groupby("t")[["samples", "se"]].mean()
+            ax.errorbar(mean.index, mean["samples"], yerr=mean["se"], color=color, ls="none", lw=0.8, capsize=2)
+        if reference == "train" or P == Ps[0]:  # the grammar's own C(t) is the same for every P
+            _spread(ax, rows, "t", reference, "k" if reference == "data" else color, marker=None, ls="--",
+                    label="grammar's own C(t)" if reference == "data" else None)
     ax.set_xscale("log", base=2)
     ax.set_yscale("symlog", linthresh=1e-4)
     ax.set_xlabel("distance t between positions")
     ax.set_ylabel("C(t): mean squared connected correlation", fontsize=8)
-    ax.set_title(f"{label(workdir)}: samples (solid) vs training rows (dashed), {at} evaluation", fontsize=8)
+    which = "the grammar's data" if reference == "data" else "training rows"
+    ax.set_title(f"{title or label(workdir)}: samples (solid) vs {which} (dashed), {at} evaluation", fontsize=8)
     ax.legend(fontsize=6, ncol=2)
     return _save(fig, out, name)

@@ -54,7 +54,8 @@ KINDS = ("metrics", "train", "scores")
 # training set looks valid at every level at its 'last').
 DEFAULT_READING = "best"
 READINGS = {"last": "its last evaluation",
-            "best": "its best evaluation (lowest test loss, mean over diffusion-time windows)"}
+            "best": "its best evaluation (lowest test loss: with common random numbers where test_loss_se "
+                    "is logged, else the mean over diffusion-time windows)"}
 # Config values copied into every row by ``load`` where the row does not carry its own (column
 # name -> dotted key): the keys with a short column name (``rhm_jax.keys``) that results depend
 # on, except the grid keys (P, seed and lr come from each model's grid row). A swept key's column
@@ -422,23 +423,56 @@ def load(workdirs: str | os.PathLike | Sequence[str | os.PathLike], kind: str = 
     return pd.concat(frames, ignore_index=True)
 
 
-def _selection_loss(row: dict) -> float:
-    """The test loss that picks a model's best evaluation: mean over windows, else test_loss; inf if none."""
-    windows = [v for k, v in row.items() if k.startswith("test_loss_window_") and k[17:].isdigit()]
+def _crn_scored(history: Sequence[dict]) -> bool:
+    """Whether every evaluation logged ``test_loss_se``: its test loss is then scored with the same noise
+    keys and rows at every evaluation (common random numbers), so differences between steps are real."""
+    return bool(history) and all(_finite(r.get("test_loss_se")) for r in history)
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return value is not None and not isinstance(value, bool) and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def selection_loss(row: dict, crn: bool = False) -> float:
+    """The test loss that picks a model's best evaluation; inf if none.
+
+    ``crn`` (every evaluation of the model logged ``test_loss_se``): ``test_loss`` itself, scored with
+    common random numbers. Otherwise (older work directories) the mean over diffusion-time windows,
+    stratified in t and so less noisy than a test_loss drawn with fresh keys, else test_loss.
+    """
+    windows = [] if crn else [v for k, v in row.items() if k.startswith("test_loss_window_") and k[17:].isdigit()]
     values = windows if windows else [row.get("test_loss")]
-    if any(v is None or not math.isfinite(v) for v in values):
+    if not all(_finite(v) for v in values):
         return math.inf
     return sum(values) / len(values)
 
 
-def pick(history: Sequence[dict], at: str = DEFAULT_READING) -> dict:
-    """The evaluation of one model that ``at`` reads: 'last', or 'best' (earliest among equal losses)."""
+def best_position(history: Sequence[dict]) -> int:
+    """Position in ``history`` of the best evaluation: lowest ``selection_loss``, earliest step among equals."""
+    if not history:
+        raise ValueError("history must hold at least one evaluation")
+    crn = _crn_scored(history)
+    return min(range(len(history)), key=lambda i: (selection_loss(history[i], crn), history[i]["step"]))
+
+
+def pick(history: Any, at: str = DEFAULT_READING) -> dict:
+    """The evaluation of one model that ``at`` reads: 'last', or 'best' (``best_position``).
+
+    ``history``: the model's rows, as dicts or as a pandas DataFrame. The one rule for 'best':
+    ``analysis.final`` calls ``best_position`` too.
+    """
     if at not in READINGS:
         raise ValueError(f"at={at!r} must be one of {tuple(READINGS)}")
-    history = sorted(history, key=lambda r: r["step"])
+    rows = history.to_dict("records") if hasattr(history, "to_dict") else list(history)
+    if not rows:
+        raise ValueError("history must hold at least one evaluation")
+    rows = sorted(rows, key=lambda r: r["step"])
     if at == "last":
-        return history[-1]
-    return min(history, key=lambda r: (_selection_loss(r), r["step"]))
+        return rows[-1]
+    return rows[best_position(rows)]
 
 
 def _level_columns(rows: Sequence[dict]) -> list[str]:

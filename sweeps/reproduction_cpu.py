@@ -41,8 +41,10 @@ Run time: ESTIMATE (made before the run; measured below) from short measurements
           the time-course figures their start.
 Expected: measured 2026-12-01, commit ca3f768, 2-core CPU shared with two other sessions (load
           4-6): 1 h 44 min for the three seeds (training 31-36 min per seed). Normalized thresholds at each model's
-          best evaluation: P*_1 = 60, 82, 107 and P*_2 = 325, 688, 893 (seeds 0, 1, 2; theory 72,
-          216), level 3 not reached; the clustering learner on the same rows: P*_1 = 103, 92, 49,
+          best evaluation, isotonic interpolation in log P (report default since issue 19):
+          P*_1 = 51 [43, 81], 83 [62, 99], <= 58 and P*_2 <= 189, <= 419, <= 462 (seeds 0, 1, 2;
+          theory 72, 216; `<=`: models next to the crossing still rising), level 3 not reached
+          (the logistic of before read P*_1 = 60, 82, 107 and P*_2 = 325, 688, 893); the clustering learner on the same rows: P*_1 = 103, 92, 49,
           P*_2 = 429, 434, 400. Level 2 was still rising for every model at step 8192 (README,
           Results; rows and report in docs/results/reproduction_cpu/).
 """

@@ -16,7 +16,9 @@ def synthetic_metrics(v=8, m=3, L=3, c=1.5, seeds=(0, 1, 2), jitter=0.05, noise=
                       num_P=12, slope=6.0, steps=(0, 64, 256, 1024, 4096), batch=64, rng_seed=0):
     """A metrics table whose final NORMALIZED validity at level l is a logistic in log10 P centred
     on c * v * m**(l+1) (times a per-seed factor 10**(jitter * z)), plus noise; earlier steps are
-    scaled-down copies so the time curves rise too. Raw validity adds back the chance floor."""
+    scaled-down copies so the time curves rise too, reaching their final value at the second-to-last
+    step (so that no level is still rising over the last doubling: a threshold read there would be a
+    bound). Raw validity adds back the chance floor."""
     rng = np.random.default_rng(rng_seed)
     chance = theory.uniform_validity(v, m, 2, L, v)
     P_grid = np.unique(np.round(np.logspace(np.log10(v * m**2 / 4), np.log10(4 * v * m ** (L + 1)), num_P)))
@@ -24,13 +26,16 @@ def synthetic_metrics(v=8, m=3, L=3, c=1.5, seeds=(0, 1, 2), jitter=0.05, noise=
     for seed in seeds:
         shift = {l: jitter * rng.standard_normal() for l in range(1, L + 1)}
         for P in P_grid:
+            # one draw per model and level: the model's error at P, the same at every step
+            error = {l: noise * rng.standard_normal() for l in range(1, L + 1)}
             for step in steps:
                 frac = step / steps[-1]
+                learned = min(1.0, step / steps[-2])
                 row = dict(model=model, P=int(P), seed=seed, lr=1e-4, step=step, epoch=step * batch / P,
                            train_loss=1.0 - 0.5 * frac, test_loss=1.0 - 0.4 * frac, diverged=False)
                 for l in range(1, L + 1):
                     center = np.log10(c * v * m ** (l + 1)) + shift[l]
-                    val = frac * analysis.sigmoid(np.log10(P), center, slope) + noise * rng.standard_normal()
+                    val = learned * analysis.sigmoid(np.log10(P), center, slope) + error[l]
                     row[f"validity_l{l}"] = float(chance[l - 1] + (1 - chance[l - 1]) * np.clip(val, 0, 1))
                 row["valid"] = row[f"validity_l{L}"]
                 row["copies"] = float(frac**2 * min(1.0, 30 / P))
@@ -190,8 +195,8 @@ def test_bad_input_raises_clear_value_errors(tmp_path):
 
 
 def test_learning_rates_on_one_grid_give_separate_curves():
-    fast = synthetic_metrics(c=1.0, jitter=0.0, seeds=(0,)).assign(lr=1e-3)
-    slow = synthetic_metrics(c=4.0, jitter=0.0, seeds=(0,)).assign(lr=1e-4)
+    fast = synthetic_metrics(c=1.0, jitter=0.0, seeds=(0,), num_P=24).assign(lr=1e-3)
+    slow = synthetic_metrics(c=4.0, jitter=0.0, seeds=(0,), num_P=24).assign(lr=1e-4)
     slow["model"] += fast["model"].max() + 1
     summary = analysis.threshold_summary(analysis.thresholds(pd.concat([fast, slow], ignore_index=True)))
     by_lr = summary.set_index(["lr", "level"])["P_star"]
@@ -239,9 +244,11 @@ def test_falling_curve_gives_no_threshold_but_a_reason():
     assert np.isnan(analysis.threshold(P, falling))
     assert np.isnan(analysis.threshold(P, falling, "interp"))  # its isotonic fit starts above 1/2
     df = pd.DataFrame(dict(model=range(9), P=P, seed=0, step=1, validity_l1=falling))
-    assert analysis.thresholds(df, reading="raw").iloc[0]["censored"] == "not rising"
+    assert analysis.thresholds(df, at="last", reading="raw").iloc[0]["censored"] == "not rising"
     one_P = df.assign(P=64.0)
-    assert analysis.thresholds(one_P, reading="raw").iloc[0]["censored"] == "one P"
+    assert analysis.thresholds(one_P, at="last", reading="raw").iloc[0]["censored"] == "one P"
+    with pytest.raises(ValueError, match="test_loss"):  # the default reading needs a test loss
+        analysis.thresholds(df, reading="raw")
 
 
 # ----------------------------------------------------------------------------- readings
@@ -334,7 +341,7 @@ def test_bad_input_gives_one_reason_per_level_never_a_number():
     nan_rows = df.assign(validity_l2=np.nan)
     nan_table = analysis.thresholds(nan_rows, at="best").query("seed == -1").set_index("level")
     assert nan_table.loc[2, "censored"] == "no finite rows" and np.isnan(nan_table.loc[2, "P_star"])
-    assert nan_table.loc[1, "P_star"] == pytest.approx(70.36, rel=1e-3)  # other levels unaffected
+    assert nan_table.loc[1, "P_star"] == pytest.approx(82.53, rel=1e-3)  # other levels unaffected
 
 
 def test_divergence_flag_excludes_the_model_and_old_copy_column_is_read():
@@ -393,3 +400,98 @@ def test_per_seed_fits_are_per_grammar_seed_too():
     summary = analysis.threshold_summary(analysis.thresholds(df))
     assert (summary["num_seeds"] == 3).all()
     assert summary["log10_P_star_std"].between(0.02, 0.25).all()
+
+
+# ----------------------------------------------------------------------------- issue 19: estimator, bounds, band
+
+def plateau_rows(plateau=0.6, center=2.3, slope=4.0, num_P=13, seeds=(0, 1, 2), num_samples=4096, rng_seed=0):
+    """Final rows whose normalized level-1 validity rises as ``plateau`` * logistic(log10 P; center, slope):
+    it never reaches 1, and crosses 1/2 where the logistic reaches 1/(2 plateau)."""
+    rng = np.random.default_rng(rng_seed)
+    chance = theory.uniform_validity(8, 3, 2, 2, 8)[0]
+    rows, model = [], 0
+    for seed in seeds:
+        for P in np.logspace(1, 4, num_P).round():
+            norm = plateau * analysis.sigmoid(np.log10(P), center, slope)
+            raw = rng.binomial(num_samples, chance + (1 - chance) * norm) / num_samples
+            for step in (512, 1024):
+                rows.append(dict(model=model, P=P, seed=seed, step=step, validity_l1=raw, test_loss=1.0 - step / 1e4,
+                                 num_samples=num_samples))
+            model += 1
+    return pd.DataFrame(rows).assign(v=8, n=8, m=3, s=2, L=2)
+
+
+def test_a_curve_that_plateaus_at_06_keeps_its_crossing():
+    """The default estimator recovers the 1/2 crossing of a curve with a plateau at 0.6 within 10 %;
+    the logistic with its asymptote fixed at 1 does not (it was the default before issue 19)."""
+    center, slope, plateau = 2.3, 4.0, 0.6
+    truth = 10 ** (center + np.log(1 / (1 / (2 * plateau)) - 1) / -slope)  # logistic = 1 / (2 plateau)
+    df = plateau_rows(plateau, center, slope)
+    row = analysis.threshold_summary(analysis.thresholds(df)).iloc[0]
+    assert row["method"] == "interp" and row["P_star"] == pytest.approx(truth, rel=0.1)
+    assert row["P_star_lo"] < truth < row["P_star_hi"] and row["P_star_hi"] < 2 * truth  # the interval covers it
+    logistic = analysis.threshold_summary(analysis.thresholds(df, "sigmoid", interval=False)).iloc[0]
+    assert logistic["P_star"] > 1.2 * truth
+
+
+def test_the_interval_grows_with_fewer_samples_and_fewer_replicates():
+    many = analysis.threshold_summary(analysis.thresholds(plateau_rows(num_samples=4096))).iloc[0]
+    few = analysis.threshold_summary(analysis.thresholds(plateau_rows(num_samples=64))).iloc[0]
+    assert np.log(few["P_star_hi"] / few["P_star_lo"]) > np.log(many["P_star_hi"] / many["P_star_lo"])
+
+
+def test_a_level_still_rising_near_its_crossing_is_a_bound_left_out_of_c_and_ratios():
+    """Level 2 rises over the last doubling of steps at every P: its P* is '<= P*', not a value."""
+    done = synthetic_metrics(c=1.0, jitter=0.0, seeds=(0, 1), num_P=16)
+    df = done.copy()
+    half = df["step"] == 1024
+    df.loc[half, "validity_l2"] = 0.7 * df.loc[half, "validity_l2"]  # level 2 was much lower at half the steps
+    table = analysis.thresholds(df)
+    summary = analysis.threshold_summary(table).set_index("level")
+    assert not summary.loc[1, "bound"] and summary.loc[2, "bound"]
+    fit = analysis.fit_constant(summary.reset_index())
+    assert fit["num"] == 2 and fit["left_out"] == [f"run level 2: <= {summary.loc[2, 'P_star']:.3g}"]
+    ratios = analysis.ratios(table).set_index("level")
+    assert np.isnan(ratios.loc[1, "ratio"]) and np.isnan(ratios.loc[2, "ratio"])  # both touch level 2
+    assert analysis.threshold_text(100.0, True) == "<= 100" and analysis.threshold_text(100.0, False, 80, np.inf) \
+        == "100 [80, inf]"
+    # without the rise, the same table gives values that enter c
+    assert analysis.fit_constant(analysis.threshold_summary(analysis.thresholds(done)))["num"] == 3
+
+
+def best_history():
+    """One model, five evaluations with known losses (common random numbers) and standard errors."""
+    losses = [0.50, 0.41, 0.40, 0.43, 0.45]
+    return pd.DataFrame(dict(model=0, P=64, seed=0, step=[100, 200, 400, 800, 1600], test_loss=losses,
+                             test_loss_se=0.01, validity_l1=[0.4, 0.55, 0.7, 0.9, 0.95],
+                             **{f"test_loss_window_{w}": [0.5, 0.5, 0.5, 0.1, 0.5] for w in range(2)}))
+
+
+def test_best_band_spans_the_evaluations_within_two_standard_errors():
+    df = best_history().assign(v=8, n=8, m=3, s=2, L=1)
+    band = analysis.best_band(df, "raw").iloc[0]
+    # minimum 0.40 at step 400; within 0.40 + 2 x 0.01: steps 200, 400 (0.43 is outside)
+    assert band["step"] == 400 and band["band_evals"] == 2 and band["band_steps"] == "200..400"
+    assert band["validity_l1_lo"] == 0.55 and band["validity_l1_hi"] == 0.7
+    wider = analysis.best_band(df.assign(test_loss_se=0.02), "raw").iloc[0]
+    assert wider["band_evals"] == 3 and wider["validity_l1_hi"] == 0.9  # 0.43 <= 0.40 + 2 x 0.02
+    # older rows without test_loss_se: the band is the best evaluation alone, picked by the window mean
+    old = analysis.best_band(df.drop(columns="test_loss_se"), "raw").iloc[0]
+    assert old["step"] == 800 and old["band_evals"] == 1 and old["validity_l1_lo"] == old["validity_l1_hi"] == 0.9
+    long = analysis.final_validity(df, "best", "raw")
+    assert long[["step", "validity", "lo", "hi"]].iloc[0].tolist() == [400, 0.7, 0.55, 0.7]
+
+
+def test_one_rule_for_best_in_results_and_analysis():
+    """``results.pick`` (dicts or a DataFrame) and ``analysis.final`` pick the same evaluation: with
+    test_loss_se logged the lowest test_loss (common random numbers), else the lowest window mean."""
+    from rhm_jax import results
+
+    df = best_history()
+    assert results.pick(df, "best")["step"] == 400 == analysis.final(df, "best")["step"].iloc[0]
+    assert results.pick(df.to_dict("records"), "best")["step"] == 400
+    old = df.drop(columns="test_loss_se")
+    assert results.pick(old, "best")["step"] == 800 == analysis.final(old, "best")["step"].iloc[0]
+    assert results.pick(df, "last")["step"] == 1600
+    with pytest.raises(ValueError, match="at"):
+        results.pick(df, "first")

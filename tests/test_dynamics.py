@@ -86,3 +86,50 @@ def test_correlations_pair_samples_with_training_rows_per_distance():
     assert sorted(corr["t"].unique()) == [1, 2] and len(corr) == 2 * df["model"].nunique()
     assert corr.query("t == 1")["ratio"].eq(0.5).all() and corr.query("t == 2")["ratio"].isna().all()
     assert dynamics.correlations(quick_rows()).empty
+
+
+def correlation_rows(samples: dict, data: dict, se: float | None = 0.001, step=100) -> pd.DataFrame:
+    """One evaluation of one model with C(t) columns: the samples' value, its error and the data's."""
+    row = dict(model=0, P=256, seed=0, step=step, epoch=1.0, diverged=False, validity_l1=0.9, test_loss=0.1)
+    for t in samples:
+        row[f"corr_t{t}"] = samples[t]
+        row[f"corr_data_t{t}"] = data[t]
+        if se is not None:
+            row[f"corr_t{t}_se"] = se
+    return pd.DataFrame([row]).assign(v=8, n=8, m=3, s=2, L=3)
+
+
+def test_coherence_length_from_correlations_reads_half_the_datas_value_where_resolved():
+    data = {1: 0.02, 2: 0.0016, 3: 0.0012, 4: 0.0009, 5: 0.0002, 6: 0.0001, 7: 0.0001}
+    # reproduced at t = 1..4 (>= half the data's), not at 5: with se = 0.0001 every t is resolved
+    samples = {1: 0.018, 2: 0.001, 3: 0.0007, 4: 0.0005, 5: 0.00005, 6: 0.0001, 7: 0.0001}
+    row = dynamics.correlation_length(correlation_rows(samples, data, se=0.00001)).iloc[0]
+    assert row["xi_C"] == 5 and row["t_resolved"] == 7 and not row["xi_C_bound"] and row["reference"] == "data"
+    # with se = 0.0003 half the data's value is below 2 se from t = 3 on: only t = 1, 2 resolved
+    coarse = dynamics.correlation_length(correlation_rows(samples, data, se=0.0003)).iloc[0]
+    assert coarse["t_resolved"] == 2 and coarse["xi_C"] == 3 and coarse["xi_C_bound"]
+    # a miss at t = 2 stops it there, whatever larger distances show
+    gap = dynamics.correlation_length(correlation_rows({**samples, 2: 0.0001}, data, se=0.00001)).iloc[0]
+    assert gap["xi_C"] == 2
+    none = dynamics.correlation_length(correlation_rows({**samples, 1: 0.001}, data, se=0.00001)).iloc[0]
+    assert none["xi_C"] == 1
+    # older rows: no error, the training rows as reference
+    old = correlation_rows(samples, data, se=None)
+    old = old.rename(columns={f"corr_data_t{t}": f"corr_train_t{t}" for t in data})
+    assert dynamics.correlation_length(old).iloc[0][["xi_C", "reference"]].tolist() == [5, "train"]
+    assert dynamics.correlation_length(quick_rows()).empty
+
+
+def test_correlations_prefer_the_datas_own_value_and_carry_the_error():
+    df = correlation_rows({1: 0.01, 2: 0.001}, {1: 0.02, 2: 0.004}).assign(corr_train_t1=0.05, corr_train_t2=0.05)
+    corr = dynamics.correlations(df).set_index("t")
+    assert corr["ratio"].tolist() == [0.5, 0.25] and corr["se"].tolist() == [0.001, 0.001]
+    assert corr["data"].tolist() == [0.02, 0.004] and corr["train"].tolist() == [0.05, 0.05]
+
+
+def test_dynamics_tables_carry_every_swept_key():
+    """Learning times and memorization onset keep m, lr and grammar seed, so the report can group by them."""
+    df = pd.concat([time_curves({1: 50.0}).assign(model=i, lr=lr, grammar_seed=g, m=m)
+                    for i, (lr, g, m) in enumerate([(1e-3, 0, 3), (1e-4, 1, 2)])], ignore_index=True)
+    for table in (dynamics.learning_times(df), dynamics.memorization_onset(df), dynamics.still_rising(df)):
+        assert {"lr", "grammar_seed", "m"} <= set(table) and len(table.drop_duplicates(["lr", "m"])) == 2

@@ -123,9 +123,11 @@ def test_report_of_the_quick_rows_shows_normalized_thresholds_and_every_reading(
     out, paths = quick_report
     text = open(paths["report"][0]).read()
     main = text.split("## Thresholds")[1].split("## ")[0]
-    assert "| quick | 1 | 8 | 3 | 70.4 |" in main and "| quick | 3 | 8 | 3 | - | above |" in main
+    # level 1 a value with its interval; level 2 a bound: 8 models next to its crossing still rise (issue 19)
+    assert "| quick | 1 | 8 | 3 | 82.5 [61.5, 94.9] |" in main and "| quick | 3 | 8 | 3 | - | above |" in main
+    assert "| quick | 2 | 8 | 3 | <= 220 |" in main
     readings = text.split("every reading")[1].split("## ")[0]
-    assert "| quick | raw | all | best | 16.8 | 219 | (above) |" in readings
+    assert "| quick | raw | all | best | 19.7 | <= 201 | (above) |" in readings
     assert "| quick | normalized | noncopy | last |" in readings
     assert "| clustering | 1 | 60 |" in text  # the extra thresholds are listed
     assert os.path.exists(os.path.join(out, "validity_vs_P.png")) and os.path.exists(os.path.join(out, "coherence.png"))
@@ -212,3 +214,92 @@ def test_report_of_one_workdir_sweeping_m_reads_m_from_the_table(tmp_path):
     table = report._threshold_table(analysis.threshold_summary(analysis.thresholds(df)), rising, df)
     per_level = table.groupby("level")["still_rising"].sum()
     assert per_level.to_dict() == rising.groupby("level")["rising"].sum().astype(int).to_dict()
+
+
+def write_lr_seed_m_sweep(path) -> str:
+    """A work directory sweeping lr x grammar seed x m (2 x 2 x 2), built from synthetic rows: the grid
+    rows carry each model's lr, grammar seed and m, the metrics rows none of them."""
+    frames, offset, grid = [], 0, []
+    for m in (3, 2):
+        for lr in (1e-4, 3e-4):
+            for grammar_seed in (0, 1):
+                df = synthetic_metrics(m=m, c=1.0 if lr == 1e-4 else 2.0, seeds=(0,), num_P=6,
+                                       rng_seed=10 * grammar_seed + m)
+                df = df.assign(model=df["model"] + offset)
+                offset = df["model"].max() + 1
+                grid += [dict(index=int(r.model), P=int(r.P), seed=0, lr=lr, grammar_seed=grammar_seed, data_seed=0,
+                              budget_steps=4096, m=m) for r in df.drop_duplicates("model").itertuples()]
+                frames.append(df.drop(columns="lr"))
+    workdir = write_workdir(path, pd.concat(frames, ignore_index=True), m=4)
+    with open(os.path.join(workdir, "config.json")) as f:
+        stored = json.load(f)
+    stored["config"]["train"]["lr"] = [1e-4, 3e-4]
+    stored.update(grid=grid, points=[{"grammar.m": m, "grammar.seed": g} for m in (3, 2) for g in (0, 1)])
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump(stored, f)
+    return workdir
+
+
+def _rows(text: str, heading: str) -> list[str]:
+    """The table rows of the section whose heading starts with ``heading``."""
+    section = text.split(f"\n## {heading}")[1].split("\n## ")[0]
+    return [line for line in section.splitlines() if line.startswith("| sweep |")]
+
+
+def test_launch_report_on_a_sweep_over_lr_grammar_seed_and_m_has_a_row_per_swept_value(tmp_path):
+    """Issue 19: this crashed with KeyError 'lr'; three tables mixed m = 2 and 3 (grouped by P alone)."""
+    workdir = write_lr_seed_m_sweep(tmp_path / "sweep")
+    out = str(tmp_path / "report")
+    assert launch_report.main(["--workdir", workdir, "--out", out]) == 0
+    text = open(os.path.join(out, "report.md")).read()
+    df = analysis.load(workdir)
+    assert analysis.curve_keys(df) == ["workdir", "m", "lr"] and analysis.table_keys(df)[-1] == "grammar_seed"
+    values = {(m, lr) for m in (2, 3) for lr in ("0.0001", "0.0003")}
+    main = _rows(text, "Thresholds P*_l")
+    assert {(int(r.split(" | ")[1]), r.split(" | ")[2]) for r in main} == values and len(main) == 4 * 3
+    per_replicate = _rows(text, "Thresholds per replicate")
+    assert len(per_replicate) == 8  # m x lr x grammar seed
+    num_P = df.groupby(["m", "lr", "grammar_seed"])["P"].nunique().sum()
+    for heading in ("Learning time per level", "Memorization onset", "Coherence length", "Creativity"):
+        rows = _rows(text, heading)
+        cells = {tuple(r.split(" | ")[1:5]) for r in rows}  # m, lr, grammar seed, P
+        # one row per (m, lr, grammar seed, P); learning times in steps and in epochs
+        assert len(cells) == num_P and len(rows) == num_P * (2 if heading == "Learning time per level" else 1), heading
+    # figure sets per (m, lr), their titles naming the swept values they show
+    assert os.path.exists(os.path.join(out, "time_3_sweep_m2_lr0.0003.png"))
+    c = float(re.search(r"c = ([0-9.e+-]+);", text).group(1))
+    assert 1.0 < c < 2.0  # half the curves built with c = 1, half with c = 2
+
+
+def test_report_states_the_estimator_the_interval_and_the_bounds_beside_the_numbers(written):
+    text = open(written[1]["report"][0]).read()
+    main = text.split("## Thresholds P*_l")[1].split("\n## ")[0]
+    assert analysis.METHODS["interp"] in main and analysis.INTERVAL in main and "`<= P`: a bound" in main
+    assert re.search(r"\| m3 \| 1 \| 8 \| 3 \| [\d.]+ \[[\d.]+, [\d.]+\] \|", main)
+    assert "No threshold is a bound." in text.split("## Constant c")[1]
+    assert "## Selection: the best band" in text and "xi_C = 1 + the largest distance" in text
+
+
+def test_report_reads_xi_from_correlations_and_says_where_c_is_below_its_error(tmp_path):
+    """C(t) at every distance with its error and the data's own value: xi_C beside xi, the cells whose
+    error is not smaller than the value named, and the best band of losses scored with common random numbers."""
+    df = synthetic_metrics(seeds=(0,), num_P=6)
+    reached = np.clip(np.log10(df["P"]) - 1.0, 0, 2) / 2  # the samples reach more of the data's C(t) at larger P
+    for t in range(1, 8):
+        data = 0.02 * 0.4 ** (t - 1)
+        df[f"corr_data_t{t}"] = data
+        df[f"corr_t{t}"] = data * reached ** (t / 2)
+        df[f"corr_t{t}_se"] = 0.0004
+    df["test_loss_se"] = 0.01
+    workdir = write_workdir(tmp_path / "corr", df)
+    text = open(report.make_report(workdir, str(tmp_path / "report"))["report"][0]).read()
+    coherence = text.split("## Coherence length")[1].split("\n## ")[0]
+    assert "xi_C (from C(t))" in coherence and "largest resolved t" in coherence
+    xi_C = report.dynamics.correlation_length(analysis.final(analysis.load(workdir)))
+    assert xi_C["xi_C"].is_monotonic_increasing and xi_C["xi_C"].iloc[0] == 1 and xi_C["xi_C"].iloc[-1] > 2
+    assert (xi_C["t_resolved"] == 3).all()  # half the data's C(4) = 0.02 x 0.4**3 is below 2 x 0.0004
+    corr = text.split("## Token-token correlations")[1].split("\n## ")[0]
+    assert "t 1 data" in corr and "t 1 se" in corr and "is not larger than its standard error in" in corr
+    assert "| corr | 8 |" not in corr.split("standard error in")[0]  # the cells are named in the text
+    band = text.split("## Selection: the best band")[1].split("\n## ")[0]
+    assert "common random numbers" in band and "| corr |" in band
