@@ -264,6 +264,7 @@ def make_evaluator(settings: Settings, process: Any, network: Any) -> Callable:
         g = grid.dataset
         grammar = jax.tree_util.tree_map(lambda x: x[g], refs.grammar)
         params = train.eval_params(state, decay)
+        # samples: the key they had before the losses left it (first of its 5 splits), so unchanged
         k_sample = jax.random.split(jax.random.fold_in(key, grid.model_seed), 5)[0]
         loss_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(loss_root), _LOSS_KEY_TAG), grid.model_seed)
         k_train, k_test, k_train_w, k_test_w = jax.random.split(loss_key, 4)
