@@ -80,7 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
         # state takes about 14 GB per checkpoint.
         keep_evaluations="all",
         max_models_per_program=0,  # 0: automatic (device memory); else a cap per sub-grid
-        seed=0,  # evaluation keys are fold_in(key(run.seed), step)
+        seed=0,  # sampling keys fold_in(key(run.seed), step); loss keys from run.seed and the model seed only
         shard_models=True,  # split the grid over all local devices when there are several
         grid_slice="",  # 'k/K': this process trains slice k of K of the grid (job arrays); '' = all
     )

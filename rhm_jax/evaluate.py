@@ -11,14 +11,22 @@ Per model i (vmapped; sub-batches of models in a ``lax.map`` to bound memory), a
 - ``validity_l1..lL_noncopy``: the same over the samples that are not copies (NaN when every
   sample is a copy), ``noncopy_samples``: how many samples that is (copies are valid at every
   level, so only these show what a model learned of the rules);
-- ``corr_t<t>`` / ``corr_train_t<t>`` for t = 1, 2, 4, .. < D: token-token correlation
-  (``correlation``) of the samples and of the model's training rows (the R loss rows);
+- ``corr_t<t>`` for every t = 1..D-1: token-token correlation C(t) of the samples
+  (``correlations``: mean over positions of the squared connected correlation, minus its
+  finite-sample bias), ``corr_t<t>_se`` its standard error (delete-one-group jackknife over
+  ``CORRELATION_GROUPS`` = 16 groups of samples), ``corr_train_t<t>`` the same of the model's
+  training rows (its min(P_i, R) distinct loss rows, bias for that many rows: all P_i rows when
+  P_i <= R), ``corr_data_t<t>`` the grammar's own exact C(t) (``coherence.exact_correlation``,
+  no sampling noise; the same in every row of a dataset);
 - ``copies``: samples equal to a row of the model's OWN training set (pool rows < P_i),
   ``novel_valid``: valid and not a copy, ``duplicates``: samples equal to an earlier sample;
 - ``rule_coverage_l*``: fraction of the level's rules used at least once by valid nodes,
   ``rule_entropy_l*``: entropy of that usage over log(number of rules) (0 when nothing is valid);
 - ``train_loss`` / ``test_loss`` on R fixed rows (train rows cycle through the model's own P_i rows),
-  ``train_loss_window`` / ``test_loss_window`` (W,) per window of diffusion time;
+  ``train_loss_se`` / ``test_loss_se`` their standard errors (std of the R per-row losses / sqrt(R)),
+  ``train_loss_window`` / ``test_loss_window`` (W,) per window of diffusion time; every loss of a
+  model is drawn with the same noise keys at every evaluation (from run.seed and its model seed,
+  not the step), so loss differences between its evaluations are not noise of the estimate;
 - ``step`` and ``epoch`` = step * b / P_i, b = B (or min(P_i, B) with ``train.p_below_batch='full_batch'``).
 """
 from __future__ import annotations
@@ -36,6 +44,8 @@ from rhm_jax import coherence, data, train
 from rhm_jax.settings import EvalSettings, Settings
 
 _EVAL_ROWS_SEED = np.uint32(0xE7A1)  # the train rows of the loss estimate: not the training order
+_LOSS_KEY_TAG = np.uint32(0xFFFFFFFF)  # fold_in(key(run.seed), tag): a step no run reaches
+CORRELATION_GROUPS = 16  # jackknife groups of the samples' C(t) standard error
 _ACTIVATION_FACTOR = 24  # live (N, D, width) float32 tensors while sampling, a generous guess
 
 
@@ -62,8 +72,61 @@ def duplicate_fraction(tokens_NxD: jax.Array) -> jax.Array:
 
 
 def correlation_distances(d: int) -> list[int]:
-    """Distances t at which ``correlation`` is logged: powers of two below the length ``d``."""
-    return [2**k for k in range(max(int(d) - 1, 0).bit_length())]
+    """Distances t at which C(t) is logged: every t = 1..D-1."""
+    return list(range(1, max(int(d), 1)))
+
+
+def _connected(joint_XxKxVxV: jax.Array, p_XxKxV: jax.Array, q_XxKxV: jax.Array, num_X: jax.Array,
+               keep_K: jax.Array) -> jax.Array:
+    """(X,) mean over the kept position pairs of ||joint - p q||^2 minus its finite-sample bias."""
+    connected = joint_XxKxVxV - p_XxKxV[..., :, None] * q_XxKxV[..., None, :]
+    bias_XxK = (1 - (p_XxKxV**2).sum(-1)) * (1 - (q_XxKxV**2).sum(-1)) / num_X[:, None]
+    per_pair_XxK = (connected**2).sum((-2, -1)) - bias_XxK
+    return jnp.where(keep_K, per_pair_XxK, 0.0).sum(-1) / keep_K.sum()
+
+
+def correlations(tokens_NxD: jax.Array, v: int, num_rows: jax.Array | None = None,
+                 groups: int = 1) -> tuple[jax.Array, jax.Array]:
+    """(C(t), its jackknife standard error) for t = 1..D-1, each (D-1,) float32.
+
+    C(t) as in ``correlation``, from the first ``num_rows`` rows (traced; None: all N), with the
+    finite-sample bias of that many rows. Standard error: delete-one-group jackknife over
+    ``groups`` groups of rows (row r in group r % groups), sqrt((K-1)/K sum_k (C_(k) - mean)^2)
+    with C_(k) the estimate without group k; NaN when groups < 2. It is conservative where C(t) is
+    near 0 (measured up to 1.6x the spread over independent sample sets at N = 512 samples of the
+    CPU reproduction's grammar; 1.0-1.2x where C(t) stands above its noise). One pass per t (``lax.map``),
+    each reading all N rows, so memory stays (groups + 1, D, V, V) per t.
+    """
+    num, d = tokens_NxD.shape
+    groups = max(1, min(int(groups), num))
+    pad = -num % groups
+    weight_N = jnp.ones(num) if num_rows is None else (jnp.arange(num) < num_rows).astype(jnp.float32)
+    onehot_NxDxV = jax.nn.one_hot(jnp.pad(tokens_NxD, ((0, pad), (0, 0))), v, dtype=jnp.float32)
+    onehot_RxKxDxV = onehot_NxDxV.reshape(-1, groups, d, v)  # R rows per group, group = row % K
+    weight_RxK = jnp.pad(weight_N, (0, pad)).reshape(-1, groups)
+    weighted_RxKxDxV = onehot_RxKxDxV * weight_RxK[..., None, None]
+    count_K = weight_RxK.sum(0)
+    marginal_KxDxV = weighted_RxKxDxV.sum(0)
+    # row X = 0: all rows; row X = k + 1: all rows but group k
+    count_X = jnp.concatenate([count_K.sum()[None], count_K.sum() - count_K])
+    marginal_XxDxV = jnp.concatenate([marginal_KxDxV.sum(0)[None], marginal_KxDxV.sum(0) - marginal_KxDxV])
+    p_XxDxV = marginal_XxDxV / jnp.maximum(count_X, 1.0)[:, None, None]
+
+    def at_distance(t: jax.Array) -> jax.Array:
+        """(X,) C(t) of all rows and of each leave-one-group-out set; pair (i, i + t) sits at slot i."""
+        right_RxKxDxV = jnp.roll(onehot_RxKxDxV, -t, axis=2)
+        joint_KxDxVxV = jnp.einsum("rkia,rkib->kiab", weighted_RxKxDxV, right_RxKxDxV)
+        joint_XxDxVxV = jnp.concatenate([joint_KxDxVxV.sum(0)[None], joint_KxDxVxV.sum(0) - joint_KxDxVxV])
+        joint_XxDxVxV = joint_XxDxVxV / jnp.maximum(count_X, 1.0)[:, None, None, None]
+        keep_D = jnp.arange(d) < d - t
+        return _connected(joint_XxDxVxV, p_XxDxV, jnp.roll(p_XxDxV, -t, axis=1), count_X, keep_D)
+
+    c_TxX = jax.lax.map(at_distance, jnp.arange(1, d))
+    if groups < 2:
+        return c_TxX[:, 0], jnp.full(d - 1, jnp.nan)
+    loo_TxK = c_TxX[:, 1:]
+    spread_T = ((loo_TxK - loo_TxK.mean(1, keepdims=True))**2).sum(1)
+    return c_TxX[:, 0], jnp.sqrt((groups - 1) / groups * spread_T)
 
 
 def correlation(tokens_NxD: jax.Array, v: int, t: int) -> jax.Array:
@@ -74,17 +137,12 @@ def correlation(tokens_NxD: jax.Array, v: int, t: int) -> jax.Array:
     squared Frobenius norm is averaged over the D - t pairs (i, i + t). Finite N adds
     (1 - sum_a p_i(a)**2)(1 - sum_b p_j(b)**2) / N for independent positions, which is
     subtracted, so C(t) ~ 0 for independent tokens at any N (it can fall slightly below 0).
+    ``correlations`` gives every t at once, with a standard error.
     """
     num, d = tokens_NxD.shape
     if not 1 <= t < d:
         raise ValueError(f"distance t={t} must be in 1..D-1 = 1..{d - 1}")
-    onehot_NxDxV = jax.nn.one_hot(tokens_NxD, v, dtype=jnp.float32)
-    left_NxKxV, right_NxKxV = onehot_NxDxV[:, :d - t], onehot_NxDxV[:, t:]
-    joint_KxVxV = jnp.einsum("nka,nkb->kab", left_NxKxV, right_NxKxV) / num
-    p_KxV, q_KxV = left_NxKxV.mean(0), right_NxKxV.mean(0)
-    connected_KxVxV = joint_KxVxV - p_KxV[:, :, None] * q_KxV[:, None, :]
-    bias_K = (1 - (p_KxV**2).sum(-1)) * (1 - (q_KxV**2).sum(-1)) / num
-    return ((connected_KxVxV**2).sum((1, 2)) - bias_K).mean()
+    return correlations(tokens_NxD, v)[0][t - 1]
 
 
 def _usage_scores(counts: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -119,8 +177,9 @@ def _scores(grammar: Any, tokens_NxD: jax.Array, copy_N: jax.Array) -> dict:
         scores[f"validity_l{l}_noncopy"] = jnp.where(num_noncopy > 0, total / jnp.maximum(num_noncopy, 1.0),
                                                      jnp.nan)
     scores["noncopy_samples"] = noncopy_N.sum(dtype=jnp.int32)
+    corr_T, corr_se_T = correlations(tokens_NxD, grammar.v, groups=CORRELATION_GROUPS)
     for t in correlation_distances(grammar.d):
-        scores[f"corr_t{t}"] = correlation(tokens_NxD, grammar.v, t)
+        scores[f"corr_t{t}"], scores[f"corr_t{t}_se"] = corr_T[t - 1], corr_se_T[t - 1]
     scores["valid"] = result.valid.mean(dtype=jnp.float32)
     scores["copies"] = copy_N.mean(dtype=jnp.float32)
     scores["novel_valid"] = (result.valid & ~copy_N).mean(dtype=jnp.float32)
@@ -167,6 +226,7 @@ class References:
     lookup: coherence.Lookup  # coherence.stack_lookups of the G pools
     pool_GxQxD: jax.Array
     test_GxRxD: jax.Array  # the first R = eval.loss_rows test rows of each dataset
+    corr_data_GxT: jax.Array  # coherence.exact_correlation of each grammar, t = 1..D-1
 
 
 def references(settings: EvalSettings, grammar_G: Any, pool_GxQxD: Any, test_GxNxD: Any) -> References:
@@ -178,8 +238,10 @@ def references(settings: EvalSettings, grammar_G: Any, pool_GxQxD: Any, test_GxN
     if pool.shape[2] != grammar_G.d or test.shape[2] != grammar_G.d or test.shape[1] < 1 or pool.shape[1] < 1:
         raise ValueError(f"pool_GxQxD {pool.shape} and test_GxNxD {test.shape} need rows >= 1 of d={grammar_G.d}")
     lookup = coherence.stack_lookups([coherence.make_lookup(p) for p in pool])
+    exact_GxT = np.stack([coherence.exact_correlation(jax.tree_util.tree_map(lambda x: x[g], grammar_G))
+                          for g in range(G)])
     return References(grammar_G, lookup, jnp.asarray(pool, jnp.int32),
-                      jnp.asarray(test[:, :settings.loss_rows], jnp.int32))
+                      jnp.asarray(test[:, :settings.loss_rows], jnp.int32), jnp.asarray(exact_GxT, jnp.float32))
 
 
 def make_evaluator(settings: Settings, process: Any, network: Any) -> Callable:
@@ -187,9 +249,13 @@ def make_evaluator(settings: Settings, process: Any, network: Any) -> Callable:
 
     Model i is scored against slot ``grid.dataset[i]`` of ``refs`` (``References``).
     Deterministic given ``key``: model i samples with fold_in(key, model_seed_i), so a model's
-    scores do not depend on the other models of the grid.
+    scores do not depend on the other models of the grid. Its losses use keys that do not
+    depend on ``key`` (nor on the step): fold_in(fold_in(key(eval.loss_seed), tag), model_seed_i),
+    so every evaluation of a model draws the same noise on the same rows (common random
+    numbers): equal params give equal losses, and loss differences between steps are the model's.
     """
     num_samples, num_windows, rows = settings.eval.num_samples, settings.eval.num_windows, settings.eval.loss_rows
+    loss_root = int(settings.eval.loss_seed)
     batch, full, decay = settings.train.batch_size, settings.train.full_batch, settings.train.ema_decay
 
     def one_model(args: tuple, refs: References, key: jax.Array) -> dict:
@@ -198,19 +264,26 @@ def make_evaluator(settings: Settings, process: Any, network: Any) -> Callable:
         g = grid.dataset
         grammar = jax.tree_util.tree_map(lambda x: x[g], refs.grammar)
         params = train.eval_params(state, decay)
-        key = jax.random.fold_in(key, grid.model_seed)
-        k_sample, k_train, k_test, k_train_w, k_test_w = jax.random.split(key, 5)
+        # samples: the key they had before the losses left it (first of its 5 splits), so unchanged
+        k_sample = jax.random.split(jax.random.fold_in(key, grid.model_seed), 5)[0]
+        loss_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(loss_root), _LOSS_KEY_TAG), grid.model_seed)
+        k_train, k_test, k_train_w, k_test_w = jax.random.split(loss_key, 4)
         sample_kwargs = {} if getattr(process, "d", None) is not None else {"d": grammar.d}
         tokens_NxD = process.sample(params, network.apply, k_sample, num_samples, **sample_kwargs)
         metrics = score_in(refs, g, tokens_NxD, grid.P)
         train_RxD = refs.pool_GxQxD[g, data.batch_indices(_EVAL_ROWS_SEED ^ grid.data_seed, grid.P, 0, rows)]
         test_RxD = refs.test_GxRxD[g]
+        # The R rows cycle through the model's P rows, the first min(P, R) of them distinct: C(t)
+        # of exactly those (all P rows when P <= R), its bias for that many rows.
+        corr_train_T, _ = correlations(train_RxD, grammar.v, num_rows=jnp.minimum(grid.P, rows))
         for t in correlation_distances(grammar.d):
-            # The R rows cycle through the model's P rows: C(t) of its training set as the model
-            # sees it (the empirical distribution when P divides R; a subsample of R rows when P > R).
-            metrics[f"corr_train_t{t}"] = correlation(train_RxD, grammar.v, t)
-        metrics["train_loss"] = process.loss(params, network.apply, k_train, train_RxD)[0]
-        metrics["test_loss"] = process.loss(params, network.apply, k_test, test_RxD)[0]
+            metrics[f"corr_train_t{t}"] = corr_train_T[t - 1]
+            metrics[f"corr_data_t{t}"] = refs.corr_data_GxT[g, t - 1]
+        for split, k, x_RxD in (("train", k_train, train_RxD), ("test", k_test, test_RxD)):
+            loss_R = process.row_losses(params, network.apply, k, x_RxD)
+            num = x_RxD.shape[0]
+            metrics[f"{split}_loss"] = loss_R.mean()
+            metrics[f"{split}_loss_se"] = loss_R.std(ddof=1) / math.sqrt(num) if num > 1 else jnp.float32(jnp.nan)
         metrics["train_loss_window"] = process.window_losses(params, network.apply, k_train_w, train_RxD,
                                                              num_windows)
         metrics["test_loss_window"] = process.window_losses(params, network.apply, k_test_w, test_RxD,

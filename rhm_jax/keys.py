@@ -79,7 +79,7 @@ KEYS: dict[str, Key] = {
     "run.keep_last": _key("execution", "most recent checkpoints kept"),
     "run.keep_evaluations": _key("execution", "checkpoints kept at evaluation steps"),
     "run.max_models_per_program": _key("execution", "cap on models per compiled sub-grid (0: automatic)"),
-    "run.seed": _key("static", "evaluation keys: fold_in(key(run.seed), step)", "run_seed"),
+    "run.seed": _key("static", "evaluation keys: sampling fold_in(key(run.seed), step), losses the same at every step", "run_seed"),
     "run.shard_models": _key("execution", "split the models over local devices"),
     "run.grid_slice": _key("execution", "'k/K': this process trains slice k of K of the sweep"),
 }

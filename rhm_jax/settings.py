@@ -39,13 +39,15 @@ class EvalSettings:
     loss_rows: int  # R train / test rows of the loss estimates
     models_per_batch: int  # 0: chosen from device memory
     width: int  # network width, for the memory guess of models_per_batch=0
+    loss_seed: int = 0  # run.seed: the root of the loss keys, the same at every step (common random numbers)
 
     @classmethod
     def of(cls, config: Any) -> "EvalSettings":
         """The settings of a validated config."""
         e = config.eval
         return cls(num_samples=int(e.num_samples), num_windows=int(e.num_windows), loss_rows=int(e.loss_rows),
-                   models_per_batch=int(e.models_per_batch), width=int(config.network.width))
+                   models_per_batch=int(e.models_per_batch), width=int(config.network.width),
+                   loss_seed=int(config.run.seed))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,8 @@ Grid:     v=n=8, m=3, s=2, L=3 (d=8, P_max = 17496) as in the paper's figures; P
           values, one per octave: two below v m**2 = 72, two above v m**4 = 648); per grammar seed K
           one model seed (K); bpUNet W=256 (about 1/16 of the W=1024 parameters), the paper's
           process (uniform, T=200, beta 1e-3 .. 0.1 linear), Adam 5e-4, batch 64, 8192 steps;
-          evaluations at 0, 1, 2, 4, ..., 8192 (15) with 128 samples of 200 ancestral steps each.
+          evaluations at 0 and 2 per octave, 1, 2, 3, 4, 6, 8, 11, ..., 5793, 8192 (27; the committed
+          runs below had 1 per octave: 15), with 128 samples of 200 ancestral steps each.
 Choice:   lr and budget. Adam moves weights by ~lr per step, so "lr x steps" is the comparable
           clock: the paper (W=1024, lr 1e-4, P=1024) learns level 1 near 300 epochs = 4,800 steps
           (lr x steps ~ 0.5) and level 2 near 500 epochs = 8,000 steps (~0.8); the quick sweep
@@ -32,13 +33,14 @@ Run time: ESTIMATE (made before the run; measured below) from short measurements
           model-steps/s and ~4,100 sample-steps/s at load 5.9-9.3 with 0.56 cores. Idle correction:
           the quick sweep used 1.2 cores of the idle machine, so idle is taken as 1.2 / 0.49 = 2.4x
           faster than measured (an assumption; the 0.56-core draft implies 2.1x). Per grammar seed:
-          7 x 8192 = 57k model-steps (idle 12-18 min, at the measured load 43 min), 15 evaluations
-          of ~24 s idle (58 s loaded) = 6 min (15 min), ~1 min of compilation (2 min). Three seeds:
-          about 1 h to 1 h 15 min on an idle 2-core CPU (training ~70 %, sampling ~25 %), about 3 h
-          at the load measured; the clustering learner and the report add a minute or two. Re-measure
-          first on the idle machine: `nice -n 10 python benchmarks/reproduction_time.py` (~6 min). Nine of
-          the 15 evaluations (steps 0 .. 128) come before level 1 is expected to rise; they give
-          the time-course figures their start.
+          7 x 8192 = 57k model-steps (idle 12-18 min, at the measured load 43 min), 27 evaluations
+          of ~24 s idle (58 s loaded) = 11 min (26 min), ~1 min of compilation (2 min). Three seeds:
+          about 1 h 15 min to 1 h 30 min on an idle 2-core CPU (training ~60 %, sampling ~35 %; with
+          the committed runs' 15 evaluations, 1 h to 1 h 15 min), about 3 h 30 min at the load
+          measured; the clustering learner and the report add a minute or two. Re-measure first on the
+          idle machine: `nice -n 10 python benchmarks/reproduction_time.py` (~6 min). The evaluations
+          at steps 0 .. 128 (17 of 27) come before level 1 is expected to rise; they give the
+          time-course figures their start.
 Expected: measured 2026-12-01, commit ca3f768, 2-core CPU shared with two other sessions (load
           4-6): 1 h 44 min for the three seeds (training 31-36 min per seed). Normalized thresholds at each model's
           best evaluation, isotonic interpolation in log P (report default since issue 19):
@@ -67,7 +69,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.update(dict(num_train=tuple(32 * 2**k for k in range(7)), num_test=1024, seed=seed))
     config.network.width = 256
     config.train.update(dict(lr=(5e-4,), num_steps=8192, seeds=(seed,), steps_per_call=128))
-    config.eval.update(dict(num_samples=128, per_octave=1))
+    config.eval.update(dict(num_samples=128, per_octave=2))  # 1 in the committed runs (issue 19: >= 2)
     config.run.seed = seed  # every seed as the quick sweep's grammar seeds 1-3 (README, Results)
     if quick:  # the same pipeline in seconds: tiny network, short chain, a few steps
         config.data.update(dict(num_train=(32, 256), num_test=64))

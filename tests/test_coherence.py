@@ -209,3 +209,46 @@ def test_stacked_lookups_find_in_each_slot_what_its_own_lookup_finds():
         for g, P in enumerate([10, 40, 35]):
             want = [any((q == pools[g][:P]).all(1)) for q in queries]
             np.testing.assert_array_equal(copies[g], want)
+
+
+# ---- exact C(t) of the grammar
+
+def enumerate_sequences(g):
+    """Every sequence of a tiny grammar once (root class, then all rule choices): (P_max, D)."""
+    digits = np.asarray(list(itertools.product(range(g.m), repeat=grammar.num_choices(g))))
+    roots = np.repeat(np.arange(g.n), len(digits))
+    choices = grammar.split_choices(g, jnp.asarray(np.tile(digits, (g.n, 1))), 0)
+    return np.asarray(grammar.expand(g, jnp.asarray(roots), choices))
+
+
+def correlation_of_uniform_rows(tokens, v):
+    """C(t), t = 1..D-1, of the uniform law over ``tokens`` by loops (no finite-sample bias: a law)."""
+    num, d = tokens.shape
+    out = []
+    for t in range(1, d):
+        total = 0.0
+        for i in range(d - t):
+            joint = np.zeros((v, v))
+            np.add.at(joint, (tokens[:, i], tokens[:, i + t]), 1 / num)
+            total += ((joint - np.outer(joint.sum(1), joint.sum(0))) ** 2).sum()
+        out.append(total / (d - t))
+    return np.asarray(out)
+
+
+@pytest.mark.parametrize("v, n, m, s, L, seed", [(3, 3, 2, 2, 2, 0), (3, 3, 2, 2, 3, 1), (4, 2, 2, 3, 2, 2),
+                                                 (3, 2, 3, 2, 2, 3)])
+def test_exact_correlation_equals_enumeration_of_every_sequence(v, n, m, s, L, seed):
+    g = grammar.sample_rules(seed, v=v, n=n, m=m, s=s, L=L)
+    tokens = enumerate_sequences(g)
+    assert len(np.unique(tokens, axis=0)) == g.p_max  # every sequence, each once: the grammar's law
+    want = correlation_of_uniform_rows(tokens, v)
+    got = coherence.exact_correlation(g)
+    assert got.shape == (g.d - 1,) and want.max() > 1e-3  # some distance is correlated: the check can fail
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-15)
+
+
+def test_exact_correlation_of_the_cpu_reproduction_grammar():
+    """v=n=8, m=3, s=2, L=3, grammar seed 0: the values quoted in issue 19 (recomputed there in numpy)."""
+    g = grammar.sample_rules(0, v=8, n=8, m=3, s=2, L=3)
+    np.testing.assert_allclose(coherence.exact_correlation(g)[:4], [0.0199, 0.00158, 0.00090, 0.00018],
+                               rtol=0.03)

@@ -386,6 +386,17 @@ def test_loss_over_the_first_rows_equals_the_loss_of_those_rows(make_proc):
 
 
 @pytest.mark.parametrize("make_proc", PROCESSES)
+def test_row_losses_average_to_the_loss_with_the_same_key(make_proc):
+    # The evaluator's standard error reads these rows; their mean is the scalar training loss.
+    proc, key, x0 = make_proc(), jax.random.key(8), data(6, batch=8)
+    params = init_embedding(jax.random.key(2), proc.input_vocab)
+    rows_B = jax.jit(lambda p: proc.row_losses(p, embedding_net, key, x0))(params)
+    loss, _ = jax.jit(lambda p: proc.loss(p, embedding_net, key, x0))(params)
+    assert rows_B.shape == (8,) and float(jnp.std(rows_B)) > 0
+    assert float(rows_B.mean()) == pytest.approx(float(loss), rel=1e-6)
+
+
+@pytest.mark.parametrize("make_proc", PROCESSES)
 def test_bf16_logits_give_float32_loss(make_proc):
     proc, x0, key = make_proc(), data(13), jax.random.key(15)
     logits16 = jax.random.normal(jax.random.key(14), (B, D, V)).astype(jnp.bfloat16)

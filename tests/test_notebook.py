@@ -56,7 +56,8 @@ def test_best_models_rescore_to_the_run_rows_and_write_only_when_asked(finished)
     assert run.models == [0, 1, 2, 3] and run.table["step"].tolist() == [best[m] for m in range(4)]
     assert run.table[["P", "seed", "budget_steps"]].values.tolist() == [[16, 0, 64], [16, 1, 64], [64, 0, 64],
                                                                        [64, 1, 64]]
-    assert len(set(best.values())) > 1  # the models are loaded at different steps
+    # Before issue 19 the models' best steps differed by noise of the loss; with the same noise keys at
+    # every evaluation the smoke models' test loss falls to their last step (64), so all load there.
     scored = run.score()
     assert snapshot(workdir) == before  # nothing written
     for got, model in zip(scored.to_dict("records"), range(4)):

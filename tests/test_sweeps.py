@@ -35,6 +35,18 @@ def test_config_validates(name, arg):
     assert max(config.data.num_train) + config.data.num_test <= p_max
 
 
+@pytest.mark.parametrize("arg", [None, "quick"])
+@pytest.mark.parametrize("name", SWEEPS)
+def test_every_p_sweep_evaluates_at_least_twice_per_octave(name, arg):
+    """A threshold read between evaluations one octave apart jumps in factors of 2 (issue 19)."""
+    config = sweep_module(name).get_config(arg)
+    points = config_lib.load_sweep(os.path.join(ROOT, "sweeps", f"{name}.py") + (f":{arg}" if arg else ""))
+    if len(config.data.num_train) > 1 or any("data.num_train" in point for point in points):
+        assert config.eval.per_octave >= 2, (name, arg)
+        assert all(point.get("eval.per_octave", 2) >= 2 for point in points), (name, arg)
+    assert config_lib.base_config().eval.per_octave >= 2
+
+
 @pytest.mark.parametrize("name", SWEEPS)
 def test_docstring_records_launch_time_and_expectation(name):
     doc = sweep_module(name).__doc__
@@ -150,6 +162,7 @@ def test_reproduction_config_is_unchanged_by_the_sweep_file_it_reads():
         stored = json.load(f)
     module = sweep_module("reproduction_cpu")
     for arg, values in stored.items():
+        values["eval"]["per_octave"] = 2  # the one change since: 2 evaluations per octave (issue 19)
         assert config_lib.to_dict(module.get_config(arg)) == values, arg
     assert config_lib.load_sweep(os.path.join(ROOT, "sweeps", "reproduction_cpu.py")) == [{}]
 

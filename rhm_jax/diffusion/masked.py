@@ -124,13 +124,9 @@ class MaskedProcess:
         correct_B = jnp.sum(masked_BxD & (jnp.argmax(logits_BxDxV, -1) == x0_BxD), axis=-1)
         return loss_B, masked_BxD.sum(axis=-1), correct_B
 
-    def loss(self, params: Any, apply_fn: ApplyFn, key: jax.Array, x0_BxD: jax.Array,
-             num_rows: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Continuous-time ELBO per token with stratified t; aux: mask fraction, masked accuracy.
-
-        With ``num_rows`` (traced) only the first ``num_rows`` rows count, and t is stratified
-        over them as in a batch of exactly those rows.
-        """
+    def _drawn_losses_B(self, params: Any, apply_fn: ApplyFn, key: jax.Array, x0_BxD: jax.Array,
+                        num_rows: jax.Array | None) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """``_losses_B`` at times stratified over the (first ``num_rows``) rows with one offset from ``key``."""
         key_t, key_z = jax.random.split(key)
         batch = x0_BxD.shape[0]
         if num_rows is None:
@@ -139,7 +135,22 @@ class MaskedProcess:
             n = jnp.asarray(num_rows, jnp.int32)
             t_B = (jnp.arange(batch) % n + jax.random.uniform(key_t)) / n.astype(jnp.float32)
         t_B = jnp.clip(t_B, _T_MIN, 1.0)
-        loss_B, masked_B, correct_B = self._losses_B(params, apply_fn, key_z, x0_BxD, t_B)
+        return self._losses_B(params, apply_fn, key_z, x0_BxD, t_B)
+
+    def row_losses(self, params: Any, apply_fn: ApplyFn, key: jax.Array, x0_BxD: jax.Array) -> jax.Array:
+        """(B,) per-row loss whose mean is ``loss(...)[0]`` with the same key. The rows' times are
+        stratified, so std / sqrt(B) of these overstates the error of their mean (a safe bound)."""
+        return self._drawn_losses_B(params, apply_fn, key, x0_BxD, None)[0]
+
+    def loss(self, params: Any, apply_fn: ApplyFn, key: jax.Array, x0_BxD: jax.Array,
+             num_rows: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Continuous-time ELBO per token with stratified t; aux: mask fraction, masked accuracy.
+
+        With ``num_rows`` (traced) only the first ``num_rows`` rows count, and t is stratified
+        over them as in a batch of exactly those rows.
+        """
+        batch = x0_BxD.shape[0]
+        loss_B, masked_B, correct_B = self._drawn_losses_B(params, apply_fn, key, x0_BxD, num_rows)
         if num_rows is not None:
             keep_B = jnp.arange(batch) < num_rows
             masked_B, correct_B = jnp.where(keep_B, masked_B, 0), jnp.where(keep_B, correct_B, 0)

@@ -196,14 +196,23 @@ class UniformProcess:
         correct_BxD = jnp.argmax(logits_BxDxV, axis=-1) == x0_BxD
         return kl_BxD.mean(axis=-1), correct_BxD.mean(axis=-1)
 
-    def loss(self, params: Any, apply_fn: ApplyFn, key: jax.Array, x0_BxD: jax.Array,
-             num_rows: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Mean KL over the batch (its first ``num_rows`` rows if given), i uniform in 1..T per row; aux: x0 accuracy."""
+    def _drawn_losses_B(self, params: Any, apply_fn: ApplyFn, key: jax.Array,
+                        x0_BxD: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``_losses_B`` at a step i drawn uniformly in 1..T per row from ``key``."""
         key_t, key_x = jax.random.split(key)
         u_B = jax.random.uniform(key_t, (x0_BxD.shape[0],))
         i_B = jnp.clip(jnp.floor(u_B * self.T).astype(jnp.int32) + 1, 1, self.T)  # uniform in 1..T
-        kl_B, acc_B = self._losses_B(params, apply_fn, key_x, x0_BxD, i_B)
+        return self._losses_B(params, apply_fn, key_x, x0_BxD, i_B)
+
+    def loss(self, params: Any, apply_fn: ApplyFn, key: jax.Array, x0_BxD: jax.Array,
+             num_rows: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Mean KL over the batch (its first ``num_rows`` rows if given), i uniform in 1..T per row; aux: x0 accuracy."""
+        kl_B, acc_B = self._drawn_losses_B(params, apply_fn, key, x0_BxD)
         return base.row_mean(kl_B, num_rows), {"x0_accuracy": base.row_mean(acc_B, num_rows)}
+
+    def row_losses(self, params: Any, apply_fn: ApplyFn, key: jax.Array, x0_BxD: jax.Array) -> jax.Array:
+        """(B,) per-row KL whose mean is ``loss(...)[0]`` with the same key (for a standard error)."""
+        return self._drawn_losses_B(params, apply_fn, key, x0_BxD)[0]
 
     def window_losses(self, params: Any, apply_fn: ApplyFn, key: jax.Array, x0_BxD: jax.Array,
                       num_windows: int = 10) -> jax.Array:
