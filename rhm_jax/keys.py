@@ -48,7 +48,7 @@ KEYS: dict[str, Key] = {
     "process.schedule": _key("static", "masked: 'linear', 'cosine' or 'poly'"),
     "process.power": _key("static", "masked: exponent of the 'poly' schedule"),
     "process.eps": _key("static", "masked: alpha(t) stays in [eps, 1 - eps]"),
-    "process.sampler_steps": _key("static", "sampler steps of evaluations (None: T)"),
+    "process.sampler_steps": _key("static", "sampler steps of evaluations (None: exact; uniform T steps, masked one position per step)"),
     "network.name": _key("static", "denoiser: 'bpunet' or 'transformer'", "network"),
     "network.width": _key("static", "channels (bpUNet) or model width (transformer)", "width"),
     "network.dtype": _key("static", "matmul dtype"),
