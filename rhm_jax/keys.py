@@ -57,6 +57,7 @@ KEYS: dict[str, Key] = {
     "network.heads": _key("static", "transformer: attention heads"),
     "network.mlp_ratio": _key("static", "transformer: MLP width / model width"),
     "network.time_conditioning": _key("static", "time input (None: unless tokens reveal the time)"),
+    "network.backward": _key("static", "bpUNet's backward rule: 'jax', 'rowmajor' or 'auto' (rowmajor on CPU)"),
     "train.batch_size": _key("static", "rows per training step", "batch_size"),
     "train.lr": _key("traced", "Adam's peak learning rates (grid axis)", "lr"),
     "train.b1": _key("traced", "Adam's beta1", "b1"),
