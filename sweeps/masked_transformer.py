@@ -11,11 +11,11 @@ Grid:     the grammar and P grid of hierarchy_in_p (v=n=16, m=4, s=2, L=4; P = 6
 Run time: ESTIMATE, not yet measured: memory-bound like the bpUNet (~40 bytes per parameter per
           model-step): ~2,500 model-steps/s on an H100 at 19M parameters, 33 x 2**18 model-steps in
           about 1 h, plus a few minutes of evaluations (16 network calls per sample).
-          Quick: measured 2.1 min wall (0.9 min CPU time, the CPU shared with other jobs) on a
-          2-core CPU; level 1 ~0.9 and level 2 ~0.6 at every P after 1500 steps (a plumbing check,
-          too short for thresholds). Measured with the 16-step sampler it had then (issue 19:
-          that sampler capped even the exact denoiser at full validity 0.81; the exact one,
-          8 network calls per sample, reaches 1.0), so these readings were biased low.
+          Quick: measured 1.5 min wall on a 2-core CPU shared with other jobs (load average 6-8,
+          2026-12-07); at its best evaluation validity rises with P to level 1 0.98, level 2 0.62,
+          level 3 0.23 at P=2048 (a plumbing check, too short for thresholds). The same
+          checkpoints sampled with the 16 steps this file had before (issue 19: they cap even
+          the exact denoiser at full validity 0.80) read 0.93 / 0.57 / 0.20.
 Expected: the same questions as hierarchy_in_p: validity thresholds ordered by level with ratios
           ~ m and P*_l ~ c v m**(l+1); whether c differs from the bpUNet's is what this run measures
           (no reference number: the paper's masked-diffusion runs are on text).
