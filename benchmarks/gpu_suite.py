@@ -1,6 +1,7 @@
 """One item of the GPU suite (benchmarks/gpu_suite.sh), or the final table of all items.
 
     python benchmarks/gpu_suite.py train --width 1024 --models 1,8,32,64 --dtype float32 --out R.jsonl
+    python benchmarks/gpu_suite.py train --width 1024 --models 1 --backward jax,rowmajor --out R.jsonl
     python benchmarks/gpu_suite.py eval  --width 1024 --models 64 --dtype bfloat16 --out R.jsonl
     python benchmarks/gpu_suite.py bandwidth --out R.jsonl
     python benchmarks/gpu_suite.py table R.jsonl
@@ -13,6 +14,10 @@ scalar argument) raises instead of silently stalling the device. ``--dtype bfloa
 network's compute dtype AND Adam's first moment (train.mu_dtype) to bfloat16; weights, gradients
 and the second moment stay float32. The roofline counts 40 bytes per parameter per model-step
 (float32 Adam, SPEC section 6) for both dtypes, so bf16 rows show what they gain against it.
+``--backward`` lists bpUNet's backward rules to time (``network.backward``: 'jax', JAX's own;
+'rowmajor', issue 12's CPU-tuned products with fenced cotangents; 'auto', what the backend gets
+by default): per M, one program per rule, timed one after the other; each row names its rule
+and what it stands for ('auto' on a GPU is 'jax').
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grid_throughput  # noqa: E402  (the settings and data of SPEC section 6)
 
-from rhm_jax import settings, train  # noqa: E402
+from rhm_jax import networks, settings, train  # noqa: E402
 
 BYTES_PER_PARAM_STEP = 40
 REFERENCE_STEPS_PER_S = {256: 169.0, 1024: 152.0}  # authors' PyTorch, one model per H100 (SPEC 6)
@@ -55,9 +60,10 @@ def guarded(timed):
         return timed(), message
 
 
-def suite_config(width: int, models: int, steps_per_call: int, num_samples: int, dtype: str):
+def suite_config(width: int, models: int, steps_per_call: int, num_samples: int, dtype: str,
+                 backward: str = "auto"):
     """grid_throughput's config; bfloat16 also stores Adam's first moment in bfloat16."""
-    config = grid_throughput.make_config(width, models, steps_per_call, num_samples, dtype)
+    config = grid_throughput.make_config(width, models, steps_per_call, num_samples, dtype, backward)
     with config.unlocked():
         config.train.mu_dtype = "bfloat16" if dtype == "bfloat16" else "float32"
     return config
@@ -76,10 +82,11 @@ def bandwidth(out: str, gib: float) -> None:
     emit(out, dict(item="bandwidth", device=jax.devices()[0].device_kind, bytes_per_s=2 * x.nbytes / best))
 
 
-def time_train(out: str, width: int, models: list[int], dtype: str, seconds: float, K: int) -> None:
-    """Model-steps/s of one compiled program per grid size M, timed for about ``seconds`` each."""
-    for M in models:
-        config = suite_config(width, M, K, 1024, dtype)
+def time_train(out: str, width: int, models: list[int], dtype: str, seconds: float, K: int,
+               backwards: list[str]) -> None:
+    """Model-steps/s of one compiled program per grid size M and backward rule, ``seconds`` each."""
+    for M, backward in ((M, backward) for M in models for backward in backwards):
+        config = suite_config(width, M, K, 1024, dtype, backward)
         _, pool_QxD, _, process, network, grid = grid_throughput.build(config)
         typed = settings.TrainSettings.of(config)
         state = train.init_state(typed, network, grid)
@@ -105,7 +112,8 @@ def time_train(out: str, width: int, models: list[int], dtype: str, seconds: flo
 
         elapsed, violation = guarded(timed)
         loss = float(np.nanmean(np.asarray(metrics["loss"])))
-        emit(out, dict(item="train", width=width, M=M, dtype=dtype, params=params, steps=calls * K,
+        emit(out, dict(item="train", width=width, M=M, dtype=dtype, backward=backward,
+                       rule=networks.backward_name(backward), params=params, steps=calls * K,
                        model_steps_per_s=M * calls * K / elapsed, steps_per_s=calls * K / elapsed,
                        compile_s=compile_s, loss=loss, diverged=int(np.asarray(state.diverged).sum()),
                        transfer_in_loop=violation))
@@ -143,14 +151,27 @@ def table(path: str) -> str:
     lines = [f"device {kind}; bandwidth {bw:.3g} B/s ({'measured copy' if measured else 'nominal'});"
              f" roofline = bandwidth / ({BYTES_PER_PARAM_STEP} B x params) model-steps/s", "",
              "training (one compiled program, aggregate over the grid)",
-             f"{'dtype':>9} {'W':>5} {'M':>4} {'params':>9} {'model-steps/s':>14} {'roofline':>9} {'fraction':>8}"
-             f" {'x ref':>7} {'compile s':>9}"]
-    for r in sorted((r for r in rows if r["item"] == "train"), key=lambda r: (r["dtype"], -r["width"], r["M"])):
+             "backward: the rule timed (network.backward; 'auto' shows what it stands for on this backend)",
+             f"{'dtype':>9} {'W':>5} {'M':>4} {'backward':>13} {'params':>9} {'model-steps/s':>14} {'roofline':>9}"
+             f" {'fraction':>8} {'x ref':>7} {'compile s':>9}"]
+    for r in sorted((r for r in rows if r["item"] == "train"),
+                    key=lambda r: (r["dtype"], -r["width"], r["M"], r.get("rule", ""))):
+        rule = r.get("backward", "-") if r.get("backward") != "auto" else f"auto={r['rule']}"
         roof = bw / (BYTES_PER_PARAM_STEP * r["params"])
         ref = REFERENCE_STEPS_PER_S.get(r["width"], float("nan"))
-        lines.append(f"{r['dtype']:>9} {r['width']:>5} {r['M']:>4} {r['params']:>9} {r['model_steps_per_s']:>14.4g}"
+        lines.append(f"{r['dtype']:>9} {r['width']:>5} {r['M']:>4} {rule:>13} {r['params']:>9}"
+                     f" {r['model_steps_per_s']:>14.4g}"
                      f" {roof:>9.4g} {r['model_steps_per_s'] / roof:>8.3f} {r['model_steps_per_s'] / ref:>7.1f}"
                      f" {r['compile_s']:>9.1f}")
+    by_setting = {}
+    for r in (r for r in rows if r["item"] == "train" and r.get("rule")):
+        by_setting.setdefault((r["dtype"], r["width"], r["M"]), {})[r["rule"]] = r["model_steps_per_s"]
+    both = sorted((key, speed) for key, speed in by_setting.items() if {"jax", "rowmajor"} <= set(speed))
+    if both:
+        lines += ["", "backward rules: model-steps/s of rowmajor over jax (> 1: the row-major rule is faster)",
+                  f"{'dtype':>9} {'W':>5} {'M':>4} {'rowmajor/jax':>13}"]
+        lines += [f"{dtype:>9} {width:>5} {M:>4} {speed['rowmajor'] / speed['jax']:>13.3f}"
+                  for (dtype, width, M), speed in both]
     evals = [r for r in rows if r["item"] == "eval"]
     if evals:
         lines += ["", "evaluation (samples x 200 sampler steps per model, plus coherence and losses)",
@@ -181,14 +202,17 @@ def main() -> None:
     parser.add_argument("--steps-per-call", type=int, default=50, help="K, steps fused in one device call")
     parser.add_argument("--samples", type=int, default=1024, help="samples per model per evaluation")
     parser.add_argument("--gib", type=float, default=4.0, help="array size of the bandwidth copy")
+    parser.add_argument("--backward", default="auto",
+                        help="comma-separated bpUNet backward rules to time (train): auto, jax, rowmajor")
     args = parser.parse_args()
     models = [int(m) for m in args.models.split(",") if m]
+    backwards = grid_throughput.backwards(args.backward)  # checked before anything is compiled
     if args.item == "table":
         print(table(args.path or args.out))
     elif args.item == "bandwidth":
         bandwidth(args.out, args.gib)
     elif args.item == "train":
-        time_train(args.out, args.width, models, args.dtype, args.seconds, args.steps_per_call)
+        time_train(args.out, args.width, models, args.dtype, args.seconds, args.steps_per_call, backwards)
     else:
         time_eval(args.out, args.width, models, args.dtype, args.samples)
 

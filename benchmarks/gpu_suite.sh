@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU speed suite, unattended, about 8 minutes on one H100/H200 (each item has a time cap).
+# The GPU speed suite, unattended, about 10 minutes on one H100/H200 (each item has a time cap).
 #
 #   bash benchmarks/fetch_wheels.sh          # here, with network: wheels/ to carry along
 #   bash benchmarks/gpu_suite.sh [RESULTS]   # there: results in RESULTS (default $OUT or runs/gpu_suite)
@@ -7,9 +7,11 @@
 # Expects jax (CUDA), flax, optax, orbax-checkpoint, chex and numpy preinstalled; installs this
 # project with --no-deps and the carried wheels (ml-collections, absl-py) where missing, with
 # no network. Items: memory bandwidth; training throughput for W=1024 (M=1,8,32,64) and W=256
-# (M=1,64,256) in float32 and bfloat16; one evaluation of 64 models x 1024 samples x 200 steps at
-# W=1024 in both dtypes. Ends with a table: model-steps/s, fraction of the memory roofline
-# (SPEC section 6) and speed-up over the authors' PyTorch reference.
+# (M=1,64,256) in float32 and bfloat16, each M with both bpUNet backward rules (network.backward
+# 'jax' and 'rowmajor', one after the other; SUITE_BACKWARD=auto times only the backend's default
+# and brings the suite back to about 7 minutes); one evaluation of 64 models x 1024 samples x 200
+# steps at W=1024 in both dtypes. Ends with a table: model-steps/s, fraction of the memory
+# roofline (SPEC section 6), speed-up over the authors' PyTorch reference, and rowmajor / jax.
 # SUITE_SMOKE=1 shrinks every item to seconds and installs nothing (a plumbing check on a CPU).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +45,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 "$py" -c "import jax, rhm_jax; print('jax', jax.__version__, jax.devices())" 2>&1 | tee -a "$log"
 
 # --- items: name, time cap in seconds, arguments of benchmarks/gpu_suite.py
+rules="--backward ${SUITE_BACKWARD:-jax,rowmajor}"  # jax first: the GPU default; a time cap cuts the last
 if [ "${SUITE_SMOKE:-0}" = 1 ]; then
   big="--width 32"; small="--width 16"; bigM=1,2; smallM=1,4; evalM=2
   extra="--seconds 0.5 --steps-per-call 4"; samples="--samples 32"; gib="--gib 0.25"
@@ -52,10 +55,10 @@ else
 fi
 items=(
   "bandwidth|20|bandwidth $gib"
-  "train fp32 W=1024|105|train $big --models $bigM --dtype float32 $extra"
-  "train fp32 W=256|55|train $small --models $smallM --dtype float32 $extra"
-  "train bf16 W=1024|95|train $big --models $bigM --dtype bfloat16 $extra"
-  "train bf16 W=256|45|train $small --models $smallM --dtype bfloat16 $extra"
+  "train fp32 W=1024|160|train $big --models $bigM --dtype float32 $extra $rules"
+  "train fp32 W=256|85|train $small --models $smallM --dtype float32 $extra $rules"
+  "train bf16 W=1024|145|train $big --models $bigM --dtype bfloat16 $extra $rules"
+  "train bf16 W=256|70|train $small --models $smallM --dtype bfloat16 $extra $rules"
   "eval fp32 W=1024 M=64|70|eval $big --models $evalM --dtype float32 $samples"
   "eval bf16 W=1024 M=64|50|eval $big --models $evalM --dtype bfloat16 $samples"
 )

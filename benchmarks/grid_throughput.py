@@ -3,7 +3,7 @@
 Usage (one script, unattended; prints a table at the end):
     python benchmarks/grid_throughput.py                    # CPU: W = 64, 256, 1024; M = 1, 2, 4, 8
     python benchmarks/grid_throughput.py --widths 1024 --models 1,4 --seconds 20   # a short look
-    python benchmarks/grid_throughput.py --compare-jax-rule --widths 1024 --models 1   # A/B, see below
+    python benchmarks/grid_throughput.py --backward jax,rowmajor --widths 1024 --models 1   # A/B, see below
     python benchmarks/grid_throughput.py --eval-models 1,4  # also time one evaluation per grid
     python benchmarks/grid_throughput.py --json out.json --device-bandwidth 4.8e12   # H200
 
@@ -27,17 +27,17 @@ bpUNet of width W, Adam; M models (seeds 0..M-1) trained together. Reported per 
 One evaluation is the full ``evaluate`` of the grid: 1024 samples x 200 sampler steps per model,
 plus coherence, copies and the train/test losses.
 
-``--compare-jax-rule`` times, interleaved call by call in the same process, the same program
-with bpUNet's kernel gradients formed by JAX's own transpose rule (``bpunet.plain_matmul``, the
-program before issue 12) next to the shipped one (``bpunet.matmul``, ``thin_matmul``); rows are
-marked 'jax-rule'.
+``--backward`` names the bpUNet backward rules to time (``network.backward``, comma-separated;
+default 'auto': rowmajor on the CPU, jax elsewhere). With several, each (M, rule) program is timed
+interleaved call by call in the same process; rows are marked by rule ('rowmajor': issue 12's
+products and fenced cotangents; 'jax': JAX's own rule, the program before issue 12).
+``--compare-jax-rule`` is ``--backward rowmajor,jax``.
 Timings on a shared machine swing with its load: the run prints ``os.getloadavg()`` at the start
 and end of every width.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import json
 import os
@@ -48,19 +48,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from rhm_jax import config as config_lib
-from rhm_jax import evaluate, program, settings, train
-from rhm_jax.networks import bpunet
+from rhm_jax import evaluate, networks, program, settings, train
 
 BYTES_PER_PARAM_STEP = 40
 
 
-def make_config(width: int, models: int, steps_per_call: int, num_samples: int, dtype: str):
-    """The SPEC section 6 setting with M seeds at one P."""
+def make_config(width: int, models: int, steps_per_call: int, num_samples: int, dtype: str,
+                backward: str = "auto"):
+    """The SPEC section 6 setting with M seeds at one P; ``backward``: bpUNet's rule (network.backward)."""
     config = config_lib.base_config()
     config.grammar.update(dict(v=8, n=8, m=3, s=2, L=3, seed=0))
     config.data.update(dict(num_train=(1024,), num_test=1024, seed=0))
     config.process.T = 200
-    config.network.update(dict(name="bpunet", width=width, dtype=dtype))
+    config.network.update(dict(name="bpunet", width=width, dtype=dtype, backward=backward))
     config.train.update(dict(batch_size=64, lr=(1e-4,), num_steps=2**30, num_epochs=0.0,
                              seeds=tuple(range(models)), steps_per_call=steps_per_call))
     config.eval.update(dict(num_samples=num_samples, num_windows=10))
@@ -82,19 +82,17 @@ def evaluator_of(config, rules, pool, test, process, network):
     return functools.partial(evaluate.make_evaluator(typed, process, network), refs=refs)
 
 
-@contextlib.contextmanager
-def kernel_grad_rule(jax_rule: bool):
-    """While tracing inside, bpUNet's kernel gradients use JAX's own transpose rule (the old program)."""
-    shipped = bpunet.matmul, bpunet.thin_matmul
-    if jax_rule:
-        bpunet.matmul = bpunet.thin_matmul = bpunet.plain_matmul
-    try:
-        yield
-    finally:
-        bpunet.matmul, bpunet.thin_matmul = shipped
+def backwards(text: str) -> list[str]:
+    """The rules of a comma-separated ``--backward`` value, each checked against network.backward's."""
+    names = [name for name in text.split(",") if name]
+    for name in names:
+        networks.backward_name(name)  # ValueError naming network backward and its choices
+    if not names or len(set(names)) < len(names):
+        raise ValueError(f"--backward={text!r} must name distinct rules of {networks.BACKWARDS}")
+    return names
 
 
-def compile_training(config, jax_rule: bool = False) -> dict:
+def compile_training(config) -> dict:
     """Build, compile and warm up one training chunk; returns what ``timed_call`` needs."""
     rules, pool, test, process, network, grid = build(config)
     K = int(config.train.steps_per_call)
@@ -103,8 +101,7 @@ def compile_training(config, jax_rule: bool = False) -> dict:
     state = train.init_state(typed, network, grid)
     params = network.num_params(jax.tree_util.tree_map(lambda x: x[0], state.params))
     start = time.perf_counter()
-    with kernel_grad_rule(jax_rule):
-        compiled = chunk.lower(state, grid, pool, K).compile()
+    compiled = chunk.lower(state, grid, pool, K).compile()
     compile_s = time.perf_counter() - start
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # older jax returns a list
@@ -200,8 +197,9 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="network compute dtype")
     parser.add_argument("--device-bandwidth", type=float, default=None,
                         help="memory bandwidth in B/s for the roofline (default 3.0e12 on GPU, measured memcpy on CPU)")
-    parser.add_argument("--compare-jax-rule", action="store_true",
-                        help="also time the program with JAX's own kernel-gradient rule, interleaved (A/B)")
+    parser.add_argument("--backward", default="auto",
+                        help="comma-separated bpUNet backward rules to time, interleaved: auto, jax, rowmajor")
+    parser.add_argument("--compare-jax-rule", action="store_true", help="the same as --backward rowmajor,jax")
     parser.add_argument("--quick", action="store_true", help="W=256, M=1,2, 3 s per setting, K=5 (a smoke run)")
     parser.add_argument("--json", default=None, help="write all measurements to this JSON file")
     args = parser.parse_args()
@@ -217,6 +215,9 @@ def main() -> None:
     K = args.steps_per_call or (5 if args.quick else 10 if cpu else 100)
     if min(widths) < 1 or min(models) < 1 or K < 1 or args.min_calls < 1 or seconds < 0:
         raise ValueError("--widths, --models, --steps-per-call and --min-calls must be >= 1, --seconds >= 0")
+    variants = backwards("rowmajor,jax" if args.compare_jax_rule else args.backward)
+    # a row's program: the rule's name, with what 'auto' stands for on this backend
+    label = {name: name if name != "auto" else f"auto={networks.backward_name(name)}" for name in variants}
     if args.device_bandwidth:
         bandwidth, source = args.device_bandwidth, "flag"
     elif cpu:
@@ -230,17 +231,16 @@ def main() -> None:
           f"load {load()}", flush=True)
 
     train_rows, eval_rows, failures = [], [], []
-    variants = (("shipped", False), ("jax-rule", True)) if args.compare_jax_rule else (("shipped", False),)
     for width in widths:
         # Every (M, program) of one width is compiled first and then timed call by call in turn,
         # so the ratios between grid sizes are read on the same machine load (issue 12: timed one
         # after the other, the same program swung by 25% between settings on the shared CPU).
         runs, load_before = {}, load()
         for M in models:
-            config = make_config(width, M, K, args.eval_samples, args.dtype)
             try:  # unattended: a setting that fails (e.g. out of memory) is reported, the rest still run
-                for name, jax_rule in variants:
-                    runs[(M, name)] = compile_training(config, jax_rule)
+                for name in variants:
+                    config = make_config(width, M, K, args.eval_samples, args.dtype, name)
+                    runs[(M, label[name])] = compile_training(config)
             except Exception as err:  # noqa: BLE001
                 failures.append(f"train W={width} M={M}: {type(err).__name__}: {str(err)[:300]}")
                 print("  FAILED", failures[-1], flush=True)
@@ -280,10 +280,10 @@ def main() -> None:
     print(f"\ntraining (aggregate over the grid; peak = fp32 matmul {peak / 1e9:.1f} GFLOP/s; "
           f"roofline = {bandwidth:.3g} B/s / (40 B x params))")
     print("'vs M=1': total model-steps/s over that of the width's smallest M (M=1 by default), timed in the same loop")
-    print(f"{'W':>5} {'M':>3} {'program':>9} {'params':>9} {'model-steps/s':>14} {'vs M=1':>7} {'GFLOP/s':>8} "
+    print(f"{'W':>5} {'M':>3} {'program':>13} {'params':>9} {'model-steps/s':>14} {'vs M=1':>7} {'GFLOP/s':>8} "
           f"{'of peak':>8} {'GFLOP/step':>11} {'of roofline':>12} {'compile s':>10} {'load':>12}")
     for r in train_rows:
-        print(f"{r['width']:>5} {r['M']:>3} {r['program']:>9} {r['params']:>9} {r['model_steps_per_s']:>14.4g} "
+        print(f"{r['width']:>5} {r['M']:>3} {r['program']:>13} {r['params']:>9} {r['model_steps_per_s']:>14.4g} "
               f"{r['vs_least_M']:>7.3f} {r['gflops']:>8.1f} {r['peak_fraction']:>8.2f} "
               f"{r['flops_per_model_step'] / 1e9:>11.3g} {r['roofline_fraction']:>12.3f} {r['compile_s']:>10.1f} "
               f"{r['load']:>12}")

@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--step", type=int, default=None, help="one checkpoint step (default: all kept)")
     parser.add_argument("--num_samples", type=int, default=None, help="default: the run's eval.num_samples")
-    parser.add_argument("--sampler_steps", type=int, default=None, help="default: the run's process.sampler_steps")
+    parser.add_argument("--sampler_steps", default=None,
+                        help="an integer or 'exact' (default: the run's process.sampler_steps)")
     args = parser.parse_args(argv)
     setup_logging()
     try:

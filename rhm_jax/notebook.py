@@ -18,6 +18,7 @@ settings (``plan``) runs several programs in one directory; ``load`` takes model
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from typing import Any, Sequence
@@ -28,7 +29,7 @@ import ml_collections
 import numpy as np
 import pandas as pd
 
-from rhm_jax import checkpoint, evaluate, plan, results, runner, sharding, train
+from rhm_jax import checkpoint, diffusion, evaluate, plan, results, runner, sharding, train
 from rhm_jax import config as config_lib
 
 
@@ -84,11 +85,17 @@ class Run:
         return np.asarray(self._progs.setup.test_GxNxD[0])
 
     # ------------------------------------------------------------------ sampling and scoring
-    def sample(self, num_samples: int, seed: int = 0, sampler_steps: int | None = None) -> np.ndarray:
-        """(M, N, D) int32 samples of every model (model i draws with fold_in(key(seed), its model seed))."""
+    def sample(self, num_samples: int, seed: int = 0, sampler_steps: int | str | None = None) -> np.ndarray:
+        """(M, N, D) int32 samples of every model (model i draws with fold_in(key(seed), its model seed)).
+
+        ``sampler_steps``: an integer, 'exact' (the process's exact sampler) or None (the run's).
+        """
         if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
             raise ValueError(f"num_samples={num_samples!r} must be an integer >= 1")
-        fn = _sampler(self.process, self.network, int(num_samples), sampler_steps, self.grammar.d)
+        process = self.process
+        if sampler_steps is not None:
+            process = dataclasses.replace(process, sampler_steps=diffusion.sampler_steps_setting(sampler_steps))
+        fn = _sampler(process, self.network, int(num_samples), None, self.grammar.d)
         return np.asarray(fn(self.params, self.grid.model_seed, jax.random.key(seed)))
 
     def score_samples(self, tokens_MxNxD: Any) -> Any:
@@ -106,15 +113,16 @@ class Run:
         setup = self._progs.setup
         return evaluate.references(self._progs.settings.eval, setup.grammar, setup.pool_GxQxD, setup.test_GxNxD)
 
-    def score(self, num_samples: int | None = None, sampler_steps: int | None = None, write: bool = False) -> Any:
-        """Re-evaluate every loaded model (K samples, S sampler steps; the run's by default) with the
+    def score(self, num_samples: int | None = None, sampler_steps: int | str | None = None,
+              write: bool = False) -> Any:
+        """Re-evaluate every loaded model (K samples, S sampler steps or 'exact'; the run's by default) with the
         evaluation key of its step; returns the metrics rows as a table. ``write=True`` also stores
         them in ``score_<step>_<K>_<S>.jsonl`` (read back by ``results.load(workdir, kind='scores')``)."""
         config = config_lib.from_dict(config_lib.to_dict(self.config))
         if num_samples is not None:
             config.eval.num_samples = int(num_samples)
         if sampler_steps is not None:
-            config.process.sampler_steps = int(sampler_steps)
+            config.process.sampler_steps = diffusion.sampler_steps_setting(sampler_steps)
         config_lib.validate(config)
         evaluator = runner.programs(config, self._progs.grid_rows).evaluator  # the run's data, these settings
         steps = np.asarray(self.table["step"])
@@ -126,7 +134,7 @@ class Run:
             grid_rows = [self._progs.grid_rows[self._positions[i]] for i in index]
             step_rows = runner.metrics_rows(metrics, grid_rows, state, int(step))
             if write:
-                K, S = int(config.eval.num_samples), int(config.process.sampler_steps or config.process.T)
+                K, S = int(config.eval.num_samples), diffusion.sampler_label(config.process)
                 _merge_rows(os.path.join(self.workdir, f"score_{int(step)}_{K}_{S}.jsonl"), step_rows)
             rows += step_rows
         order = {m: i for i, m in enumerate(self.models)}

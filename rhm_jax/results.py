@@ -7,7 +7,7 @@ Layout of a work directory::
     metrics.jsonl   one JSON object per (model, evaluation step); non-finite floats are null
     train.jsonl     one JSON object per (model, training chunk): mean loss over the chunk, wall time
                     since the run began, the program's model-steps per second over the chunk
-    score_<step>_<K>_<S>.jsonl  rows of a re-scoring (K samples, S sampler steps), if any
+    score_<step>_<K>_<S>.jsonl  rows of a re-scoring (K samples, S sampler steps or 'exact'), if any
     checkpoints/    orbax checkpoints (rhm_jax.checkpoint), one subdirectory per sub-grid
     summary.txt     the per-model table of the end of a run (``summary_table``)
 
@@ -47,7 +47,7 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 TRAIN_FILE = "train.jsonl"
 SUMMARY_FILE = "summary.txt"
-SCORE_FILE = re.compile(r"^score_(\d+)_(\d+)_(\d+)\.jsonl$")  # step, num_samples, sampler_steps
+SCORE_FILE = re.compile(r"^score_(\d+)_(\d+)_(\d+|exact)\.jsonl$")  # step, num_samples, sampler_steps
 KINDS = ("metrics", "train", "scores")
 # Which evaluation of each model the end-of-run summary (and launch.report, launch.quickstart) read
 # by default: its 'best' (lowest test loss: early stopping; a small-P model that ends up copying its
@@ -361,7 +361,8 @@ def score_rows(workdir: str) -> list[dict]:
         for name in sorted(os.listdir(directory)):
             match = SCORE_FILE.match(name)
             if match:
-                K, S = int(match.group(2)), int(match.group(3))
+                K, S = int(match.group(2)), match.group(3)
+                S = int(S) if S.isdigit() else S  # 'exact': the masked process's exact sampler
                 rows += [dict(r, num_samples=K, sampler_steps=S) for r in read_rows(os.path.join(directory, name))]
     return rows
 

@@ -38,7 +38,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from rhm_jax import checkpoint, evaluate, events, health, lock, plan, results, train
+from rhm_jax import checkpoint, diffusion, evaluate, events, health, lock, plan, results, train
 from rhm_jax.guard import STOP_SIGNALS, Interrupted, StopSignals, lock_workdir
 from rhm_jax import config as config_lib
 from rhm_jax.program import Programs, eval_key, programs
@@ -477,17 +477,12 @@ def _run_locked(config: ml_collections.ConfigDict, sweep: "plan.Plan", workdir: 
 
 # ----------------------------------------------------------------------------- re-scoring
 
-def _sampler_steps(config: ml_collections.ConfigDict) -> int:
-    """Sampling steps the evaluator uses: process.sampler_steps, or T when it is None."""
-    steps = config.process.sampler_steps
-    return int(config.process.T if steps is None else steps)
-
-
 def score(workdir: str, step: int | None = None, num_samples: int | None = None,
-          sampler_steps: int | None = None) -> dict[int, list[dict]]:
+          sampler_steps: int | str | None = None) -> dict[int, list[dict]]:
     """Re-evaluate checkpoints (every kept step, or ``step``) with K samples and S sampler steps.
 
-    Writes ``score_<step>_<K>_<S>.jsonl`` per step (rows of the models that were at that step) and
+    S is an integer or 'exact' (the process's exact sampler: process.sampler_steps=None).
+    Writes ``score_<step>_<K>_<S>.jsonl`` per step (S: ``diffusion.sampler_label``) (rows of the models that were at that step) and
     returns the rows by step; never writes metrics.jsonl or checkpoints. K and S default to the
     run's, so re-scoring an evaluation step reproduces its metrics rows. Holds the work directory's
     lock; refuses before computing anything when the directory cannot be written or holds no
@@ -499,7 +494,7 @@ def score(workdir: str, step: int | None = None, num_samples: int | None = None,
     if num_samples is not None:
         config.eval.num_samples = int(num_samples)
     if sampler_steps is not None:
-        config.process.sampler_steps = int(sampler_steps)
+        config.process.sampler_steps = diffusion.sampler_steps_setting(sampler_steps)
     config_lib.validate(config)
     if not os.access(workdir, os.W_OK):
         raise ValueError(f"workdir={workdir!r} is not writable: score writes its score_*.jsonl files there")
@@ -536,7 +531,7 @@ def _score_locked(workdir: str, stored: dict, sweep: "plan.Plan", step: int | No
             raise ValueError(f"workdir={workdir!r} holds no checkpoint to score (checkpoints/part_*/ are empty)")
         if step is not None and step not in available:
             raise ValueError(f"no checkpoint at step {step} in {workdir}; available steps: {available}")
-        num_samples, sampler_steps = sweep.programs[0].config.eval.num_samples, _sampler_steps(sweep.programs[0].config)
+        num_samples, sampler_steps = sweep.programs[0].config.eval.num_samples, diffusion.sampler_label(sweep.programs[0].config.process)
         by_step, broken = {}, []
         for s in [step] if step is not None else available:
             rows = []

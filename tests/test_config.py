@@ -89,6 +89,7 @@ BAD = [
     ("process.name", "gaussian", "process.name"),
     ("network.width", 0, "width=0"),
     ("network.name", "mlp", "network name"),
+    ("network.backward", "gpu", r"network backward='gpu' must be one of \('auto', 'jax', 'rowmajor'\)"),
 ]
 
 

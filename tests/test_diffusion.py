@@ -183,7 +183,7 @@ def test_make_reads_any_config_object_and_is_static_under_jit():
     assert procs[0].sampler_steps == 7 and procs[0].input_vocab == V + 1
     assert procs[0].name == "masked" and small_uniform().name == "uniform"
     msk = diffusion.make(diffusion.default_config("masked"), V)
-    assert (msk.sampler_steps, msk.eps, msk.schedule) == (200, 1e-4, "linear")
+    assert (msk.sampler_steps, msk.eps, msk.schedule) == (None, 1e-4, "linear")  # None: the exact sampler
     uni = diffusion.make(diffusion.default_config(), 8)
     assert (uni.T, uni.beta1, uni.beta2, uni.input_vocab) == (200, 1e-3, 0.1, 8)
     strided = diffusion.make(config("uniform", T=8, sampler_steps=3), V)
@@ -470,19 +470,67 @@ def test_masked_sampler_reveal_times_and_revealed_tokens_never_change():
     assert x.max() < steps
 
 
+def reveal_count_net(params, z_BxD, t_B):
+    """Predicts "how many positions are already revealed" with certainty, everywhere (v must exceed D)."""
+    del params, t_B
+    revealed_B = jnp.sum(z_BxD != 8, axis=1)  # 8: the mask id at v = 8
+    return 1e4 * jax.nn.one_hot(jnp.broadcast_to(revealed_B[:, None], z_BxD.shape), 8)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "poly"])
+def test_exact_masked_sampler_reveals_one_position_per_step_in_a_uniform_order(schedule):
+    """Every sample is a permutation of the stamps 0..D-1: step k reveals exactly one position (it
+    saw k revealed ones) and never touches it again; the position revealed at each step is uniform."""
+    n = 2000
+    proc = diffusion.make(config("masked", schedule=schedule, power=2.0), 8, d=D)  # sampler_steps None
+    x = np.asarray(jax.jit(lambda key: proc.sample(None, reveal_count_net, key, n))(jax.random.key(24)))
+    np.testing.assert_array_equal(np.sort(x, axis=1), np.broadcast_to(np.arange(D), x.shape))
+    counts_KxD = np.stack([np.sum(x == k, axis=0) for k in range(D)])  # step k revealed position i
+    assert_frequencies(counts_KxD.ravel(), np.full(D * D, 1 / D), n)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "poly"])
+def test_time_of_mask_fraction_inverts_the_schedule(schedule):
+    proc = masked(schedule, eps=0.01)
+    fraction_F = np.linspace(0.02, 0.98, 25)
+    t_F = np.asarray(proc.time_of_mask_fraction(jnp.asarray(fraction_F, jnp.float32)))
+    np.testing.assert_allclose(1 - np_alpha(schedule, t_F, 0.01, power=2.0), fraction_F, atol=1e-5)
+    assert float(proc.time_of_mask_fraction(1.0)) == pytest.approx(1.0, abs=1e-6)  # all masked: t = 1
+    assert float(proc.time_of_mask_fraction(0.0)) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("value, want", [("exact", None), (7, 7), ("12", 12)])
+def test_sampler_steps_setting_reads_exact_and_integers(value, want):
+    assert diffusion.sampler_steps_setting(value) == want
+
+
+@pytest.mark.parametrize("value", [0, "fast", 2.5, True])
+def test_sampler_steps_setting_refuses_anything_else(value):
+    with pytest.raises(ValueError, match=r"sampler_steps=.* must be an integer >= 1 or 'exact'"):
+        diffusion.sampler_steps_setting(value)
+
+
+def test_sampler_label_names_the_sampler_of_evaluations():
+    assert diffusion.sampler_label(config("masked")) == "exact"
+    assert diffusion.sampler_label(config("masked", sampler_steps=100)) == "100"
+    assert diffusion.sampler_label(config("uniform", T=50)) == "50"  # the uniform's None is its T steps
+    assert diffusion.sampler_label(config("uniform", T=50, sampler_steps=10)) == "10"
+
+
 # ---------------------------------------------------------------- a grid of models
 
-@pytest.mark.parametrize("make_proc", [
-    pytest.param(lambda: small_uniform(d=6), id="uniform"),
-    pytest.param(lambda: diffusion.make(config("masked", sampler_steps=4), V, d=6), id="masked")])
-def test_vmap_over_models_compiles_once_and_equals_separate_runs(make_proc):
+@pytest.mark.parametrize("make_proc, steps", [
+    pytest.param(lambda: small_uniform(d=6), 4, id="uniform"),
+    pytest.param(lambda: diffusion.make(config("masked", sampler_steps=4), V, d=6), 4, id="masked"),
+    pytest.param(lambda: diffusion.make(config("masked"), V, d=6), None, id="masked-exact")])
+def test_vmap_over_models_compiles_once_and_equals_separate_runs(make_proc, steps):
     chex.clear_trace_counter()  # the counter is shared by the parametrizations of this test
     proc, M, x0 = make_proc(), 3, data(23, batch=8, length=6)
 
     def run(params, key):
         k1, k2 = jax.random.split(key)
         loss, aux = proc.loss(params, embedding_net, k1, x0)
-        return loss, aux, proc.sample(params, embedding_net, k2, 5, steps=4)
+        return loss, aux, proc.sample(params, embedding_net, k2, 5, steps=steps)
 
     grid = jax.jit(jax.vmap(chex.assert_max_traces(run, n=1)))
     single = jax.jit(run)

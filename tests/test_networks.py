@@ -406,15 +406,17 @@ def test_bad_inputs_raise_before_compilation():
 # ---------- bpUNet's backward products (issue 12: one model trained 2.5x slower than a grid) ----------
 
 
-def _bpunet_grad(width: int, dtype: str, jax_rule: bool, models: int | None, batch: int = 64, fenced: bool = True):
+def _bpunet_grad(width: int, dtype: str, backward, models: int | None, batch: int = 64):
     """Jitted gradient of a fixed loss of bpUNet logits; vmapped over ``models`` unless None.
 
-    With ``jax_rule`` every kernel is differentiated by JAX's own rule (``bpunet.plain_matmul``);
-    without ``fenced``, ``bpunet.fence`` is the plain identity. The module globals are swapped
-    only while the function is traced.
+    ``backward``: a ``network.backward`` value ('rowmajor', 'jax', 'auto'), or a ``bpunet.Backward``
+    handed to ``networks.make`` (a rule taken apart, e.g. without the fence).
     """
     v = 4
-    net = networks.make(config(name="bpunet", width=width, dtype=dtype), v, 2, 3, process("uniform", v))
+    name = backward if isinstance(backward, str) else "auto"
+    rule = None if isinstance(backward, str) else backward
+    net = networks.make(config(name="bpunet", width=width, dtype=dtype, backward=name), v, 2, 3,
+                        process("uniform", v), backward=rule)
     weights_V = jnp.arange(1.0, v + 1.0)
 
     def loss(params, x_t_BxD, t_B):
@@ -422,20 +424,16 @@ def _bpunet_grad(width: int, dtype: str, jax_rule: bool, models: int | None, bat
         return jnp.sum(jax.nn.log_softmax(logits_BxDxV) * weights_V) + jnp.sum(logits_BxDxV**2)
 
     grad = jax.grad(loss) if models is None else jax.vmap(jax.grad(loss))
-    shipped, shipped_thin, shipped_fence = bpunet.matmul, bpunet.thin_matmul, bpunet.fence
-    bpunet.matmul = bpunet.plain_matmul if jax_rule else shipped
-    bpunet.thin_matmul = bpunet.plain_matmul if jax_rule else shipped_thin
-    bpunet.fence = shipped_fence if fenced else (lambda y: y)
-    try:
-        keys = jax.random.split(jax.random.key(3), models or 1)
-        params = jax.vmap(net.init)(keys)
-        params = perturbed(params if models else jax.tree_util.tree_map(lambda a: a[0], params), 4)
-        shape = (models, batch, 8) if models else (batch, 8)
-        x_t, t = tokens(5, shape, v), jnp.asarray(np.random.default_rng(6).uniform(size=shape[:-1]), jnp.float32)
-        compiled = jax.jit(grad).lower(params, x_t, t).compile()
-    finally:
-        bpunet.matmul, bpunet.thin_matmul, bpunet.fence = shipped, shipped_thin, shipped_fence
+    keys = jax.random.split(jax.random.key(3), models or 1)
+    params = jax.vmap(net.init)(keys)
+    params = perturbed(params if models else jax.tree_util.tree_map(lambda a: a[0], params), 4)
+    shape = (models, batch, 8) if models else (batch, 8)
+    x_t, t = tokens(5, shape, v), jnp.asarray(np.random.default_rng(6).uniform(size=shape[:-1]), jnp.float32)
+    compiled = jax.jit(grad).lower(params, x_t, t).compile()
     return compiled(params, x_t, t), compiled.as_text()
+
+
+UNFENCED = bpunet.Backward(rowmajor_kernels=True, rowmajor_thin=True, fenced=False)
 
 
 @pytest.mark.parametrize("width,dtype,models", [(64, "float32", None), (64, "float32", 1), (64, "float32", 2),
@@ -446,8 +444,8 @@ def test_bpunet_gradients_are_bit_identical_to_jax_rule_at_batch_64(width, dtype
     Except in the thin kernels' own gradients (embedding, readout: ``thin_matmul``), which XLA
     sums over the rows in another order: equal to float32 rounding.
     """
-    ours, _ = _bpunet_grad(width, dtype, False, models)
-    reference, _ = _bpunet_grad(width, dtype, True, models)
+    ours, _ = _bpunet_grad(width, dtype, "rowmajor", models)
+    reference, _ = _bpunet_grad(width, dtype, "jax", models)
     thin = lambda tree: {name: tree[name] for name in ("embed", "readout")}
     rest = lambda tree: {name: leaf for name, leaf in tree.items() if name not in ("embed", "readout")}
     chex.assert_trees_all_equal(rest(ours), rest(reference))
@@ -460,16 +458,16 @@ def test_bpunet_gradients_are_bit_identical_to_jax_rule_at_batch_64(width, dtype
 @pytest.mark.parametrize("width,batch,models", [(16, 8, 2), (48, 16, 1)])
 def test_bpunet_gradients_match_jax_rule_to_rounding_at_small_shapes(width, batch, models):
     """Small or odd shapes: XLA's CPU dot kernels may sum in another order once operands swap."""
-    ours, _ = _bpunet_grad(width, "float32", False, models, batch)
-    reference, _ = _bpunet_grad(width, "float32", True, models, batch)
+    ours, _ = _bpunet_grad(width, "float32", "rowmajor", models, batch)
+    reference, _ = _bpunet_grad(width, "float32", "jax", models, batch)
     chex.assert_trees_all_close(ours, reference, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("width,models", [(64, None), (64, 2), (256, 1), (48, 3)])
 def test_fence_moves_no_bit_of_the_gradient(width, models):
     """The cotangent fence only keeps XLA from fusing: every gradient entry is the same float."""
-    ours, _ = _bpunet_grad(width, "float32", False, models, batch=64 if width % 64 == 0 else 16)
-    unfenced, _ = _bpunet_grad(width, "float32", False, models, batch=64 if width % 64 == 0 else 16, fenced=False)
+    ours, _ = _bpunet_grad(width, "float32", "rowmajor", models, batch=64 if width % 64 == 0 else 16)
+    unfenced, _ = _bpunet_grad(width, "float32", UNFENCED, models, batch=64 if width % 64 == 0 else 16)
     chex.assert_trees_all_equal(ours, unfenced)
 
 
@@ -480,8 +478,8 @@ def test_one_models_backward_transposes_no_kernel():
     copies here (15 of 16 MB per step at W = 1024, read strided by Adam). Activations here are at
     most 5 x 8 x 96 = 3840 entries, less than the smallest kernel (96 x 48), so size tells them apart.
     """
-    _, hlo = _bpunet_grad(48, "float32", False, 1, batch=5)
-    _, hlo_jax_rule = _bpunet_grad(48, "float32", True, 1, batch=5)
+    _, hlo = _bpunet_grad(48, "float32", "rowmajor", 1, batch=5)
+    _, hlo_jax_rule = _bpunet_grad(48, "float32", "jax", 1, batch=5)
 
     def kernel_sized_moves(text):
         found = re.findall(r"= f32\[([0-9,]*)\]\{[0-9,]*\} (?:transpose|copy)\(", text)
@@ -489,3 +487,49 @@ def test_one_models_backward_transposes_no_kernel():
 
     assert kernel_sized_moves(hlo) == []
     assert len(kernel_sized_moves(hlo_jax_rule)) >= 6  # the check sees what it guards against
+
+
+# ---------- the backward rule as a setting (issue 23) ----------
+
+
+def test_auto_backward_is_the_rowmajor_rule_on_the_cpu_and_jax_rule_elsewhere():
+    """'auto' (the default) compiles to the very program of 'rowmajor' on the CPU: same HLO, same bits."""
+    assert networks.default_config().backward == "auto"
+    assert networks.backward_rule("auto", backend="cpu") == bpunet.RULES["rowmajor"]
+    for backend in ("gpu", "cuda", "tpu"):
+        assert networks.backward_rule("auto", backend=backend) == bpunet.RULES["jax"]
+    assert jax.default_backend() == "cpu"  # the test suite's premise
+    auto, auto_hlo = _bpunet_grad(64, "float32", "auto", 2)
+    rowmajor, rowmajor_hlo = _bpunet_grad(64, "float32", "rowmajor", 2)
+    _, jax_hlo = _bpunet_grad(64, "float32", "jax", 2)
+    chex.assert_trees_all_equal(auto, rowmajor)
+    def ops(hlo):  # the computations, without the source locations of each op
+        return re.sub(r", metadata=\{[^}]*\}", "", hlo[re.search(r"^(%|ENTRY)", hlo, re.M).start():])
+
+    assert ops(auto_hlo) == ops(rowmajor_hlo) != ops(jax_hlo)  # the setting reaches the compiled program
+
+
+def test_backward_rule_is_a_field_of_the_module_not_a_global():
+    """Two networks with different rules built side by side keep their own (no global is swapped)."""
+    v = 4
+    nets = {name: networks.make(config(name="bpunet", width=48, backward=name), v, 2, 3, process("uniform", v))
+            for name in ("jax", "rowmajor")}
+    params = perturbed(nets["jax"].init(jax.random.key(0)), 1)
+    x_t, t = tokens(2, (5, 8), v), jnp.linspace(0.1, 0.9, 5)
+    hlo = {name: jax.jit(jax.grad(lambda p, net=net: jnp.sum(net.apply(p, x_t, t) ** 2))).lower(params).as_text()
+           for name, net in nets.items()}
+    assert "optimization_barrier" in hlo["rowmajor"] and "optimization_barrier" not in hlo["jax"]
+
+
+@pytest.mark.parametrize("name", ["bpunet", "transformer"])
+@pytest.mark.parametrize("value", ["fast", "JAX", None, 1])
+def test_a_bad_backward_rule_is_refused_naming_the_key(name, value):
+    """The transformer has one rule and ignores the key, but a bad value is refused all the same."""
+    with pytest.raises(ValueError, match=r"^network backward=.* must be one of \('auto', 'jax', 'rowmajor'\)$"):
+        networks.make({**config(name=name, width=8).to_dict(), "backward": value}, 4, 2, 3, process("uniform", 4))
+
+
+def test_the_transformer_builds_with_every_backward_value():
+    for value in networks.BACKWARDS:
+        networks.make(config(name="transformer", width=8, heads=2, depth=1, backward=value), 4, 2, 3,
+                      process("masked", 4))

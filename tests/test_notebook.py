@@ -95,6 +95,9 @@ def test_a_step_and_a_subset_of_models_sample_and_score(finished):
     assert tokens_MxNxD.shape == (2, 32, run.grammar.d) and tokens_MxNxD.max() < run.grammar.v
     alone = notebook.load(workdir, step=16, models=[3]).sample(32, seed=5)
     np.testing.assert_array_equal(alone[0], tokens_MxNxD[0])  # a model's samples do not depend on the others
+    # 'exact': the process's exact sampler, for the uniform process its T = 20 steps (the run's own here)
+    np.testing.assert_array_equal(run.sample(32, seed=5, sampler_steps="exact"), tokens_MxNxD)
+    assert not np.array_equal(run.sample(32, seed=5, sampler_steps=3), tokens_MxNxD)
     own = np.stack([run.training_set(3)[:16], run.training_set(1)[:16]])  # P = 64 and 16
     scores = run.score_samples(own)
     assert scores["model"].tolist() == [3, 1]

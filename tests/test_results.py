@@ -240,6 +240,7 @@ def test_load_has_grid_config_and_timing_columns_and_the_train_and_score_tables(
                   model_steps_per_s=100.0 + step) for step in (4, 8) for m in (0, 1)]
     results.MetricsWriter(workdir, results.TRAIN_FILE).write(train)
     results.write_rows(os.path.join(workdir, "score_8_64_10.jsonl"), [row(1, 8, copies=0.5)])
+    results.write_rows(os.path.join(workdir, "score_8_64_exact.jsonl"), [row(1, 8, copies=0.25)])  # masked exact
     df = results.load(workdir)
     assert len(df) == 4
     for column, value in dict(T=20, grammar_seed=0, data_seed=0, run_seed=0, batch_size=8, budget_steps=64).items():
@@ -251,7 +252,8 @@ def test_load_has_grid_config_and_timing_columns_and_the_train_and_score_tables(
     loss = results.load(workdir, kind="train")
     assert len(loss) == 4 and set(loss) >= {"model", "step", "loss", "P", "seed", "lr", "budget_steps", "T"}
     scores = results.load(workdir, kind="scores")
-    assert scores[["model", "step", "num_samples", "sampler_steps", "copies"]].values.tolist() == [[1, 8, 64, 10, 0.5]]
+    assert scores[["model", "step", "num_samples", "sampler_steps", "copies"]].values.tolist() == [
+        [1, 8, 64, 10, 0.5], [1, 8, 64, "exact", 0.25]]
     with pytest.raises(ValueError, match="kind='losses'"):
         results.load(workdir, kind="losses")
 

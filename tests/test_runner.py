@@ -222,6 +222,10 @@ def test_score_reproduces_evaluation_rows_and_touches_nothing(reference, capsys)
     assert [r["model"] for r in strided] == [r["model"] for r in runner.score(workdir, step=16)[16]]
     with pytest.raises(ValueError, match=r"process.sampler_steps=21 must be <= T=20"):
         runner.score(workdir, step=16, sampler_steps=21)
+    # 'exact' is the process's exact sampler: for the uniform process its T steps, the run's own here
+    assert runner.score(workdir, step=16, sampler_steps="exact")[16] == scored
+    with pytest.raises(ValueError, match=r"sampler_steps='fast' must be an integer >= 1 or 'exact'"):
+        runner.score(workdir, step=16, sampler_steps="fast")
 
 
 def test_score_of_a_broken_checkpoint_is_a_clear_error(reference, tmp_path):
@@ -329,3 +333,21 @@ def len_samples(workdir: str) -> int:
     """eval.num_samples of the run stored in ``workdir``."""
     with open(os.path.join(workdir, "config.json")) as f:
         return json.load(f)["config"]["eval"]["num_samples"]
+
+
+@pytest.mark.slow
+def test_a_masked_run_scores_with_the_exact_sampler_by_default(tmp_path):
+    """A masked run's evaluations and re-scorings use the exact sampler (issue 19): its score file
+    is named 'exact' and reproduces the evaluation's rows; a step count is still available."""
+    config = smoke()
+    config.process.update(dict(name="masked", sampler_steps=None))
+    config.data.num_train = (16,)
+    config.train.update(dict(num_steps=4, seeds=(0,), steps_per_call=4))
+    workdir = str(tmp_path / "masked")
+    rows = runner.run(config, workdir, progress=False)
+    scored = runner.score(workdir, step=4)[4]
+    assert os.path.exists(os.path.join(workdir, "score_4_32_exact.jsonl"))
+    assert scored == [r for r in rows if r["step"] == 4]
+    runner.score(workdir, step=4, sampler_steps=3)
+    assert os.path.exists(os.path.join(workdir, "score_4_32_3.jsonl"))
+    assert set(results.load(workdir, kind="scores")["sampler_steps"]) == {3, "exact"}

@@ -236,7 +236,8 @@ def _bpunet_training(models: int, jax_rule: bool, steps: int = 3):
 
     With ``jax_rule`` bpUNet's down and up kernels are differentiated by JAX's own rule (the
     program before issue 12; the thin kernels keep ``thin_matmul``, whose rounding
-    tests/test_networks.py covers); the module global is swapped only while the chunk is traced.
+    tests/test_networks.py covers), a rule handed to ``networks.make``; else the default
+    (``network.backward='auto'``: the row-major rule on the CPU).
     """
     config = config_lib.base_config()
     config.process.update(dict(T=50, beta2=0.2))
@@ -247,20 +248,15 @@ def _bpunet_training(models: int, jax_rule: bool, steps: int = 3):
     rules = grammar.sample_rules(g.seed, g.v, g.n, g.m, g.s, g.L)
     pool_QxD, _ = data.sample_dataset(0, rules, 256, 16)
     process = diffusion.make(config.process, g.v, rules.d)
-    network = networks.make(config.network, g.v, g.s, g.L, process)
+    kernels_by_jax = bpunet.Backward(rowmajor_kernels=False, rowmajor_thin=True, fenced=True)
+    network = networks.make(config.network, g.v, g.s, g.L, process, backward=kernels_by_jax if jax_rule else None)
     grid, _ = train.make_grid(config)
     grid = grid.replace(P=jnp.full(models, 256, jnp.int32))
     typed = settings.TrainSettings.of(config)
     state = train.init_state(typed, network, grid)
     chunk = train.jit_chunk(train.make_train_chunk(typed, process, network))
     pool_QxD = pool_QxD[None]  # G = 1 dataset
-    shipped = bpunet.matmul
-    bpunet.matmul = bpunet.plain_matmul if jax_rule else shipped
-    try:
-        compiled = chunk.lower(state, grid, jnp.asarray(pool_QxD), steps)
-        compiled = compiled.compile()
-    finally:
-        bpunet.matmul = shipped
+    compiled = chunk.lower(state, grid, jnp.asarray(pool_QxD), steps).compile()
     return compiled(state, grid, jnp.asarray(pool_QxD), jnp.int32(steps))[0]
 
 

@@ -21,22 +21,25 @@ from rhm_jax.diffusion.uniform import UniformProcess
 Process = Union[UniformProcess, MaskedProcess]
 NAMES = ("uniform", "masked")
 
-__all__ = ["MaskedProcess", "NAMES", "Process", "UniformProcess", "default_config", "make",
-           "validate"]
+__all__ = ["EXACT", "MaskedProcess", "NAMES", "Process", "UniformProcess", "default_config", "make",
+           "sampler_label", "validate"]
 
 
 def default_config(name: str = "uniform") -> ml_collections.ConfigDict:
     """The SPEC defaults for ``process``; the fields of the other process are kept, unused."""
     return ml_collections.ConfigDict(dict(
         name=name,
-        T=200,             # uniform: number of steps (and its default sampler steps)
+        T=200,             # uniform: number of steps (and its default sampler steps); masked: unused
         beta1=1e-3,        # uniform: beta at step 0
         beta2=0.1,         # uniform: beta at step T
         schedule="linear",  # masked: 'linear' | 'cosine' | 'poly'
         power=1.0,         # masked: exponent of the 'poly' schedule
         eps=1e-4,          # masked: alpha(t) stays within [eps, 1 - eps]
-        # Sampler steps used by evaluations; None means T. The uniform sampler strides over its
-        # T-step chain (at most T steps); the masked one takes any number.
+        # Sampler steps used by evaluations. None: the process's exact sampler (uniform: its T
+        # ancestral steps; masked: one position revealed per step, d steps). An integer: the
+        # uniform sampler strides over its T-step chain (at most T steps); the masked one runs
+        # MD4's step-count sampler, any number of steps (not exact: tokens revealed together
+        # are drawn independently).
         sampler_steps=None,
     ))
 
@@ -78,7 +81,7 @@ def validate(process_config: Any) -> None:
     name = field(process_config, "name", None)
     if name not in NAMES:
         raise ValueError(f"process.name={name!r} must be one of {NAMES}")
-    T = field(process_config, "T", 200)  # masked uses it only as the default sampler_steps
+    T = field(process_config, "T", 200)  # the masked process does not use it
     if not _is_int(T) or T < 1:
         raise ValueError(f"process.T={T!r} must be an integer >= 1")
     steps = field(process_config, "sampler_steps", None)
@@ -112,5 +115,37 @@ def make(process_config: Any, v: int, d: int | None = None) -> Process:
     return MaskedProcess(v=int(v), schedule=str(field(process_config, "schedule", "linear")),
                          power=float(field(process_config, "power", 1.0)),
                          eps=float(field(process_config, "eps", 1e-4)),
-                         sampler_steps=int(field(process_config, "T", 200) if steps is None else steps),
+                         sampler_steps=None if steps is None else int(steps),
                          d=d)
+
+
+EXACT = "exact"  # the masked process's exact sampler, in score file names and re-scoring arguments
+
+
+def sampler_label(process_config: Any) -> str:
+    """The evaluation's sampler in words for file names: its step count, or 'exact' (masked, None).
+
+    The uniform process's None is its T ancestral steps, labelled T as before.
+    """
+    steps = field(process_config, "sampler_steps", None)
+    if steps is not None:
+        return str(int(steps))
+    return EXACT if field(process_config, "name", None) == "masked" else str(int(field(process_config, "T", 200)))
+
+
+def sampler_steps_setting(value: Any) -> int | None:
+    """A re-scoring's sampler argument as ``process.sampler_steps``: 'exact' is None, else an int.
+
+    Raises ValueError naming ``sampler_steps`` for anything else (None is not accepted: callers
+    treat it as "the run's own").
+    """
+    if value == EXACT:
+        return None
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            raise ValueError(f"sampler_steps={value!r} must be an integer >= 1 or {EXACT!r}") from None
+    if not _is_int(value) or value < 1:
+        raise ValueError(f"sampler_steps={value!r} must be an integer >= 1 or {EXACT!r}")
+    return int(value)

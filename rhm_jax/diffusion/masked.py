@@ -14,10 +14,18 @@ Conventions (MD4's ``MaskingSchedule`` and continuous-time loss):
   input (the mask pattern carries the noise level, as in MD4), standardized by the constants of a
   uniform one-hot, ``(x - 1/(v+1)) / sqrt(1/(v+1) * (1 - 1/(v+1)))``, so that a linear embedding's
   pre-activations start at unit variance as with the uniform process.
-- Sampler on the grid t_k = (steps - k) / steps, s_k = t_k - 1/steps. A masked token is revealed
-  with probability (alpha(s) - alpha(t)) / (1 - alpha(t)) and takes a sample of p_theta(x0 | z_t);
-  revealed tokens are never touched again. The last step (s = 0) reveals every remaining mask
-  (MD4 instead leaves the about-eps remainder to a separate argmax decode at t = 0).
+- Two samplers. ``sampler_steps=None`` (the default): the exact one, d steps, each revealing
+  exactly one masked position, in a uniformly random order per sample, with a draw of
+  p_theta(x0_i | z) at that position. For an exact denoiser this is ancestral sampling of the data
+  distribution (any-order autoregression on the denoiser's marginals), whatever the schedule: the
+  network sees the mask pattern only; it is given the time at which the schedule's expected mask
+  fraction is the current one. An integer: MD4's step-count sampler on the grid
+  t_k = (steps - k) / steps, s_k = t_k - 1/steps; a masked token is revealed with probability
+  (alpha(s) - alpha(t)) / (1 - alpha(t)) and takes a sample of p_theta(x0 | z_t), so tokens
+  revealed in the same step are drawn independently given z_t, which is not exact: it caps an
+  exact denoiser's full validity (0.90 at 100 steps, d = 16). The last step (s = 0) reveals every
+  remaining mask (MD4 instead leaves the about-eps remainder to an argmax decode at t = 0).
+  Revealed tokens are never touched again by either sampler.
 """
 from __future__ import annotations
 
@@ -44,7 +52,7 @@ class MaskedProcess:
     schedule: str = "linear"
     power: float = 1.0
     eps: float = 1e-4
-    sampler_steps: int = 200
+    sampler_steps: int | None = None  # None: the exact sampler (one position per step, d steps)
     d: int | None = None  # sequence length for ``sample`` (optional, may be passed there)
 
     @property
@@ -174,11 +182,51 @@ class MaskedProcess:
 
         return jax.lax.map(one_window, (jnp.arange(num_windows), t_WxB))
 
+    def time_of_mask_fraction(self, fraction: jax.Array) -> jax.Array:
+        """The time t at which 1 - alpha(t) equals ``fraction`` (clipped to [0, 1])."""
+        raw = jnp.clip((1.0 - fraction - self.eps) / (1.0 - 2 * self.eps), 0.0, 1.0)  # a(t)
+        if self.schedule == "linear":
+            t = 1.0 - raw
+        elif self.schedule == "cosine":
+            t = 1.0 - 2.0 / jnp.pi * jnp.arccos(1.0 - raw)
+        else:
+            t = (1.0 - raw) ** (1.0 / self.power)
+        return jnp.clip(t, 0.0, 1.0)
+
     def sample(self, params: Any, apply_fn: ApplyFn, key: jax.Array, num: int,
                steps: int | None = None, d: int | None = None) -> jax.Array:
-        """(num, d) int32 samples from an all-mask start; steps defaults to ``sampler_steps``."""
-        steps = base.check_steps(self.sampler_steps if steps is None else steps)
+        """(num, d) int32 samples from an all-mask start; steps defaults to ``sampler_steps``.
+
+        Steps None (both here and in ``sampler_steps``): the exact sampler, d network calls.
+        """
+        steps = self.sampler_steps if steps is None else steps
         d = base.check_length(d, self.d)
+        if steps is None:
+            return self._sample_exact(params, apply_fn, key, num, d)
+        return self._sample_steps(params, apply_fn, key, num, base.check_steps(steps), d)
+
+    def _sample_exact(self, params: Any, apply_fn: ApplyFn, key: jax.Array, num: int, d: int) -> jax.Array:
+        """Reveal one position per step, in a random order per sample: d steps."""
+        key_order, key_steps = jax.random.split(key)
+        # argsort of i.i.d. uniforms: a uniformly random permutation (a permutation even on ties)
+        order_NxD = jnp.argsort(jax.random.uniform(key_order, (num, d)), axis=-1).astype(jnp.int32)
+        rows_N = jnp.arange(num)
+
+        def step(z_NxD: jax.Array, inputs: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, None]:
+            k, step_key = inputs
+            t = self.time_of_mask_fraction((d - k) / d)  # d - k positions are masked now
+            logits_NxDxV = base.x0_logits(apply_fn(params, z_NxD, jnp.full((num,), t)), z_NxD, self.v)
+            position_N = order_NxD[:, k]
+            token_N = jax.random.categorical(step_key, logits_NxDxV[rows_N, position_N]).astype(jnp.int32)
+            return z_NxD.at[rows_N, position_N].set(token_N), None
+
+        z_NxD = jnp.full((num, d), self.mask_id, jnp.int32)
+        z_NxD, _ = jax.lax.scan(step, z_NxD, (jnp.arange(d), jax.random.split(key_steps, d)))
+        return z_NxD
+
+    def _sample_steps(self, params: Any, apply_fn: ApplyFn, key: jax.Array, num: int, steps: int,
+                      d: int) -> jax.Array:
+        """MD4's sampler on ``steps`` equal time steps (independent reveals within a step)."""
         t_S = (steps - np.arange(steps)) / steps
         s_S = (steps - 1 - np.arange(steps)) / steps  # exactly 0 at the last step
 

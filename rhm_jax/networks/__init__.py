@@ -24,6 +24,10 @@ from rhm_jax.networks import bpunet, transformer
 
 NAMES = ("bpunet", "transformer")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# bpUNet's backward rule: 'rowmajor' (issue 12's products and fenced cotangents, tuned for XLA's
+# CPU backend), 'jax' (JAX's own rule), 'auto' (rowmajor on the CPU backend, jax on any other; the
+# rowmajor rule has not been measured on GPUs). The transformer has one rule and ignores the key.
+BACKWARDS = ("auto", "jax", "rowmajor")
 
 Params = Any
 
@@ -81,6 +85,7 @@ def default_config() -> ml_collections.ConfigDict:
             heads=8,
             mlp_ratio=4.0,
             time_conditioning=None,  # None: on unless process.tokens_reveal_time (uniform on, masked off)
+            backward="auto",  # bpUNet's backward rule, one of BACKWARDS ('auto': by backend)
         )
     )
 
@@ -103,6 +108,9 @@ def validate(network_config: Any, v: int, s: int, L: int, process: Any) -> None:
     _positive_int("width", cfg.get("width"))
     if cfg.get("dtype", "float32") not in DTYPES:
         raise ValueError(f"network dtype={cfg.get('dtype')!r} must be one of {tuple(DTYPES)}")
+    backward = cfg.get("backward", "auto")
+    if not isinstance(backward, str) or backward not in BACKWARDS:
+        raise ValueError(f"network backward={backward!r} must be one of {BACKWARDS}")
     for key, value, low in (("v", v, 2), ("s", s, 2), ("L", L, 1)):
         if not _is_int(value) or value < low:
             raise ValueError(f"network {key}={value!r} must be an integer >= {low}")
@@ -162,18 +170,38 @@ def _check_inputs(x_t_BxD: jax.Array, t_B: jax.Array, d: int) -> None:
         raise ValueError(f"t shape {t_B.shape} must be (B,) = ({x_t_BxD.shape[0]},)")
 
 
-def make(network_config: Any, v: int, s: int, L: int, process: Any) -> Network:
-    """Build the configured denoiser for a grammar (v, s, L) and a diffusion process."""
+def backward_name(name: str, backend: str | None = None) -> str:
+    """'jax' or 'rowmajor' for a ``network.backward`` value; 'auto' reads ``backend`` (default: JAX's)."""
+    if name not in BACKWARDS:
+        raise ValueError(f"network backward={name!r} must be one of {BACKWARDS}")
+    if name == "auto":
+        return "rowmajor" if (backend or jax.default_backend()) == "cpu" else "jax"
+    return name
+
+
+def backward_rule(name: str, backend: str | None = None) -> bpunet.Backward:
+    """The bpUNet rule of a ``network.backward`` value (see ``backward_name``)."""
+    return bpunet.RULES[backward_name(name, backend)]
+
+
+def make(network_config: Any, v: int, s: int, L: int, process: Any,
+         backward: bpunet.Backward | None = None) -> Network:
+    """Build the configured denoiser for a grammar (v, s, L) and a diffusion process.
+
+    ``backward`` replaces the rule ``network.backward`` names (bpUNet only), for tests and
+    benchmarks that take the rule apart part by part.
+    """
     validate(network_config, v, s, L, process)
     if network_config.get("name") == "bpunet":
-        return _make_bpunet(network_config, v, s, L, process)
+        rule = backward_rule(network_config.get("backward", "auto")) if backward is None else backward
+        return _make_bpunet(network_config, v, s, L, process, rule)
     return _make_transformer(network_config, v, s, L, process)
 
 
-def _make_bpunet(cfg: Any, v: int, s: int, L: int, process: Any) -> Network:
+def _make_bpunet(cfg: Any, v: int, s: int, L: int, process: Any, backward: bpunet.Backward) -> Network:
     d = s**L
     dtype = DTYPES[cfg.get("dtype", "float32")]
-    module = bpunet.BPUNet(v=v, s=s, L=L, width=cfg.get("width"), dtype=dtype)
+    module = bpunet.BPUNet(v=v, s=s, L=L, width=cfg.get("width"), dtype=dtype, backward=backward)
     authors = bool(cfg.get("authors_schedule", False))
     in_channels = process.input_vocab
 

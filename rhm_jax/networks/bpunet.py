@@ -28,7 +28,9 @@ follow the authors: the first up block concatenates the bottleneck with itself, 
 down-path activation of matching length, the readout the embedding; the upsampled signal comes
 first in each concatenation.
 
-Backward pass (issue 12: on XLA's CPU backend one model trained at half the per-model rate of
+Backward pass, a setting (``Backward``; ``network.backward`` in the config): JAX's own rule, or
+the row-major rule tuned for XLA's CPU backend described next. ``RULES`` names the two.
+Row-major rule (issue 12: on XLA's CPU backend one model trained at half the per-model rate of
 a vmapped grid, and a grid lost time to one generic dot): the down and up kernels (sW x W and
 2W x sW) are differentiated through ``matmul``, whose products transpose activations, never a
 kernel; the thin embedding and readout kernels (C x W, 2W x V) through ``thin_matmul``, which
@@ -42,6 +44,7 @@ gradient moved in the last bits.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -136,6 +139,23 @@ def fence(y: jax.Array) -> jax.Array:
 fence.defvjp(lambda y: (y, None), lambda _, dy: (jax.lax.optimization_barrier(dy),))
 
 
+@dataclasses.dataclass(frozen=True)
+class Backward:
+    """How bpUNet's products are differentiated; hashable, so a static field of the module.
+
+    Each flag picks the row-major rule of this module (True) or JAX's own (False) for one part.
+    """
+
+    rowmajor_kernels: bool = True  # down and up kernels: ``matmul``, else ``plain_matmul``
+    rowmajor_thin: bool = True  # embedding and readout kernels: ``thin_matmul``, else ``plain_matmul``
+    fenced: bool = True  # every layer's output cotangent but the readout's behind ``fence``
+
+
+# 'rowmajor': issue 12's rule, tuned for XLA's CPU backend (and bit-identical to 'jax' there but in
+# the thin kernels' own gradients, see the module docstring); 'jax': JAX's own transpose rule.
+RULES = {"jax": Backward(False, False, False), "rowmajor": Backward(True, True, True)}
+
+
 class ScaledDense(nn.Module):
     """Bias-free matmul with an N(0, 1) kernel, output divided by `divisor` (authors' MyConv1d)."""
 
@@ -144,11 +164,12 @@ class ScaledDense(nn.Module):
     dtype: Any = jnp.float32
     thin: bool = False  # a thin kernel (embedding, readout): ``thin_matmul``, else ``matmul``
     fenced: bool = True  # the output's cotangent behind ``fence`` (False: the readout, see BPUNet)
+    rowmajor: bool = True  # False: ``plain_matmul``, JAX's own backward rule
 
     @nn.compact
     def __call__(self, x_BxNxK: jax.Array) -> jax.Array:
         kernel_KxF = self.param("kernel", nn.initializers.normal(1.0), (x_BxNxK.shape[-1], self.features), jnp.float32)
-        product = thin_matmul if self.thin else matmul
+        product = (thin_matmul if self.thin else matmul) if self.rowmajor else plain_matmul
         y_BxNxF = product(x_BxNxK.astype(self.dtype), kernel_KxF.astype(self.dtype))
         y_BxNxF = fence(y_BxNxF) if self.fenced else y_BxNxF
         return y_BxNxF / self.divisor
@@ -168,29 +189,34 @@ class BPUNet(nn.Module):
     L: int
     width: int
     dtype: Any = jnp.float32
+    backward: Backward = RULES["rowmajor"]
 
     @nn.compact
     def __call__(self, feats_BxDxC: jax.Array) -> jax.Array:
-        s, W = self.s, self.width
+        s, W, rule = self.s, self.width, self.backward
         B, D, C = feats_BxDxC.shape
-        embed = ScaledDense(W, np.sqrt(C), self.dtype, thin=True, name="embed")
+        thick = dict(fenced=rule.fenced, rowmajor=rule.rowmajor_kernels)  # the down and up kernels
+        embed = ScaledDense(W, np.sqrt(C), self.dtype, thin=True, fenced=rule.fenced,
+                            rowmajor=rule.rowmajor_thin, name="embed")
         h_BxNxW = jax.nn.gelu(embed(feats_BxDxC), approximate=False)
         skips = [h_BxNxW]  # N: the current length, d / s**level
         for i in range(self.L):
             n = h_BxNxW.shape[1] // s
             patches_BxnxsW = h_BxNxW.reshape(B, n, s * W)  # position j*s+k -> row j, columns k*W..k*W+W
-            down_BxnxW = ScaledDense(W, np.sqrt(s * W), self.dtype, name=f"down_{i}")(patches_BxnxsW)
+            down_BxnxW = ScaledDense(W, np.sqrt(s * W), self.dtype, **thick, name=f"down_{i}")(patches_BxnxsW)
             h_BxNxW = norm_gelu(down_BxnxW, f"down_{i}_norm")
             self.sow("intermediates", "down", h_BxNxW)
             skips.append(h_BxNxW)
         for i in range(self.L):
             n = h_BxNxW.shape[1]
             cat_Bxnx2W = jnp.concatenate([h_BxNxW, skips.pop()], axis=-1)
-            up_BxnxsW = ScaledDense(s * W, np.sqrt(s * 2 * W), self.dtype, name=f"up_{i}")(cat_Bxnx2W)
+            up_BxnxsW = ScaledDense(s * W, np.sqrt(s * 2 * W), self.dtype, **thick, name=f"up_{i}")(cat_Bxnx2W)
             h_BxNxW = norm_gelu(up_BxnxsW.reshape(B, n * s, W), f"up_{i}_norm")
             self.sow("intermediates", "up", h_BxNxW)
         cat_BxDx2W = jnp.concatenate([h_BxNxW, skips.pop()], axis=-1)  # N = D again
-        return ScaledDense(self.v, 2.0 * W, self.dtype, thin=True, fenced=False, name="readout")(cat_BxDx2W)
+        readout = ScaledDense(self.v, 2.0 * W, self.dtype, thin=True, fenced=False, rowmajor=rule.rowmajor_thin,
+                              name="readout")
+        return readout(cat_BxDx2W)
 
 
 def init_std(name: str, shape: tuple[int, ...]) -> float | None:
