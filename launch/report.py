@@ -16,7 +16,7 @@ import os
 import sys
 
 from launch import argument_parser, error_line, setup_logging
-from rhm_jax import analysis, lock, report, results
+from rhm_jax import lock, report, results, thresholds
 
 
 def check_workdir(workdir: str) -> None:
@@ -33,9 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argument_parser("report", __doc__)
     parser.add_argument("--workdir", nargs="+", required=True, help="one or more work directories")
     parser.add_argument("--out", default=None, help="output folder (default: <first workdir>/report)")
-    parser.add_argument("--method", default=analysis.DEFAULT_METHOD, choices=tuple(analysis.METHODS),
-                        help="threshold estimate: " + "; ".join(f"{k}: {v}" for k, v in analysis.METHODS.items())
-                             + f" (default {analysis.DEFAULT_METHOD})")
+    parser.add_argument("--method", default=thresholds.DEFAULT_METHOD, choices=tuple(thresholds.METHODS),
+                        help="threshold estimate: " + "; ".join(f"{k}: {v}" for k, v in thresholds.METHODS.items())
+                             + f" (default {thresholds.DEFAULT_METHOD})")
     parser.add_argument("--at", default=results.DEFAULT_READING, choices=tuple(results.READINGS),
                         help="evaluation of each model that counts: its lowest test loss (best) or its last;"
                              f" default {results.DEFAULT_READING}, as the end-of-run summary")

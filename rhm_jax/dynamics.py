@@ -159,7 +159,7 @@ def correlation_length(df: pd.DataFrame) -> pd.DataFrame:
     ``CORRELATION_LENGTH``: ``xi_C``, ``t_resolved`` (largest resolved distance), ``xi_C_bound`` and
     ``reference`` ('data', 'train' or 'none'). Empty when no ``corr_t<t>`` column is logged."""
     ts = correlation_distances(df)
-    read = analysis._keyed(analysis.healthy(df))
+    read = analysis.keyed(analysis.healthy(df))
     ids = [c for c in dict.fromkeys(("workdir", "model", "P", "seed", *analysis.REPLICATES, *analysis.CURVE_COLUMNS,
                                      "step", "epoch", *analysis.GRAMMAR_KEYS)) if c in read]
     if not ts:

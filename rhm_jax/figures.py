@@ -15,7 +15,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from rhm_jax import analysis, dynamics
+from rhm_jax import analysis, dynamics, thresholds
 
 FORMATS = ("png", "pdf")
 MAX_TIME_PANELS = 6
@@ -68,7 +68,7 @@ def _key(ax, level_colors: dict, styles: list[tuple[str, dict]], **kwargs) -> No
 
 def plot_validity_vs_p(df: pd.DataFrame, summary: pd.DataFrame, out: str, at: str = "best",
                        samples: str = "all", extra: pd.DataFrame | None = None,
-                       method: str = analysis.DEFAULT_METHOD) -> list[str]:
+                       method: str = thresholds.DEFAULT_METHOD) -> list[str]:
     """Per curve: normalized validity vs P with the estimator's curve (``method``), P* with its
     interval (shaded; a bound dash-dotted) and theory; raw validity with chance and the raw value
     where the normalized reading is 1/2. ``extra``: other thresholds (label, level, P_star[,
@@ -105,7 +105,7 @@ def plot_validity_vs_p(df: pd.DataFrame, summary: pd.DataFrame, out: str, at: st
                 if not bound and np.isfinite(lo):
                     ax.axvspan(lo, min(hi, points["P"].max()), color=color, alpha=0.12, lw=0)
             if "v" in g and "m" in g:
-                ax.axvline(analysis.theory_threshold(g["v"], g["m"], level), color=color, ls=":", lw=1.3)
+                ax.axvline(thresholds.theory_threshold(g["v"], g["m"], level), color=color, ls=":", lw=1.3)
             base = float(analysis.baseline(points.iloc[:1], level)[0])
             ax_raw.axhline(base, color=color, ls="-.", lw=0.8)
             ax_raw.axhline(base + (1 - base) / 2, color=color, ls=(0, (1, 3)), lw=0.8)
@@ -117,7 +117,7 @@ def plot_validity_vs_p(df: pd.DataFrame, summary: pd.DataFrame, out: str, at: st
                     ax.plot(rows["P_star"], np.full(len(rows), 0.5), markers[i % len(markers)], color=color,
                             mec="k", ms=7, ls="none")
         ax.axhline(0.5, color="0.6", lw=0.6)
-        styles = [(analysis.METHODS[method].split(" (")[0], dict(ls="-")),
+        styles = [(thresholds.METHODS[method].split(" (")[0], dict(ls="-")),
                   ("P*: normalized = 1/2 (band: 95% interval)", dict(ls="--")),
                   ("P* a bound (still rising): <= P", dict(ls="-.")), ("theory v m^(l+1)", dict(ls=":"))]
         if extra is not None and len(extra):
@@ -145,8 +145,8 @@ def _estimator_curve(ax, points: pd.DataFrame, method: str, color) -> None:
     """The curve the threshold is read on: the isotonic fit of the seeds' mean per P, or the logistic."""
     if method == "sigmoid":
         grid = np.logspace(np.log10(points["P"].min()), np.log10(points["P"].max()), 200)
-        center, slope = analysis.fit_sigmoid(np.log10(points["P"]), points["validity"])
-        ax.plot(grid, analysis.sigmoid(np.log10(grid), center, slope), "-", color=color, lw=1)
+        center, slope = thresholds.fit_sigmoid(np.log10(points["P"]), points["validity"])
+        ax.plot(grid, thresholds.sigmoid(np.log10(grid), center, slope), "-", color=color, lw=1)
         return
     finite = points[np.isfinite(points["validity"].to_numpy(float))].sort_values("P", kind="stable")
     fit = analysis.isotonic(finite["validity"].to_numpy(float))
@@ -156,7 +156,7 @@ def _estimator_curve(ax, points: pd.DataFrame, method: str, color) -> None:
 
 def plot_collapse(df: pd.DataFrame, out: str, at: str = "best") -> list[str]:
     """Normalized validity against P / (v m**(l+1)) for every level and work directory."""
-    points = analysis.collapse(df, at)
+    points = thresholds.collapse(df, at)
     fig = Figure(figsize=(5.5, 4.0))
     ax = fig.subplots()
     markers = "osD^vP*X"

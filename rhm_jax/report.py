@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from rhm_jax import analysis, clustering, dynamics, figures, keys, theory
+from rhm_jax import analysis, clustering, dynamics, figures, keys, theory, thresholds
 
 DEFINITION = (f"**Normalized validity** of level l: {analysis.NORMALIZED}, the fraction of the way from "
               "chance to perfect; V_l is the fraction of level-l nodes of the generated samples that parse, "
@@ -130,7 +130,7 @@ def _mean_by_P(table: pd.DataFrame, value: str, columns: str | None = None, cens
     return agg
 
 
-def readings(df: pd.DataFrame, method: str = analysis.DEFAULT_METHOD) -> pd.DataFrame:
+def readings(df: pd.DataFrame, method: str = thresholds.DEFAULT_METHOD) -> pd.DataFrame:
     """Pooled P*_l of every available reading: normalized/raw x all/non-copied samples x best/last.
 
     One row per (workdir, reading, samples, at); a threshold that is missing shows its reason.
@@ -140,13 +140,13 @@ def readings(df: pd.DataFrame, method: str = analysis.DEFAULT_METHOD) -> pd.Data
                if (s == "all" or "validity_l1_noncopy" in df) and (a == "last" or analysis.can_pick_best(df))
                and (r == "normalized" or s == "all")]
     for reading, samples, at in choices:
-        summary = analysis.threshold_summary(analysis.thresholds(df, method, at, reading, samples, interval=False))
+        summary = thresholds.summary(thresholds.table(df, method, at, reading, samples, interval=False))
         keys = analysis.curve_keys(summary)  # a row per work directory, or per swept value within one
         for values, g in summary.groupby(keys, dropna=False):
             row = dict(zip(keys, values), reading=reading, samples=samples, at=at)
             row["workdir"] = figures.label(row["workdir"])
             for r in g.itertuples():
-                row[f"P*_{r.level}"] = (analysis.threshold_text(r.P_star, r.bound) if np.isfinite(r.P_star)
+                row[f"P*_{r.level}"] = (thresholds.text(r.P_star, r.bound) if np.isfinite(r.P_star)
                                         else f"({r.censored})")
             rows.append(row)
     return pd.DataFrame(rows)
@@ -157,15 +157,15 @@ def _threshold_table(summary: pd.DataFrame, rising: pd.DataFrame, df: pd.DataFra
     ``P*`` as text: value [interval], or '<= value' for a bound."""
     out = summary.copy()
     if {"v", "m"} <= set(out):
-        out["theory"] = analysis.context_size(out["v"], out["m"], out["level"])
-        out["P_star / theory"] = analysis._measured(out)["P_star"] / out["theory"]
+        out["theory"] = thresholds.context_size(out["v"], out["m"], out["level"])
+        out["P_star / theory"] = thresholds.measured(out)["P_star"] / out["theory"]
     keys = [k for k in analysis.curve_keys(out) if not len(rising) or k in rising]
     counts = rising.groupby([*keys, "level"])["rising"].sum() if len(rising) else pd.Series(dtype=int)
     out["still_rising"] = [int(counts.get(tuple(ids), 0)) for ids in out[[*keys, "level"]].itertuples(index=False)]
     out["workdir"] = out["workdir"].map(figures.label)
     if "P_star_lo" in out:
         out.insert(out.columns.get_loc("P_star"), "P*", [
-            analysis.threshold_text(r.P_star, r.bound, r.P_star_lo, r.P_star_hi) for r in out.itertuples()])
+            thresholds.text(r.P_star, r.bound, r.P_star_lo, r.P_star_hi) for r in out.itertuples()])
         out["best band"] = [f"[{_fmt(r.P_star_band_lo)}, {_fmt(r.P_star_band_hi)}]" if np.isfinite(r.P_star) else "-"
                             for r in out.itertuples()]
     drop = ("n", "s", "L", "reading", "samples", "at", "method", "P_star", "P_star_lo", "P_star_hi", "P_star_band_lo",
@@ -180,7 +180,7 @@ def _replicate_table(table: pd.DataFrame) -> pd.DataFrame:
     per = table[(table[reps] != -1).any(axis=1)] if reps else table.iloc[:0]
     if per.empty:
         return per
-    per = per.assign(**{"P*": [analysis.threshold_text(r.P_star, r.bound, r.P_star_lo, r.P_star_hi)
+    per = per.assign(**{"P*": [thresholds.text(r.P_star, r.bound, r.P_star_lo, r.P_star_hi)
                                 if np.isfinite(r.P_star) else f"({r.censored})" for r in per.itertuples()]})
     wide = per.pivot_table(index=[*keys, *reps], columns="level", values="P*", aggfunc="first").reset_index()
     wide.columns = [c if isinstance(c, str) else f"P*_{c}" for c in wide.columns]
@@ -192,7 +192,7 @@ def _band_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per (swept values, P): models, mean evaluations in the best band, and the mean and largest band
     width (hi - lo) of each level's normalized validity."""
     band = analysis.best_band(df)
-    models = analysis._keyed(df).drop_duplicates(["workdir", "model"])
+    models = analysis.keyed(df).drop_duplicates(["workdir", "model"])
     columns = [c for c in dict.fromkeys(("P", *analysis.REPLICATES, *analysis.CURVE_COLUMNS)) if c in models]
     band = band.merge(models[["workdir", "model", *columns]], on=["workdir", "model"], how="left")
     index = [*analysis.table_keys(band), "P"]
@@ -260,17 +260,17 @@ def _section(title: str, definition: str, body: str) -> list[str]:
 
 
 def write_markdown(workdirs: Sequence[str], df: pd.DataFrame, out: str, paths: list[str],
-                   method: str = analysis.DEFAULT_METHOD, at: str = "best",
+                   method: str = thresholds.DEFAULT_METHOD, at: str = "best",
                    extra: pd.DataFrame | None = None, table: pd.DataFrame | None = None) -> str:
     """``report.md``: provenance, normalized thresholds vs theory, readings compared, ratios, c,
     budgets, learning times, coherence length, C(t), copies, creativity, diverged models."""
-    table = analysis.thresholds(df, method, at) if table is None else table
-    summary = analysis.threshold_summary(table)
+    table = thresholds.table(df, method, at) if table is None else table
+    summary = thresholds.summary(table)
     # copies rise too when a small-P model memorizes: learning is read on the non-copied samples
     rising_samples = "noncopy" if "validity_l1_noncopy" in df else "all"
     rising = dynamics.still_rising(df, samples=rising_samples)
-    fit = analysis.fit_constant(summary) if {"v", "m"} <= set(summary) else {}
-    ratios = analysis.ratios(table)
+    fit = thresholds.fit_constant(summary) if {"v", "m"} <= set(summary) else {}
+    ratios = thresholds.ratios(table)
     ratios["workdir"] = ratios["workdir"].map(figures.label)
     times = dynamics.learning_times(df)
     copies = analysis.copies_column(df)
@@ -278,7 +278,7 @@ def write_markdown(workdirs: Sequence[str], df: pd.DataFrame, out: str, paths: l
     creative = analysis.creativity(df, at) if copies and {"valid", "novel_valid"} <= set(df) else pd.DataFrame()
     flagged = rising[rising["rising"]].assign(workdir=lambda d: d["workdir"].map(figures.label))
     corr = dynamics.correlations(df, at)
-    fit_text = f"{analysis.METHODS[method]}, over all seeds pooled"
+    fit_text = f"{thresholds.METHODS[method]}, over all seeds pooled"
     best_text = ("`best band`: the same threshold read on the upper and the lower end of each model's best band "
                  "(the validity range over the evaluations whose test loss is within "
                  f"{analysis.BAND_SE:g} standard errors of the minimum; see 'Selection'). " if at == "best" else "")
@@ -295,7 +295,7 @@ def write_markdown(workdirs: Sequence[str], df: pd.DataFrame, out: str, paths: l
     lines += _section(
         f"Thresholds P*_l (normalized validity = 1/2 at each model's {at} evaluation, all samples)",
         f"`P*` (`P_star`): P where normalized validity {analysis.NORMALIZED} crosses 1/2, {fit_text}; in "
-        f"brackets its {analysis.INTERVAL}. `<= P`: a bound, not a value: a model at the P next to the "
+        f"brackets its {thresholds.INTERVAL}. `<= P`: a bound, not a value: a model at the P next to the "
         "crossing was still rising at the end of its budget (`still_rising`), so more training would move the "
         "crossing down; bounds never enter c, ratios or the collapse. " + best_text +
         "`P_star_mean`/`P_star_std`: over per-seed thresholds (bounds left out); `censored`: why a threshold is missing ('above': "
@@ -327,7 +327,7 @@ def write_markdown(workdirs: Sequence[str], df: pd.DataFrame, out: str, paths: l
         accuracy = pd.DataFrame(accuracy).assign(workdir=lambda d: d["workdir"].map(figures.label))
         lines += _section("The clustering learner's accuracy thresholds (not validity; not on the P figure)",
                           clustering.ACCURACY_READING, markdown_table(accuracy))
-    left = fit.get("left_out") or analysis.left_out(summary)
+    left = fit.get("left_out") or thresholds.left_out(summary)
     left_text = ("Left out as bounds: " + "; ".join(left) + "." if left else "No threshold is a bound.")
     lines += _section("Ratios P*_(l+1) / P*_l (normalized thresholds; theory: m)",
                       "`ratio`: of the pooled thresholds above; `ratio_mean`/`ratio_std`: over seeds; a ratio "
@@ -421,7 +421,7 @@ def write_markdown(workdirs: Sequence[str], df: pd.DataFrame, out: str, paths: l
     return path
 
 
-def make_report(workdirs: Sequence[str], out: str | None = None, method: str = analysis.DEFAULT_METHOD,
+def make_report(workdirs: Sequence[str], out: str | None = None, method: str = thresholds.DEFAULT_METHOD,
                 at: str = "best",
                 time_axis: str = "epoch", extra_thresholds: pd.DataFrame | None = None) -> dict[str, list[str]]:
     """Load the work directories, write every figure and ``report.md`` into ``out``; return paths.
@@ -443,8 +443,8 @@ def make_report(workdirs: Sequence[str], out: str | None = None, method: str = a
         extra_thresholds = pd.DataFrame(learner)
     out = out or os.path.join(workdirs[0], "report")
     os.makedirs(out, exist_ok=True)
-    table = analysis.thresholds(df, method, at)
-    summary = analysis.threshold_summary(table)
+    table = thresholds.table(df, method, at)
+    summary = thresholds.summary(table)
     paths = figures.plot_validity_vs_p(df, summary, out, at, extra=extra_thresholds, method=method)
     if {"v", "m"} <= set(df) and df.groupby("workdir")["P"].nunique().max() > 1:
         paths += figures.plot_collapse(df, out, at)

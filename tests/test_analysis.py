@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rhm_jax import analysis, theory
+from rhm_jax import analysis, theory, thresholds
 
 QUICK_ROWS = os.path.join(os.path.dirname(__file__), "data", "quick_p_sweep_rows.csv")
 
@@ -35,7 +35,7 @@ def synthetic_metrics(v=8, m=3, L=3, c=1.5, seeds=(0, 1, 2), jitter=0.05, noise=
                            train_loss=1.0 - 0.5 * frac, test_loss=1.0 - 0.4 * frac, diverged=False)
                 for l in range(1, L + 1):
                     center = np.log10(c * v * m ** (l + 1)) + shift[l]
-                    val = learned * analysis.sigmoid(np.log10(P), center, slope) + error[l]
+                    val = learned * thresholds.sigmoid(np.log10(P), center, slope) + error[l]
                     row[f"validity_l{l}"] = float(chance[l - 1] + (1 - chance[l - 1]) * np.clip(val, 0, 1))
                 row["valid"] = row[f"validity_l{L}"]
                 row["copies"] = float(frac**2 * min(1.0, 30 / P))
@@ -67,15 +67,15 @@ def write_workdir(path, df, v=8, m=3, L=3):
 
 def test_fit_sigmoid_recovers_center_and_slope_from_noiseless_curve():
     x = np.linspace(0, 4, 15)
-    center, slope = analysis.fit_sigmoid(x, analysis.sigmoid(x, 2.3, 3.1))
+    center, slope = thresholds.fit_sigmoid(x, thresholds.sigmoid(x, 2.3, 3.1))
     assert center == pytest.approx(2.3, abs=1e-6)
     assert slope == pytest.approx(3.1, rel=1e-5)
 
 
 def test_fit_sigmoid_returns_nan_when_curve_never_crosses_half():
     x = np.linspace(0, 4, 10)
-    assert np.isnan(analysis.fit_sigmoid(x, np.full(10, 0.3))[0])
-    assert np.isnan(analysis.fit_sigmoid(x, np.full(10, 0.7))[0])
+    assert np.isnan(thresholds.fit_sigmoid(x, np.full(10, 0.3))[0])
+    assert np.isnan(thresholds.fit_sigmoid(x, np.full(10, 0.7))[0])
 
 
 def test_isotonic_is_monotone_and_preserves_mean():
@@ -90,7 +90,7 @@ def test_isotonic_is_monotone_and_preserves_mean():
 def test_thresholds_recover_known_centers(method):
     c, v, m = 1.5, 8, 3
     df = synthetic_metrics(c=c, v=v, m=m, jitter=0.0)
-    summary = analysis.threshold_summary(analysis.thresholds(df, method))
+    summary = thresholds.summary(thresholds.table(df, method))
     for _, row in summary.iterrows():
         truth = c * v * m ** (row["level"] + 1)
         tol = 0.03 if method == "sigmoid" else 0.08  # in log10 P; interpolation is coarser
@@ -100,22 +100,22 @@ def test_thresholds_recover_known_centers(method):
 
 def test_per_seed_spread_reflects_seed_jitter():
     df = synthetic_metrics(jitter=0.1, noise=0.0, seeds=tuple(range(6)), num_P=20)
-    table = analysis.thresholds(df)
-    summary = analysis.threshold_summary(table)
+    table = thresholds.table(df)
+    summary = thresholds.summary(table)
     # with per-seed shifts of 0.1 decades the measured spread is of that order, not zero
     assert summary["log10_P_star_std"].between(0.03, 0.25).all()
-    clean = analysis.threshold_summary(analysis.thresholds(synthetic_metrics(jitter=0.0, noise=0.0)))
+    clean = thresholds.summary(thresholds.table(synthetic_metrics(jitter=0.0, noise=0.0)))
     assert (clean["log10_P_star_std"] < 1e-3).all()
 
 
 def test_ratio_and_constant_recovered():
     c, v, m = 0.7, 8, 3
     df = synthetic_metrics(c=c, v=v, m=m, jitter=0.0, noise=0.01, L=3)
-    table = analysis.thresholds(df)
-    ratios = analysis.ratios(table)
+    table = thresholds.table(df)
+    ratios = thresholds.ratios(table)
     np.testing.assert_allclose(ratios["ratio"], m, rtol=0.08)
     np.testing.assert_allclose(ratios["ratio_mean"], m, rtol=0.08)
-    fit = analysis.fit_constant(analysis.threshold_summary(table))
+    fit = thresholds.fit_constant(thresholds.summary(table))
     assert fit["c"] == pytest.approx(c, rel=0.08)
     assert fit["log10_spread"] < 0.05
     assert fit["num"] == 3
@@ -125,19 +125,19 @@ def test_collapse_across_m_has_small_spread_and_wrong_scaling_has_large():
     a = synthetic_metrics(m=3, c=1.0, jitter=0.0).assign(workdir="m3")
     b = synthetic_metrics(m=2, c=1.0, jitter=0.0, v=8).assign(workdir="m2")
     both = pd.concat([a, b], ignore_index=True)
-    summary = analysis.threshold_summary(analysis.thresholds(both))
-    assert analysis.fit_constant(summary)["log10_spread"] < 0.05
+    summary = thresholds.summary(thresholds.table(both))
+    assert thresholds.fit_constant(summary)["log10_spread"] < 0.05
     # thresholds that do not scale with m**(l+1) must show up as a poor collapse
     bad = summary.assign(P_star=summary["P_star"] * 10.0 ** summary["level"])
-    assert analysis.fit_constant(bad)["log10_spread"] > 0.5
-    points = analysis.collapse(both)
+    assert thresholds.fit_constant(bad)["log10_spread"] > 0.5
+    points = thresholds.collapse(both)
     assert set(points["workdir"]) == {"m2", "m3"}
     np.testing.assert_allclose(points["x"], points["P"] / (points["v"] * points["m"] ** (points["level"] + 1)))
 
 
 def test_censored_thresholds_are_flagged_not_extrapolated():
     df = synthetic_metrics(c=100.0, jitter=0.0)  # level 3 threshold far above the largest P
-    summary = analysis.threshold_summary(analysis.thresholds(df)).set_index("level")
+    summary = thresholds.summary(thresholds.table(df)).set_index("level")
     assert summary.loc[3, "censored"] == "above"
     assert np.isnan(summary.loc[3, "P_star"])
 
@@ -189,7 +189,7 @@ def test_bad_input_raises_clear_value_errors(tmp_path):
     with pytest.raises(ValueError, match="no evaluation rows in metrics.jsonl"):
         analysis.load(str(tmp_path / "empty"))
     with pytest.raises(ValueError, match="method"):
-        analysis.threshold([1, 2], [0.1, 0.9], method="spline")
+        thresholds.threshold([1, 2], [0.1, 0.9], method="spline")
     with pytest.raises(ValueError, match="validity_l"):
         analysis.levels(pd.DataFrame({"P": [1]}))
 
@@ -198,7 +198,7 @@ def test_learning_rates_on_one_grid_give_separate_curves():
     fast = synthetic_metrics(c=1.0, jitter=0.0, seeds=(0,), num_P=24).assign(lr=1e-3)
     slow = synthetic_metrics(c=4.0, jitter=0.0, seeds=(0,), num_P=24).assign(lr=1e-4)
     slow["model"] += fast["model"].max() + 1
-    summary = analysis.threshold_summary(analysis.thresholds(pd.concat([fast, slow], ignore_index=True)))
+    summary = thresholds.summary(thresholds.table(pd.concat([fast, slow], ignore_index=True)))
     by_lr = summary.set_index(["lr", "level"])["P_star"]
     for level in (1, 2):
         assert by_lr[(1e-4, level)] / by_lr[(1e-3, level)] == pytest.approx(4.0, rel=0.1)
@@ -208,15 +208,15 @@ def test_best_evaluation_ignores_memorized_small_p_models():
     """Small-P models that end up copying their data (valid, but overfit) count at their test-loss minimum."""
     rows, truth = [], 200.0
     for model, P in enumerate(np.logspace(1, 4, 13).round()):
-        learned = float(analysis.sigmoid(np.log10(P), np.log10(truth), 8.0))
+        learned = float(thresholds.sigmoid(np.log10(P), np.log10(truth), 8.0))
         overfit = P < truth
         rows.append(dict(model=model, P=P, seed=0, step=100, validity_l1=learned, test_loss=1.0))
         rows.append(dict(model=model, P=P, seed=0, step=200, validity_l1=1.0 if overfit else learned,
                          test_loss=2.0 if overfit else 0.5))
     df = pd.DataFrame(rows)
-    best = analysis.threshold_summary(analysis.thresholds(df, at="best", reading="raw")).iloc[0]
+    best = thresholds.summary(thresholds.table(df, at="best", reading="raw")).iloc[0]
     assert best["P_star"] == pytest.approx(truth, rel=0.02)
-    last = analysis.threshold_summary(analysis.thresholds(df, at="last", reading="raw")).iloc[0]
+    last = thresholds.summary(thresholds.table(df, at="last", reading="raw")).iloc[0]
     assert last["censored"] == "below"  # memorized copies look like learned rules
     assert set(analysis.final(df, "best").query("P < 200")["step"]) == {100}
     with pytest.raises(ValueError, match="at"):
@@ -238,17 +238,17 @@ def test_best_prefers_window_mean_over_noisy_test_loss():
 def test_falling_curve_gives_no_threshold_but_a_reason():
     """Validity that falls with P (copies at small P) crosses 1/2 but is no learning threshold."""
     P = np.logspace(1, 3, 9)
-    falling = analysis.sigmoid(np.log10(P), 2.0, -6.0)
-    center, slope = analysis.fit_sigmoid(np.log10(P), falling)
+    falling = thresholds.sigmoid(np.log10(P), 2.0, -6.0)
+    center, slope = thresholds.fit_sigmoid(np.log10(P), falling)
     assert center == pytest.approx(2.0, abs=1e-4) and slope == pytest.approx(-6.0, rel=1e-3)
-    assert np.isnan(analysis.threshold(P, falling))
-    assert np.isnan(analysis.threshold(P, falling, "interp"))  # its isotonic fit starts above 1/2
+    assert np.isnan(thresholds.threshold(P, falling))
+    assert np.isnan(thresholds.threshold(P, falling, "interp"))  # its isotonic fit starts above 1/2
     df = pd.DataFrame(dict(model=range(9), P=P, seed=0, step=1, validity_l1=falling))
-    assert analysis.thresholds(df, at="last", reading="raw").iloc[0]["censored"] == "not rising"
+    assert thresholds.table(df, at="last", reading="raw").iloc[0]["censored"] == "not rising"
     one_P = df.assign(P=64.0)
-    assert analysis.thresholds(one_P, at="last", reading="raw").iloc[0]["censored"] == "one P"
+    assert thresholds.table(one_P, at="last", reading="raw").iloc[0]["censored"] == "one P"
     with pytest.raises(ValueError, match="test_loss"):  # the default reading needs a test loss
-        analysis.thresholds(df, reading="raw")
+        thresholds.table(df, reading="raw")
 
 
 # ----------------------------------------------------------------------------- readings
@@ -278,7 +278,7 @@ def test_noncopy_reading_leaves_out_models_with_too_few_noncopied_samples():
     read = analysis.readout(df, "raw", "noncopy")
     assert read.loc[df["model"] == 0, "validity_l1"].isna().all()
     assert (read.loc[df["model"] != 0, "validity_l1"] == 0.5).all()
-    table = analysis.thresholds(df, reading="raw", samples="noncopy").set_index(["level", "seed"])
+    table = thresholds.table(df, reading="raw", samples="noncopy").set_index(["level", "seed"])
     assert table.loc[(1, -1), "num_nan"] == 1 and table.loc[(3, -1), "censored"] == "no finite rows"
 
 
@@ -290,13 +290,13 @@ def quick_rows() -> pd.DataFrame:
 def test_quick_sweep_normalized_thresholds_match_theory_and_raw_ones_do_not():
     """SPEC section 7 on real rows: read above chance, P*_l ~ v m**(l+1) and P*_2 / P*_1 ~ m."""
     df = quick_rows()
-    summary = analysis.threshold_summary(analysis.thresholds(df, at="best")).set_index("level")
+    summary = thresholds.summary(thresholds.table(df, at="best")).set_index("level")
     for level in (1, 2):
-        ratio = summary.loc[level, "P_star"] / analysis.theory_threshold(8, 3, level)
+        ratio = summary.loc[level, "P_star"] / thresholds.theory_threshold(8, 3, level)
         assert 0.5 < ratio < 2, (level, summary.loc[level, "P_star"])
     assert 1.5 < summary.loc[2, "P_star"] / summary.loc[1, "P_star"] < 6  # within a factor 2 of m = 3
     assert summary.loc[3, "censored"] == "above"  # level 3 never gets half way from chance
-    raw = analysis.threshold_summary(analysis.thresholds(df, at="best", reading="raw")).set_index("level")
+    raw = thresholds.summary(thresholds.table(df, at="best", reading="raw")).set_index("level")
     # raw validity at 1/2 is a fifth of the way from chance at level 1: P*_1 about 4x too small
     assert raw.loc[1, "P_star"] < summary.loc[1, "P_star"] / 3
 
@@ -305,8 +305,8 @@ def test_quick_sweep_copies_cannot_fool_the_noncopy_reading():
     """At the last evaluation the small-P models copy their data: level 3 looks learned on all
     samples (validity falls with P: 'not rising'), not on the non-copied ones (never reaches 1/2)."""
     df = quick_rows()
-    all_samples = analysis.thresholds(df, at="last").query("seed == -1").set_index("level")
-    noncopy = analysis.thresholds(df, at="last", samples="noncopy").query("seed == -1").set_index("level")
+    all_samples = thresholds.table(df, at="last").query("seed == -1").set_index("level")
+    noncopy = thresholds.table(df, at="last", samples="noncopy").query("seed == -1").set_index("level")
     assert all_samples.loc[3, "censored"] == "not rising"
     assert noncopy.loc[3, "censored"] == "above" and noncopy.loc[3, "num_nan"] >= 2
 
@@ -318,28 +318,28 @@ def test_scipy_fits_give_the_hand_written_fits_results_on_the_quick_rows():
     expected = {("sigmoid", "raw"): (16.8003978, 219.237200), ("interp", "raw"): (19.6875356, 200.921258),
                 ("sigmoid", "normalized"): (70.3629814, 255.243740)}
     for (method, reading), want in expected.items():
-        got = analysis.threshold_summary(analysis.thresholds(df, method, "best", reading))["P_star"]
+        got = thresholds.summary(thresholds.table(df, method, "best", reading))["P_star"]
         np.testing.assert_allclose(got[:2], want, rtol=1e-6)
 
 
 def test_fit_sigmoid_reaches_the_least_squares_minimum_of_a_grid_search():
     long = analysis.final_validity(quick_rows(), "best").query("level == 2")
     x, y = np.log10(long["P"].to_numpy()), long["validity"].to_numpy()
-    center, slope = analysis.fit_sigmoid(x, y)
-    sse = lambda c, k: ((analysis.sigmoid(x, c, k) - y) ** 2).sum()
+    center, slope = thresholds.fit_sigmoid(x, y)
+    sse = lambda c, k: ((thresholds.sigmoid(x, c, k) - y) ** 2).sum()
     grid = min(sse(c, k) for c in np.linspace(1.5, 3.5, 201) for k in np.linspace(0.5, 8, 151))
     assert sse(center, slope) <= grid + 1e-12
 
 
 def test_bad_input_gives_one_reason_per_level_never_a_number():
     df = quick_rows()
-    one_P = analysis.thresholds(df[df["P"] == 256], at="best").query("seed == -1")
+    one_P = thresholds.table(df[df["P"] == 256], at="best").query("seed == -1")
     assert one_P["censored"].tolist() == ["one P"] * 3 and one_P["P_star"].isna().all()
     flat = df.assign(validity_l1=0.375, validity_l2=0.06, validity_l3=0.0)  # at chance: nothing rises
-    flat_table = analysis.thresholds(flat).query("seed == -1")
+    flat_table = thresholds.table(flat).query("seed == -1")
     assert flat_table["censored"].tolist() == ["above"] * 3 and flat_table["P_star"].isna().all()
     nan_rows = df.assign(validity_l2=np.nan)
-    nan_table = analysis.thresholds(nan_rows, at="best").query("seed == -1").set_index("level")
+    nan_table = thresholds.table(nan_rows, at="best").query("seed == -1").set_index("level")
     assert nan_table.loc[2, "censored"] == "no finite rows" and np.isnan(nan_table.loc[2, "P_star"])
     assert nan_table.loc[1, "P_star"] == pytest.approx(82.53, rel=1e-3)  # other levels unaffected
 
@@ -380,15 +380,15 @@ def test_one_workdir_sweeping_m_gives_per_m_thresholds_and_the_collapse(tmp_path
     df = analysis.load(workdir)
     assert sorted(df["m"].unique()) == [2, 3] and df["v"].unique().tolist() == [8]
     assert analysis.curve_keys(df) == ["workdir", "m"]
-    summary = analysis.threshold_summary(analysis.thresholds(df))
+    summary = thresholds.summary(thresholds.table(df))
     assert len(summary) == 6 and sorted(summary["m"].unique()) == [2, 3]
     for row in summary.itertuples():
         assert abs(np.log10(row.P_star / (8 * row.m ** (row.level + 1)))) < 0.05, row
-    ratios = analysis.ratios(analysis.thresholds(df))
+    ratios = thresholds.ratios(thresholds.table(df))
     np.testing.assert_allclose(ratios["ratio"], ratios["m"], rtol=0.1)
-    fit = analysis.fit_constant(summary)
+    fit = thresholds.fit_constant(summary)
     assert fit["c"] == pytest.approx(1.0, rel=0.1) and fit["log10_spread"] < 0.05 and fit["num"] == 6
-    points = analysis.collapse(df)
+    points = thresholds.collapse(df)
     np.testing.assert_allclose(points["x"], points["P"] / (8 * points["m"] ** (points["level"] + 1)))
 
 
@@ -397,7 +397,7 @@ def test_per_seed_fits_are_per_grammar_seed_too():
     three per-seed fits, not one."""
     df = synthetic_metrics(jitter=0.1, noise=0.0, seeds=(0, 1, 2), num_P=20)
     df = df.assign(grammar_seed=df["seed"], data_seed=df["seed"], seed=0)
-    summary = analysis.threshold_summary(analysis.thresholds(df))
+    summary = thresholds.summary(thresholds.table(df))
     assert (summary["num_seeds"] == 3).all()
     assert summary["log10_P_star_std"].between(0.02, 0.25).all()
 
@@ -412,7 +412,7 @@ def plateau_rows(plateau=0.6, center=2.3, slope=4.0, num_P=13, seeds=(0, 1, 2), 
     rows, model = [], 0
     for seed in seeds:
         for P in np.logspace(1, 4, num_P).round():
-            norm = plateau * analysis.sigmoid(np.log10(P), center, slope)
+            norm = plateau * thresholds.sigmoid(np.log10(P), center, slope)
             raw = rng.binomial(num_samples, chance + (1 - chance) * norm) / num_samples
             for step in (512, 1024):
                 rows.append(dict(model=model, P=P, seed=seed, step=step, validity_l1=raw, test_loss=1.0 - step / 1e4,
@@ -427,16 +427,16 @@ def test_a_curve_that_plateaus_at_06_keeps_its_crossing():
     center, slope, plateau = 2.3, 4.0, 0.6
     truth = 10 ** (center + np.log(1 / (1 / (2 * plateau)) - 1) / -slope)  # logistic = 1 / (2 plateau)
     df = plateau_rows(plateau, center, slope)
-    row = analysis.threshold_summary(analysis.thresholds(df)).iloc[0]
+    row = thresholds.summary(thresholds.table(df)).iloc[0]
     assert row["method"] == "interp" and row["P_star"] == pytest.approx(truth, rel=0.1)
     assert row["P_star_lo"] < truth < row["P_star_hi"] and row["P_star_hi"] < 2 * truth  # the interval covers it
-    logistic = analysis.threshold_summary(analysis.thresholds(df, "sigmoid", interval=False)).iloc[0]
+    logistic = thresholds.summary(thresholds.table(df, "sigmoid", interval=False)).iloc[0]
     assert logistic["P_star"] > 1.2 * truth
 
 
 def test_the_interval_grows_with_fewer_samples_and_fewer_replicates():
-    many = analysis.threshold_summary(analysis.thresholds(plateau_rows(num_samples=4096))).iloc[0]
-    few = analysis.threshold_summary(analysis.thresholds(plateau_rows(num_samples=64))).iloc[0]
+    many = thresholds.summary(thresholds.table(plateau_rows(num_samples=4096))).iloc[0]
+    few = thresholds.summary(thresholds.table(plateau_rows(num_samples=64))).iloc[0]
     assert np.log(few["P_star_hi"] / few["P_star_lo"]) > np.log(many["P_star_hi"] / many["P_star_lo"])
 
 
@@ -446,17 +446,17 @@ def test_a_level_still_rising_near_its_crossing_is_a_bound_left_out_of_c_and_rat
     df = done.copy()
     half = df["step"] == 1024
     df.loc[half, "validity_l2"] = 0.7 * df.loc[half, "validity_l2"]  # level 2 was much lower at half the steps
-    table = analysis.thresholds(df)
-    summary = analysis.threshold_summary(table).set_index("level")
+    table = thresholds.table(df)
+    summary = thresholds.summary(table).set_index("level")
     assert not summary.loc[1, "bound"] and summary.loc[2, "bound"]
-    fit = analysis.fit_constant(summary.reset_index())
+    fit = thresholds.fit_constant(summary.reset_index())
     assert fit["num"] == 2 and fit["left_out"] == [f"run level 2: <= {summary.loc[2, 'P_star']:.3g}"]
-    ratios = analysis.ratios(table).set_index("level")
+    ratios = thresholds.ratios(table).set_index("level")
     assert np.isnan(ratios.loc[1, "ratio"]) and np.isnan(ratios.loc[2, "ratio"])  # both touch level 2
-    assert analysis.threshold_text(100.0, True) == "<= 100" and analysis.threshold_text(100.0, False, 80, np.inf) \
+    assert thresholds.text(100.0, True) == "<= 100" and thresholds.text(100.0, False, 80, np.inf) \
         == "100 [80, inf]"
     # without the rise, the same table gives values that enter c
-    assert analysis.fit_constant(analysis.threshold_summary(analysis.thresholds(done)))["num"] == 3
+    assert thresholds.fit_constant(thresholds.summary(thresholds.table(done)))["num"] == 3
 
 
 def best_history():

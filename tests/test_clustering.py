@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from launch import cluster as launch_cluster
-from rhm_jax import analysis, clustering, coherence, data, grammar, lock, program, results
+from rhm_jax import clustering, coherence, data, grammar, lock, program, results, thresholds
 from rhm_jax import config as config_lib
 from test_analysis import quick_rows
 
@@ -227,7 +227,7 @@ def test_on_the_quick_sweeps_data_thresholds_are_ordered_beside_the_bpunets(tmp_
     rows = [r for r in stored if r["m"] == 3]
     assert [(r["P"], r["seed"], r["context"]) for r in rows] == [(P, 0, "tokens") for P in grids[3]]
     learner = {t["level"]: t for t in clustering.thresholds(rows) if t["quantity"] == "accuracy"}
-    bpunets = analysis.threshold_summary(analysis.thresholds(quick_rows(), at="best")).set_index("level")
+    bpunets = thresholds.summary(thresholds.table(quick_rows(), at="best")).set_index("level")
     with capsys.disabled():
         for level in (1, 2):
             print(f"\nquick sweep data, level {level}: learner P* = {learner[level]['P_star']:.0f}, bpUNets P* ="

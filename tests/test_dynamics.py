@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rhm_jax import analysis, dynamics, theory
+from rhm_jax import dynamics, theory, thresholds
 from test_analysis import quick_rows
 
 
@@ -23,9 +23,9 @@ def time_curves(t_star: dict, copy_name: str = "copies", v=8, m=3, L=3) -> pd.Da
     for step in np.unique(np.round(np.logspace(0, 4, 33))).astype(int):
         row = dict(model=0, P=1024, seed=0, step=step, epoch=step * 64 / 1024, diverged=False)
         for l, t in t_star.items():
-            norm = float(analysis.sigmoid(np.log10(step), np.log10(t), 5.0))
+            norm = float(thresholds.sigmoid(np.log10(step), np.log10(t), 5.0))
             row[f"validity_l{l}"] = chance[l - 1] + (1 - chance[l - 1]) * norm
-        row[copy_name] = float(analysis.sigmoid(np.log10(step), np.log10(5000.0), 5.0) * 0.4)
+        row[copy_name] = float(thresholds.sigmoid(np.log10(step), np.log10(5000.0), 5.0) * 0.4)
         rows.append(row)
     return pd.DataFrame(rows).assign(v=v, n=v, m=m, s=2, L=L)
 
@@ -42,7 +42,7 @@ def test_learning_times_read_normalized_validity_and_memorization_onset(copy_nam
     assert dynamics.learning_times(df, reading="raw").set_index("level").loc[1, "step"] < 0.7 * t_star[1]
     onset = dynamics.memorization_onset(df, copy_level=0.2).iloc[0]
     assert onset["step"] == pytest.approx(5000.0, rel=0.05)
-    assert onset["final_copies"] == pytest.approx(0.4 * analysis.sigmoid(4.0, np.log10(5000.0), 5.0))
+    assert onset["final_copies"] == pytest.approx(0.4 * thresholds.sigmoid(4.0, np.log10(5000.0), 5.0))
 
 
 def test_still_rising_flags_levels_still_learning_over_the_last_doubling():
@@ -76,7 +76,7 @@ def test_coherence_length_is_s_to_the_highest_level_above_half():
     assert xi.loc[1, "xi"] == 1 and xi.loc[32, "level_star"] == 1 and xi.loc[316, "xi"] == 4
     assert xi.loc[10000, "xi"] == 8
     for level in (1, 2, 3):
-        P_l = analysis.theory_threshold(8, 3, level)
+        P_l = thresholds.theory_threshold(8, 3, level)
         assert dynamics.theory_coherence_length(P_l, 8, 3, 2) == pytest.approx(2**level)
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from launch import report as launch_report
-from rhm_jax import analysis, clustering, figures, report, results, theory
+from rhm_jax import analysis, clustering, figures, report, results, theory, thresholds
 from test_analysis import quick_rows, synthetic_metrics, write_workdir
 
 
@@ -61,8 +61,8 @@ def test_report_writes_all_figures_and_markdown(written):
 def test_report_constant_matches_analysis(two_workdirs, written):
     text = open(written[1]["report"][0]).read()
     c_text = float(re.search(r"c = ([0-9.e+-]+);", text).group(1))
-    summary = analysis.threshold_summary(analysis.thresholds(analysis.load(list(two_workdirs))))
-    assert c_text == pytest.approx(analysis.fit_constant(summary)["c"], rel=0.01)
+    summary = thresholds.summary(thresholds.table(analysis.load(list(two_workdirs))))
+    assert c_text == pytest.approx(thresholds.fit_constant(summary)["c"], rel=0.01)
     assert c_text == pytest.approx(1.0, rel=0.1)  # the synthetic runs were built with c = 1
 
 
@@ -211,7 +211,7 @@ def test_report_of_one_workdir_sweeping_m_reads_m_from_the_table(tmp_path):
     # models still rising are counted per m: the two curves' counts add up to the work directory's
     df = analysis.load(workdir)
     rising = report.dynamics.still_rising(df)
-    table = report._threshold_table(analysis.threshold_summary(analysis.thresholds(df)), rising, df)
+    table = report._threshold_table(thresholds.summary(thresholds.table(df)), rising, df)
     per_level = table.groupby("level")["still_rising"].sum()
     assert per_level.to_dict() == rising.groupby("level")["rising"].sum().astype(int).to_dict()
 
@@ -274,7 +274,7 @@ def test_launch_report_on_a_sweep_over_lr_grammar_seed_and_m_has_a_row_per_swept
 def test_report_states_the_estimator_the_interval_and_the_bounds_beside_the_numbers(written):
     text = open(written[1]["report"][0]).read()
     main = text.split("## Thresholds P*_l")[1].split("\n## ")[0]
-    assert analysis.METHODS["interp"] in main and analysis.INTERVAL in main and "`<= P`: a bound" in main
+    assert thresholds.METHODS["interp"] in main and thresholds.INTERVAL in main and "`<= P`: a bound" in main
     assert re.search(r"\| m3 \| 1 \| 8 \| 3 \| [\d.]+ \[[\d.]+, [\d.]+\] \|", main)
     assert "No threshold is a bound." in text.split("## Constant c")[1]
     assert "## Selection: the best band" in text and "xi_C = 1 + the largest distance" in text

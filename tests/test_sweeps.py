@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from rhm_jax import analysis
+from rhm_jax import analysis, thresholds
 from rhm_jax import config as config_lib
 from rhm_jax import plan, results
 
@@ -135,8 +135,8 @@ def test_quick_p_sweep_learns_level_one_before_level_two(tmp_path):
     workdir = str(tmp_path / "quick")
     runner.run(sweep_module("hierarchy_in_p").get_config("quick"), workdir, progress=False)
     # at each model's lowest test loss: the small-P models end up copying their data (see the docstring)
-    table = analysis.thresholds(analysis.load(workdir), at="best")
-    summary = analysis.threshold_summary(table).set_index("level")
+    table = thresholds.table(analysis.load(workdir), at="best")
+    summary = thresholds.summary(table).set_index("level")
     p1, p2 = summary.loc[1, "P_star"], summary.loc[2, "P_star"]
     assert math.isfinite(p1), summary
     # level 2 either crosses 1/2 at a larger P or not at all within the grid
