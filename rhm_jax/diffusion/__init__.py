@@ -8,6 +8,7 @@ docs/architecture.md; ``apply_fn(params, x_t_BxD, t_B) -> logits_BxDxV`` predict
 """
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from typing import Any, Union
 
@@ -22,23 +23,34 @@ Process = Union[UniformProcess, MaskedProcess]
 NAMES = ("uniform", "masked")
 
 __all__ = ["MaskedProcess", "NAMES", "Process", "UniformProcess", "default_config", "make",
-           "validate"]
+           "sampler_steps", "validate"]
+
+
+def _field_defaults(cls: type) -> dict[str, Any]:
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+
+
+# The process section's defaults, read from the processes' own fields (one source): uniform's T,
+# beta1, beta2; masked's schedule, power, eps; sampler_steps None means T (the evaluations' steps).
+DEFAULTS = {**{k: _field_defaults(UniformProcess)[k] for k in ("T", "beta1", "beta2")},
+            **{k: _field_defaults(MaskedProcess)[k] for k in ("schedule", "power", "eps")},
+            "sampler_steps": None}
 
 
 def default_config(name: str = "uniform") -> ml_collections.ConfigDict:
-    """The SPEC defaults for ``process``; the fields of the other process are kept, unused."""
-    return ml_collections.ConfigDict(dict(
-        name=name,
-        T=200,             # uniform: number of steps (and its default sampler steps)
-        beta1=1e-3,        # uniform: beta at step 0
-        beta2=0.1,         # uniform: beta at step T
-        schedule="linear",  # masked: 'linear' | 'cosine' | 'poly'
-        power=1.0,         # masked: exponent of the 'poly' schedule
-        eps=1e-4,          # masked: alpha(t) stays within [eps, 1 - eps]
-        # Sampler steps used by evaluations; None means T. The uniform sampler strides over its
-        # T-step chain (at most T steps); the masked one takes any number.
-        sampler_steps=None,
-    ))
+    """The SPEC defaults for ``process`` (``DEFAULTS``); the fields of the other process are kept, unused.
+
+    uniform: T steps of the chain, beta at step 0 (beta1) and at step T (beta2); masked: schedule
+    'linear' | 'cosine' | 'poly', its exponent ``power``, alpha(t) within [eps, 1 - eps]; both:
+    ``sampler_steps`` of the evaluations, None meaning T (the uniform sampler strides over its
+    T-step chain, so at most T; the masked one takes any number).
+    """
+    return ml_collections.ConfigDict(dict(name=name, **DEFAULTS))
+
+
+def _get(config: Any, name: str) -> Any:
+    """``config.name``, or its default when the config lacks it."""
+    return field(config, name, DEFAULTS[name])
 
 
 def _is_int(value: Any) -> bool:
@@ -50,7 +62,7 @@ def _is_real(value: Any) -> bool:
 
 
 def _check_uniform(config: Any) -> None:
-    beta1, beta2 = field(config, "beta1", 1e-3), field(config, "beta2", 0.1)
+    beta1, beta2 = _get(config, "beta1"), _get(config, "beta2")
     for name, value in (("beta1", beta1), ("beta2", beta2)):
         if not _is_real(value):
             raise ValueError(f"process.{name}={value!r} must be a finite number")
@@ -63,8 +75,7 @@ def _check_uniform(config: Any) -> None:
 
 
 def _check_masked(config: Any) -> None:
-    schedule = field(config, "schedule", "linear")
-    power, eps = field(config, "power", 1.0), field(config, "eps", 1e-4)
+    schedule, power, eps = _get(config, "schedule"), _get(config, "power"), _get(config, "eps")
     if schedule not in SCHEDULES:
         raise ValueError(f"process.schedule={schedule!r} must be one of {SCHEDULES}")
     if not _is_real(eps) or not 0 < eps < 0.5:
@@ -78,10 +89,10 @@ def validate(process_config: Any) -> None:
     name = field(process_config, "name", None)
     if name not in NAMES:
         raise ValueError(f"process.name={name!r} must be one of {NAMES}")
-    T = field(process_config, "T", 200)  # masked uses it only as the default sampler_steps
+    T = _get(process_config, "T")  # masked uses it only as the default sampler_steps
     if not _is_int(T) or T < 1:
         raise ValueError(f"process.T={T!r} must be an integer >= 1")
-    steps = field(process_config, "sampler_steps", None)
+    steps = _get(process_config, "sampler_steps")
     if steps is not None and (not _is_int(steps) or steps < 1):
         raise ValueError(f"process.sampler_steps={steps!r} must be an integer >= 1")
     if name == "uniform":
@@ -103,14 +114,17 @@ def make(process_config: Any, v: int, d: int | None = None) -> Process:
     if d is not None and (not _is_int(d) or d < 1):
         raise ValueError(f"sequence length d={d!r} must be an integer >= 1")
     d = None if d is None else int(d)
-    steps = field(process_config, "sampler_steps", None)
+    steps, T = _get(process_config, "sampler_steps"), int(_get(process_config, "T"))
     if field(process_config, "name") == "uniform":
-        return UniformProcess(v=int(v), T=int(field(process_config, "T", 200)),
-                              beta1=float(field(process_config, "beta1", 1e-3)),
-                              beta2=float(field(process_config, "beta2", 0.1)), d=d,
+        return UniformProcess(v=int(v), T=T, beta1=float(_get(process_config, "beta1")),
+                              beta2=float(_get(process_config, "beta2")), d=d,
                               sampler_steps=None if steps is None else int(steps))
-    return MaskedProcess(v=int(v), schedule=str(field(process_config, "schedule", "linear")),
-                         power=float(field(process_config, "power", 1.0)),
-                         eps=float(field(process_config, "eps", 1e-4)),
-                         sampler_steps=int(field(process_config, "T", 200) if steps is None else steps),
-                         d=d)
+    return MaskedProcess(v=int(v), schedule=str(_get(process_config, "schedule")),
+                         power=float(_get(process_config, "power")), eps=float(_get(process_config, "eps")),
+                         sampler_steps=T if steps is None else int(steps), d=d)
+
+
+def sampler_steps(process: Process) -> int:
+    """The sampler steps of ``process.sample`` called without ``steps``: ``sampler_steps``, else T."""
+    steps = process.sampler_steps
+    return int(process.T if steps is None else steps)

@@ -165,6 +165,11 @@ def _check_inputs(x_t_BxD: jax.Array, t_B: jax.Array, d: int) -> None:
 def make(network_config: Any, v: int, s: int, L: int, process: Any) -> Network:
     """Build the configured denoiser for a grammar (v, s, L) and a diffusion process."""
     validate(network_config, v, s, L, process)
+    return build(network_config, v, s, L, process)
+
+
+def build(network_config: Any, v: int, s: int, L: int, process: Any) -> Network:
+    """``make`` for a section that ``validate`` already accepted (``settings.Settings.network``)."""
     if network_config.get("name") == "bpunet":
         return _make_bpunet(network_config, v, s, L, process)
     return _make_transformer(network_config, v, s, L, process)
