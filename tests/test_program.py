@@ -104,3 +104,26 @@ def test_a_model_trains_and_scores_alike_alone_and_beside_other_datasets():
         chex.assert_trees_all_close(take(metrics), alone_metrics, rtol=1e-5, atol=1e-6)
     # Different datasets and b1 change the results (the test above can fail).
     assert not np.allclose(metrics["train_loss"][0], metrics["train_loss"][2])
+
+
+def test_each_section_is_validated_once_per_program(monkeypatch):
+    """Planning and building a program validates its process and network sections once (in
+    config.validate); the build reads the plan's typed settings and never validates again."""
+    from rhm_jax import diffusion, networks
+
+    counts = {"process": 0, "network": 0}
+    real_process, real_network = diffusion.validate, networks.validate
+
+    def count(name, real):
+        def wrapped(*args, **kwargs):
+            counts[name] += 1
+            return real(*args, **kwargs)
+        return wrapped
+
+    config = tiny_config()  # validated once here already
+    config.network.width = 24  # a program no other test compiled: nothing memoized
+    monkeypatch.setattr(diffusion, "validate", count("process", real_process))
+    monkeypatch.setattr(networks, "validate", count("network", real_network))
+    planned = plan.single(config)
+    program.build(planned.settings, planned.rows)
+    assert counts == {"process": 1, "network": 1}
