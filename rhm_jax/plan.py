@@ -248,6 +248,8 @@ def make_plan(config: ml_collections.ConfigDict, points: Sequence[dict]) -> Plan
         try:
             process = config_lib.validate(work)
         except ValueError as err:
+            if points == [{}]:
+                raise  # the config alone: config.validate's own words
             raise ValueError(f"{where}: {err}") from None
         count = len(work.data.num_train) * len(work.train.seeds) * len(work.train.lr)
         total += count
