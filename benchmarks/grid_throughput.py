@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rhm_jax import config as config_lib
-from rhm_jax import evaluate, networks, program, settings, train
+from rhm_jax import evaluate, networks, plan, program, settings, train
 
 BYTES_PER_PARAM_STEP = 40
 
@@ -70,8 +70,9 @@ def make_config(width: int, models: int, steps_per_call: int, num_samples: int, 
 
 def build(config):
     """Stacked grammar (G = 1), pool (G, Q, D) and test set on device, process, network, grid."""
-    setup = program.build(config)
-    grid, _ = train.make_grid(config)
+    planned = plan.single(config)
+    setup = program.setup(planned.settings, planned.rows)
+    grid = train.grid_arrays(list(planned.rows))
     return setup.grammar, setup.pool_GxQxD, setup.test_GxNxD, setup.process, setup.network, grid
 
 

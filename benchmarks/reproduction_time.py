@@ -18,7 +18,7 @@ import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from rhm_jax import config as config_lib  # noqa: E402
-from rhm_jax import runner  # noqa: E402
+from rhm_jax import plan, program, subgrids  # noqa: E402
 
 
 def timed(fn):
@@ -36,8 +36,8 @@ def main() -> None:
     args = parser.parse_args()
     wall0 = time.perf_counter()
     config = config_lib.load(args.spec)
-    progs = runner.programs(config)
-    part = runner.make_part(config, progs, list(range(len(progs.grid_rows))))
+    progs = program.build(plan.single(config).settings, plan.single(config).rows)
+    part = subgrids.make_part(progs, list(range(len(progs.grid_rows))))
     state = progs.place.init_state(progs.settings.train, progs.setup.network, part.grid)
     n, models = int(config.train.steps_per_call), len(progs.grid_rows)
 
@@ -49,11 +49,11 @@ def main() -> None:
     for _ in range(args.calls):
         dt, state = timed(chunk)
         train_s += dt
-    compile_eval, _ = timed(lambda: progs.evaluator(state, part.grid, runner.eval_key(config, 1)))
-    eval_s, _ = timed(lambda: progs.evaluator(state, part.grid, runner.eval_key(config, 2)))
+    compile_eval, _ = timed(lambda: progs.evaluator(state, part.grid, program.eval_key(progs.settings.run.seed, 1)))
+    eval_s, _ = timed(lambda: progs.evaluator(state, part.grid, program.eval_key(progs.settings.run.seed, 2)))
     wall, cpu = time.perf_counter() - wall0, resource.getrusage(resource.RUSAGE_SELF).ru_utime
     rate = models * n * args.calls / train_s
-    evals = len(runner.schedule(int(config.train.num_steps), int(config.eval.per_octave)))
+    evals = len(subgrids.schedule(int(config.train.num_steps), int(config.eval.per_octave)))
     per_seed = models * config.train.num_steps / rate + evals * eval_s + compile_train + compile_eval
     print(f"{models} models: first chunk (compiles) {compile_train:.0f} s, then {rate:.1f} model-steps/s;"
           f" first evaluation {compile_eval:.0f} s, then {eval_s:.1f} s ({config.eval.num_samples} samples x"

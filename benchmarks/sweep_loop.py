@@ -19,22 +19,22 @@ import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from rhm_jax import config as config_lib  # noqa: E402
-from rhm_jax import runner, train  # noqa: E402
+from rhm_jax import plan, program, runner, subgrids, train  # noqa: E402
 
 
 def bare(config, progs, stops_evals):
     """The same chunk calls and evaluations as the loop, nothing else."""
-    part = runner.make_part(config, progs, list(range(len(progs.grid_rows))))
+    part = subgrids.make_part(progs, list(range(len(progs.grid_rows))))
     state = jax.device_put(train.init_state(progs.settings.train, progs.setup.network, part.grid), jax.devices()[0])
     t, K = 0, config.train.steps_per_call
-    jax.block_until_ready(progs.evaluator(state, part.grid, runner.eval_key(config, 0)))
+    jax.block_until_ready(progs.evaluator(state, part.grid, program.eval_key(progs.settings.run.seed, 0)))
     for stop, evaluate in stops_evals:
         while t < stop:
             n = min(K, stop - t)
             state, _ = progs.step_fn(state, part.grid, progs.pool, n)
             t += n
         if evaluate:
-            jax.block_until_ready(progs.evaluator(state, part.grid, runner.eval_key(config, t)))
+            jax.block_until_ready(progs.evaluator(state, part.grid, program.eval_key(progs.settings.run.seed, t)))
     jax.block_until_ready(state)
 
 
@@ -53,8 +53,8 @@ def main() -> None:
     start = time.perf_counter()
     runner.run(config, args.workdir, progress=False)
     loop = time.perf_counter() - start
-    progs = runner.programs(config)
-    evals = set(runner.schedule(args.steps, config.eval.per_octave))
+    progs = program.build(plan.single(config).settings, plan.single(config).rows)
+    evals = set(subgrids.schedule(args.steps, config.eval.per_octave))
     stops = [(s, True) for s in sorted(evals) if s > 0]
     start = time.perf_counter()
     bare(config, progs, stops)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 
 from launch import argument_parser, error_line, setup_logging
-from rhm_jax import results, runner
+from rhm_jax import rescore, results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     try:
-        by_step = runner.score(args.workdir, step=args.step, num_samples=args.num_samples,
-                              sampler_steps=args.sampler_steps)
+        by_step = rescore.score(args.workdir, step=args.step, num_samples=args.num_samples,
+                               sampler_steps=args.sampler_steps)
     except (ValueError, OSError) as err:  # bad input, busy or unwritable directory, read failure
         print(error_line(err), file=sys.stderr)
         return 2

@@ -1,19 +1,18 @@
-"""The experiment config: schema with defaults, validation before compilation, overrides, hashing.
+"""The experiment config: schema with defaults, validation before compilation, dicts and hashing.
 
 A config is a locked ``ml_collections.ConfigDict`` (unknown keys raise) with sections ``grammar``,
 ``data``, ``process``, ``network``, ``train``, ``eval`` and ``run``. It is an experiment record:
 never traced, never mutated to hold derived values. ``validate`` checks every setting before any
-jit compilation and raises a ValueError naming the parameter and its bound.
+jit compilation and raises a ValueError naming the parameter and its bound. Reading a config file
+and its ``--config.a.b=value`` overrides is ``rhm_jax.overrides`` (``load``, ``load_sweep`` and
+``apply_override`` are re-exported here for scripts and tests).
 """
 from __future__ import annotations
 
-import ast
 import copy
 import hashlib
-import importlib.util
 import json
 import math
-import os
 from typing import Any, Sequence
 
 import ml_collections
@@ -131,8 +130,12 @@ def log2_p_max(g: ml_collections.ConfigDict) -> float:
     return math.log2(g.n) + (g.s**g.L - 1) // (g.s - 1) * math.log2(g.m)
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-    """Raise ValueError naming the parameter and its bound for any setting that cannot run."""
+def validate(config: ml_collections.ConfigDict) -> diffusion.Process:
+    """Raise ValueError naming the parameter and its bound for any setting that cannot run.
+
+    Returns the Process it built to check the network against (``settings.of`` keeps it, so the
+    process and network sections are validated once per program).
+    """
     g = config.grammar
     _validate_sizes(g)
     grammar.check_params(g.v, g.n, g.m, g.s, g.L)
@@ -152,6 +155,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _validate_slice(config)
     process = diffusion.make(config.process, g.v, g.s**g.L)  # validates the process settings
     networks.validate(config.network, g.v, g.s, g.L, process)
+    return process
 
 
 def _validate_data(config: ml_collections.ConfigDict) -> None:
@@ -166,7 +170,7 @@ def _validate_data(config: ml_collections.ConfigDict) -> None:
                          f" 5 us per row on a CPU, so about {rows * 5e-6 / 60:.0f} min here, and the pool must fit"
                          " in device memory)")
     # P_max as an exact integer only when the logarithm says it is small (m**huge would hang).
-    p_max = g.n * g.m ** ((g.s**g.L - 1) // (g.s - 1)) if log2_p_max(g) < 64 else math.inf
+    p_max = grammar.num_sequences(g.n, g.m, g.s, g.L) if log2_p_max(g) < 64 else math.inf
     if rows > p_max:
         raise ValueError(
             f"data.num_train max P={max(num_train)} plus data.num_test={d.num_test} must be <= P_max={p_max}"
@@ -222,133 +226,7 @@ def _validate_eval(e: ml_collections.ConfigDict) -> None:
     _int_at_least("eval.models_per_batch", e.models_per_batch, 0)
 
 
-# ----------------------------------------------------------------------------- files and overrides
-
-def _installed_sweep(path: str) -> str:
-    """``sweeps/<exp>.py`` of the installed ``sweeps`` package (run from outside the clone), else ``path``."""
-    if os.path.dirname(os.path.normpath(path)) != "sweeps":
-        return path
-    found = importlib.util.find_spec("sweeps")  # locates the package without importing it
-    for folder in (found.submodule_search_locations or []) if found else []:
-        candidate = os.path.join(folder, os.path.basename(path))
-        if os.path.isfile(candidate):
-            return candidate
-    return path
-
-
-def _module(spec: str) -> tuple[Any, str, str]:
-    """(module, path, arg) of the config file ``path.py[:arg]``, executed."""
-    path, _, arg = spec.partition(":")
-    if not os.path.isfile(path):
-        path = _installed_sweep(path)
-    if not os.path.isfile(path):
-        raise ValueError(f"--config={spec!r}: no config file {path!r} (nor in the installed sweeps package)")
-    module_spec = importlib.util.spec_from_file_location(f"rhm_jax_config_{abs(hash(path))}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module, path, arg
-
-
-def load(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-    """Config from ``path.py[:arg]`` plus ``--config.a.b=value`` overrides (config_flags syntax).
-
-    ``sweeps/<exp>.py`` that is not a file here is read from the installed ``sweeps`` package.
-    The file's ``get_config(arg)`` (``get_config()`` without an arg) builds the config. Values are
-    Python literals (``3e-4``, ``(64,256)``, ``True``); strings may be bare (``masked``). Unknown
-    keys, values of the wrong type and malformed overrides raise ValueError.
-    """
-    module, path, arg = _module(spec)
-    if not hasattr(module, "get_config"):
-        raise ValueError(f"--config={spec!r}: {path} defines no get_config(arg=None)")
-    config = module.get_config(arg) if arg else module.get_config()
-    config.lock()
-    for item in overrides:
-        apply_override(config, item)
-    return config
-
-
-def load_sweep(spec: str, overrides: Sequence[str] = ()) -> list[dict]:
-    """The sweep points of ``path.py[:arg]``: its ``get_sweep(arg)``, or ``[{}]`` (the config alone).
-
-    An override of a key the sweep sets raises ValueError: the sweep would silently undo it.
-    """
-    module, path, arg = _module(spec)
-    get_sweep = getattr(module, "get_sweep", None)
-    if get_sweep is None:
-        return [{}]
-    points = get_sweep(arg) if arg else get_sweep()
-    if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
-        raise ValueError(f"--config={spec!r}: get_sweep of {path} must return a list of dicts (sweep points),"
-                         f" got {type(points).__name__}")
-    for item in overrides:
-        name = item[len("--config."):].partition("=")[0] if item.startswith("--config.") else item
-        where = next((i for i, point in enumerate(points) if name in point), None)
-        if where is not None:
-            raise ValueError(f"override {item!r} sets {name}, which the sweep of {path} sets (point {where}:"
-                             f" {name}={points[where][name]!r}); change the sweep or pick it with its argument")
-    return points
-
-
-def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
-    """Set one ``--config.section.key=value`` on a locked config, checking key and type."""
-    if not item.startswith("--config.") or "=" not in item:
-        raise ValueError(f"override {item!r} must look like --config.section.key=value")
-    name, _, text = item[len("--config."):].partition("=")
-    path = name.split(".")
-    node = config
-    for depth, part in enumerate(path):
-        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-            where = ".".join(path[:depth]) or "<top>"
-            known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else "(not a section)"
-            raise ValueError(f"unknown config key {name!r} in {item!r}; keys of {where}: {known}")
-        if depth < len(path) - 1:
-            node = node[part]
-    key = path[-1]
-    current = node[key]
-    if isinstance(current, ml_collections.ConfigDict):
-        raise ValueError(f"override {item!r} names a section; set its keys one by one")
-    try:
-        node[key] = _seed_count(text) if name == "train.seeds" else _parse_value(text, current)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"bad value in override {item!r} for a {type(current).__name__} field: {err}") from err
-
-
-def _seed_count(text: str) -> tuple:
-    """``train.seeds``: a bare int N means N seeds (0, ..., N-1), as documented; a list lists them."""
-    value = _parse_value(text, ())
-    try:  # '3,' is the tuple (3,) in Python: only an int literal is a count
-        count = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return value
-    if _is_int(count):
-        if count < 1:
-            raise ValueError(f"a bare int is a seed count and must be >= 1, got {count}; write (0,) for seed 0")
-        return tuple(range(int(count)))
-    return value
-
-
-def _parse_value(text: str, current: Any) -> Any:
-    """Text -> value of the field's kind: bools by name, strings as typed, else a Python literal."""
-    if isinstance(current, bool):
-        if text.lower() in ("true", "1"):
-            return True
-        if text.lower() in ("false", "0"):
-            return False
-        raise ValueError(f"{text!r} is not a bool (true/false)")
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        if isinstance(current, str) or current is None:
-            return text  # a bare word for a string field
-        raise ValueError(f"{text!r} is not a Python literal") from None
-    if isinstance(current, str) and not isinstance(value, str):
-        return text
-    if isinstance(current, tuple) and not isinstance(value, (tuple, list)):
-        return (value,)
-    if isinstance(current, tuple):
-        return tuple(value)
-    return value
-
+# ----------------------------------------------------------------------------- dicts and hashes
 
 def to_dict(config: ml_collections.ConfigDict) -> dict:
     """Plain JSON-ready nested dict (tuples become lists)."""
@@ -424,3 +302,6 @@ def config_hash(config: ml_collections.ConfigDict | dict, ignore: Sequence[str] 
     flat = {k: v for k, v in flatten(values).items() if k not in ignore}
     text = json.dumps(flat, sort_keys=True, default=_json_default)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+from rhm_jax.overrides import apply_override, load, load_sweep  # noqa: E402,F401  (re-exported)

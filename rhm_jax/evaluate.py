@@ -189,14 +189,19 @@ def _scores(grammar: Any, tokens_NxD: jax.Array, copy_N: jax.Array) -> dict:
     return scores
 
 
+def device_bytes_limit() -> int | None:
+    """The first device's memory limit in bytes; None where the backend does not report it (CPU)."""
+    try:
+        return (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
+    except Exception:  # backends without memory stats raise or return None
+        return None
+
+
 def _models_per_batch(settings: EvalSettings, d: int, M: int) -> int:
     """Models evaluated at once: eval.models_per_batch if set (> 0), else a device-memory guess."""
     if settings.models_per_batch > 0:
         return min(settings.models_per_batch, M)
-    try:
-        limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
-    except Exception:  # CPU backends may not report memory
-        limit = None
+    limit = device_bytes_limit()
     budget = 0.25 * limit if limit else 8 * 2**30
     per_model = settings.num_samples * d * settings.width * 4 * _ACTIVATION_FACTOR
     return int(max(1, min(M, budget // per_model)))
@@ -315,13 +320,13 @@ def _plain(value: Any) -> Any:
 
 
 def to_rows(metrics: dict, grid_rows: list[dict], state: train.TrainState) -> list[dict]:
-    """One flat JSON-able dict per model; (W,) windows become ``<name>_0 .. <name>_{W-1}``."""
+    """One flat JSON-able dict per model: its index, step, divergence and metrics; (W,) windows become
+    ``<name>_0 .. <name>_{W-1}``. The grid row's other fields are added by ``subgrids.metrics_rows``."""
     metrics, step, diverged, diverged_step = jax.device_get(
         (metrics, state.step, state.diverged, state.diverged_step))
     out = []
     for j, grid_row in enumerate(grid_rows):
-        row = dict(model=int(grid_row["index"]), P=int(grid_row["P"]), seed=int(grid_row["seed"]),
-                   lr=float(grid_row["lr"]), step=int(step[j]), diverged=bool(diverged[j]),
+        row = dict(model=int(grid_row["index"]), step=int(step[j]), diverged=bool(diverged[j]),
                    diverged_step=int(diverged_step[j]))
         for name, values in metrics.items():
             value = np.asarray(values[j])

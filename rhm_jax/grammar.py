@@ -49,8 +49,13 @@ class Grammar:
 
     @property
     def p_max(self) -> int:
-        """Number of distinct sequences, n * m**((s**L - 1)/(s - 1)), as an exact Python int."""
-        return self.n * self.m ** ((self.s**self.L - 1) // (self.s - 1))
+        """Number of distinct sequences (``num_sequences``), as an exact Python int."""
+        return num_sequences(self.n, self.m, self.s, self.L)
+
+
+def num_sequences(n: int, m: int, s: int, L: int) -> int:
+    """P_max = n * m**((s**L - 1)/(s - 1)): distinct sequences of a grammar, as an exact Python int."""
+    return n * m ** ((s**L - 1) // (s - 1))
 
 
 def check_params(v: int, n: int, m: int, s: int, L: int) -> None:

@@ -25,24 +25,25 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pandas as pd
 
-from rhm_jax import checkpoint, diffusion, evaluate, plan, results, runner, sharding, train
-from rhm_jax import config as config_lib
+from rhm_jax import checkpoint, diffusion, evaluate, plan, results, sharding, stored, train
+from rhm_jax.program import Built, build, eval_key
+from rhm_jax.subgrids import metrics_rows, part_dir, restore_target, select
 
 
 class Run:
     """Models of one work directory, each at one step, stacked along a leading model axis M."""
 
-    def __init__(self, workdir: str, config: ml_collections.ConfigDict, progs: runner.Programs,
-                 positions: list[int], state: train.TrainState, table: Any):
-        self.workdir, self.config, self._progs = workdir, config, progs
+    def __init__(self, workdir: str, program: plan.Program, progs: Built, positions: list[int],
+                 state: train.TrainState, table: Any):
+        self.workdir, self.program, self._progs = workdir, program, progs
+        self.settings = program.settings  # typed settings of the loaded models' program
         self._positions = positions  # of the loaded models in the run's grid
         self.state = state  # stacked TrainState (opt_state dropped), leading axis M
         self.table = table  # pandas DataFrame, one row per loaded model, in the order of axis M
-        self.grid = runner.select(progs.grid, positions)
+        self.grid = select(progs.grid, positions)
 
     # ------------------------------------------------------------------ what was trained
     @property
@@ -118,23 +119,19 @@ class Run:
         """Re-evaluate every loaded model (K samples, S sampler steps or 'exact'; the run's by default) with the
         evaluation key of its step; returns the metrics rows as a table. ``write=True`` also stores
         them in ``score_<step>_<K>_<S>.jsonl`` (read back by ``results.load(workdir, kind='scores')``)."""
-        config = config_lib.from_dict(config_lib.to_dict(self.config))
-        if num_samples is not None:
-            config.eval.num_samples = int(num_samples)
-        if sampler_steps is not None:
-            config.process.sampler_steps = diffusion.sampler_steps_setting(sampler_steps)
-        config_lib.validate(config)
-        evaluator = runner.programs(config, self._progs.grid_rows).evaluator  # the run's data, these settings
+        reopened = stored.open_run(self.workdir, num_samples, sampler_steps).plan.programs
+        typed = next(p for p in reopened if p.index == self.program.index).settings
+        evaluator = build(typed, self._progs.grid_rows).evaluator  # the run's data, these settings
         steps = np.asarray(self.table["step"])
         rows = []
         for step in sorted(set(steps.tolist())):
             index = np.flatnonzero(steps == step)
             state, grid = (jax.tree.map(lambda x: x[index], tree) for tree in (self.state, self.grid))
-            metrics = evaluator(state, grid, runner.eval_key(config, int(step)))
+            metrics = evaluator(state, grid, eval_key(typed.run.seed, int(step)))
             grid_rows = [self._progs.grid_rows[self._positions[i]] for i in index]
-            step_rows = runner.metrics_rows(metrics, grid_rows, state, int(step))
+            step_rows = metrics_rows(metrics, grid_rows, state, int(step))
             if write:
-                K, S = int(config.eval.num_samples), diffusion.sampler_label(config.process)
+                K, S = typed.eval.num_samples, typed.sampler_label
                 _merge_rows(os.path.join(self.workdir, f"score_{int(step)}_{K}_{S}.jsonl"), step_rows)
             rows += step_rows
         order = {m: i for i, m in enumerate(self.models)}
@@ -219,28 +216,24 @@ def load(workdir: str | os.PathLike, step: int | str = results.DEFAULT_READING,
     ValueError (one line) when the directory is not a run, a model is not in it, or a step has no
     checkpoint (``run.keep_evaluations`` may have dropped it; the message lists what exists).
     """
-    workdir = os.path.abspath(str(workdir))
-    stored = results.read_config_json(workdir)
-    sweep = plan.make_plan(config_lib.from_dict(stored["config"]), stored.get("points", [{}]))
-    if results.to_json_value([r for p in sweep.programs for r in p.rows]) != stored["grid"]:
-        raise ValueError(f"the grid rebuilt from {workdir}/config.json differs from the stored one")
+    run = stored.open_run(workdir)
+    workdir, sweep = run.workdir, run.plan
     all_models = [r["index"] for p in sweep.programs for r in p.rows]
     models = [r["index"] for r in sweep.programs[0].rows] if models is None else [int(m) for m in models]
     missing = sorted(set(models) - set(all_models))
     if missing:
         raise ValueError(f"models {missing} are not in {workdir} (it holds {all_models[0]}..{all_models[-1]})")
-    program, offset = _program_of(sweep, models, workdir)
-    config = program.config
-    progs = runner.programs(config, program.rows)
+    program, _ = _program_of(sweep, models, workdir)
     table = results.load(workdir)
     wanted = _wanted_steps(table, step, models)
-    position = {r["index"]: i for i, r in enumerate(progs.grid_rows)}
     states: dict[int, Any] = {}
-    for index, part in runner.stored_parts(config, progs, workdir, offset):
+    progs = None
+    for subgrid in stored.subgrids(run, [program]):
+        progs, part = subgrid.built, subgrid.part
         needed = {m: wanted[m] for m in part.models if m in wanted}
         if not needed:
             continue
-        with checkpoint.Checkpointer(runner.part_dir(workdir, index), read_only=True) as ckpt:
+        with checkpoint.Checkpointer(part_dir(workdir, subgrid.number), read_only=True) as ckpt:
             available = ckpt.steps()
             budget = {r["index"]: r["budget_steps"] for r in part.rows}
             for s in sorted(set(needed.values())):
@@ -250,12 +243,16 @@ def load(workdir: str | os.PathLike, step: int | str = results.DEFAULT_READING,
                     source = next((a for a in available if a > s), None)
                 if source is None:
                     raise ValueError(f"no checkpoint at step {s} in {ckpt.directory}; available steps: {available}")
-                state, _ = ckpt.restore(source, runner.restore_target(config, progs, part.grid), strict=False)
+                state, _ = ckpt.restore(source, restore_target(progs, part.grid), strict=False)
                 host = sharding.unpad(state.replace(opt_state=None), len(part.rows))
                 for m, w in needed.items():
                     if w == s:
                         states[m] = jax.tree.map(lambda x: x[part.models.index(m)], host)
+    missing = [m for m in models if m not in states]
+    if progs is None or missing:
+        raise ValueError(f"models {missing or models} of {workdir} have no checkpoint yet")
     state = jax.tree.map(lambda *xs: jnp.stack(xs), *[states[m] for m in models])
+    position = {r["index"]: i for i, r in enumerate(progs.grid_rows)}
     grid = {r["index"]: r for r in progs.grid_rows}
     at = {m: int(states[m].step) for m in models}
     rows = []
@@ -264,4 +261,4 @@ def load(workdir: str | os.PathLike, step: int | str = results.DEFAULT_READING,
         row = match.iloc[0].to_dict() if len(match) else dict(grid[m], model=m, step=at[m])
         row.pop("index", None)
         rows.append(row)
-    return Run(workdir, config, progs, [position[m] for m in models], state, pd.DataFrame(rows))
+    return Run(workdir, program, progs, [position[m] for m in models], state, pd.DataFrame(rows))

@@ -13,20 +13,23 @@ The grid keys (``keys.GRID_KEYS``: data.num_train, train.seeds, train.lr) stay a
 each point: an axis value of one of them is that point's tuple (a bare value v means (v,)).
 ``make_plan`` expands the points into models, validates every point's config and groups the models
 into programs (one per distinct combination of static values, in order of first appearance), all
-without jax computations, before anything compiles. Shape letters: none (no arrays here).
+without jax computations, before anything compiles. It is the last reader of a ConfigDict: each
+planned program carries typed, frozen ``settings.Settings`` and its grid rows (built here once,
+with ROW_FIELDS). Shape letters: none (no arrays here).
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
 import difflib
+import math
 from typing import Any, Sequence
 
 import ml_collections
 import numpy as np
 
 from rhm_jax import config as config_lib
-from rhm_jax import keys, train
+from rhm_jax import keys, settings, train
 
 # config.json records every model's grid row (about 300 bytes) and launch/ prints one summary line
 # per model: 2**14 models make a 5 MB config.json and, at the paper's W=1024 budget of 2**18 steps,
@@ -117,10 +120,10 @@ def zipped(*axes: list[dict]) -> list[dict]:
 
 @dataclasses.dataclass(frozen=True)
 class Program:
-    """Models that share every static value: one compiled program."""
+    """A planned program: models that share every static value (``program.build`` compiles it)."""
     index: int  # in run order over the whole sweep (a grid slice keeps the indices)
-    config: ml_collections.ConfigDict  # base + static values + its first point's traced values (locked)
-    rows: tuple[dict, ...]  # its models' grid rows, consecutive global indices
+    settings: settings.Settings  # typed, read from base + static values + its first point's values
+    rows: tuple[dict, ...]  # its models' grid rows (ROW_FIELDS and swept columns), consecutive global indices
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,27 +164,49 @@ def _set(config: ml_collections.ConfigDict, key: str, value: Any, where: str) ->
         raise ValueError(f"{where}: {key}={value!r} has the wrong type for this key ({err})") from None
 
 
-def _models(config: ml_collections.ConfigDict) -> list[dict]:
-    """Grid rows (index unset) of one validated point: P outermost, then model seeds, then lr."""
+def budget_steps(config: ml_collections.ConfigDict, P: int) -> int:
+    """Step budget of a model with P examples: num_steps, or ceil(num_epochs * P / rows per step).
+
+    ``config``: validated (exactly one of train.num_steps and train.num_epochs is > 0).
+    """
     t = config.train
-    batch = int(t.batch_size)
-    full = t.p_below_batch == "full_batch"
+    num_epochs, num_steps = t.num_epochs, int(t.num_steps)
+    batch = train.rows_per_step(P, int(t.batch_size), t.p_below_batch == "full_batch")
+    if num_epochs > 0:  # epochs win when both are set: the paper counts time in epochs
+        if float(num_epochs).is_integer():
+            steps = -(-int(num_epochs) * P // batch)  # exact integer ceil
+        else:
+            steps = math.ceil(num_epochs * P / batch)
+    else:
+        steps = num_steps
+    if not 0 <= steps < 2**31:  # a derived bound (epochs x P), which validate cannot see per P
+        raise ValueError(f"budget of {steps} steps for P={P} must lie in [0, 2**31)")
+    return steps
+
+
+def _models(config: ml_collections.ConfigDict) -> list[dict]:
+    """Grid rows (index unset) of one validated point: P outermost, then model seeds, then lr.
+
+    The fields are ROW_FIELDS (the grid rows of ``docs/architecture.md``).
+    """
+    t = config.train
+    batch, full = int(t.batch_size), t.p_below_batch == "full_batch"
     grammar_seed, data_seed = int(config.grammar.seed), int(config.data.seed)
     rows = []
-    for P in config.data.num_train:
-        steps = train.budget_steps(t, int(P))
-        per_step = min(int(P), batch) if full else batch
+    for P in (int(p) for p in config.data.num_train):
+        steps = budget_steps(config, P)
+        per_step = train.rows_per_step(P, batch, full)
         for seed in t.seeds:
             for lr in t.lr:
-                rows.append(dict(index=None, P=int(P), seed=int(seed), lr=float(lr), grammar_seed=grammar_seed,
-                                 data_seed=data_seed, budget_steps=steps, budget_epochs=steps * per_step / int(P),
+                rows.append(dict(index=None, P=P, seed=int(seed), lr=float(lr), grammar_seed=grammar_seed,
+                                 data_seed=data_seed, budget_steps=steps, budget_epochs=steps * per_step / P,
                                  warmup_steps=int(t.warmup_steps), b1=float(t.b1), b2=float(t.b2),
                                  adam_eps=float(t.adam_eps)))
     return rows
 
 
-def _slice(spec: str, num_models: int) -> tuple[int, int]:
-    """[start, stop) of run.grid_slice 'k/K' over the sweep's models (as train.slice_bounds)."""
+def slice_bounds(spec: str, num_models: int) -> tuple[int, int]:
+    """[start, stop) of run.grid_slice 'k/K' of M models: K consecutive, balanced slices ('' = all)."""
     if spec == "":
         return 0, num_models
     k, K = (int(part) for part in spec.split("/"))  # syntax checked by config.validate
@@ -221,8 +246,10 @@ def make_plan(config: ml_collections.ConfigDict, points: Sequence[dict]) -> Plan
             _set(work, key, value, where)
             seen[key].add(_hashable(value))
         try:
-            config_lib.validate(work)
+            process = config_lib.validate(work)
         except ValueError as err:
+            if points == [{}]:
+                raise  # the config alone: config.validate's own words
             raise ValueError(f"{where}: {err}") from None
         count = len(work.data.num_train) * len(work.train.seeds) * len(work.train.lr)
         total += count
@@ -230,15 +257,15 @@ def make_plan(config: ml_collections.ConfigDict, points: Sequence[dict]) -> Plan
             raise ValueError(f"{where}: the sweep reaches {total} models by this point (data.num_train x"
                              f" train.seeds x train.lr per point); the limit plan.MAX_MODELS is {MAX_MODELS}:"
                              " split the sweep into several work directories")
-        per_point.append((values, _models(work)))
+        per_point.append((values, _models(work), settings.of(work, process)))
         static = tuple((k, _hashable(v)) for k, v in values.items() if k in _STATIC)
         groups.setdefault(static, []).append(i)
     swept = tuple(k for k in swept_keys if len(seen[k]) > 1)
-    for values, rows in per_point:  # every swept key gets its column, also at points that leave it at base
+    for values, rows, _ in per_point:  # every swept key gets its column, also at points that leave it at base
         for row in rows:
             row.update({keys.KEYS[k].column: _json_ready(values[k]) for k in swept
                         if keys.KEYS[k].column not in ROW_FIELDS})
-    start, stop = _slice(config.run.grid_slice, total)
+    start, stop = slice_bounds(config.run.grid_slice, total)
     programs, index = [], 0
     for number, members in enumerate(groups.values()):
         rows = []
@@ -249,16 +276,16 @@ def make_plan(config: ml_collections.ConfigDict, points: Sequence[dict]) -> Plan
                 if start <= row["index"] < stop:
                     rows.append(row)
         if rows:
-            programs.append(Program(number, _program_config(config, per_point[members[0]][0], swept_keys),
-                                    tuple(rows)))
+            programs.append(Program(number, per_point[members[0]][2], tuple(rows)))
     return Plan(tuple(_json_ready(p) for p in points), swept, tuple(programs), total)
 
 
-def _program_config(config: ml_collections.ConfigDict, values: dict, swept_keys: list[str]
-                    ) -> ml_collections.ConfigDict:
-    """The base config with one point's values (its program's static ones, its own traced ones), locked."""
-    out = copy.deepcopy(config)
-    for key in swept_keys:
-        _set(out, key, values[key], "program config")
-    out.lock()
-    return out
+def single(config: ml_collections.ConfigDict) -> Program:
+    """The one program of a config alone (no sweep), its rows sliced by run.grid_slice."""
+    return make_plan(config, [{}]).programs[0]
+
+
+def make_grid(config: ml_collections.ConfigDict) -> tuple[train.Grid, list[dict]]:
+    """(traced grid, grid rows) of a config alone: ``train.grid_arrays`` of ``single(config).rows``."""
+    rows = list(single(config).rows)
+    return train.grid_arrays(rows), rows

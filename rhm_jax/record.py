@@ -1,7 +1,7 @@
 """Where a run's outputs go besides checkpoints: the metrics and train tables, the wall clock,
 the progress lines and the optional event files (used by ``rhm_jax.runner``).
 
-A part is a sub-grid (``runner.Part``): ``rows`` (its grid rows, real models first) and ``models``
+A part is a sub-grid (``subgrids.Part``): ``rows`` (its grid rows, real models first) and ``models``
 (their global indices).
 """
 from __future__ import annotations

@@ -8,13 +8,13 @@ from fractions import Fraction
 
 import numpy as np
 
-from rhm_jax.grammar import check_params
+from rhm_jax.grammar import check_params, num_sequences
 
 
 def p_max(v: int, n: int, m: int, s: int, L: int) -> int:
     """Number of distinct sequences, n * m**((s**L - 1)/(s - 1)), exact."""
     check_params(v, n, m, s, L)
-    return n * m ** ((s**L - 1) // (s - 1))
+    return num_sequences(n, m, s, L)
 
 
 def num_valid_tuples(v: int, m: int, s: int, L: int, level: int, n: int | None = None) -> int:

@@ -23,7 +23,6 @@ zero weight and the loss is the mean over the P real rows (``rows_per_step``).
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any, Callable, Sequence
 
 import jax
@@ -76,53 +75,10 @@ class TrainState:
 
 
 def rows_per_step(P: Any, batch_size: int, full: bool) -> Any:
-    """Training rows one step consumes: min(P, B) with the authors' full batch, else B."""
-    return jnp.minimum(P, batch_size) if full else batch_size
-
-
-def budget_steps(train_config: Any, P: int) -> int:
-    """Step budget of a model with P examples: num_steps, or ceil(num_epochs * P / rows per step).
-
-    ``train_config``: the validated ``train`` section of a config (exactly one of num_steps and
-    num_epochs is > 0).
-    """
-    num_epochs, num_steps = train_config.num_epochs, int(train_config.num_steps)
-    batch = int(train_config.batch_size)
-    if train_config.p_below_batch == "full_batch":
-        batch = min(P, batch)
-    if num_epochs > 0:  # epochs win when both are set: the paper counts time in epochs
-        if float(num_epochs).is_integer():
-            steps = -(-int(num_epochs) * P // batch)  # exact integer ceil
-        else:
-            steps = math.ceil(num_epochs * P / batch)
-    else:
-        steps = num_steps
-    if not 0 <= steps < 2**31:  # a derived bound (epochs x P), which validate cannot see per P
-        raise ValueError(f"budget of {steps} steps for P={P} must lie in [0, 2**31)")
-    return steps
-
-
-def grid_rows(config: Any) -> list[dict]:
-    """Grid rows of a validated single-program config: data.num_train x train.seeds x train.lr, P outermost.
-
-    One dict per model (the grid rows of ``docs/architecture.md``): index (in the full grid), P,
-    seed (model seed), lr, grammar_seed, data_seed, budget_steps, budget_epochs, warmup_steps,
-    b1, b2, adam_eps. ``run.grid_slice`` keeps a job-array task's share, indices unchanged.
-    """
-    t = config.train
-    per_step = lambda P: min(P, int(t.batch_size)) if t.p_below_batch == "full_batch" else int(t.batch_size)
-    rows = []
-    for P in (int(p) for p in config.data.num_train):
-        steps = budget_steps(t, P)
-        for seed in t.seeds:
-            for lr in t.lr:
-                rows.append(dict(index=len(rows), P=P, seed=int(seed), lr=float(lr),
-                                 grammar_seed=int(config.grammar.seed), data_seed=int(config.data.seed),
-                                 budget_steps=steps, budget_epochs=steps * per_step(P) / P,
-                                 warmup_steps=int(t.warmup_steps), b1=float(t.b1), b2=float(t.b2),
-                                 adam_eps=float(t.adam_eps)))
-    start, stop = slice_bounds(config.run.grid_slice, len(rows))
-    return rows[start:stop]
+    """Training rows one step consumes: min(P, B) with the authors' full batch, else B (P an int or traced)."""
+    if not full:
+        return batch_size
+    return min(P, batch_size) if isinstance(P, int) else jnp.minimum(P, batch_size)
 
 
 def datasets_of(rows: Sequence[dict]) -> tuple[tuple[int, int], ...]:
@@ -150,28 +106,6 @@ def grid_arrays(rows: Sequence[dict]) -> Grid:
         one_minus_b1=jnp.asarray([1.0 - float(r["b1"]) for r in rows], jnp.float32),
         one_minus_b2=jnp.asarray([1.0 - float(r["b2"]) for r in rows], jnp.float32),
     )
-
-
-def make_grid(config: Any) -> tuple[Grid, list[dict]]:
-    """``(grid_arrays(rows), rows)`` of ``grid_rows(config)``."""
-    rows = grid_rows(config)
-    return grid_arrays(rows), rows
-
-
-# ----------------------------------------------------------------------------- grid slices (job arrays)
-
-
-def slice_bounds(spec: str, num_models: int) -> tuple[int, int]:
-    """[start, stop) of slice 'k/K' of M models: K consecutive, balanced slices ('' = all)."""
-    if spec == "":
-        return 0, num_models
-    try:
-        k, K = (int(part) for part in str(spec).split("/"))
-    except ValueError:
-        raise ValueError(f"run.grid_slice={spec!r} must look like 'k/K' (slice k of K, 0 <= k < K)") from None
-    if not 0 <= k < K <= num_models:
-        raise ValueError(f"run.grid_slice={spec!r} needs 0 <= k < K <= M={num_models} (the grid's model count)")
-    return k * num_models // K, (k + 1) * num_models // K
 
 
 # ----------------------------------------------------------------------------- batching

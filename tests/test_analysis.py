@@ -160,12 +160,10 @@ def test_creativity_is_novel_share_of_valid():
     assert (out["novel_share"].dropna() <= 1).all()
 
 
-def test_window_losses_from_columns_or_lists():
+def test_window_losses_from_columns():
     df = synthetic_metrics(seeds=(0,), num_P=3)
     cols = analysis.window_losses(df, "train")
     np.testing.assert_allclose(cols[:, 4], df["train_loss"] * 0.5)
-    as_lists = pd.DataFrame({"test_loss_windows": [list(r) for r in analysis.window_losses(df, "test")]})
-    np.testing.assert_allclose(analysis.window_losses(as_lists, "test"), analysis.window_losses(df, "test"))
     with pytest.raises(ValueError, match="split"):
         analysis.window_losses(df, "valid")
 

@@ -10,7 +10,7 @@ import pytest
 
 import orbax.checkpoint as ocp
 
-from rhm_jax import checkpoint, config as config_lib, networks, settings, train
+from rhm_jax import checkpoint, config as config_lib, networks, plan, settings, train
 
 
 def _toy_init(key):
@@ -22,7 +22,7 @@ def states():
     """Two stacked TrainStates (M=3) of a toy network: initial and perturbed."""
     config = config_lib.load("sweeps/smoke.py", ["--config.train.seeds=(0,1,2)", "--config.data.num_train=(16,)"])
     net = networks.Network(init=_toy_init, apply=None, num_params=networks.count_params)
-    grid, _ = train.make_grid(config)
+    grid, _ = plan.make_grid(config)
     state = train.init_state(settings.TrainSettings.of(config), net, grid)
     other = state.replace(params=jax.tree.map(lambda x: x + 1.5, state.params), step=state.step + 7,
                           last_loss=jnp.arange(3.0))

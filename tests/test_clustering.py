@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from launch import cluster as launch_cluster
-from rhm_jax import clustering, coherence, data, grammar, lock, program, results, thresholds
+from rhm_jax import clustering, coherence, data, grammar, lock, plan, program, results, thresholds
 from rhm_jax import config as config_lib
 from test_analysis import quick_rows
 
@@ -213,7 +213,7 @@ def test_on_the_quick_sweeps_data_thresholds_are_ordered_beside_the_bpunets(tmp_
     overrides = ["--config.eval.num_samples=64"]
     config = config_lib.load("sweeps/hierarchy_in_p.py:quick", overrides)
     g, pool = clustering.sweep_data(config)
-    setup = program.build(config)
+    setup = program.setup(plan.single(config).settings, plan.single(config).rows)
     np.testing.assert_array_equal(pool, np.asarray(setup.pool_GxQxD[0]))
     assert jax.tree.all(jax.tree.map(lambda a, b: bool((np.asarray(a) == np.asarray(b)[0]).all()), g, setup.grammar))
     assert launch_cluster.main(["--workdir", str(tmp_path), "--config", "sweeps/hierarchy_in_p.py:quick",

@@ -14,9 +14,10 @@ def smoke():
     return config_lib.load(SMOKE)
 
 
-def test_base_and_smoke_configs_validate(smoke):
-    config_lib.validate(config_lib.base_config())
-    config_lib.validate(smoke)
+def test_base_and_smoke_configs_validate_and_return_their_process(smoke):
+    assert config_lib.validate(config_lib.base_config()).name == "uniform"
+    process = config_lib.validate(smoke)
+    assert (process.v, process.d) == (smoke.grammar.v, smoke.grammar.s**smoke.grammar.L)
 
 
 def test_config_is_locked(smoke):

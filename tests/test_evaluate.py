@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from rhm_jax import coherence, data, evaluate, grammar, settings, train
+from rhm_jax import coherence, data, evaluate, grammar, plan, settings, train
 from rhm_jax import config as config_lib
 
 G = grammar.sample_rules(3, v=4, n=3, m=2, s=2, L=3)
@@ -261,7 +261,7 @@ def test_evaluate_copies_losses_and_rows_against_brute_force(tables, evaluator):
     np.testing.assert_allclose(metrics["epoch"], 4 * 4 / np.asarray(P))
     rows = evaluate.to_rows(metrics, [dict(index=7 + i, P=p, seed=i, lr=1.0) for i, p in enumerate(P)], state)
     json.dumps(rows, allow_nan=False)
-    assert [r["model"] for r in rows] == [7, 8, 9] and rows[1]["P"] == 12 and rows[2]["step"] == 4
+    assert [r["model"] for r in rows] == [7, 8, 9] and rows[2]["step"] == 4
     assert rows[0]["test_loss_window_2"] == pytest.approx(rows[0]["test_loss"] + 2, rel=1e-6)
     assert "test_loss_window_3" not in rows[0] and rows[0]["diverged_step"] == -1
     assert {f"validity_l{l}" for l in (1, 2, 3)} <= set(rows[0])
@@ -314,7 +314,7 @@ def test_each_model_is_scored_against_its_own_grammar_pool_and_test_set():
 
 def test_losses_use_the_same_noise_at_every_evaluation(tables):
     """Common random numbers: the same params evaluated at two steps (two evaluation keys, as
-    runner.eval_key gives) have identical losses and windows; samples still follow the key, and
+    program.eval_key gives) have identical losses and windows; samples still follow the key, and
     model seeds and run seeds draw different noise."""
     pool, test, table = tables
     config = eval_config()
@@ -387,7 +387,7 @@ def test_tiny_grid_learns_the_lowest_level():
     pool, test = data.sample_dataset(0, g, 24, 8)
     process = diffusion.make(config.process, g.v, g.d)
     network = networks.make(config.network, g.v, g.s, g.L, process)
-    grid, rows = train.make_grid(config)
+    grid, rows = plan.make_grid(config)
     typed = settings.of(config)
     state = train.init_state(typed.train, network, grid)
     chunk = train.jit_chunk(train.make_train_chunk(typed.train, process, network))

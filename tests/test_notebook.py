@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from rhm_jax import checkpoint, events, notebook, results, runner, train
+from rhm_jax import checkpoint, events, notebook, plan, program, results, runner, subgrids, train
 from rhm_jax import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,10 +77,11 @@ def test_params_are_the_debiased_ema_of_the_stored_state(finished):
     config, workdir, _ = finished
     run = notebook.load(workdir, step="last")
     assert run.table["step"].tolist() == [64] * 4
-    progs = runner.programs(config)
-    _, part = runner.stored_parts(config, progs, workdir)[0]
+    planned = plan.single(config)
+    progs = program.build(planned.settings, planned.rows)
+    _, part = subgrids.stored_parts(progs, workdir)[0]
     with checkpoint.Checkpointer(runner.part_dir(workdir, 0), read_only=True) as ckpt:
-        state, _ = ckpt.restore(64, runner.restore_target(config, progs, part.grid))
+        state, _ = ckpt.restore(64, subgrids.restore_target(progs, part.grid))
     expected = jax.vmap(lambda st: train.eval_params(st, 0.9))(state)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), run.params, expected)
     leaves = zip(jax.tree.leaves(run.params), jax.tree.leaves(state.params))

@@ -1,11 +1,12 @@
 """plan: the sweep declaration, its expansion into models and programs, and every bad input named."""
 import json
+import math
 import os
 
 import pytest
 
 from rhm_jax import config as config_lib
-from rhm_jax import plan
+from rhm_jax import plan, settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,8 +36,8 @@ def test_static_values_become_consecutive_programs_and_traced_ones_share_them(sm
     p = plan.make_plan(smoke, two_m())
     assert p.num_models == 16 and p.swept == ("grammar.m", "data.num_train", "grammar.seed")
     assert [q.index for q in p.programs] == [0, 1]
-    assert [q.config.grammar.m for q in p.programs] == [2, 3]
-    assert tuple(p.programs[1].config.data.num_train) == (16, 32)  # its first point's traced values
+    assert [q.settings.grammar.m for q in p.programs] == [2, 3]
+    assert sorted({r["P"] for r in p.programs[1].rows}) == [16, 32]
     rows = [r for q in p.programs for r in q.rows]
     assert [r["index"] for r in rows] == list(range(16))
     first = p.programs[0].rows
@@ -46,13 +47,13 @@ def test_static_values_become_consecutive_programs_and_traced_ones_share_them(sm
     assert set(first[0]) == set(plan.ROW_FIELDS) | {"m"}
     assert first[0]["budget_steps"] == 64 and first[0]["budget_epochs"] == 64 * 8 / 8
     json.dumps([p.points, rows])  # JSON-ready for config.json
-    assert p.programs[0].config.is_locked
+    hash(p.programs[0].settings)  # frozen: program memoizes compiled functions on it
 
 
 def test_program_order_is_first_appearance_and_groups_interleaved_points(smoke):
     points = plan.product(plan.sweep("grammar.seed", [0, 1]), plan.sweep("network.width", [16, 8]))
     p = plan.make_plan(smoke, points)
-    assert [q.config.network.width for q in p.programs] == [16, 8]
+    assert [q.settings.network["width"] for q in p.programs] == [16, 8]
     assert [[r["grammar_seed"] for r in q.rows][::4] for q in p.programs] == [[0, 1], [0, 1]]
     assert [r["width"] for r in p.programs[1].rows] == [8] * 8
 
@@ -60,7 +61,7 @@ def test_program_order_is_first_appearance_and_groups_interleaved_points(smoke):
 def test_no_sweep_is_the_config_alone(smoke):
     p = plan.make_plan(smoke, [{}])
     assert p.swept == () and p.num_models == 4 and len(p.programs) == 1
-    assert config_lib.to_dict(p.programs[0].config) == config_lib.to_dict(smoke)
+    assert p.programs[0].settings == settings.of(smoke)
     assert [(r["P"], r["seed"]) for r in p.programs[0].rows] == [(16, 0), (16, 1), (64, 0), (64, 1)]
 
 
@@ -69,7 +70,8 @@ def test_written_points_are_stored_json_ready_and_optional_keys_take_values(smok
     p = plan.make_plan(smoke, points)
     assert p.points == ({"data.num_train": [8, 16], "process.sampler_steps": 10}, {"process.sampler_steps": None})
     assert [r["process.sampler_steps"] for r in p.programs[0].rows] == [10] * 4
-    assert p.programs[1].config.process.sampler_steps is None and p.programs[0].config.process.sampler_steps == 10
+    assert p.programs[1].settings.process.sampler_steps is None and p.programs[0].settings.process.sampler_steps == 10
+    assert p.programs[1].settings.sampler_steps == smoke.process.T and p.programs[0].settings.sampler_steps == 10
 
 
 def test_bare_grid_axis_value_is_one_model_per_point(smoke):
@@ -191,15 +193,19 @@ def test_load_sweep_reads_get_sweep_and_refuses_an_override_of_a_swept_key(tmp_p
 
 @pytest.mark.parametrize("spec", ["", "0/3", "2/3"])
 @pytest.mark.parametrize("budget", [dict(num_steps=64, num_epochs=0.0), dict(num_steps=0, num_epochs=2.5)])
-def test_rows_of_the_config_alone_are_the_grid_of_train(smoke, spec, budget):
-    """Without a sweep, the plan's rows (index, P, seed, lr, budgets) and slices are train.make_grid's."""
-    from rhm_jax import train
-
+def test_rows_of_the_config_alone_are_sliced_in_order_with_their_budgets(smoke, spec, budget):
+    """Without a sweep, a slice 'k/K' holds its share of the grid's rows (P outermost, then seeds),
+    indices unchanged, each with its budget in steps and epochs."""
     smoke.train.update(budget)
+    whole = plan.single(smoke).rows
     smoke.run.grid_slice = spec
-    rows = plan.make_plan(smoke, [{}]).programs[0].rows
-    _, expected = train.make_grid(smoke)
-    assert [{k: r[k] for k in expected[0]} for r in rows] == expected
+    rows = plan.single(smoke).rows
+    k, K = (0, 1) if spec == "" else map(int, spec.split("/"))
+    assert rows == whole[k * len(whole) // K:(k + 1) * len(whole) // K]
+    assert [(r["index"], r["P"], r["seed"]) for r in whole] == [(0, 16, 0), (1, 16, 1), (2, 64, 0), (3, 64, 1)]
+    for r in rows:
+        steps = 64 if budget["num_steps"] else math.ceil(2.5 * r["P"] / smoke.train.batch_size)
+        assert r["budget_steps"] == steps and r["budget_epochs"] == steps * smoke.train.batch_size / r["P"]
 
 
 def test_plan_rebuilt_from_what_config_json_stores_is_the_same(smoke):

@@ -2,7 +2,7 @@
 a broken checkpoint, re-scoring, sub-grids, refusals.
 
 All runs share one persistent compilation cache (also used by the subprocesses), and the in-process
-runs share runner.programs' memo, so the grid is compiled once per size.
+runs share program.build's memo, so the grid is compiled once per size.
 """
 import json
 import logging
@@ -20,7 +20,7 @@ import pytest
 
 from launch import local as launch_local
 from launch import score as launch_score
-from rhm_jax import checkpoint, results, sharding, runner
+from rhm_jax import checkpoint, plan, program, rescore, results, sharding, runner, subgrids
 from rhm_jax import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,11 +49,12 @@ def assert_rows_close(rows, expected):
 
 def final_state(workdir, config):
     """The newest checkpointed state of every model, stacked in grid order."""
-    progs = runner.programs(config)
+    planned = plan.single(config)
+    progs = program.build(planned.settings, planned.rows)
     states = []
-    for i, part in runner.stored_parts(config, progs, workdir):
+    for i, part in subgrids.stored_parts(progs, workdir):
         with checkpoint.Checkpointer(runner.part_dir(workdir, i), read_only=True) as ckpt:
-            state, _ = ckpt.restore(ckpt.steps()[-1], runner.restore_target(config, progs, part.grid))
+            state, _ = ckpt.restore(ckpt.steps()[-1], subgrids.restore_target(progs, part.grid))
         states.append(sharding.unpad(state, len(part.rows)))
     return jax.tree.map(lambda *xs: jnp.concatenate(xs), *states)
 
@@ -165,7 +166,7 @@ def test_a_work_directory_older_than_a_schema_key_resumes_from_its_checkpoints(r
     # config.json and checkpoints as a version without train.p_below_batch wrote them
     old = config_lib.to_dict(config)
     del old["train"]["p_below_batch"]
-    grid = results.to_json_value(runner.programs(config).grid_rows)
+    grid = results.to_json_value(plan.make_grid(config)[1])
     results.write_json_atomic(os.path.join(workdir, "config.json"), {"config": old, "provenance": {}, "grid": grid})
     save, hashes = checkpoint.Checkpointer.save, set()
 
@@ -216,16 +217,16 @@ def test_score_reproduces_evaluation_rows_and_touches_nothing(reference, capsys)
     assert launch_score.main(["--workdir", workdir, "--step", "5"]) == 2
     assert "no checkpoint at step 5" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"available steps: \[0, 1, 2, 4, 8, 16, 32, 64\]"):
-        runner.score(workdir, step=5)
-    strided = runner.score(workdir, step=16, sampler_steps=10)[16]  # 10 of the T=20 steps
+        rescore.score(workdir, step=5)
+    strided = rescore.score(workdir, step=16, sampler_steps=10)[16]  # 10 of the T=20 steps
     assert os.path.exists(os.path.join(workdir, f"score_16_{len_samples(workdir)}_10.jsonl"))
-    assert [r["model"] for r in strided] == [r["model"] for r in runner.score(workdir, step=16)[16]]
+    assert [r["model"] for r in strided] == [r["model"] for r in rescore.score(workdir, step=16)[16]]
     with pytest.raises(ValueError, match=r"process.sampler_steps=21 must be <= T=20"):
-        runner.score(workdir, step=16, sampler_steps=21)
+        rescore.score(workdir, step=16, sampler_steps=21)
     # 'exact' is the process's exact sampler: for the uniform process its T steps, the run's own here
-    assert runner.score(workdir, step=16, sampler_steps="exact")[16] == scored
+    assert rescore.score(workdir, step=16, sampler_steps="exact")[16] == scored
     with pytest.raises(ValueError, match=r"sampler_steps='fast' must be an integer >= 1 or 'exact'"):
-        runner.score(workdir, step=16, sampler_steps="fast")
+        rescore.score(workdir, step=16, sampler_steps="fast")
 
 
 def test_score_of_a_broken_checkpoint_is_a_clear_error(reference, tmp_path):
@@ -234,7 +235,7 @@ def test_score_of_a_broken_checkpoint_is_a_clear_error(reference, tmp_path):
     shutil.copytree(ref_dir, workdir)
     _damage_latest(runner.part_dir(workdir, 0), 8)
     with pytest.raises(ValueError, match="checkpoint at step 8 .*is unreadable"):
-        runner.score(workdir, step=8)
+        rescore.score(workdir, step=8)
 
 
 def test_model_cap_splits_the_grid_with_the_same_rows(reference, tmp_path, caplog):
@@ -345,9 +346,9 @@ def test_a_masked_run_scores_with_the_exact_sampler_by_default(tmp_path):
     config.train.update(dict(num_steps=4, seeds=(0,), steps_per_call=4))
     workdir = str(tmp_path / "masked")
     rows = runner.run(config, workdir, progress=False)
-    scored = runner.score(workdir, step=4)[4]
+    scored = rescore.score(workdir, step=4)[4]
     assert os.path.exists(os.path.join(workdir, "score_4_32_exact.jsonl"))
     assert scored == [r for r in rows if r["step"] == 4]
-    runner.score(workdir, step=4, sampler_steps=3)
+    rescore.score(workdir, step=4, sampler_steps=3)
     assert os.path.exists(os.path.join(workdir, "score_4_32_3.jsonl"))
     assert set(results.load(workdir, kind="scores")["sampler_steps"]) == {3, "exact"}

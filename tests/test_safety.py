@@ -21,7 +21,7 @@ import pytest
 from launch import local as launch_local
 from launch import report as launch_report
 from launch import score as launch_score
-from rhm_jax import analysis, checkpoint, lock, results, runner
+from rhm_jax import analysis, checkpoint, lock, rescore, results, runner
 from test_checkpoint import flip_a_byte
 from test_runner import (ROOT, SMOKE, _damage_latest, by_key, final_state,  # noqa: F401
                         reference, smoke, snapshot)
@@ -106,7 +106,7 @@ def test_2_a_locked_workdir_is_refused_by_run_force_and_score(reference, tmp_pat
         with pytest.raises(lock.Busy):
             runner.run(smoke("--config.train.batch_size=4"), workdir, force=True, progress=False)
         with pytest.raises(lock.Busy):
-            runner.score(workdir, step=16)
+            rescore.score(workdir, step=16)
         assert launch_report.main(["--workdir", workdir]) == 2  # it would write into workdir/report
     assert snapshot(workdir) == before and os.listdir(tmp_path) == ["run"]  # --force moved nothing
 
@@ -137,7 +137,7 @@ def test_3_a_flipped_byte_is_caught_by_score_and_run_falls_back(reference, tmp_p
     # The flip fails the checksum, or, when it lands in a compressed chunk's framing, the decoding:
     # either way the checkpoint is caught as broken (seen intermittently in CI).
     with pytest.raises(checkpoint.BrokenCheckpoint, match="step 32 .*(fails its checksum|is unreadable)"):
-        runner.score(workdir, step=32)
+        rescore.score(workdir, step=32)
     with caplog.at_level(logging.INFO):
         rows = runner.run(config, workdir, progress=False)
     assert "checkpoint at step 32 is broken" in caplog.text
@@ -202,11 +202,11 @@ def test_6_sigint_saves_a_checkpoint_and_the_resume_equals_an_uninterrupted_run(
     step), a checkpoint is saved there, and a re-run continues from it."""
     config, ref_dir, ref_rows = reference
     workdir = str(tmp_path)
-    real = runner.programs
+    real = runner.build
     calls = []
 
-    def interrupting(config, rows=None):
-        progs = real(config, rows)
+    def interrupting(typed, rows):
+        progs = real(typed, rows)
 
         def step_fn(*args):
             calls.append(1)
@@ -216,7 +216,7 @@ def test_6_sigint_saves_a_checkpoint_and_the_resume_equals_an_uninterrupted_run(
 
         return progs._replace(step_fn=step_fn)
 
-    monkeypatch.setattr(runner, "programs", interrupting)
+    monkeypatch.setattr(runner, "build", interrupting)
     handler = signal.getsignal(signal.SIGINT)
     with pytest.raises(runner.Interrupted, match="stopped by SIGINT at step 48 of models 0..3"):
         runner.run(config, workdir, progress=False)
@@ -224,7 +224,7 @@ def test_6_sigint_saves_a_checkpoint_and_the_resume_equals_an_uninterrupted_run(
     with checkpoint.Checkpointer(runner.part_dir(workdir, 0), read_only=True) as ckpt:
         assert ckpt.steps()[-1] == 48
     assert max(r["step"] for r in metrics(workdir)) == 32
-    monkeypatch.setattr(runner, "programs", real)
+    monkeypatch.setattr(runner, "build", real)
     assert runner.run(config, workdir, progress=False) == ref_rows
     chex.assert_trees_all_equal(final_state(workdir, config), final_state(ref_dir, config))
 
@@ -341,7 +341,7 @@ def test_10_score_refuses_an_empty_checkpoint_folder_and_skips_broken_steps(refe
     workdir = copy_of(ref_dir, tmp_path)
     _damage_latest(runner.part_dir(workdir, 0), 8)
     with caplog.at_level(logging.WARNING):
-        by_step = runner.score(workdir)
+        by_step = rescore.score(workdir)
     assert sorted(by_step) == [0, 1, 2, 4, 16, 32, 64] and "skipping step 8" in caplog.text
     assert by_step[16] == [r for r in ref_rows if r["step"] == 16]
     empty = copy_of(ref_dir, tmp_path, "empty")

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from rhm_jax import config as config_lib
-from rhm_jax import settings, sharding, train
+from rhm_jax import plan, settings, sharding, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 6  # train steps per chunk in the cases
@@ -143,8 +143,8 @@ def _setup():
     config = config_lib.load(os.path.join(ROOT, "sweeps", "smoke.py"),
                              ["--config.train.seeds=(0,1,2)", f"--config.train.steps_per_call={STEPS}",
                               "--config.eval.num_samples=16"])
-    setup = program.build(config)  # the run loop's own grammar, data, process and network
-    grid, rows = train.make_grid(config)
+    setup = program.setup(plan.single(config).settings, plan.single(config).rows)  # the run loop's own grammar, data, process and network
+    grid, rows = plan.make_grid(config)
     return config, setup.grammar, setup.pool_GxQxD, setup.test_GxNxD, setup.process, setup.network, grid, rows
 
 

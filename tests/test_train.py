@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from rhm_jax import config as config_lib
-from rhm_jax import data, diffusion, grammar, networks, settings, train
+from rhm_jax import data, diffusion, grammar, networks, plan, settings, train
 from rhm_jax.networks import bpunet
 
 V, D, Q = 4, 4, 48  # vocabulary, length, pool rows
@@ -109,7 +109,7 @@ def test_make_grid_expands_sizes_seeds_and_epoch_budgets():
     config = toy_config(num_steps=0, num_epochs=2.5, seeds=(0, 4))
     with config.unlocked():
         config.data.num_train = (3, 40)
-    grid, rows = train.make_grid(config)
+    grid, rows = plan.make_grid(config)
     assert [(r["P"], r["seed"]) for r in rows] == [(3, 0), (3, 4), (40, 0), (40, 4)]
     assert [r["budget_steps"] for r in rows] == [1, 1, 13, 13]  # ceil(2.5 * P / 8)
     np.testing.assert_array_equal(grid.budget, [1, 1, 13, 13])
@@ -121,7 +121,7 @@ def test_make_grid_expands_sizes_seeds_and_epoch_budgets():
 def test_make_grid_lr_list_and_traced_settings():
     config = toy_config(lr=(1e-3, 1e-2), b1=0.8, adam_eps=1e-6)
     config.data.seed = 5
-    grid, rows = train.make_grid(config)
+    grid, rows = plan.make_grid(config)
     assert [r["lr"] for r in rows] == [1e-3, 1e-2]
     assert rows[0]["budget_steps"] == 100
     assert rows[0]["data_seed"] == 5 and rows[0]["seed"] == 0 and rows[0]["warmup_steps"] == 2
@@ -250,7 +250,7 @@ def _bpunet_training(models: int, jax_rule: bool, steps: int = 3):
     process = diffusion.make(config.process, g.v, rules.d)
     kernels_by_jax = bpunet.Backward(rowmajor_kernels=False, rowmajor_thin=True, fenced=True)
     network = networks.make(config.network, g.v, g.s, g.L, process, backward=kernels_by_jax if jax_rule else None)
-    grid, _ = train.make_grid(config)
+    grid, _ = plan.make_grid(config)
     grid = grid.replace(P=jnp.full(models, 256, jnp.int32))
     typed = settings.TrainSettings.of(config)
     state = train.init_state(typed, network, grid)

@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from rhm_jax import config as config_lib
-from rhm_jax import data, diffusion, networks, settings, train
+from rhm_jax import data, diffusion, networks, plan, settings, train
 
 
 def tiny_config() -> ml_collections.ConfigDict:
@@ -24,11 +24,11 @@ def tiny_config() -> ml_collections.ConfigDict:
 @pytest.mark.parametrize("K", [1, 2, 4, 5, 6])
 def test_slices_partition_the_grid_with_global_indices(K):
     config = tiny_config()
-    full_grid, full_rows = train.make_grid(config)
+    full_grid, full_rows = plan.make_grid(config)
     rows, grids = [], []
     for k in range(K):
         config.run.grid_slice = f"{k}/{K}"
-        grid, part = train.make_grid(config)
+        grid, part = plan.make_grid(config)
         assert len(part) in (6 // K, -(-6 // K))  # balanced
         rows += part
         grids.append(grid)
@@ -42,7 +42,7 @@ def test_bad_slice_is_a_value_error_naming_the_field(spec):
     config = tiny_config()
     config.run.grid_slice = spec
     with pytest.raises(ValueError, match="run.grid_slice"):
-        train.make_grid(config)
+        plan.make_grid(config)
 
 
 class Linear:
@@ -55,7 +55,7 @@ class Linear:
 def test_bf16_first_moment_only_and_bad_name():
     config = tiny_config()
     config.train.mu_dtype = "bfloat16"
-    grid, _ = train.make_grid(config)
+    grid, _ = plan.make_grid(config)
     state = train.init_state(settings.TrainSettings.of(config), Linear(), grid)
     adam_state = state.opt_state
     assert adam_state.mu["w"].dtype == jnp.bfloat16
@@ -73,7 +73,7 @@ def test_bf16_moments_train():
     g = config.grammar
     process = diffusion.make(config.process, g.v, g.s**g.L)
     network = networks.make(config.network, g.v, g.s, g.L, process)
-    grid, _ = train.make_grid(config)
+    grid, _ = plan.make_grid(config)
     pool_QxD = jax.random.randint(jax.random.key(0), (1, max(config.data.num_train), g.s**g.L), 0, g.v)
     typed = settings.TrainSettings.of(config)
     state = train.init_state(typed, network, grid)
@@ -113,7 +113,7 @@ def test_full_batch_step_is_an_adam_step_on_exactly_the_P_rows():
     config = full_batch_config("full_batch")
     process = diffusion.make(dict(name="uniform", T=20, beta1=0.01, beta2=0.2), 4)
     net = RowNet()
-    grid, rows = train.make_grid(config)
+    grid, rows = plan.make_grid(config)
     assert [r["budget_steps"] for r in rows] == [3, 6]  # one epoch per step below B; ceil(3 * 16 / 8)
     assert [r["budget_epochs"] for r in rows] == [3.0, 3.0]
     pool_QxD = jax.random.randint(jax.random.key(0), (16, 4), 0, 4, dtype=jnp.int32)
@@ -134,7 +134,7 @@ def test_full_batch_step_is_an_adam_step_on_exactly_the_P_rows():
     chex.assert_trees_all_close(jax.tree.map(lambda a: a[0], state1.params), want, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(metrics["loss"][0], loss, rtol=1e-6)
     # The default repeats rows to fill the batch: another step, and budgets in epochs of B rows.
-    _, default_rows = train.make_grid(full_batch_config("repeat"))
+    _, default_rows = plan.make_grid(full_batch_config("repeat"))
     assert [r["budget_steps"] for r in default_rows] == [2, 6]
     with pytest.raises(ValueError, match="train.p_below_batch='all'"):
         config_lib.validate(full_batch_config("all"))

@@ -7,9 +7,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from rhm_jax import data, plan, results, theory
-from rhm_jax import config as config_lib
-from rhm_jax import grammar as grammar_lib
+from rhm_jax import plan, program, results, settings, theory
 from rhm_jax.clustering.learner import CONTEXTS
 from rhm_jax.clustering.measure import chance_accuracy, run_grid
 from rhm_jax.grammar import Grammar
@@ -33,11 +31,11 @@ _CURVE_KEYS = ("v", "n", "m", "s", "L", "grammar_seed", "data_seed", "context") 
 
 
 def sweep_data(config: Any) -> tuple[Grammar, np.ndarray]:
-    """The grammar and training pool (Q, D) of a sweep config, exactly as ``program.build`` draws them (its only dataset)."""
-    g = config.grammar
-    rules = grammar_lib.sample_rules(g.seed, g.v, g.n, g.m, g.s, g.L)
-    pool_QxD, _ = data.sample_dataset(config.data.seed, rules, max(config.data.num_train),
-                                             config.data.num_test)
+    """The grammar and training pool (Q, D) of a config alone (its only dataset), drawn by ``program.draw``."""
+    planned = plan.single(config)
+    row = planned.rows[0]
+    rules, pool_QxD, _ = program.draw(planned.settings.grammar, row["grammar_seed"], row["data_seed"],
+                                      max(r["P"] for r in planned.rows), planned.settings.num_test)
     return rules, pool_QxD
 
 
@@ -45,32 +43,29 @@ def run_sweep(config: Any, context: str = "tokens", restarts: int = 32, iteratio
               points: Sequence[dict] | None = None) -> list[dict]:
     """One row per dataset, P and model seed of the sweep (``points``: ``plan``; default the config
     alone): the learner on exactly that model's P training rows (its grammar seed, data seed and pool)."""
-    config_lib.validate(config)
     # The learner reads only the data: programs that differ in other settings (width, process, ...)
     # share their datasets, and each dataset is learned once.
     datasets: dict[tuple, tuple[Any, list[dict]]] = {}
-    for program in plan.make_plan(config, [{}] if points is None else points).programs:
-        c = program.config
-        for r in program.rows:
-            key = (c.grammar.v, c.grammar.n, c.grammar.m, c.grammar.s, c.grammar.L, c.data.num_test,
-                   c.eval.num_samples, r["grammar_seed"], r["data_seed"])
-            datasets.setdefault(key, (c, []))[1].append(r)
+    for planned in plan.make_plan(config, [{}] if points is None else points).programs:  # validates every point
+        typed = planned.settings
+        for r in planned.rows:
+            key = (typed.grammar, typed.num_test, typed.eval.num_samples, r["grammar_seed"], r["data_seed"])
+            datasets.setdefault(key, (typed, []))[1].append(r)
     rows = []
-    for key, (c, models) in datasets.items():
-        rows += _learner_rows(c, key[-2], key[-1], models, context, restarts, iterations)
+    for key, (typed, models) in datasets.items():
+        rows += _learner_rows(typed, key[-2], key[-1], models, context, restarts, iterations)
     return rows
 
 
-def _learner_rows(config: Any, grammar_seed: int, data_seed: int, models: Sequence[dict], context: str,
-                  restarts: int, iterations: int) -> list[dict]:
+def _learner_rows(typed: settings.Settings, grammar_seed: int, data_seed: int, models: Sequence[dict],
+                  context: str, restarts: int, iterations: int) -> list[dict]:
     """The learner's rows of one dataset of a program, one per (P, model seed) of its ``models``."""
-    g = config.grammar
-    rules = grammar_lib.sample_rules(grammar_seed, g.v, g.n, g.m, g.s, g.L)
-    pool_QxD, _ = data.sample_dataset(data_seed, rules, max(r["P"] for r in models), config.data.num_test)
+    g = typed.grammar
+    rules, pool_QxD, _ = program.draw(g, grammar_seed, data_seed, max(r["P"] for r in models), typed.num_test)
     pairs = sorted({(r["P"], r["seed"]) for r in models})
     P_M = np.asarray([p for p, _ in pairs], np.int32)
     seed_M = np.asarray([seed for _, seed in pairs], np.uint32)
-    out = jax.device_get(run_grid(rules, pool_QxD, P_M, seed_M, int(config.eval.num_samples), restarts,
+    out = jax.device_get(run_grid(rules, pool_QxD, P_M, seed_M, typed.eval.num_samples, restarts,
                                   iterations, context))
     chance = np.asarray(chance_accuracy(rules, jax.random.key(0)))
     rows = []
@@ -83,7 +78,7 @@ def _learner_rows(config: Any, grammar_seed: int, data_seed: int, models: Sequen
         for level in range(1, g.L + 1):
             row[f"validity_l{level}"] = float(out["validity"][i, level - 1])
             row[f"validity_novel_l{level}"] = float(out["validity_novel"][i, level - 1])
-        row["valid"], row["copy"] = float(out["valid"][i]), float(out["copy"][i])
+        row["valid"], row["copies"] = float(out["valid"][i]), float(out["copy"][i])
         rows.append(row)
     return rows
 

@@ -8,6 +8,7 @@ docs/architecture.md; ``apply_fn(params, x_t_BxD, t_B) -> logits_BxDxV`` predict
 """
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from typing import Any, Union
 
@@ -22,26 +23,37 @@ Process = Union[UniformProcess, MaskedProcess]
 NAMES = ("uniform", "masked")
 
 __all__ = ["EXACT", "MaskedProcess", "NAMES", "Process", "UniformProcess", "default_config", "make",
-           "sampler_label", "validate"]
+           "sampler_label", "sampler_steps_setting", "validate"]
+
+
+def _field_defaults(cls: type) -> dict[str, Any]:
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+
+
+# The process section's defaults, read from the processes' own fields (one source): uniform's T,
+# beta1, beta2; masked's schedule, power, eps; sampler_steps None means each process's exact
+# sampler (uniform: its T ancestral steps; masked: one position revealed per step, d steps).
+DEFAULTS = {**{k: _field_defaults(UniformProcess)[k] for k in ("T", "beta1", "beta2")},
+            **{k: _field_defaults(MaskedProcess)[k] for k in ("schedule", "power", "eps")},
+            "sampler_steps": None}
 
 
 def default_config(name: str = "uniform") -> ml_collections.ConfigDict:
-    """The SPEC defaults for ``process``; the fields of the other process are kept, unused."""
-    return ml_collections.ConfigDict(dict(
-        name=name,
-        T=200,             # uniform: number of steps (and its default sampler steps); masked: unused
-        beta1=1e-3,        # uniform: beta at step 0
-        beta2=0.1,         # uniform: beta at step T
-        schedule="linear",  # masked: 'linear' | 'cosine' | 'poly'
-        power=1.0,         # masked: exponent of the 'poly' schedule
-        eps=1e-4,          # masked: alpha(t) stays within [eps, 1 - eps]
-        # Sampler steps used by evaluations. None: the process's exact sampler (uniform: its T
-        # ancestral steps; masked: one position revealed per step, d steps). An integer: the
-        # uniform sampler strides over its T-step chain (at most T steps); the masked one runs
-        # MD4's step-count sampler, any number of steps (not exact: tokens revealed together
-        # are drawn independently).
-        sampler_steps=None,
-    ))
+    """The SPEC defaults for ``process`` (``DEFAULTS``); the fields of the other process are kept, unused.
+
+    uniform: T steps of the chain, beta at step 0 (beta1) and at step T (beta2); masked: schedule
+    'linear' | 'cosine' | 'poly', its exponent ``power``, alpha(t) within [eps, 1 - eps]; both:
+    ``sampler_steps`` of the evaluations: None, the process's exact sampler (uniform: its T
+    ancestral steps; masked: one position revealed per step, d steps); an integer, the uniform
+    sampler striding over its T-step chain (at most T) or MD4's step-count sampler (any number;
+    not exact: tokens revealed together are drawn independently).
+    """
+    return ml_collections.ConfigDict(dict(name=name, **DEFAULTS))
+
+
+def _get(config: Any, name: str) -> Any:
+    """``config.name``, or its default when the config lacks it."""
+    return field(config, name, DEFAULTS[name])
 
 
 def _is_int(value: Any) -> bool:
@@ -53,7 +65,7 @@ def _is_real(value: Any) -> bool:
 
 
 def _check_uniform(config: Any) -> None:
-    beta1, beta2 = field(config, "beta1", 1e-3), field(config, "beta2", 0.1)
+    beta1, beta2 = _get(config, "beta1"), _get(config, "beta2")
     for name, value in (("beta1", beta1), ("beta2", beta2)):
         if not _is_real(value):
             raise ValueError(f"process.{name}={value!r} must be a finite number")
@@ -66,8 +78,7 @@ def _check_uniform(config: Any) -> None:
 
 
 def _check_masked(config: Any) -> None:
-    schedule = field(config, "schedule", "linear")
-    power, eps = field(config, "power", 1.0), field(config, "eps", 1e-4)
+    schedule, power, eps = _get(config, "schedule"), _get(config, "power"), _get(config, "eps")
     if schedule not in SCHEDULES:
         raise ValueError(f"process.schedule={schedule!r} must be one of {SCHEDULES}")
     if not _is_real(eps) or not 0 < eps < 0.5:
@@ -81,10 +92,10 @@ def validate(process_config: Any) -> None:
     name = field(process_config, "name", None)
     if name not in NAMES:
         raise ValueError(f"process.name={name!r} must be one of {NAMES}")
-    T = field(process_config, "T", 200)  # the masked process does not use it
+    T = _get(process_config, "T")  # the masked process does not use it
     if not _is_int(T) or T < 1:
         raise ValueError(f"process.T={T!r} must be an integer >= 1")
-    steps = field(process_config, "sampler_steps", None)
+    steps = _get(process_config, "sampler_steps")
     if steps is not None and (not _is_int(steps) or steps < 1):
         raise ValueError(f"process.sampler_steps={steps!r} must be an integer >= 1")
     if name == "uniform":
@@ -106,31 +117,27 @@ def make(process_config: Any, v: int, d: int | None = None) -> Process:
     if d is not None and (not _is_int(d) or d < 1):
         raise ValueError(f"sequence length d={d!r} must be an integer >= 1")
     d = None if d is None else int(d)
-    steps = field(process_config, "sampler_steps", None)
+    steps, T = _get(process_config, "sampler_steps"), int(_get(process_config, "T"))
     if field(process_config, "name") == "uniform":
-        return UniformProcess(v=int(v), T=int(field(process_config, "T", 200)),
-                              beta1=float(field(process_config, "beta1", 1e-3)),
-                              beta2=float(field(process_config, "beta2", 0.1)), d=d,
+        return UniformProcess(v=int(v), T=T, beta1=float(_get(process_config, "beta1")),
+                              beta2=float(_get(process_config, "beta2")), d=d,
                               sampler_steps=None if steps is None else int(steps))
-    return MaskedProcess(v=int(v), schedule=str(field(process_config, "schedule", "linear")),
-                         power=float(field(process_config, "power", 1.0)),
-                         eps=float(field(process_config, "eps", 1e-4)),
-                         sampler_steps=None if steps is None else int(steps),
-                         d=d)
+    return MaskedProcess(v=int(v), schedule=str(_get(process_config, "schedule")),
+                         power=float(_get(process_config, "power")), eps=float(_get(process_config, "eps")),
+                         sampler_steps=None if steps is None else int(steps), d=d)
 
 
 EXACT = "exact"  # the masked process's exact sampler, in score file names and re-scoring arguments
 
 
-def sampler_label(process_config: Any) -> str:
-    """The evaluation's sampler in words for file names: its step count, or 'exact' (masked, None).
+def sampler_label(process: Process) -> str:
+    """The evaluations' sampler in words for file names: its step count, or 'exact' (masked, None).
 
-    The uniform process's None is its T ancestral steps, labelled T as before.
+    The uniform process's None is its T ancestral steps, labelled T.
     """
-    steps = field(process_config, "sampler_steps", None)
-    if steps is not None:
-        return str(int(steps))
-    return EXACT if field(process_config, "name", None) == "masked" else str(int(field(process_config, "T", 200)))
+    if process.sampler_steps is not None:
+        return str(int(process.sampler_steps))
+    return EXACT if isinstance(process, MaskedProcess) else str(int(process.T))
 
 
 def sampler_steps_setting(value: Any) -> int | None:

@@ -192,6 +192,12 @@ def make(network_config: Any, v: int, s: int, L: int, process: Any,
     benchmarks that take the rule apart part by part.
     """
     validate(network_config, v, s, L, process)
+    return build(network_config, v, s, L, process, backward)
+
+
+def build(network_config: Any, v: int, s: int, L: int, process: Any,
+          backward: bpunet.Backward | None = None) -> Network:
+    """``make`` for a section that ``validate`` already accepted (``settings.Settings.network``)."""
     if network_config.get("name") == "bpunet":
         rule = backward_rule(network_config.get("backward", "auto")) if backward is None else backward
         return _make_bpunet(network_config, v, s, L, process, rule)
