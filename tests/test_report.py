@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from launch import report as launch_report
-from rhm_jax import analysis, clustering, figures, report, results, theory, thresholds
+from rhm_jax import analysis, clustering, figures, report, results, tables, theory, thresholds
 from test_analysis import quick_rows, synthetic_metrics, write_workdir
 
 
@@ -67,7 +67,7 @@ def test_report_constant_matches_analysis(two_workdirs, written):
 
 
 def test_coherence_table_reads_the_theory_with_each_runs_own_grammar(two_workdirs):
-    table = report._coherence_table(analysis.load(list(two_workdirs)), "last")
+    table = tables.coherence_table(analysis.load(list(two_workdirs)), "last")
     for label, m in (("m3", 3), ("m2", 2)):
         rows = table[table["workdir"] == label]
         want = (rows["P"] / (8 * m)) ** (np.log(2) / np.log(m))
@@ -77,9 +77,9 @@ def test_coherence_table_reads_the_theory_with_each_runs_own_grammar(two_workdir
 def test_a_seed_that_never_learned_makes_the_mean_learning_time_missing_not_shorter():
     times = pd.DataFrame(dict(workdir="w", P=[64, 64, 256, 256], seed=[0, 1, 0, 1], level=1,
                               step=[100.0, np.nan, 40.0, 60.0]))
-    table = report._mean_by_P(times, "step", "level", censored=True).set_index("P")
+    table = tables.mean_by_P(times, "step", "level", censored=True).set_index("P")
     assert np.isnan(table.loc[64, "level 1"]) and table.loc[256, "level 1"] == 50.0
-    assert report._mean_by_P(times, "step", "level").set_index("P").loc[64, "level 1"] == 100.0  # a plain mean
+    assert tables.mean_by_P(times, "step", "level").set_index("P").loc[64, "level 1"] == 100.0  # a plain mean
 
 
 def test_launch_report_cli_defaults_out_to_workdir(two_workdirs, capsys):
@@ -90,18 +90,18 @@ def test_launch_report_cli_defaults_out_to_workdir(two_workdirs, capsys):
 
 
 def test_markdown_table_formats_and_marks_missing():
-    table = report.markdown_table(pd.DataFrame({"level": [1, 2], "P_star": [123.456, np.nan]}))
+    table = tables.markdown_table(pd.DataFrame({"level": [1, 2], "P_star": [123.456, np.nan]}))
     assert table.splitlines() == ["| level | P_star |", "| --- | --- |", "| 1 | 123 |", "| 2 | - |"]
-    assert report.markdown_table(pd.DataFrame()) == "_(none)_\n"
+    assert tables.markdown_table(pd.DataFrame()) == "_(none)_\n"
 
 
 def test_wall_time_reads_the_provenance_else_the_wall_column_else_unknown():
     df = pd.DataFrame({"step": [1, 2], "wall_s": [3.0, 40.0]})
-    assert report.wall_time({"provenance": {"wall_time_s": 12.5}}, df) == (12.5, "provenance")
-    seconds, how = report.wall_time({"provenance": {}}, df)
+    assert tables.wall_time({"provenance": {"wall_time_s": 12.5}}, df) == (12.5, "provenance")
+    seconds, how = tables.wall_time({"provenance": {}}, df)
     assert seconds == 40.0 and "not finished" in how
     # columns that nothing writes are not guessed at
-    seconds, how = report.wall_time({}, pd.DataFrame({"time": ["2025-01-01T00:00:00", "2025-01-01T00:01:30"]}))
+    seconds, how = tables.wall_time({}, pd.DataFrame({"time": ["2025-01-01T00:00:00", "2025-01-01T00:01:30"]}))
     assert np.isnan(seconds) and how == "unknown"
 
 
@@ -180,9 +180,9 @@ def test_time_figures_take_epochs_or_steps(two_workdirs, tmp_path):
 
 def test_the_provenance_lines_give_the_budget_as_configured():
     """A step budget reads as steps, an epoch budget as epochs of each model's P (never 'epochs 0.0')."""
-    by_steps = report._provenance_lines("w", {"config": {"train": {"num_steps": 4096, "num_epochs": 0.0}}},
+    by_steps = tables.provenance_lines("w", {"config": {"train": {"num_steps": 4096, "num_epochs": 0.0}}},
                                            pd.DataFrame({"P": [8], "model": [0], "step": [0]}))
-    by_epochs = report._provenance_lines("w", {"config": {"train": {"num_steps": 0, "num_epochs": 1e4}}},
+    by_epochs = tables.provenance_lines("w", {"config": {"train": {"num_steps": 0, "num_epochs": 1e4}}},
                                             pd.DataFrame({"P": [8], "model": [0], "step": [0]}))
     assert "budget 4096 steps" in by_steps[3] and "epochs" not in by_steps[3]
     assert "budget 10000 epochs of each model's P" in by_epochs[3]
@@ -211,7 +211,7 @@ def test_report_of_one_workdir_sweeping_m_reads_m_from_the_table(tmp_path):
     # models still rising are counted per m: the two curves' counts add up to the work directory's
     df = analysis.load(workdir)
     rising = report.dynamics.still_rising(df)
-    table = report._threshold_table(thresholds.summary(thresholds.table(df)), rising, df)
+    table = tables.threshold_table(thresholds.summary(thresholds.table(df)), rising, df)
     per_level = table.groupby("level")["still_rising"].sum()
     assert per_level.to_dict() == rising.groupby("level")["rising"].sum().astype(int).to_dict()
 
