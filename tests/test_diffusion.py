@@ -511,10 +511,11 @@ def test_sampler_steps_setting_refuses_anything_else(value):
 
 
 def test_sampler_label_names_the_sampler_of_evaluations():
-    assert diffusion.sampler_label(config("masked")) == "exact"
-    assert diffusion.sampler_label(config("masked", sampler_steps=100)) == "100"
-    assert diffusion.sampler_label(config("uniform", T=50)) == "50"  # the uniform's None is its T steps
-    assert diffusion.sampler_label(config("uniform", T=50, sampler_steps=10)) == "10"
+    label = lambda *args, **kwargs: diffusion.sampler_label(diffusion.make(config(*args, **kwargs), 4))
+    assert label("masked") == "exact"
+    assert label("masked", sampler_steps=100) == "100"
+    assert label("uniform", T=50) == "50"  # the uniform's None is its T steps
+    assert label("uniform", T=50, sampler_steps=10) == "10"
 
 
 # ---------------------------------------------------------------- a grid of models

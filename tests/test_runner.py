@@ -107,7 +107,8 @@ def test_run_records_every_evaluation(reference):
         assert ckpt.steps() == STEPS  # evaluation steps are kept
     assert (final_state(workdir, config).step == 64).all()
     summary = open(os.path.join(workdir, "summary.txt")).read().splitlines()
-    assert summary[0] == "each model at its best evaluation (lowest test loss, mean over diffusion-time windows):"
+    assert summary[0] == ("each model at its best evaluation (lowest test loss: with common random numbers where"
+                          " test_loss_se is logged, else the mean over diffusion-time windows):")
     best = {r["model"]: r["step"] for r in (results.pick([r for r in rows if r["model"] == m]) for m in range(4))}
     assert len(summary) == 6 and [line.split()[:4] for line in summary[2:]] == [
         [str(m), str(P), str(seed), str(best[m])] for m, (P, seed) in enumerate([(16, 0), (16, 1), (64, 0), (64, 1)])]
