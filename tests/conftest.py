@@ -18,3 +18,10 @@ def compile_cache(tmp_path_factory):
     jax.config.update("jax_compilation_cache_dir", before[0])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
     compilation_cache.reset_cache()
+
+
+def pytest_collection_modifyitems(items):
+    """A slow (end-to-end) test is heavy too, so ``-m 'not heavy'`` (the fast tier) leaves it out."""
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("heavy"):
+            item.add_marker(pytest.mark.heavy)

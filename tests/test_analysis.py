@@ -86,6 +86,7 @@ def test_isotonic_is_monotone_and_preserves_mean():
     np.testing.assert_allclose(fit, [0.1, 0.3, 0.3, 0.55, 0.55, 0.9])
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("method", ["sigmoid", "interp"])
 def test_thresholds_recover_known_centers(method):
     c, v, m = 1.5, 8, 3
@@ -98,6 +99,7 @@ def test_thresholds_recover_known_centers(method):
         assert row["num_seeds"] == 3
 
 
+@pytest.mark.heavy
 def test_per_seed_spread_reflects_seed_jitter():
     df = synthetic_metrics(jitter=0.1, noise=0.0, seeds=tuple(range(6)), num_P=20)
     table = thresholds.table(df)
@@ -309,6 +311,7 @@ def test_quick_sweep_copies_cannot_fool_the_noncopy_reading():
     assert noncopy.loc[3, "censored"] == "above" and noncopy.loc[3, "num_nan"] >= 2
 
 
+@pytest.mark.heavy
 def test_scipy_fits_give_the_hand_written_fits_results_on_the_quick_rows():
     """The Levenberg-Marquardt and pool-adjacent-violators code these replace (commit b6ef361) gave
     these thresholds on the stored rows; scipy's least_squares / isotonic_regression give the same."""
@@ -371,6 +374,7 @@ def write_sweep_workdir(path, frames, config_m=4):
     return path
 
 
+@pytest.mark.heavy
 def test_one_workdir_sweeping_m_gives_per_m_thresholds_and_the_collapse(tmp_path):
     """m read from the rows (not config.json's constant m=4): a curve per m, ratios ~ m, one c."""
     frames = [synthetic_metrics(m=3, c=1.0, jitter=0.0), synthetic_metrics(m=2, c=1.0, jitter=0.0)]

@@ -52,6 +52,7 @@ def true_partition(g, level_table, codes):
     return np.asarray(g.parent[level_table])[a * g.v + b]
 
 
+@pytest.mark.heavy
 def test_all_sequences_recover_the_synonym_classes_exactly(full):
     for g, pool, rows, out in full.values():
         # every level-1 code that occurs is a production, and its learned class is its true symbol up to relabelling
@@ -65,6 +66,7 @@ def test_all_sequences_recover_the_synonym_classes_exactly(full):
         np.testing.assert_array_equal(out["validity"][-1], 1.0)
 
 
+@pytest.mark.heavy
 def test_far_below_v_m2_the_learner_is_at_chance(full):
     # P = 2, 4 rows against v m^2 = 72: as good as random labels of every tuple, up to their spread
     # (normalized accuracy measured <= 0.10 over 8 grammars x 4 seeds x P in {2, 4}), far from 1/2
@@ -75,6 +77,7 @@ def test_far_below_v_m2_the_learner_is_at_chance(full):
                 assert y_K[0] < 0.2, (rows[i], level)
 
 
+@pytest.mark.heavy
 def test_thresholds_rise_with_the_level_and_are_printed_beside_v_m_l_plus_1(full):
     for seed, (g, pool, rows, out) in full.items():
         table = {(t["quantity"], t["level"]): t for t in clustering.thresholds(rows)}
@@ -87,6 +90,7 @@ def test_thresholds_rise_with_the_level_and_are_printed_beside_v_m_l_plus_1(full
         assert rows[-2]["accuracy_l1"] == rows[-2]["accuracy_l2"] == 1.0
 
 
+@pytest.mark.heavy
 def test_thresholds_are_labelled_by_quantity_with_the_level_they_need_clustered(full, tmp_path):
     g, pool, rows, out = full[0]
     table = clustering.thresholds(rows, ("accuracy", "validity"))
@@ -106,6 +110,7 @@ def test_thresholds_are_labelled_by_quantity_with_the_level_they_need_clustered(
         clustering.report_thresholds([str(tmp_path)], "copies")
 
 
+@pytest.mark.heavy
 def test_validity_l_needs_level_l_minus_1_clustered_whatever_level_l(full):
     """The level map: a generated level-l node is valid once levels 1..l-1 are clustered right."""
     g, pool, rows, out = full[0]
@@ -131,6 +136,7 @@ def test_validity_l_needs_level_l_minus_1_clustered_whatever_level_l(full):
     assert table["accuracy", 1] < table["validity", 3] <= table["accuracy", 2], table
 
 
+@pytest.mark.heavy
 def test_generated_tuples_are_observed_ones(full):
     g, pool, rows, out = full[0]
     # a learned grammar emits only level-1 tuples from its data, so level 1 is valid at every P
@@ -141,6 +147,7 @@ def test_generated_tuples_are_observed_ones(full):
     assert {tuple(t) for t in tokens.reshape(-1, g.s).tolist()} <= observed
 
 
+@pytest.mark.heavy
 def test_vmapped_grid_equals_separate_runs(full):
     g, pool, rows, out = full[0]
     picks = [1, 6, 9]  # P = 4, 128, 1024
@@ -208,6 +215,7 @@ def test_bad_input_is_refused_before_compiling():
         clustering.thresholds([row, dict(row, grammar_seed=1)])
 
 
+@pytest.mark.heavy
 def test_on_the_quick_sweeps_data_thresholds_are_ordered_beside_the_bpunets(tmp_path, capsys):
     """The learner on exactly the quick sweep's training rows, beside its stored bpUNet rows."""
     overrides = ["--config.eval.num_samples=64"]
@@ -249,6 +257,7 @@ def test_launch_cluster_reads_the_workdirs_config_and_refuses_another_grammar(tm
     assert stored.data.num_train == (8,) and points == [{}]
 
 
+@pytest.mark.heavy
 def test_the_learner_runs_on_every_dataset_of_a_sweep():
     config = config_lib.load("tests/data/two_programs.py")
     points = config_lib.load_sweep("tests/data/two_programs.py")
@@ -262,6 +271,7 @@ def test_the_learner_runs_on_every_dataset_of_a_sweep():
     assert not np.array_equal(pool, clustering.sweep_data(other)[1])
 
 
+@pytest.mark.heavy
 def test_launch_cluster_respects_the_lock_and_takes_no_abbreviated_options(tmp_path, capsys):
     config = config_lib.load("sweeps/hierarchy_in_p.py:quick", ["--config.data.num_train=(8,)"])
     (tmp_path / "config.json").write_text(json.dumps({"config": config_lib.to_dict(config)}))
@@ -272,6 +282,7 @@ def test_launch_cluster_respects_the_lock_and_takes_no_abbreviated_options(tmp_p
     assert "'--cont' must look like --config." in capsys.readouterr().err
 
 
+@pytest.mark.heavy
 def test_labels_context_is_the_tokens_context_at_level_1_and_recovers_every_level(full):
     g, pool, rows, out = full[0]
     picks = [7, len(P_GRID)]  # P = 256 and P_max

@@ -34,6 +34,7 @@ def grammars():
     return rhm_params().map(lambda p: grammar.sample_rules(p[5], v=p[0], n=p[1], m=p[2], s=p[3], L=p[4]))
 
 
+@pytest.mark.heavy
 @settings(max_examples=5, deadline=None)
 @given(grammars(), st.integers(0, 2**16))
 def test_validity_matches_a_plain_python_parser(g, seed):
@@ -192,6 +193,7 @@ def test_big_batches_go_through_blocks_with_the_same_answers():
     assert 0 < whole.valid.mean() < 1
 
 
+@pytest.mark.heavy
 def test_stacked_lookups_find_in_each_slot_what_its_own_lookup_finds():
     """find_in(stack, g, .) == find(lookup_g, .) for every slot, with hash collisions (bits=3: wide windows)."""
     g1 = grammar.sample_rules(0, v=4, n=3, m=2, s=2, L=3)

@@ -111,6 +111,7 @@ def test_permute_is_a_bijection_of_range_P():
             np.testing.assert_array_equal(np.sort(image), np.arange(P))
 
 
+@pytest.mark.heavy
 def test_permutation_changes_with_epoch_and_seed():
     perm = jax.jit(jax.vmap(jax.vmap(data.permute, in_axes=(0, None, None, None)), in_axes=(None, None, None, 0)))
     epochs = jnp.arange(400, dtype=jnp.uint32)
@@ -147,6 +148,7 @@ def test_batch_indices_far_into_training_match_the_stream_definition():
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.heavy
 def test_full_batch_steps_read_one_whole_epoch_each():
     B, P = 8, 5  # rows_per_step = P < B: the authors' full batch inside a batch of B
     indices = jax.jit(jax.vmap(data.batch_indices, in_axes=(None, None, 0, None, None)), static_argnums=3)

@@ -318,6 +318,7 @@ def test_uniform_posterior_matches_bayes_on_transition_matrices():
 
 # ---------------------------------------------------------------- losses
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("make_proc", PROCESSES)
 def test_loss_vanishes_for_true_x0_and_is_positive_otherwise(make_proc):
     proc, x0, key = make_proc(), data(3), jax.random.key(4)
@@ -367,6 +368,7 @@ def test_masked_gradient_is_zero_at_unmasked_positions():
     assert np.all(np.abs(grads[masked_BxD]).sum(-1) > 0)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("make_proc", PROCESSES)
 def test_loss_over_the_first_rows_equals_the_loss_of_those_rows(make_proc):
     # The authors' full batch inside a fixed-shape one: rows past num_rows weigh nothing.
@@ -385,6 +387,7 @@ def test_loss_over_the_first_rows_equals_the_loss_of_those_rows(make_proc):
         chex.assert_trees_all_close((loss, aux, grads), (loss_n, aux_n, grads_n), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("make_proc", PROCESSES)
 def test_row_losses_average_to_the_loss_with_the_same_key(make_proc):
     # The evaluator's standard error reads these rows; their mean is the scalar training loss.
@@ -396,6 +399,7 @@ def test_row_losses_average_to_the_loss_with_the_same_key(make_proc):
     assert float(rows_B.mean()) == pytest.approx(float(loss), rel=1e-6)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("make_proc", PROCESSES)
 def test_bf16_logits_give_float32_loss(make_proc):
     proc, x0, key = make_proc(), data(13), jax.random.key(15)
@@ -421,6 +425,7 @@ def test_window_losses_are_located_in_time_and_deterministic(make_proc):
 
 # ---------------------------------------------------------------- samplers
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("beta1, beta2, T, steps", [
     (0.05, 0.5, 8, 8), (0.05, 0.5, 8, 3), (1e-3, 0.1, 200, 200)])
 def test_uniform_sampler_with_fixed_denoiser_has_exact_marginals(beta1, beta2, T, steps):
@@ -438,12 +443,14 @@ def test_uniform_sampler_with_fixed_denoiser_has_exact_marginals(beta1, beta2, T
         assert np.mean(x == np.asarray(target)) > 0.99
 
 
+@pytest.mark.heavy
 def test_uniform_sampler_with_uniform_denoiser_gives_uniform_tokens():
     n, proc = 1000, small_uniform(d=D)
     x = np.asarray(proc.sample(jnp.zeros(V), logits_net, jax.random.key(19), n))  # steps = T
     assert_frequencies(np.bincount(x.ravel(), minlength=V), np.full(V, 1 / V), n * D)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("steps", [1, 7])
 def test_masked_sampler_reproduces_fixed_denoiser_for_any_steps(steps):
     target = data(20, batch=1)
@@ -458,6 +465,7 @@ def step_stamp_net(steps, z_BxD, t_B):
     return 1e4 * jax.nn.one_hot(jnp.broadcast_to(k_B[:, None], z_BxD.shape), 8)
 
 
+@pytest.mark.heavy
 def test_masked_sampler_reveal_times_and_revealed_tokens_never_change():
     steps, eps, n = 6, 0.05, 1000
     proc = diffusion.make(config("masked", schedule="cosine", eps=eps), 8, d=D)
@@ -520,6 +528,7 @@ def test_sampler_label_names_the_sampler_of_evaluations():
 
 # ---------------------------------------------------------------- a grid of models
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("make_proc, steps", [
     pytest.param(lambda: small_uniform(d=6), 4, id="uniform"),
     pytest.param(lambda: diffusion.make(config("masked", sampler_steps=4), V, d=6), 4, id="masked"),

@@ -57,6 +57,7 @@ def test_duplicate_fraction_matches_numpy():
     assert float(evaluate.duplicate_fraction(jnp.asarray(np.eye(6, dtype=np.int32)))) == 0.0
 
 
+@pytest.mark.heavy
 def test_score_samples_match_brute_force():
     pool = np.asarray(grammar.sample(jax.random.key(0), G, 40))
     fresh = np.asarray(grammar.sample(jax.random.key(1), G, 30))
@@ -90,6 +91,7 @@ def test_score_samples_match_brute_force():
     assert {f"corr_t{t}" for t in range(1, 8)} <= set(got) and "corr_t8" not in got  # D = 8
 
 
+@pytest.mark.heavy
 def test_noncopy_validity_is_nan_not_zero_when_every_sample_is_a_copy():
     pool = np.asarray(grammar.sample(jax.random.key(0), G, 10))
     got = evaluate.score_samples(G, coherence.make_lookup(pool), jnp.asarray(pool[:4]), jnp.int32(10))
@@ -115,6 +117,7 @@ def brute_correlation(tokens, v, t):
     return total / (d - t)
 
 
+@pytest.mark.heavy
 def test_correlation_matches_brute_force_and_vanishes_for_independent_tokens():
     assert evaluate.correlation_distances(8) == list(range(1, 8)) and evaluate.correlation_distances(2) == [1]
     rhm = np.asarray(grammar.sample(jax.random.key(3), G, 200))
@@ -244,6 +247,7 @@ def evaluator(tables):
     return make_evaluator(eval_config(), [G], [pool], [test])
 
 
+@pytest.mark.heavy
 def test_evaluate_copies_losses_and_rows_against_brute_force(tables, evaluator):
     pool, test, table = tables
     P = [2, 12, 3]
@@ -268,6 +272,7 @@ def test_evaluate_copies_losses_and_rows_against_brute_force(tables, evaluator):
     assert {f"corr_train_t{t}" for t in (1, 2, 4)} <= set(rows[0]) and "noncopy_samples" in rows[0]
 
 
+@pytest.mark.heavy
 def test_evaluate_grid_equals_single_models_and_model_batches(tables, evaluator):
     pool, test, table = tables
     rng = np.random.default_rng(0)
@@ -282,6 +287,7 @@ def test_evaluate_grid_equals_single_models_and_model_batches(tables, evaluator)
         chex.assert_trees_all_close(take(together, i), evaluator(take(state, i), take(grid, i), jax.random.key(1)))
 
 
+@pytest.mark.heavy
 def test_each_model_is_scored_against_its_own_grammar_pool_and_test_set():
     """Two datasets in one program (grammars A and B of equal sizes), through the per-model evaluator:
     samples valid under A score 1 in A's slot and exactly coherence.validity under B in B's slot;
@@ -312,6 +318,7 @@ def test_each_model_is_scored_against_its_own_grammar_pool_and_test_set():
     np.testing.assert_allclose(metrics["copies"], [3 / 8, 0, 2 / 8, 1 / 8])  # pool_A[4] is not below P=4
 
 
+@pytest.mark.heavy
 def test_losses_use_the_same_noise_at_every_evaluation(tables):
     """Common random numbers: the same params evaluated at two steps (two evaluation keys, as
     program.eval_key gives) have identical losses and windows; samples still follow the key, and
@@ -337,6 +344,7 @@ def test_losses_use_the_same_noise_at_every_evaluation(tables):
     assert 0.5 * se < float(out[0]["test_loss_se"][0]) < 2 * se  # uniform noise on 12 rows: sd 0.29 / sqrt(12)
 
 
+@pytest.mark.heavy
 def test_training_rows_correlation_is_that_of_the_p_distinct_rows(tables, evaluator):
     """corr_train at P <= R = 12 (loss rows cycle through the P rows) equals C(t) of pool[:P] with
     its bias for P rows; above R, of the R distinct rows read. corr_data is the grammar's exact C(t)."""
@@ -352,6 +360,7 @@ def test_training_rows_correlation_is_that_of_the_p_distinct_rows(tables, evalua
             assert float(metrics[f"corr_t{t}_se"][i]) > 0
 
 
+@pytest.mark.heavy
 def test_evaluate_scores_the_debiased_ema(tables):
     pool, test, table = tables
     decay, steps = 0.5, 3

@@ -43,6 +43,7 @@ def test_impossible_parameters_raise(params, message):
         grammar.sample_rules(0, **params)
 
 
+@pytest.mark.heavy
 @settings(max_examples=6, deadline=None)
 @given(rhm_params())
 def test_every_sample_parses_at_every_level(params):
@@ -65,6 +66,7 @@ def test_sample_is_uniform_over_sequences():
     assert chi2 < df + 6 * np.sqrt(2 * df)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("s, L", [(2, 3), (3, 2)])
 def test_resampling_keeps_the_tree_above_the_level(s, L):
     g = grammar.sample_rules(1, v=4, n=4, m=3, s=s, L=L)
@@ -95,6 +97,7 @@ def test_resampling_leaves_invalid_subtrees_alone():
         grammar.resample_synonyms(jax.random.key(1), g, tokens, 4)
 
 
+@pytest.mark.heavy
 def test_stacked_grammars_vmap_like_separate_ones():
     gs = [grammar.sample_rules(seed, v=4, n=3, m=2, s=2, L=2) for seed in range(3)]
     keys = jax.random.split(jax.random.key(0), 3)

@@ -21,6 +21,7 @@ def _env(**extra):
     return env
 
 
+@pytest.mark.heavy
 def test_a_run_and_a_rescore_show_only_this_package_and_plain_progress_lines(tmp_path):
     workdir = str(tmp_path / "run")
     env = _env(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",

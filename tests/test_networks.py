@@ -223,6 +223,7 @@ def test_down_path_is_a_tree_of_stride_s():
         np.testing.assert_array_equal(changed, subtree)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", ["bpunet", "transformer"])
 def test_bf16_close_to_fp32(name):
     v = 8
@@ -237,6 +238,7 @@ def test_bf16_close_to_fp32(name):
     assert 0 < rel < 2e-2
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name,kind", [("bpunet", "masked"), ("transformer", "uniform")])
 def test_vmap_over_models_equals_separate_models(name, kind):
     v, M, B, d = 4, 3, 5, 8
@@ -268,6 +270,7 @@ def test_apply_compiles_once_for_new_params():
     assert not np.allclose(outs[0], outs[1])
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("kind,authors", [("uniform", False), ("masked", False), ("uniform", True)])
 def test_bpunet_reads_the_process_features_unchanged(kind, authors):
     # The network's output is BPUNet applied to the process's features, bit for bit: the
@@ -300,6 +303,7 @@ def test_bpunet_reads_the_process_features_unchanged(kind, authors):
     np.testing.assert_array_equal(np.asarray(apply(params, x_BxD, t_B)), np.asarray(want))
 
 
+@pytest.mark.heavy
 def test_authors_schedule_changes_the_message():
     v = 4
     _, init, apply_ours = built("uniform", v, 2, 3)
@@ -324,6 +328,7 @@ class ThreeChannelProcess:
         return jax.nn.one_hot(x_t_BxD, self.input_vocab) * (1.0 + t_B[:, None, None])
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", ["bpunet", "transformer"])
 def test_a_new_process_needs_no_change_to_the_networks(name):
     net = networks.make(config(name=name, width=8, heads=2, depth=1), 4, 2, 2, ThreeChannelProcess(4))
@@ -436,6 +441,7 @@ def _bpunet_grad(width: int, dtype: str, backward, models: int | None, batch: in
 UNFENCED = bpunet.Backward(rowmajor_kernels=True, rowmajor_thin=True, fenced=False)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("width,dtype,models", [(64, "float32", None), (64, "float32", 1), (64, "float32", 2),
                                                 (256, "float32", 1), (64, "bfloat16", 2)])
 def test_bpunet_gradients_are_bit_identical_to_jax_rule_at_batch_64(width, dtype, models):
@@ -455,6 +461,7 @@ def test_bpunet_gradients_are_bit_identical_to_jax_rule_at_batch_64(width, dtype
     assert len(rest(ours)) == 2 * 3 * 2  # down and up kernels and their LayerNorms: the check sees them
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("width,batch,models", [(16, 8, 2), (48, 16, 1)])
 def test_bpunet_gradients_match_jax_rule_to_rounding_at_small_shapes(width, batch, models):
     """Small or odd shapes: XLA's CPU dot kernels may sum in another order once operands swap."""
@@ -463,6 +470,7 @@ def test_bpunet_gradients_match_jax_rule_to_rounding_at_small_shapes(width, batc
     chex.assert_trees_all_close(ours, reference, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("width,models", [(64, None), (64, 2), (256, 1), (48, 3)])
 def test_fence_moves_no_bit_of_the_gradient(width, models):
     """The cotangent fence only keeps XLA from fusing: every gradient entry is the same float."""
@@ -471,6 +479,7 @@ def test_fence_moves_no_bit_of_the_gradient(width, models):
     chex.assert_trees_all_equal(ours, unfenced)
 
 
+@pytest.mark.heavy
 def test_one_models_backward_transposes_no_kernel():
     """XLA's program for one model (M = 1) copies no down/up kernel or its gradient transposed.
 
@@ -492,6 +501,7 @@ def test_one_models_backward_transposes_no_kernel():
 # ---------- the backward rule as a setting (issue 23) ----------
 
 
+@pytest.mark.heavy
 def test_auto_backward_is_the_rowmajor_rule_on_the_cpu_and_jax_rule_elsewhere():
     """'auto' (the default) compiles to the very program of 'rowmajor' on the CPU: same HLO, same bits."""
     assert networks.default_config().backward == "auto"
@@ -509,6 +519,7 @@ def test_auto_backward_is_the_rowmajor_rule_on_the_cpu_and_jax_rule_elsewhere():
     assert ops(auto_hlo) == ops(rowmajor_hlo) != ops(jax_hlo)  # the setting reaches the compiled program
 
 
+@pytest.mark.heavy
 def test_backward_rule_is_a_field_of_the_module_not_a_global():
     """Two networks with different rules built side by side keep their own (no global is swapped)."""
     v = 4

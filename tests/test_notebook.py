@@ -48,6 +48,7 @@ def assert_rows_close(got, want):
             assert got[key] == value, key
 
 
+@pytest.mark.heavy
 def test_best_models_rescore_to_the_run_rows_and_write_only_when_asked(finished):
     config, workdir, rows = finished
     before = snapshot(workdir)
@@ -73,6 +74,7 @@ def test_best_models_rescore_to_the_run_rows_and_write_only_when_asked(finished)
             os.remove(os.path.join(workdir, name))
 
 
+@pytest.mark.heavy
 def test_params_are_the_debiased_ema_of_the_stored_state(finished):
     config, workdir, _ = finished
     run = notebook.load(workdir, step="last")
@@ -88,6 +90,7 @@ def test_params_are_the_debiased_ema_of_the_stored_state(finished):
     assert any(not np.allclose(a, b) for a, b in leaves)  # the EMA, not the raw parameters
 
 
+@pytest.mark.heavy
 def test_a_step_and_a_subset_of_models_sample_and_score(finished):
     _, workdir, _ = finished
     run = notebook.load(workdir, step=16, models=[3, 1])
@@ -109,6 +112,7 @@ def test_a_step_and_a_subset_of_models_sample_and_score(finished):
         run.score_samples(np.zeros((1, 4, 8), int))
 
 
+@pytest.mark.heavy
 def test_bad_requests_are_one_line_errors(finished, tmp_path):
     _, workdir, _ = finished
     with pytest.raises(ValueError, match=r"no checkpoint at step 5 .*available steps: \[0, 1, 2, 4, 8, 16, 32, 64\]"):
@@ -128,6 +132,7 @@ def readme_example() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.heavy
 def test_readme_example_runs_in_a_fresh_process(finished, compile_cache):
     _, workdir, _ = finished
     code = readme_example()
@@ -141,6 +146,7 @@ def test_readme_example_runs_in_a_fresh_process(finished, compile_cache):
     assert not [name for name in os.listdir(workdir) if name.startswith("score_")]  # nothing written
 
 
+@pytest.mark.heavy
 def test_the_run_wrote_event_files_for_each_model(finished):
     from test_events import scalars
 

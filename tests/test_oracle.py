@@ -113,6 +113,7 @@ def test_exact_evidence_recovers_the_sequence(tiny):
     np.testing.assert_allclose(log_ev, -np.log(float(g.p_max)), rtol=1e-6)
 
 
+@pytest.mark.heavy
 def test_batch_axes_are_free():
     g = grammar.sample_rules(sum(TINY[1]), *TINY[1])
     seqs = all_sequences(g)
@@ -124,6 +125,7 @@ def test_batch_axes_are_free():
     np.testing.assert_allclose(single, flat[5], atol=1e-7)
 
 
+@pytest.mark.heavy
 def test_deep_wide_grammar_is_stable_and_exact():
     g = grammar.sample_rules(4, v=32, n=32, m=8, s=2, L=5)
     rng = np.random.default_rng(5)
@@ -158,6 +160,7 @@ def stack(grammars):
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *grammars)
 
 
+@pytest.mark.heavy
 def test_vmap_over_grammars_equals_separate_calls():
     gs = [grammar.sample_rules(seed, v=4, n=4, m=2, s=2, L=3) for seed in range(3)]
     lik = jax.random.uniform(jax.random.key(0), (3, B, 8, 4), minval=0.05)
@@ -166,6 +169,7 @@ def test_vmap_over_grammars_equals_separate_calls():
     chex.assert_trees_all_close(together, jax.tree.map(lambda *x: jnp.stack(x), *separate), atol=1e-6)
 
 
+@pytest.mark.heavy
 def test_compiles_once_across_grammars_of_one_shape():
     chex.clear_trace_counter()
 
@@ -187,6 +191,7 @@ def test_wrong_evidence_shape_raises():
         oracle.log_likelihood(g, jnp.ones((7, 4)))
 
 
+@pytest.mark.heavy
 def test_denoiser_predicts_the_cavity_or_the_posterior():
     g = grammar.sample_rules(7, v=4, n=4, m=2, s=2, L=3)
     seqs = all_sequences(g)
@@ -229,6 +234,7 @@ def uniform_predictor(params, x_t_BxD, t_B):
     return jnp.zeros((*x_t_BxD.shape, 4))
 
 
+@pytest.mark.heavy
 def test_oracle_loss_beats_a_uniform_predictor():
     g = grammar.sample_rules(7, v=4, n=4, m=2, s=2, L=3)
     x0 = jnp.asarray(all_sequences(g)[::2])  # every other sequence of the 512
@@ -253,6 +259,7 @@ def rule_distributions(g: grammar.Grammar, tokens_NxD) -> list[np.ndarray]:
     return [np.asarray(u, np.float64).ravel() / np.asarray(u).sum() for u in usage]
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name, steps", [("uniform", None), ("masked", None), ("masked", "32d")],
                          ids=["uniform", "masked-exact", "masked-32d-steps"])
 @pytest.mark.parametrize("params", TINY[1:], ids=lambda p: "v{}n{}m{}s{}L{}".format(*p))
@@ -277,6 +284,7 @@ def test_oracle_driven_sampler_yields_valid_sequences_covering_the_grammar(param
         assert 0.5 * np.abs(p - q).sum() < 0.15, (level, p, q)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("params, steps, low, high", [
     ((16, 16, 4, 2, 4), None, 0.99, 1.0),   # masked_transformer.py's grammar (d = 16), exact sampler
     ((8, 8, 3, 2, 3), None, 0.99, 1.0),     # its quick grammar (d = 8)

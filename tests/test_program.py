@@ -80,6 +80,7 @@ def test_compilations_are_shared_by_configs_that_differ_in_traced_values_only():
     assert built(wider).step_fn is not first.step_fn  # a static value: another program
 
 
+@pytest.mark.heavy
 def test_a_model_trains_and_scores_alike_alone_and_beside_other_datasets():
     """Models of two grammar seeds, two data seeds, two P and two b1 in one program: each model's
     state and metrics equal those of the model alone (same compiled functions, M = 1)."""

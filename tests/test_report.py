@@ -35,6 +35,7 @@ def written(two_workdirs, tmp_path_factory):
     return out, report.make_report(list(two_workdirs), out)
 
 
+@pytest.mark.heavy
 def test_report_writes_all_figures_and_markdown(written):
     out, paths = written
     names = sorted(os.listdir(out))
@@ -58,6 +59,7 @@ def test_report_writes_all_figures_and_markdown(written):
     assert "wall time: 410 s (provenance)" in text and "wall time: - s (unknown)" in text
 
 
+@pytest.mark.heavy
 def test_report_constant_matches_analysis(two_workdirs, written):
     text = open(written[1]["report"][0]).read()
     c_text = float(re.search(r"c = ([0-9.e+-]+);", text).group(1))
@@ -66,6 +68,7 @@ def test_report_constant_matches_analysis(two_workdirs, written):
     assert c_text == pytest.approx(1.0, rel=0.1)  # the synthetic runs were built with c = 1
 
 
+@pytest.mark.heavy
 def test_coherence_table_reads_the_theory_with_each_runs_own_grammar(two_workdirs):
     table = tables.coherence_table(analysis.load(list(two_workdirs)), "last")
     for label, m in (("m3", 3), ("m2", 2)):
@@ -82,6 +85,7 @@ def test_a_seed_that_never_learned_makes_the_mean_learning_time_missing_not_shor
     assert tables.mean_by_P(times, "step", "level").set_index("P").loc[64, "level 1"] == 100.0  # a plain mean
 
 
+@pytest.mark.heavy
 def test_launch_report_cli_defaults_out_to_workdir(two_workdirs, capsys):
     launch_report.main(["--workdir", two_workdirs[1], "--at", "best"])
     assert os.path.exists(os.path.join(two_workdirs[1], "report", "report.md"))
@@ -119,6 +123,7 @@ def quick_report(tmp_path_factory):
     return out, report.make_report(workdir, out, at="best", extra_thresholds=extra)
 
 
+@pytest.mark.heavy
 def test_report_of_the_quick_rows_shows_normalized_thresholds_and_every_reading(quick_report):
     out, paths = quick_report
     text = open(paths["report"][0]).read()
@@ -133,6 +138,7 @@ def test_report_of_the_quick_rows_shows_normalized_thresholds_and_every_reading(
     assert os.path.exists(os.path.join(out, "validity_vs_P.png")) and os.path.exists(os.path.join(out, "coherence.png"))
 
 
+@pytest.mark.heavy
 def test_the_clustering_learners_stored_thresholds_are_drawn_by_default(tmp_path):
     """The P figure gets the learner's validity (like the networks'); its accuracy gets a table of its own."""
     workdir = write_workdir(tmp_path / "quick", quick_rows())
@@ -165,11 +171,13 @@ def test_one_p_run_gets_reasons_and_no_p_figure(tmp_path):
     assert "single P (oneP)" in text and text.count("| one P |") == 3
 
 
+@pytest.mark.heavy
 def test_extra_thresholds_need_label_level_and_p_star(two_workdirs, tmp_path):
     with pytest.raises(ValueError, match="extra_thresholds needs the columns label, level, P_star"):
         report.make_report(list(two_workdirs), str(tmp_path), extra_thresholds=pd.DataFrame({"level": [1]}))
 
 
+@pytest.mark.heavy
 def test_time_figures_take_epochs_or_steps(two_workdirs, tmp_path):
     df = analysis.load(two_workdirs[0])
     for axis in ("epoch", "step"):
@@ -188,6 +196,7 @@ def test_the_provenance_lines_give_the_budget_as_configured():
     assert "budget 10000 epochs of each model's P" in by_epochs[3]
 
 
+@pytest.mark.heavy
 def test_report_of_one_workdir_sweeping_m_reads_m_from_the_table(tmp_path):
     """One work directory with m in {2, 3}: thresholds, readings and panels per m; the collapse and c over both."""
     from test_analysis import write_sweep_workdir
@@ -246,6 +255,7 @@ def _rows(text: str, heading: str) -> list[str]:
     return [line for line in section.splitlines() if line.startswith("| sweep |")]
 
 
+@pytest.mark.heavy
 def test_launch_report_on_a_sweep_over_lr_grammar_seed_and_m_has_a_row_per_swept_value(tmp_path):
     """Issue 19: this crashed with KeyError 'lr'; three tables mixed m = 2 and 3 (grouped by P alone)."""
     workdir = write_lr_seed_m_sweep(tmp_path / "sweep")
@@ -271,6 +281,7 @@ def test_launch_report_on_a_sweep_over_lr_grammar_seed_and_m_has_a_row_per_swept
     assert 1.0 < c < 2.0  # half the curves built with c = 1, half with c = 2
 
 
+@pytest.mark.heavy
 def test_report_states_the_estimator_the_interval_and_the_bounds_beside_the_numbers(written):
     text = open(written[1]["report"][0]).read()
     main = text.split("## Thresholds P*_l")[1].split("\n## ")[0]
@@ -280,6 +291,7 @@ def test_report_states_the_estimator_the_interval_and_the_bounds_beside_the_numb
     assert "## Selection: the best band" in text and "xi_C = 1 + the largest distance" in text
 
 
+@pytest.mark.heavy
 def test_report_reads_xi_from_correlations_and_says_where_c_is_below_its_error(tmp_path):
     """C(t) at every distance with its error and the data's own value: xi_C beside xi, the cells whose
     error is not smaller than the value named, and the best band of losses scored with common random numbers."""

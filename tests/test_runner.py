@@ -88,6 +88,7 @@ def reference(tmp_path_factory, compile_cache):
     return config, workdir, rows
 
 
+@pytest.mark.heavy
 def test_run_records_every_evaluation(reference):
     config, workdir, rows = reference
     assert [(r["model"], r["step"]) for r in by_key(rows)] == [(m, s) for m in range(4) for s in STEPS]
@@ -114,6 +115,7 @@ def test_run_records_every_evaluation(reference):
         [str(m), str(P), str(seed), str(best[m])] for m, (P, seed) in enumerate([(16, 0), (16, 1), (64, 0), (64, 1)])]
 
 
+@pytest.mark.heavy
 def test_kept_evaluation_checkpoints_follow_run_keep_evaluations(reference, tmp_path):
     _, _, ref_rows = reference
     points = {0, 1, 2, 3, 4, 6, 8, 11, 16, 23, 30}
@@ -133,6 +135,7 @@ class _Stop(Exception):
     pass
 
 
+@pytest.mark.heavy
 def test_resume_after_a_stop_equals_an_uninterrupted_run(reference, tmp_path, monkeypatch, caplog):
     config, ref_dir, ref_rows = reference
     config = smoke("--config.run.checkpoint_every=24")  # an execution setting: same results
@@ -161,6 +164,7 @@ def test_resume_after_a_stop_equals_an_uninterrupted_run(reference, tmp_path, mo
         assert ckpt.steps() == sorted(STEPS + [48])  # 24 pruned: neither among the last 2 nor evaluated
 
 
+@pytest.mark.heavy
 def test_a_work_directory_older_than_a_schema_key_resumes_from_its_checkpoints(reference, tmp_path, monkeypatch):
     config, _, ref_rows = reference
     workdir = str(tmp_path)
@@ -193,6 +197,7 @@ def _damage_latest(part_directory, step):
         f.truncate(os.path.getsize(biggest) // 2)
 
 
+@pytest.mark.heavy
 def test_broken_latest_checkpoint_falls_back_and_completes(reference, tmp_path, caplog):
     config, ref_dir, ref_rows = reference
     workdir = str(tmp_path / "run")
@@ -207,6 +212,7 @@ def test_broken_latest_checkpoint_falls_back_and_completes(reference, tmp_path, 
     assert any(p.startswith("broken-64-") for p in os.listdir(runner.part_dir(workdir, 0)))
 
 
+@pytest.mark.heavy
 def test_score_reproduces_evaluation_rows_and_touches_nothing(reference, capsys):
     config, workdir, ref_rows = reference
     before = snapshot(os.path.join(workdir, "checkpoints")), snapshot(workdir)["metrics.jsonl"]
@@ -230,6 +236,7 @@ def test_score_reproduces_evaluation_rows_and_touches_nothing(reference, capsys)
         rescore.score(workdir, step=16, sampler_steps="fast")
 
 
+@pytest.mark.heavy
 def test_score_of_a_broken_checkpoint_is_a_clear_error(reference, tmp_path):
     _, ref_dir, _ = reference
     workdir = str(tmp_path / "run")
@@ -239,6 +246,7 @@ def test_score_of_a_broken_checkpoint_is_a_clear_error(reference, tmp_path):
         rescore.score(workdir, step=8)
 
 
+@pytest.mark.heavy
 def test_model_cap_splits_the_grid_with_the_same_rows(reference, tmp_path, caplog):
     """8 models (seeds 0..3) capped at 4 per program: two sub-grids of the reference's size (so no
     new compilation); the models the reference also trained (seeds 0, 1) give its rows and states."""
@@ -258,6 +266,7 @@ def test_model_cap_splits_the_grid_with_the_same_rows(reference, tmp_path, caplo
                                 final_state(ref_dir, config), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.heavy
 def test_per_model_budgets_freeze_each_model_without_touching_the_others(reference, tmp_path):
     config, ref_dir, ref_rows = reference
     config = smoke("--config.train.num_steps=0", "--config.train.num_epochs=4.0")  # 4 * P / 8 steps
@@ -269,6 +278,7 @@ def test_per_model_budgets_freeze_each_model_without_touching_the_others(referen
     assert final_state(str(tmp_path), config).step.tolist() == [8, 8, 32, 32]
 
 
+@pytest.mark.heavy
 def test_diverged_models_are_reported_and_the_others_unharmed(reference, tmp_path, caplog):
     _, _, ref_rows = reference
     config = smoke("--config.train.seeds=(0,)", "--config.train.lr=(3e-3, 1e30)")  # 4 models again
@@ -284,6 +294,7 @@ def test_diverged_models_are_reported_and_the_others_unharmed(reference, tmp_pat
     assert summary[3].split()[-1] == f"nan@{at.pop()}" and summary[3].split()[5] == "-"  # no validity shown
 
 
+@pytest.mark.heavy
 def test_bad_input_is_refused_before_anything_is_written(reference, tmp_path, capsys):
     _, ref_dir, _ = reference
     fresh = str(tmp_path / "fresh")

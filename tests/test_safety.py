@@ -66,6 +66,7 @@ def launch(workdir, cache, *extra):
 
 # ----------------------------------------------------------------------------- 1. read failures
 
+@pytest.mark.heavy
 def test_1_a_transient_read_error_stops_with_one_line_and_changes_nothing(reference, tmp_path, monkeypatch, capsys):
     config, ref_dir, _ = reference
     workdir = copy_of(ref_dir, tmp_path)
@@ -84,6 +85,7 @@ def test_1_a_transient_read_error_stops_with_one_line_and_changes_nothing(refere
     assert snapshot(workdir) == before
 
 
+@pytest.mark.heavy
 def test_1_no_readable_checkpoint_refuses_to_start_over_existing_rows(reference, tmp_path):
     """The user deleted checkpoints/ to save disk and re-ran: 32 rows must not become 0."""
     config, ref_dir, ref_rows = reference
@@ -96,6 +98,7 @@ def test_1_no_readable_checkpoint_refuses_to_start_over_existing_rows(reference,
 
 # ----------------------------------------------------------------------------- 2. locks
 
+@pytest.mark.heavy
 def test_2_a_locked_workdir_is_refused_by_run_force_and_score(reference, tmp_path):
     config, ref_dir, _ = reference
     workdir = copy_of(ref_dir, tmp_path)
@@ -127,6 +130,7 @@ def test_2_two_processes_on_one_workdir_one_runs_one_is_refused(reference, tmp_p
 
 # ----------------------------------------------------------------------------- 3. integrity
 
+@pytest.mark.heavy
 def test_3_a_flipped_byte_is_caught_by_score_and_run_falls_back(reference, tmp_path, caplog):
     """A run stopped after its step-32 checkpoint (64 not yet written), whose newest checkpoint then
     lost a bit: score refuses it; the run falls back to 16 and ends with the reference's rows."""
@@ -153,6 +157,7 @@ def test_3_a_flipped_byte_is_caught_by_score_and_run_falls_back(reference, tmp_p
 
 # ----------------------------------------------------------------------------- 4. divergence
 
+@pytest.mark.heavy
 def test_4_lr_100_collapse_is_flagged_in_rows_summary_and_analysis(tmp_path):
     config = smoke("--config.train.seeds=(0,)", "--config.train.lr=(3e-3, 100.0)")  # same program size
     rows = runner.run(config, str(tmp_path), progress=False)
@@ -174,6 +179,7 @@ def test_4_lr_100_collapse_is_flagged_in_rows_summary_and_analysis(tmp_path):
 
 # ----------------------------------------------------------------------------- 5. lost rows
 
+@pytest.mark.heavy
 def test_5_deleted_metrics_rows_are_re_evaluated_from_kept_checkpoints(reference, tmp_path, caplog):
     config, ref_dir, ref_rows = reference
     workdir = copy_of(ref_dir, tmp_path)
@@ -184,6 +190,7 @@ def test_5_deleted_metrics_rows_are_re_evaluated_from_kept_checkpoints(reference
     assert by_key(rows) == by_key(ref_rows)
 
 
+@pytest.mark.heavy
 def test_5_missing_rows_without_their_checkpoint_are_refused(reference, tmp_path):
     config, ref_dir, ref_rows = reference
     workdir = copy_of(ref_dir, tmp_path)
@@ -197,6 +204,7 @@ def test_5_missing_rows_without_their_checkpoint_are_refused(reference, tmp_path
 
 # ----------------------------------------------------------------------------- 6. signals
 
+@pytest.mark.heavy
 def test_6_sigint_saves_a_checkpoint_and_the_resume_equals_an_uninterrupted_run(reference, tmp_path, monkeypatch):
     """SIGINT arrives during the device call from step 32: it finishes (step 48, not an evaluation
     step), a checkpoint is saved there, and a re-run continues from it."""
@@ -271,6 +279,7 @@ def run_cli(workdir, *extra):
     return launch_local.main(["--config", SMOKE, "--workdir", workdir, "--no_progress", *extra])
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("content, message", [
     ("[1, 2]", "config.json must hold a JSON object"),
     ('{"config": ', "config.json is not valid JSON"),
@@ -285,6 +294,7 @@ def test_8_a_damaged_config_json_is_one_line_naming_it(reference, tmp_path, caps
     assert message in last_line(err) and "Traceback" not in err
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("parts, message", [
     ([[0, 1], [2, 3]], r"holds models \[0, 1, 2, 3\] but partition.json assigns models \[0, 1\]"),
     ([[0, 5]], r"partition.json must split the models' positions 0, 1, ... into runs of consecutive models"),
@@ -305,6 +315,7 @@ def test_8_workdir_that_is_a_file_is_one_line(tmp_path, capsys):
     assert last_line(capsys.readouterr().err) == f"error: workdir={str(path)!r} is a file, not a directory"
 
 
+@pytest.mark.heavy
 def test_8_disk_full_while_writing_rows_or_a_checkpoint_is_one_line(reference, tmp_path, monkeypatch, capsys):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path))
@@ -329,6 +340,7 @@ def test_8_disk_full_while_writing_rows_or_a_checkpoint_is_one_line(reference, t
     assert last_line(err).endswith("No space left on device")
 
 
+@pytest.mark.heavy
 def test_9_a_directory_holding_only_a_stale_temp_file_is_a_new_run(tmp_path):
     config = smoke()
     (tmp_path / "config.json.tmp").write_text('{"config": {"gram')  # a first write cut short
@@ -336,6 +348,7 @@ def test_9_a_directory_holding_only_a_stale_temp_file_is_a_new_run(tmp_path):
     assert {r["step"] for r in rows} == {0, 1, 2, 4, 8, 16, 32, 64}
 
 
+@pytest.mark.heavy
 def test_10_score_refuses_an_empty_checkpoint_folder_and_skips_broken_steps(reference, tmp_path, capsys, caplog):
     _, ref_dir, ref_rows = reference
     workdir = copy_of(ref_dir, tmp_path)
@@ -351,6 +364,7 @@ def test_10_score_refuses_an_empty_checkpoint_folder_and_skips_broken_steps(refe
     assert "holds no checkpoint to score" in last_line(capsys.readouterr().err)
 
 
+@pytest.mark.heavy
 def test_11_prefixes_are_not_options_and_force_moves_only_work_directories(reference, tmp_path, monkeypatch, capsys):
     _, ref_dir, _ = reference
     assert run_cli(str(tmp_path / "x"), "--f") == 2  # not --force

@@ -82,6 +82,7 @@ def test_a_sweep_gives_the_rows_of_its_single_model_runs_from_one_program_per_st
                                 assert row[name] == value, (key, name)
 
 
+@pytest.mark.heavy
 def test_one_work_directory_holds_the_whole_sweep(reference):
     rows, _, workdir = reference
     stored = results.read_config_json(workdir)

@@ -141,6 +141,7 @@ def test_grid_arrays_index_datasets_in_order_of_first_appearance():
 # ----------------------------------------------------------------------------- chunk
 
 
+@pytest.mark.heavy
 def test_grid_equals_separate_runs(setup):
     config, pool_QxD, chunk, init = setup
     grid = make_grid([5, 12, 48], [0, 1, 2], [1e-2, 3e-3, 2e-2], [100] * 3)
@@ -154,6 +155,7 @@ def test_grid_equals_separate_runs(setup):
     assert not np.asarray(state.diverged).any()
 
 
+@pytest.mark.heavy
 def test_chunk_compiles_once_for_new_sizes_and_step_counts(setup):
     config, pool_QxD, chunk, init = setup
     for P, seeds, lr, num_steps in [([5, 12, 1], [0, 1, 3], [1e-2, 1e-3, 1.0], 3),
@@ -166,6 +168,7 @@ def test_chunk_compiles_once_for_new_sizes_and_step_counts(setup):
         chunk(state, grid, pool_QxD, 9)
 
 
+@pytest.mark.heavy
 def test_chunk_then_chunk_equals_one_longer_chunk(setup):
     config, pool_QxD, chunk, init = setup
     grid = make_grid([5, 12, 48], [0, 1, 2], [1e-2, 3e-3, 2e-2], [100] * 3)
@@ -205,6 +208,7 @@ def test_model_stops_exactly_at_its_budget(setup):
         chex.assert_trees_all_equal(take(state, i), take(reference, i))
 
 
+@pytest.mark.heavy
 def test_ema_is_debiased_average_of_iterates(setup):
     config, pool_QxD, chunk, init = setup
     grid = make_grid([12], [4], [1e-2], [100])
@@ -260,6 +264,7 @@ def _bpunet_training(models: int, jax_rule: bool, steps: int = 3):
     return compiled(state, grid, jnp.asarray(pool_QxD), jnp.int32(steps))[0]
 
 
+@pytest.mark.heavy
 def test_bpunet_grid_training_is_bit_identical_to_jax_rule():
     """A grid (M = 2) trains to the same bits with the down/up kernels' products or JAX's (fp32)."""
     ours, reference = _bpunet_training(2, False), _bpunet_training(2, True)
@@ -267,6 +272,7 @@ def test_bpunet_grid_training_is_bit_identical_to_jax_rule():
     chex.assert_trees_all_equal(ours, reference)
 
 
+@pytest.mark.heavy
 def test_one_bpunet_trains_like_jax_rule_to_rounding():
     """One model (M = 1): same gradients (tests/test_networks.py), Adam may differ in the last bit.
 
@@ -281,6 +287,7 @@ def test_one_bpunet_trains_like_jax_rule_to_rounding():
 # ---------- the step's passes over the state (issue 12) ----------
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("models,ema_decay", [(1, 0.0), (2, 0.0), (2, 0.9)])
 def test_compiled_step_copies_no_part_of_the_train_state(models, ema_decay):
     """No parameter, moment or EMA leaf is copied at the top of each step of the compiled loop.
@@ -314,6 +321,7 @@ def test_all_finite_sees_one_bad_entry_in_any_leaf():
             assert not bool(train._all_finite(broken)), (leaf, bad)
 
 
+@pytest.mark.heavy
 def test_bf16_first_moment_is_rounded_where_stored_not_where_used():
     """With ``train.mu_dtype='bfloat16'`` the step uses the float32 first moment, as optax does.
 

@@ -65,6 +65,7 @@ def test_bf16_first_moment_only_and_bad_name():
         config_lib.validate(config)
 
 
+@pytest.mark.heavy
 def test_bf16_moments_train():
     """A chunk of the smoke grid with bf16 first moments: finite losses, moments stay bf16, params move."""
     config = config_lib.load("sweeps/smoke.py", ["--config.train.num_steps=4", "--config.train.steps_per_call=4"])
@@ -109,6 +110,7 @@ def full_batch_config(mode: str) -> ml_collections.ConfigDict:
     return config
 
 
+@pytest.mark.heavy
 def test_full_batch_step_is_an_adam_step_on_exactly_the_P_rows():
     config = full_batch_config("full_batch")
     process = diffusion.make(dict(name="uniform", T=20, beta1=0.01, beta2=0.2), 4)
