@@ -18,9 +18,9 @@ Run time: ESTIMATE, not yet measured: the sum of the two former runs. Training i
           plus ~2 min of evaluations each: about 2 h in all. The authors' code (one model per
           process, 127 steps/s) would need about 36 GPU-hours for the same 63 models.
           Quick (two programs: m=3, 8 models, and m=2, 7 models, x 4096 steps) on the idle 2-core
-          CPU, as one sweep from a fresh clone (main b268bac): 2 min 22 s of training and
-          evaluation, 3 min 15 s with the install and the report (measured with 1 evaluation per
-          octave; 2 per octave since issue 19: 25 evaluations instead of 14 per model).
+          CPU, as one sweep from a fresh clone (main b6a9da7, 2026-12-07, 2 evaluations per
+          octave): 2 min 50 s of training and evaluation, 3 min 58 s with the install and the
+          report (main b268bac, 1 evaluation per octave: 2 min 22 s and 3 min 15 s).
 Expected: final validity rises with P level by level; thresholds P*_l ~ c v m**(l+1) with ratios
           P*_(l+1) / P*_l ~ m and P*_4 ~ 16384 at m=4 (SPEC section 5), i.e. c ~ 1, far below P_max;
           at m=3, P*_l ~ c * (144, 432, 1296, 3888). The collapse: validity vs P / (v m**(l+1)) of
