@@ -100,3 +100,51 @@ def test_the_wheel_installs_into_a_fresh_venv_and_runs_the_smoke_job_and_report_
     call(bin_dir / "python", "-m", "launch.score", "--workdir", "runs/smoke", "--step", "64")
     report = call(bin_dir / "rhm-report", "--workdir", "runs/smoke")
     assert "report.md" in report.stdout and (elsewhere / "runs" / "smoke" / "report" / "report.md").exists()
+
+
+@pytest.mark.slow
+def test_a_wheel_built_from_a_git_checkout_names_its_commit_and_packages_when_run_elsewhere(tmp_path):
+    source = _source_copy(str(tmp_path / "src"))
+    env = _env(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    env.pop("PYTHONPATH", None)  # nothing of the clone on the path
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "snapshot"]):
+        subprocess.run(["git", "-C", source, *args], env=env, check=True, capture_output=True, timeout=60)
+    head = subprocess.run(["git", "-C", source, "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), source],
+                   env=env, check=True, capture_output=True, timeout=600)
+    wheel = [f for f in os.listdir(tmp_path / "dist") if f.endswith(".whl")]
+    assert len(wheel) == 1
+    assert not os.path.exists(os.path.join(source, "rhm_jax", "_build_info.py"))  # the source tree is untouched
+    # A fresh venv that sees this interpreter's packages (no network needed) but not the clone.
+    venv.EnvBuilder(with_pip=True, system_site_packages=True).create(tmp_path / "venv")
+    bin_dir = tmp_path / "venv" / "bin"
+    ours = subprocess.run([str(bin_dir / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    import sysconfig
+    with open(os.path.join(ours, "parent_packages.pth"), "w") as f:
+        f.write(sysconfig.get_path("purelib") + "\n")
+    installed = subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "-q", "--no-deps",
+                                str(tmp_path / "dist" / wheel[0])], env=env, capture_output=True, text=True,
+                               timeout=600)
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    def call(*args):
+        done = subprocess.run([str(a) for a in args], cwd=elsewhere, env=env, capture_output=True, text=True,
+                              timeout=1200)
+        assert done.returncode == 0, (args, done.stdout[-2000:], done.stderr[-3000:])
+        return done
+
+    probe = call(bin_dir / "python", "-c", "import rhm_jax; print(rhm_jax.__file__)")
+    assert probe.stdout.startswith(ours)
+    call(bin_dir / "rhm-run", "--config", "sweeps/smoke.py", "--workdir", "runs/smoke", "--no_progress")
+    prov = results.read_config_json(str(elsewhere / "runs" / "smoke"))["provenance"]
+    assert prov["git"] == {"revision": head, "dirty": False, "from": "build"}
+    for name in ("rhm_jax", "scipy", "matplotlib", "jax", "orbax-checkpoint"):
+        assert prov["packages"][name], (name, prov["packages"])
+    call(bin_dir / "rhm-report", "--workdir", "runs/smoke")
+    text = (elsewhere / "runs" / "smoke" / "report" / "report.md").read_text()
+    assert f"- commit: {head} (recorded when the installed package was built)" in text
+    assert "rhm_jax 0.1.0" in text and "scipy " in text and "matplotlib " in text
