@@ -148,3 +148,40 @@ def test_a_wheel_built_from_a_git_checkout_names_its_commit_and_packages_when_ru
     text = (elsewhere / "runs" / "smoke" / "report" / "report.md").read_text()
     assert f"- commit: {head} (recorded when the installed package was built)" in text
     assert "rhm_jax 0.1.0" in text and "scipy " in text and "matplotlib " in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gpu, chosen, installs", [
+    (False, None, ".[test]"), (True, None, ".[test,cuda12]"), (True, "cpu", ".[test]"),
+    (False, "tpu", ".[test,tpu]"), (False, "cuda13", ".[test,cuda13]")])
+def test_setup_sh_installs_the_cuda_extra_where_nvidia_smi_lists_a_gpu_unless_told(tmp_path, gpu, chosen, installs):
+    (tmp_path / "launch").mkdir()
+    shutil.copy(os.path.join(ROOT, "launch", "setup.sh"), tmp_path / "launch" / "setup.sh")
+    log = tmp_path / "calls.txt"
+    for path, body in ((tmp_path / ".venv" / "bin" / "python", f'echo "$*" >> {log}'),  # pip and the job, recorded
+                       (tmp_path / "fake" / "nvidia-smi", 'echo "GPU 0: NVIDIA H100 (UUID: GPU-1)"' if gpu else "exit 9")):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"#!/bin/sh\n{body}\n")
+        path.chmod(0o755)
+    env = _env(PATH=f"{tmp_path / 'fake'}:{os.environ['PATH']}")
+    env.pop("RHM_EXTRA", None)
+    if chosen:
+        env["RHM_EXTRA"] = chosen
+    done = subprocess.run(["bash", str(tmp_path / "launch" / "setup.sh"), "quick", "--x"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    calls = log.read_text().splitlines()
+    assert calls[-2:] == [f"-m pip install -q -e {installs}", "-m launch.quickstart --x"]
+
+
+@pytest.mark.slow
+def test_setup_sh_refuses_an_unknown_extra_in_one_line(tmp_path):
+    (tmp_path / "launch").mkdir()
+    shutil.copy(os.path.join(ROOT, "launch", "setup.sh"), tmp_path / "launch" / "setup.sh")
+    stub = tmp_path / ".venv" / "bin" / "python"
+    stub.parent.mkdir(parents=True)
+    stub.write_text("#!/bin/sh\nexit 0\n")
+    stub.chmod(0o755)
+    done = subprocess.run(["bash", str(tmp_path / "launch" / "setup.sh"), "test"], env=_env(RHM_EXTRA="rocm"),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "RHM_EXTRA=rocm" in done.stderr, done.stderr
