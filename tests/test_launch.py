@@ -185,3 +185,17 @@ def test_setup_sh_refuses_an_unknown_extra_in_one_line(tmp_path):
     done = subprocess.run(["bash", str(tmp_path / "launch" / "setup.sh"), "test"], env=_env(RHM_EXTRA="rocm"),
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "RHM_EXTRA=rocm" in done.stderr, done.stderr
+
+
+def test_the_citation_file_cites_this_software_and_the_paper_under_the_license_of_the_repository():
+    yaml = pytest.importorskip("yaml")
+    with open(os.path.join(ROOT, "CITATION.cff")) as f:
+        cff = yaml.safe_load(f)
+    assert {"cff-version", "message", "title", "authors"} <= set(cff) and cff["type"] == "software"
+    with open(os.path.join(ROOT, "LICENSE")) as f:
+        assert f.readline().split()[0] == cff["license"] == "MIT"
+    import rhm_jax
+    assert str(cff["version"]) == rhm_jax.__version__
+    (paper,) = [r for r in cff["references"] if "Diffusion Models are Trained" in r["title"]]
+    assert paper["year"] == 2025 and "ICML 2025" in paper["collection-title"]
+    assert [a["family-names"] for a in paper["authors"]] == ["Favero", "Sclocchi", "Cagnetta", "Frossard", "Wyart"]
