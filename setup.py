@@ -26,7 +26,8 @@ class BuildWithRevision(build_py):
     def run(self):
         super().run()
         revision = None
-        if os.path.realpath(_git("rev-parse", "--show-toplevel") or "/nonexistent") == HERE:  # this tree's own checkout, not one around it
+        top = _git("rev-parse", "--show-toplevel")
+        if top and os.path.realpath(top) == HERE:  # this tree's own checkout, not a clone around it
             revision = _git("rev-parse", "HEAD")
         status = _git("status", "--porcelain", "--untracked-files=no") if revision else None
         target = os.path.join(self.build_lib, "rhm_jax", "_build_info.py")

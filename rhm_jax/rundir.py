@@ -86,7 +86,8 @@ def _git_checkout(path: str, require_top: str | None = None) -> dict[str, Any]:
                               check=True).stdout.strip()
 
     try:
-        if require_top is not None and os.path.realpath(git("rev-parse", "--show-toplevel")) != os.path.realpath(require_top):
+        top = git("rev-parse", "--show-toplevel")
+        if require_top is not None and os.path.realpath(top) != os.path.realpath(require_top):
             return {"revision": None, "dirty": None}
         revision = git("rev-parse", "HEAD")
         status = git("status", "--porcelain", "--untracked-files=no")

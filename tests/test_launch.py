@@ -158,8 +158,9 @@ def test_setup_sh_installs_the_cuda_extra_where_nvidia_smi_lists_a_gpu_unless_to
     (tmp_path / "launch").mkdir()
     shutil.copy(os.path.join(ROOT, "launch", "setup.sh"), tmp_path / "launch" / "setup.sh")
     log = tmp_path / "calls.txt"
+    listing = 'echo "GPU 0: NVIDIA H100 (UUID: GPU-1)"' if gpu else "exit 9"  # a driver without a GPU fails
     for path, body in ((tmp_path / ".venv" / "bin" / "python", f'echo "$*" >> {log}'),  # pip and the job, recorded
-                       (tmp_path / "fake" / "nvidia-smi", 'echo "GPU 0: NVIDIA H100 (UUID: GPU-1)"' if gpu else "exit 9")):
+                       (tmp_path / "fake" / "nvidia-smi", listing)):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"#!/bin/sh\n{body}\n")
         path.chmod(0o755)
