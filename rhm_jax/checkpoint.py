@@ -5,8 +5,8 @@ StandardSave) and ``meta`` (a JSON dict: grid rows, step, config hash). Saves ar
 checkpoint is complete on disk before the next device call may reuse (donate) its buffers.
 
 Keep policy: the ``keep_last`` most recent steps plus every step in ``keep_steps`` (the evaluation
-steps), through orbax's preservation policies (orbax >= 0.12.4), else by hand after each save.
-A checkpoint is only ever removed by that policy once newer ones exist.
+steps), through orbax's preservation policies (orbax-checkpoint >= 0.12.4, a dependency). A
+checkpoint is only ever removed by that policy once newer ones exist.
 
 Integrity: ``meta`` holds ``checksums``, one uint32 per model of the state's array bits (computed
 on the device at save, checked after every restore). A restore fails in one of two ways:
@@ -30,9 +30,7 @@ import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
 
-_managers = getattr(ocp, "checkpoint_managers", None)
-HAS_PRESERVATION_POLICY = all(
-    hasattr(_managers, name) for name in ("AnyPreservationPolicy", "LatestN", "CustomSteps"))
+_managers = ocp.checkpoint_managers
 
 
 # Errors of the environment rather than of the files: errno values, and the words tensorstore and
@@ -136,14 +134,13 @@ class Checkpointer:
     """Save / list / restore checkpoints of one (sub-)grid in ``directory``."""
 
     def __init__(self, directory: str, keep_last: int = 3, keep_steps: Iterable[int] = (),
-                 use_policy: bool = HAS_PRESERVATION_POLICY, read_only: bool = False):
+                 read_only: bool = False):
         if keep_last < 1:
             raise ValueError(f"keep_last={keep_last} must be >= 1")
         self.directory = os.path.abspath(directory)
         self.keep_last = int(keep_last)
         self.keep_steps = frozenset(int(s) for s in keep_steps)
         self.read_only = read_only
-        self._by_hand = not use_policy
         if read_only:
             if not os.path.isdir(self.directory):
                 raise ValueError(f"no checkpoint directory {self.directory}")
@@ -151,13 +148,10 @@ class Checkpointer:
             # orbax logs a warning for each one it changes.
             options = ocp.CheckpointManagerOptions(read_only=True, enable_async_checkpointing=False,
                                                    save_interval_steps=0, create=False)
-        elif use_policy:
+        else:
             policy = _managers.AnyPreservationPolicy([
                 _managers.LatestN(self.keep_last), _managers.CustomSteps(sorted(self.keep_steps))])
             options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
-                                                   enable_async_checkpointing=False)
-        else:
-            options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True,
                                                    enable_async_checkpointing=False)
         absl_logger = logging.getLogger("absl")  # orbax logs through absl
         absl_logger.addFilter(_drop_read_only_notice)
@@ -195,16 +189,6 @@ class Checkpointer:
             absl.setLevel(level)
         if not saved:
             raise RuntimeError(f"orbax refused to save step {step} in {self.directory}")
-        if self._by_hand:
-            self._prune()
-
-    def _prune(self) -> None:
-        """Delete steps neither among the last ``keep_last`` nor in ``keep_steps``."""
-        steps = self.steps()
-        keep = set(steps[-self.keep_last:]) | self.keep_steps
-        for step in steps:
-            if step not in keep:
-                self._manager.delete(step)
 
     def restore(self, step: int, target: Any, strict: bool = True) -> tuple[Any, dict]:
         """(state, meta) of ``step``; ``target`` gives the tree structure, shapes, dtypes, shardings.

@@ -42,7 +42,8 @@ from rhm_jax import lock
 
 log = logging.getLogger(__name__)
 
-PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "ml-collections", "pandas")
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "ml-collections", "pandas", "scipy",
+            "matplotlib")
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 TRAIN_FILE = "train.jsonl"
@@ -60,26 +61,51 @@ def _version(package: str) -> str | None:
 
 
 def git_revision(path: str | None = None) -> dict[str, Any]:
-    """{'revision', 'dirty'} of the git checkout holding ``path`` (this package by default)."""
-    path = path or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    """{'revision', 'dirty'} of the git checkout holding ``path``; None for both outside one.
+
+    Without ``path``: the checkout this package is imported from (only if it is that checkout's own
+    top level, not a virtual environment inside some clone), else the commit written into the
+    package when it was built (``rhm_jax/_build_info.py``, by setup.py), with ``'from': 'build'``.
+    """
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    found = _git_checkout(path or package_root, require_top=None if path else package_root)
+    if path is not None or found["revision"] is not None:
+        return found
     try:
-        revision = subprocess.run(["git", "-C", path, "rev-parse", "HEAD"], capture_output=True,
-                                  text=True, timeout=10, check=True).stdout.strip()
-        status = subprocess.run(["git", "-C", path, "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=10, check=True).stdout
+        from rhm_jax import _build_info  # absent in a source checkout: written at build time only
+    except ImportError:
+        return found
+    if _build_info.REVISION is None:
+        return found
+    return {"revision": _build_info.REVISION, "dirty": _build_info.DIRTY, "from": "build"}
+
+
+def _git_checkout(path: str, require_top: str | None = None) -> dict[str, Any]:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", path, *args], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+
+    try:
+        top = git("rev-parse", "--show-toplevel")
+        if require_top is not None and os.path.realpath(top) != os.path.realpath(require_top):
+            return {"revision": None, "dirty": None}
+        revision = git("rev-parse", "HEAD")
+        status = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return {"revision": None, "dirty": None}
-    return {"revision": revision, "dirty": bool(status.strip())}
+    return {"revision": revision, "dirty": bool(status)}
 
 
 def provenance() -> dict[str, Any]:
-    """Package versions, git revision, python, devices, host and UTC date of this process."""
+    """Package versions (rhm_jax's own included), git revision, python, devices, host and UTC date."""
     import jax
+
+    import rhm_jax
 
     devices = jax.devices()
     return {
         "python": sys.version.split()[0],
-        "packages": {name: _version(name) for name in PACKAGES},
+        "packages": {"rhm_jax": rhm_jax.__version__, **{name: _version(name) for name in PACKAGES}},
         "git": git_revision(),
         "devices": {"platform": devices[0].platform, "kind": devices[0].device_kind, "count": len(devices)},
         "hostname": socket.gethostname(),

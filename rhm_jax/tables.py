@@ -57,7 +57,8 @@ def commit(prov: dict) -> str:
     """Git revision from provenance ({'git': {'revision', 'dirty'}} or a plain string)."""
     git = prov.get("git", prov.get("git_revision", prov.get("commit")))
     if isinstance(git, dict):
-        return f"{git.get('revision') or '?'}{' (dirty tree)' if git.get('dirty') else ''}"
+        built = " (recorded when the installed package was built)" if git.get("from") == "build" else ""
+        return f"{git.get('revision') or '?'}{' (dirty tree)' if git.get('dirty') else ''}{built}"
     return str(git or "?")
 
 

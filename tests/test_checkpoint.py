@@ -49,10 +49,9 @@ def test_round_trip_is_exact(tmp_path, states):
         chex.assert_trees_all_equal(latest, other)
 
 
-@pytest.mark.parametrize("use_policy", [True, False], ids=["orbax-policy", "by-hand"])
-def test_keep_policy(tmp_path, states, use_policy):
+def test_keep_policy(tmp_path, states):
     state, _ = states
-    with checkpoint.Checkpointer(str(tmp_path), keep_last=2, keep_steps={1, 4, 8}, use_policy=use_policy) as ckpt:
+    with checkpoint.Checkpointer(str(tmp_path), keep_last=2, keep_steps={1, 4, 8}) as ckpt:
         for step in range(1, 11):
             ckpt.save(step, state, {})
             assert ckpt.steps()[-1] == step  # the newest is never pruned

@@ -100,3 +100,103 @@ def test_the_wheel_installs_into_a_fresh_venv_and_runs_the_smoke_job_and_report_
     call(bin_dir / "python", "-m", "launch.score", "--workdir", "runs/smoke", "--step", "64")
     report = call(bin_dir / "rhm-report", "--workdir", "runs/smoke")
     assert "report.md" in report.stdout and (elsewhere / "runs" / "smoke" / "report" / "report.md").exists()
+
+
+@pytest.mark.slow
+def test_a_wheel_built_from_a_git_checkout_names_its_commit_and_packages_when_run_elsewhere(tmp_path):
+    source = _source_copy(str(tmp_path / "src"))
+    env = _env(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    env.pop("PYTHONPATH", None)  # nothing of the clone on the path
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "snapshot"]):
+        subprocess.run(["git", "-C", source, *args], env=env, check=True, capture_output=True, timeout=60)
+    head = subprocess.run(["git", "-C", source, "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), source],
+                   env=env, check=True, capture_output=True, timeout=600)
+    wheel = [f for f in os.listdir(tmp_path / "dist") if f.endswith(".whl")]
+    assert len(wheel) == 1
+    assert not os.path.exists(os.path.join(source, "rhm_jax", "_build_info.py"))  # the source tree is untouched
+    # A fresh venv that sees this interpreter's packages (no network needed) but not the clone.
+    venv.EnvBuilder(with_pip=True, system_site_packages=True).create(tmp_path / "venv")
+    bin_dir = tmp_path / "venv" / "bin"
+    ours = subprocess.run([str(bin_dir / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    import sysconfig
+    with open(os.path.join(ours, "parent_packages.pth"), "w") as f:
+        f.write(sysconfig.get_path("purelib") + "\n")
+    installed = subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "-q", "--no-deps",
+                                str(tmp_path / "dist" / wheel[0])], env=env, capture_output=True, text=True,
+                               timeout=600)
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    def call(*args):
+        done = subprocess.run([str(a) for a in args], cwd=elsewhere, env=env, capture_output=True, text=True,
+                              timeout=1200)
+        assert done.returncode == 0, (args, done.stdout[-2000:], done.stderr[-3000:])
+        return done
+
+    probe = call(bin_dir / "python", "-c", "import rhm_jax; print(rhm_jax.__file__)")
+    assert probe.stdout.startswith(ours)
+    call(bin_dir / "rhm-run", "--config", "sweeps/smoke.py", "--workdir", "runs/smoke", "--no_progress")
+    prov = results.read_config_json(str(elsewhere / "runs" / "smoke"))["provenance"]
+    assert prov["git"] == {"revision": head, "dirty": False, "from": "build"}
+    for name in ("rhm_jax", "scipy", "matplotlib", "jax", "orbax-checkpoint"):
+        assert prov["packages"][name], (name, prov["packages"])
+    call(bin_dir / "rhm-report", "--workdir", "runs/smoke")
+    text = (elsewhere / "runs" / "smoke" / "report" / "report.md").read_text()
+    assert f"- commit: {head} (recorded when the installed package was built)" in text
+    assert "rhm_jax 0.1.0" in text and "scipy " in text and "matplotlib " in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gpu, chosen, installs", [
+    (False, None, ".[test]"), (True, None, ".[test,cuda12]"), (True, "cpu", ".[test]"),
+    (False, "tpu", ".[test,tpu]"), (False, "cuda13", ".[test,cuda13]")])
+def test_setup_sh_installs_the_cuda_extra_where_nvidia_smi_lists_a_gpu_unless_told(tmp_path, gpu, chosen, installs):
+    (tmp_path / "launch").mkdir()
+    shutil.copy(os.path.join(ROOT, "launch", "setup.sh"), tmp_path / "launch" / "setup.sh")
+    log = tmp_path / "calls.txt"
+    listing = 'echo "GPU 0: NVIDIA H100 (UUID: GPU-1)"' if gpu else "exit 9"  # a driver without a GPU fails
+    for path, body in ((tmp_path / ".venv" / "bin" / "python", f'echo "$*" >> {log}'),  # pip and the job, recorded
+                       (tmp_path / "fake" / "nvidia-smi", listing)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"#!/bin/sh\n{body}\n")
+        path.chmod(0o755)
+    env = _env(PATH=f"{tmp_path / 'fake'}:{os.environ['PATH']}")
+    env.pop("RHM_EXTRA", None)
+    if chosen:
+        env["RHM_EXTRA"] = chosen
+    done = subprocess.run(["bash", str(tmp_path / "launch" / "setup.sh"), "quick", "--x"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    calls = log.read_text().splitlines()
+    assert calls[-2:] == [f"-m pip install -q -e {installs}", "-m launch.quickstart --x"]
+
+
+@pytest.mark.slow
+def test_setup_sh_refuses_an_unknown_extra_in_one_line(tmp_path):
+    (tmp_path / "launch").mkdir()
+    shutil.copy(os.path.join(ROOT, "launch", "setup.sh"), tmp_path / "launch" / "setup.sh")
+    stub = tmp_path / ".venv" / "bin" / "python"
+    stub.parent.mkdir(parents=True)
+    stub.write_text("#!/bin/sh\nexit 0\n")
+    stub.chmod(0o755)
+    done = subprocess.run(["bash", str(tmp_path / "launch" / "setup.sh"), "test"], env=_env(RHM_EXTRA="rocm"),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "RHM_EXTRA=rocm" in done.stderr, done.stderr
+
+
+def test_the_citation_file_cites_this_software_and_the_paper_under_the_license_of_the_repository():
+    yaml = pytest.importorskip("yaml")
+    with open(os.path.join(ROOT, "CITATION.cff")) as f:
+        cff = yaml.safe_load(f)
+    assert {"cff-version", "message", "title", "authors"} <= set(cff) and cff["type"] == "software"
+    with open(os.path.join(ROOT, "LICENSE")) as f:
+        assert f.readline().split()[0] == cff["license"] == "MIT"
+    import rhm_jax
+    assert str(cff["version"]) == rhm_jax.__version__
+    (paper,) = [r for r in cff["references"] if "Diffusion Models are Trained" in r["title"]]
+    assert paper["year"] == 2025 and "ICML 2025" in paper["collection-title"]
+    assert [a["family-names"] for a in paper["authors"]] == ["Favero", "Sclocchi", "Cagnetta", "Frossard", "Wyart"]

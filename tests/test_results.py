@@ -2,12 +2,15 @@
 import json
 import os
 import subprocess
+import sys
+import types
 
 import numpy as np
 import pytest
 
 from rhm_jax import config as config_lib
-from rhm_jax import analysis, results
+import rhm_jax
+from rhm_jax import analysis, results, rundir
 
 GRID = [dict(index=0, P=16, seed=0, lr=1e-3), dict(index=1, P=64, seed=0, lr=1e-3)]
 
@@ -84,6 +87,26 @@ def test_new_workdir_records_config_grid_and_provenance(tmp_path, smoke):
 
 def test_git_revision_outside_a_checkout(tmp_path):
     assert results.git_revision(str(tmp_path)) == {"revision": None, "dirty": None}
+
+
+def test_provenance_names_rhm_jax_scipy_and_matplotlib():
+    packages = rundir.provenance()["packages"]
+    assert packages["rhm_jax"] == rhm_jax.__version__
+    assert packages["scipy"] and packages["matplotlib"]
+
+
+def test_an_installed_package_outside_its_checkout_names_the_commit_it_was_built_from(monkeypatch):
+    monkeypatch.setattr(rundir, "_git_checkout", lambda path, require_top=None: {"revision": None, "dirty": None})
+    monkeypatch.setitem(sys.modules, "rhm_jax._build_info", types.SimpleNamespace(REVISION="abc123", DIRTY=False))
+    assert rundir.git_revision() == {"revision": "abc123", "dirty": False, "from": "build"}
+    monkeypatch.setitem(sys.modules, "rhm_jax._build_info", types.SimpleNamespace(REVISION=None, DIRTY=None))
+    assert rundir.git_revision() == {"revision": None, "dirty": None}
+
+
+def test_a_directory_inside_some_other_checkout_is_not_taken_for_the_package_checkout(tmp_path):
+    here = os.path.dirname(os.path.abspath(__file__))  # tests/ of this checkout: a checkout, but not its top
+    assert rundir._git_checkout(here, require_top=here) == {"revision": None, "dirty": None}
+    assert rundir._git_checkout(here)["revision"] is not None
 
 
 def test_same_config_resumes_and_execution_keys_may_differ(tmp_path, smoke):
