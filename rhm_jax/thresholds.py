@@ -25,7 +25,8 @@ METHODS = {"interp": "isotonic fit in log P, interpolated at 1/2 (no plateau ass
 DEFAULT_METHOD = "interp"
 BOOTSTRAP = 200  # resamples of each threshold's interval
 INTERVAL = ("95 % bootstrap interval: replicates (grammar/data/model seeds) resampled with replacement, "
-            "and each validity redrawn from its binomial sampling error over its N samples")
+            "and each validity redrawn from its binomial sampling error over its N samples; a resample "
+            "whose crossing falls outside the measured P counts at the smallest P, or as inf beyond the largest")
 
 def sigmoid(x: np.ndarray, center: float, slope: float) -> np.ndarray:
     """Logistic 1 / (1 + exp(-slope (x - center))), which is 1/2 at ``center``."""
@@ -97,7 +98,8 @@ def _censor(P: pd.Series, validity: pd.Series, P_star: float) -> str:
 def _bootstrap(g: pd.DataFrame, reps: list[str], method: str, rng: np.random.Generator,
                num: int = BOOTSTRAP) -> tuple[float, float]:
     """95 % interval of the threshold of one curve's rows (``INTERVAL``): (lo, hi), inf when the
-    upper end never reaches 1/2 within the measured P, NaN when no resample crosses."""
+    upper end never reaches 1/2 within the measured P, the smallest P where resamples start above
+    1/2 (their crossing is at or below it), NaN when fewer than half the resamples cross."""
     g = g[np.isfinite(g["validity"].to_numpy(float))]
     if g["P"].nunique() < 2:
         return np.nan, np.nan
@@ -122,11 +124,21 @@ def _bootstrap(g: pd.DataFrame, reps: list[str], method: str, rng: np.random.Gen
             out[b] = p_star
         elif np.nanmax(value) < 0.5:
             out[b] = np.inf  # beyond the largest P
+        elif _starts_above(P[pick], value):
+            out[b] = P[pick].min()  # at or below the smallest P: counted there, not dropped
     out = out[~np.isnan(out)]
     if out.size < num / 2:
         return np.nan, np.nan
     lo, hi = np.quantile(out, [0.025, 0.975], method="inverted_cdf")
     return float(lo), float(hi)
+
+
+def _starts_above(P_K: np.ndarray, y_K: np.ndarray) -> bool:
+    """Whether the monotone fit of y against P is at or above 1/2 already at the smallest P."""
+    ok = np.isfinite(y_K)
+    order = np.argsort(P_K[ok], kind="stable")
+    fit_K = isotonic(y_K[ok][order])
+    return bool(fit_K.size and fit_K[0] >= 0.5)
 
 
 def _bound(g: pd.DataFrame, P_star: float, rising: set) -> bool:

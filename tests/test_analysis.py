@@ -497,3 +497,15 @@ def test_one_rule_for_best_in_results_and_analysis():
     assert results.pick(df, "last")["step"] == 1600
     with pytest.raises(ValueError, match="at"):
         results.pick(df, "first")
+
+
+def test_the_interval_holds_its_threshold_when_resamples_cross_below_the_smallest_p():
+    """A curve crossing 1/2 just above its smallest P: resamples that start above 1/2 cross at or
+    below that P and count there, not dropped (dropping them pushed the interval above its own P*)."""
+    chance = theory.uniform_validity(8, 3, 2, 2, 8)[0]
+    rows = [dict(model=i, P=P, seed=0, step=step, validity_l1=chance + (1 - chance) * norm, test_loss=1.0 - step / 1e4,
+                 num_samples=256)
+            for i, (P, norm) in enumerate([(64, 0.47), (256, 0.8), (1024, 0.9)]) for step in (512, 1024)]
+    row = thresholds.summary(thresholds.table(pd.DataFrame(rows).assign(v=8, n=8, m=3, s=2, L=2))).iloc[0]
+    assert 64 < row["P_star"] < 256
+    assert row["P_star_lo"] == 64 and row["P_star_lo"] <= row["P_star"] <= row["P_star_hi"]
