@@ -10,10 +10,17 @@ Grid:     v=n=8, m=3, s=2, L=3 (d=8, P_max = 17496) as the quick sweep and the C
           T=50 with beta2=0.2 (the quick sweep's process: alphabar_T ~ 0.007, so x_T is almost
           uniform, at a quarter of the paper's T=200 sampling cost; the quick sweep read the same
           thresholds with it); 2**14 steps; 2 evaluations per octave of 256 samples.
-Run time: see docs/results/pilot_cpu/README.md (measured there, with the load average).
+Run time: measured 2026-12-07 (branch p20, ef070a0) on the 2-core CPU shared with a test run (load
+          5.6-6.7, nice -n 5): 18 min 34 s for the 19 models (W=32: 308 s, 747 model-steps/s;
+          W=64: 602 s, 300 model-steps/s; W=128: 134 s, ~180 model-steps/s for its one model);
+          the report 31 s. Idle: about a third of that (W=64's benchmark rate is 3.1x the loaded one).
 Expected: the level-1 and level-2 thresholds of the quick sweep (72, 216 by theory); the steps at
           which each P's test loss bottoms out, per width and lr, set the reproduction's budget.
-Measured: docs/results/pilot_cpu/README.md.
+Measured: every level reached at P=1024 within 2**14 steps at lr 4e-3 and 8e-3 (level 3 at the best
+          evaluation 0.55-0.73 normalized, not still rising); lr 8e-3 best for both widths; test
+          loss bottoms out at step 256-724 (P=64), 512-2048 (P=256), 11585 (P=1024). Thresholds (3 P,
+          one seed) at W=64, lr 8e-3: P*_2 = 177, P*_3 = 587 (theory 216, 648). Choice for the
+          hour-long reproduction: W=64, lr 8e-3, T=50, 2**16 steps (docs/results/pilot_cpu/README.md).
 """
 from __future__ import annotations
 
