@@ -2,6 +2,8 @@
 
 Launch:   python -m launch.local --config sweeps/pilot_cpu.py --workdir runs/pilot_cpu
           python -m launch.report --workdir runs/pilot_cpu --at best
+Quick:    python -m launch.local --config sweeps/pilot_cpu.py:quick --workdir DIR (seconds; the same
+          three programs, tiny: for tests of the pipeline, not a measurement)
 Sweep:    get_sweep: network.width over 32, 64, 128 (static: one program per width, run one after
           another); train.lr and data.num_train are per-model grid axes inside each program.
 Grid:     v=n=8, m=3, s=2, L=3 (d=8, P_max = 17496) as the quick sweep and the CPU reproduction;
@@ -36,19 +38,24 @@ _BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hierarchy_in_p
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """v=8, m=3, L=3 at P = 64, 256, 1024, lr 2e-3 .. 8e-3, T=50, 2**14 steps; width from the sweep."""
-    if arg not in (None, ""):
-        raise ValueError(f"sweeps/pilot_cpu.py takes no argument, got {arg!r}")
+    if arg not in (None, "", "quick"):
+        raise ValueError(f"sweeps/pilot_cpu.py takes no argument or 'quick', got {arg!r}")
     config = config_lib.load(_BASE + ":quick")  # its v=8, L=3 grammar, T=50 process, batch 64
     config.data.update(dict(num_train=(64, 256, 1024), num_test=256, seed=0))
     config.network.width = 32
     config.train.update(dict(lr=(2e-3, 4e-3, 8e-3), num_steps=2**14, seeds=(0,), steps_per_call=128))
     config.eval.update(dict(num_samples=256, per_octave=2, num_windows=10))
+    if arg == "quick":  # the same pipeline in seconds: short chain, a few steps, few samples
+        config.data.update(dict(num_train=(32, 256), num_test=64))
+        config.process.T = 20
+        config.train.update(dict(num_steps=8, steps_per_call=8))
+        config.eval.update(dict(num_samples=16, loss_rows=64))
     return config
 
 
 def get_sweep(arg: str | None = None) -> list[dict]:
     """Width 32 and 64 with every P and lr; width 128 last, one model (P=1024, lr 4e-3) for its speed."""
-    if arg not in (None, ""):
-        raise ValueError(f"sweeps/pilot_cpu.py takes no argument, got {arg!r}")
+    if arg not in (None, "", "quick"):
+        raise ValueError(f"sweeps/pilot_cpu.py takes no argument or 'quick', got {arg!r}")
     return plan.sweep("network.width", [32, 64]) + [
         {"network.width": 128, "data.num_train": (1024,), "train.lr": (4e-3,)}]
