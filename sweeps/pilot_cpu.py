@@ -2,7 +2,7 @@
 
 Launch:   python -m launch.local --config sweeps/pilot_cpu.py --workdir runs/pilot_cpu
           python -m launch.report --workdir runs/pilot_cpu --at best
-Quick:    python -m launch.local --config sweeps/pilot_cpu.py:quick --workdir DIR (seconds; the same
+Quick:    python -m launch.local --config sweeps/pilot_cpu.py:quick --workdir DIR (82 s at load 5, mostly three compilations; the same
           three programs, tiny: for tests of the pipeline, not a measurement)
 Sweep:    get_sweep: network.width over 32, 64, 128 (static: one program per width, run one after
           another); train.lr and data.num_train are per-model grid axes inside each program.
