@@ -2,13 +2,14 @@
 
 Launch:   python -m launch.local --config sweeps/pilot_cpu.py --workdir runs/pilot_cpu
           python -m launch.report --workdir runs/pilot_cpu --at best
-Quick:    python -m launch.local --config sweeps/pilot_cpu.py:quick --workdir DIR (82 s at load 5, mostly three compilations; the same
-          three programs, tiny: for tests of the pipeline, not a measurement)
-Sweep:    get_sweep: network.width over 32, 64, 128 (static: one program per width, run one after
-          another); train.lr and data.num_train are per-model grid axes inside each program.
+Quick:    python -m launch.local --config sweeps/pilot_cpu.py:quick --workdir DIR (82 s at load 5,
+          mostly three compilations; the same programs, tiny: for tests of the pipeline only)
+Sweep:    get_sweep: network.width 32 and 64 with every P and lr, then 128 as one model (P=1024, lr
+          4e-3) for its speed; width is static (one program each, run in this order, so the W=128
+          program can be cut); train.lr and data.num_train are per-model grid axes in a program.
 Grid:     v=n=8, m=3, s=2, L=3 (d=8, P_max = 17496) as the quick sweep and the CPU reproduction;
           P = 64, 256, 1024 (near v m**2 = 72, v m**3 = 216 and above v m**4 = 648); lr 2e-3, 4e-3,
-          8e-3 (Adam, batch 64); one grammar, data and model seed (0); 9 models per width, 27 in all;
+          8e-3 (Adam, batch 64); one grammar, data and model seed (0); 9 models per width, 19 in all;
           T=50 with beta2=0.2 (the quick sweep's process: alphabar_T ~ 0.007, so x_T is almost
           uniform, at a quarter of the paper's T=200 sampling cost; the quick sweep read the same
           thresholds with it); 2**14 steps; 2 evaluations per octave of 256 samples.
