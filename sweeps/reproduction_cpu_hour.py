@@ -1,0 +1,57 @@
+"""Issue 20's hour-long CPU reproduction of the P sweep: m = 3 and 2, three realizations, one sweep.
+
+Launch:   python -m launch.local --config sweeps/reproduction_cpu_hour.py --workdir runs/repro_cpu_hour
+          python -m launch.report --workdir runs/repro_cpu_hour --at best
+Quick:    python -m launch.local --config sweeps/reproduction_cpu_hour.py:quick --workdir DIR (the same
+          two programs, tiny: for tests of the pipeline only)
+Sweep:    get_sweep: m zipped with its P grid (one program per m), times realizations K = 0, 1, 2
+          (grammar, data and model seed K together), as hierarchy_in_p.py.
+Grid:     v=n=8, s=2, L=3; m=3: P = 16 .. 2048 (8 values, P_max 17496; theory 72, 216, 648);
+          m=2: P = 8 .. 512 (7 values, P_max 1024; theory 32, 64, 128); 45 models. bpUNet W=64, Adam
+          lr 8e-3, batch 64, T=50 (beta 1e-3 .. 0.2), 2**16 steps, 2 evaluations per octave of 256
+          samples. Chosen by the pilot (sweeps/pilot_cpu.py, docs/results/pilot_cpu/README.md).
+Run time: ESTIMATE, not run: 45 x 2**16 = 2.95M model-steps at the idle W=64 rate (~930/s) is 53 min,
+          plus ~5 min of evaluations and ~2 min of compilation: about 1 h on the idle 2-core CPU
+          (about 2.8 h at the pilot's load of ~6).
+Expected: from the pilot (m=3, one seed, W=64, lr 8e-3, 2**14 steps): P*_2 ~ 177, P*_3 ~ 587 (theory
+          216, 648); P=1024 bottoms out at step 11585, P=2048 expected near 2**15.7, inside 2**16.
+"""
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from rhm_jax import config as config_lib
+from rhm_jax import plan
+
+_BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hierarchy_in_p.py")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """m=3 program of the sweep (P = 16 .. 2048), W=64, lr 8e-3, T=50, 2**16 steps; 'quick' shrinks it."""
+    if arg not in (None, "", "quick"):
+        raise ValueError(f"sweeps/reproduction_cpu_hour.py takes no argument or 'quick', got {arg!r}")
+    config = config_lib.load(_BASE + ":quick")  # its v=8, L=3 grammar, T=50 process, batch 64
+    config.data.update(dict(num_train=tuple(16 * 2**k for k in range(8)), num_test=256, seed=0))
+    config.network.width = 64
+    config.train.update(dict(lr=(8e-3,), num_steps=2**16, seeds=(0,), steps_per_call=128))
+    config.eval.update(dict(num_samples=256, per_octave=2, num_windows=10))
+    if arg == "quick":  # the same pipeline in seconds
+        config.data.update(dict(num_train=(16, 64), num_test=64))
+        config.process.T = 20
+        config.network.width = 32
+        config.train.update(dict(num_steps=8, steps_per_call=8))
+        config.eval.update(dict(num_samples=16, loss_rows=64))
+    return config
+
+
+def get_sweep(arg: str | None = None) -> list[dict]:
+    """m zipped with its P grid, times realizations K: grammar, data and model seed K."""
+    if arg not in (None, "", "quick"):
+        raise ValueError(f"sweeps/reproduction_cpu_hour.py takes no argument or 'quick', got {arg!r}")
+    grids = ((16, 64), (8, 32)) if arg == "quick" else (tuple(16 * 2**k for k in range(8)),
+                                                         tuple(8 * 2**k for k in range(7)))
+    sizes = plan.zipped(plan.sweep("grammar.m", [3, 2]), plan.sweep("data.num_train", list(grids)))
+    realizations = plan.zipped(*(plan.sweep(key, [0, 1, 2]) for key in ("grammar.seed", "data.seed", "train.seeds")))
+    return plan.product(sizes, realizations)
