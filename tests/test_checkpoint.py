@@ -117,8 +117,12 @@ def test_saving_an_existing_step_moves_the_old_one_aside(tmp_path, states):
 
 
 def flip_a_byte(directory, step):
-    """XOR one byte in the middle of the step's largest array-data file (a silent bit flip)."""
-    data = max((f for f in files_of(directory, step) if f"{os.sep}d{os.sep}" in f), key=os.path.getsize)
+    """XOR one byte in the middle of the step's largest array-data file (a silent bit flip).
+
+    The array data a restore reads is ``state/d/``; files under ``state/ocdbt.process_<i>/d/`` are
+    written too but not read back, so a flip there changes nothing (it made this test flaky).
+    """
+    data = max((f for f in files_of(directory, step) if f"state{os.sep}d{os.sep}" in f), key=os.path.getsize)
     with open(data, "r+b") as f:
         f.seek(os.path.getsize(data) // 2)
         byte = f.read(1)[0]
