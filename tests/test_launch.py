@@ -68,6 +68,18 @@ def _source_copy(destination: str) -> str:
     return destination
 
 
+def _caller(cwd, env):
+    """``call(*args)``: run a command in ``cwd`` with ``env``, assert it succeeded, return it."""
+
+    def call(*args):
+        done = subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True,
+                              timeout=1200)
+        assert done.returncode == 0, (args, done.stdout[-2000:], done.stderr[-3000:])
+        return done
+
+    return call
+
+
 @pytest.mark.slow
 def test_the_wheel_installs_into_a_fresh_venv_and_runs_the_smoke_job_and_report_elsewhere(tmp_path):
     source = _source_copy(str(tmp_path / "src"))
@@ -85,12 +97,7 @@ def test_the_wheel_installs_into_a_fresh_venv_and_runs_the_smoke_job_and_report_
     assert installed.returncode == 0, installed.stderr[-3000:]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-
-    def call(*args):
-        done = subprocess.run([str(a) for a in args], cwd=elsewhere, env=env, capture_output=True, text=True,
-                              timeout=1200)
-        assert done.returncode == 0, (args, done.stdout[-2000:], done.stderr[-3000:])
-        return done
+    call = _caller(elsewhere, env)
 
     probe = call(bin_dir / "python", "-c", "import rhm_jax, rhm_jax.report, rhm_jax.notebook, launch.local, sweeps.smoke;"
                  " import importlib.util as u; print(rhm_jax.__file__, u.find_spec('chex'), u.find_spec('pytest'))")
@@ -130,12 +137,7 @@ def test_a_wheel_built_from_a_git_checkout_names_its_commit_and_packages_when_ru
     assert installed.returncode == 0, installed.stderr[-3000:]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-
-    def call(*args):
-        done = subprocess.run([str(a) for a in args], cwd=elsewhere, env=env, capture_output=True, text=True,
-                              timeout=1200)
-        assert done.returncode == 0, (args, done.stdout[-2000:], done.stderr[-3000:])
-        return done
+    call = _caller(elsewhere, env)
 
     probe = call(bin_dir / "python", "-c", "import rhm_jax; print(rhm_jax.__file__)")
     assert probe.stdout.startswith(ours)
