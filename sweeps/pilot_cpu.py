@@ -33,6 +33,7 @@ import ml_collections
 
 from rhm_jax import config as config_lib
 from rhm_jax import plan
+from sweeps import plumbing_check
 
 _BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hierarchy_in_p.py")
 
@@ -47,10 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.update(dict(lr=(2e-3, 4e-3, 8e-3), num_steps=2**14, seeds=(0,), steps_per_call=128))
     config.eval.update(dict(num_samples=256, per_octave=2, num_windows=10))
     if arg == "quick":  # the same pipeline in seconds: short chain, a few steps, few samples
-        config.data.update(dict(num_train=(32, 256), num_test=64))
-        config.process.T = 20
-        config.train.update(dict(num_steps=8, steps_per_call=8))
-        config.eval.update(dict(num_samples=16, loss_rows=64))
+        plumbing_check(config, (32, 256))
     return config
 
 

@@ -57,6 +57,7 @@ import os
 import ml_collections
 
 from rhm_jax import config as config_lib
+from sweeps import plumbing_check
 
 _BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hierarchy_in_p.py")
 
@@ -72,11 +73,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval.update(dict(num_samples=128, per_octave=2))  # 1 in the committed runs (issue 19: >= 2)
     config.run.seed = seed  # every seed as the quick sweep's grammar seeds 1-3 (README, Results)
     if quick:  # the same pipeline in seconds: tiny network, short chain, a few steps
-        config.data.update(dict(num_train=(32, 256), num_test=64))
-        config.process.T = 20
-        config.network.width = 32
-        config.train.update(dict(num_steps=8, steps_per_call=8))
-        config.eval.update(dict(num_samples=16, loss_rows=64))
+        plumbing_check(config, (32, 256))
     return config
 
 

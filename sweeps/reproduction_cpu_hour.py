@@ -24,6 +24,7 @@ import ml_collections
 
 from rhm_jax import config as config_lib
 from rhm_jax import plan
+from sweeps import plumbing_check
 
 _BASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hierarchy_in_p.py")
 
@@ -38,11 +39,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.update(dict(lr=(8e-3,), num_steps=2**16, seeds=(0,), steps_per_call=128))
     config.eval.update(dict(num_samples=256, per_octave=2, num_windows=10))
     if arg == "quick":  # the same pipeline in seconds
-        config.data.update(dict(num_train=(16, 64), num_test=64))
-        config.process.T = 20
-        config.network.width = 32
-        config.train.update(dict(num_steps=8, steps_per_call=8))
-        config.eval.update(dict(num_samples=16, loss_rows=64))
+        plumbing_check(config, (16, 64))
     return config
 
 
