@@ -208,3 +208,68 @@ def correlations(df: pd.DataFrame, at: str = results.DEFAULT_READING) -> pd.Data
     with np.errstate(invalid="ignore", divide="ignore"):
         long["ratio"] = np.where(reference > 0, long["samples"] / reference, np.nan)
     return long.sort_values(["workdir", "P", "seed", "t"]).reset_index(drop=True)
+
+
+TIME_ORDER = (
+    "Per model: `t_l<l>`, the learning time of level l (first step at which normalized validity reaches 1/2, "
+    "log-interpolated); `onset`, the memorization onset (first step at which the copy fraction reaches 0.1); "
+    "`best`, the step of the lowest test loss. Per (swept values, P): each as the median over realizations "
+    "[min, max] ('-': some realization never within the budget, so the median is not known); `in order`: "
+    "realizations whose levels were all learned, each after the one below; `copies after`: realizations "
+    "whose onset comes after their last level's learning time (or never comes); `models`: realizations.")
+
+
+def time_order(df: pd.DataFrame) -> pd.DataFrame:
+    """Per model: each level's learning time, the memorization onset and the best step, side by side."""
+    times = learning_times(df).pivot_table(index=["workdir", "model"], columns="level", values="step", dropna=False)
+    times.columns = [f"t_l{level}" for level in times.columns]
+    ids = [c for c in dict.fromkeys(("workdir", "model", "P", *analysis.REPLICATES, *analysis.curve_keys(df)))
+           if c in df]
+    best = analysis.final(analysis.healthy(df), "best")[ids + ["step"]].rename(columns={"step": "best"})
+    out = best.merge(times.reset_index(), on=["workdir", "model"], how="left")
+    copies = analysis.copies_column(df)
+    if copies is not None:
+        out = out.merge(memorization_onset(df)[["workdir", "model", "step"]].rename(columns={"step": "onset"}),
+                        on=["workdir", "model"], how="left")
+    return out
+
+
+def _spread(values: pd.Series) -> str:
+    """'median [min, max]' of finite values, '-' when any is NaN (not reached within the budget)."""
+    x = values.to_numpy(float)
+    if not len(x) or np.isnan(x).any():
+        return "-"
+    return f"{np.median(x):.0f} [{x.min():.0f}, {x.max():.0f}]"
+
+
+def time_order_summary(per_model: pd.DataFrame) -> pd.DataFrame:
+    """``time_order`` over realizations per (swept values, P): medians with ranges and the two counts."""
+    levels_ = sorted(c for c in per_model if c.startswith("t_l"))
+    times = per_model[levels_].to_numpy(float)
+    learned = np.isfinite(times).all(1)
+    in_order = learned & (np.diff(times, axis=1) > 0).all(1)
+    onset = per_model["onset"].to_numpy(float) if "onset" in per_model else np.full(len(per_model), np.nan)
+    after = learned & (~np.isfinite(onset) | (onset > np.nanmax(np.where(np.isfinite(times), times, -np.inf), 1)))
+    table = per_model.assign(_in_order=in_order, _after=after)
+    keys = [k for k in dict.fromkeys(("workdir", *analysis.curve_keys(per_model), "P")) if k in per_model]
+    rows = []
+    for values, g in table.groupby(keys, sort=True):
+        row = dict(zip(keys, values if isinstance(values, tuple) else (values,)))
+        for column in (*levels_, "onset", "best"):
+            if column in g:
+                row[column] = _spread(g[column]) if column != "onset" else _onset_spread(g[column])
+        row.update({"in order": f"{int(g['_in_order'].sum())}/{len(g)}",
+                    "copies after": f"{int(g['_after'].sum())}/{len(g)}" if "onset" in g else "-",
+                    "models": len(g)})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _onset_spread(values: pd.Series) -> str:
+    """Like ``_spread``, but an onset never reached is 'none' for all or counted for some."""
+    x = values.to_numpy(float)
+    if np.isnan(x).all():
+        return "none"
+    if np.isnan(x).any():
+        return f"{_spread(values.dropna())} ({int(np.isnan(x).sum())} none)"
+    return _spread(values)

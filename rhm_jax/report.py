@@ -30,6 +30,7 @@ def write_markdown(workdirs: Sequence[str], df: pd.DataFrame, out: str, paths: l
     times = dynamics.learning_times(df)
     copies = analysis.copies_column(df)
     onset = dynamics.memorization_onset(df) if copies else pd.DataFrame()
+    order = dynamics.time_order(df) if analysis.can_pick_best(df) else pd.DataFrame()
     creative = analysis.creativity(df, at) if copies and {"valid", "novel_valid"} <= set(df) else pd.DataFrame()
     flagged = rising[rising["rising"]].assign(workdir=lambda d: d["workdir"].map(figures.label))
     corr = dynamics.correlations(df, at)
@@ -157,6 +158,10 @@ def write_markdown(workdirs: Sequence[str], df: pd.DataFrame, out: str, paths: l
         "that fraction at the last evaluation; means over seeds.",
         tables.markdown_table(pd.concat([tables.mean_by_P(onset, "step", censored=True), tables.mean_by_P(onset, "final_copies")[["final_copies"]]],
                                  axis=1)) if len(onset) else "_(no copies column)_\n")
+    if len(order):
+        lines += tables.section("Levels in time, then copies (the time experiment at every P)", dynamics.TIME_ORDER,
+                                tables.markdown_table(dynamics.time_order_summary(order).assign(
+                                    workdir=lambda d: d["workdir"].map(figures.label))))
     lines += tables.section(
         f"Creativity at the {at} evaluation", "Fractions of samples: `valid` (whole sequence parses), `copies` "
         "(equal to a training row), `novel_valid` (valid, not a copy); `novel_share` = novel_valid / valid; "

@@ -509,3 +509,13 @@ def test_the_interval_holds_its_threshold_when_resamples_cross_below_the_smalles
     row = thresholds.summary(thresholds.table(pd.DataFrame(rows).assign(v=8, n=8, m=3, s=2, L=2))).iloc[0]
     assert 64 < row["P_star"] < 256
     assert row["P_star_lo"] == 64 and row["P_star_lo"] <= row["P_star"] <= row["P_star_hi"]
+
+
+def test_final_picks_one_row_per_model_of_concatenated_frames():
+    """Frames concatenated without a new index repeat index labels; each model still gets one row."""
+    rows = quick_rows()
+    twice = pd.concat([rows.assign(workdir="a"), rows.assign(workdir="b")])
+    for at in ("best", "last"):
+        picked = analysis.final(twice, at)
+        assert len(picked) == 2 * rows["model"].nunique()
+        assert picked.groupby("workdir")["model"].nunique().tolist() == [rows["model"].nunique()] * 2

@@ -133,3 +133,26 @@ def test_dynamics_tables_carry_every_swept_key():
                     for i, (lr, g, m) in enumerate([(1e-3, 0, 3), (1e-4, 1, 2)])], ignore_index=True)
     for table in (dynamics.learning_times(df), dynamics.memorization_onset(df), dynamics.still_rising(df)):
         assert {"lr", "grammar_seed", "m"} <= set(table) and len(table.drop_duplicates(["lr", "m"])) == 2
+
+
+def test_time_order_reads_levels_in_order_then_copies_over_realizations():
+    """Three realizations: two learn every level in order and memorize after (copies reach 0.1 near step
+    3000); the third memorizes before its level 3 (at 8000); then one that never learns level 3."""
+    def model(k, t_star, best):
+        df = time_curves(t_star)
+        return df.assign(model=k, seed=k, test_loss=(np.log10(df["step"]) - np.log10(best)) ** 2)
+
+    df = pd.concat([model(0, {1: 50.0, 2: 400.0, 3: 2500.0}, 2000), model(1, {1: 60.0, 2: 500.0, 3: 2000.0}, 3000),
+                    model(2, {1: 40.0, 2: 300.0, 3: 8000.0}, 4000)]).assign(workdir="w")
+    per_model = dynamics.time_order(df).set_index("model")
+    assert per_model.loc[0, "t_l3"] == pytest.approx(2500, rel=0.05)
+    assert per_model["onset"].tolist() == pytest.approx([3000] * 3, rel=0.05)
+    assert per_model["best"].tolist() == pytest.approx([2000, 3000, 4000], rel=0.15)
+    row = dynamics.time_order_summary(per_model.reset_index()).iloc[0]
+    assert row["in order"] == "3/3" and row["copies after"] == "2/3" and row["models"] == 3
+    median, low, high = (float(x) for x in row["t_l2"].replace("[", "").replace("]", "").replace(",", "").split())
+    assert (low, median, high) == pytest.approx((300, 400, 500), rel=0.05)
+    # a realization that never learns level 3: its median is unknown ('-'), and it is not 'in order'
+    slow = pd.concat([df[df["model"] < 2], model(2, {1: 40.0, 2: 300.0, 3: 1e6}, 4000).assign(workdir="w")])
+    row = dynamics.time_order_summary(dynamics.time_order(slow)).iloc[0]
+    assert row["t_l3"] == "-" and row["in order"] == "2/3"
