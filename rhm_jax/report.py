@@ -52,7 +52,8 @@ def write_markdown(workdirs: Sequence[str], df: pd.DataFrame, out: str, paths: l
         f"Thresholds P*_l (normalized validity = 1/2 at each model's {at} evaluation, all samples)",
         f"`P*` (`P_star`): P where normalized validity {analysis.NORMALIZED} crosses 1/2, {fit_text}; in "
         f"brackets its {thresholds.INTERVAL}. `<= P`: a bound, not a value: a model at the P next to the "
-        "crossing was still rising at the end of its budget (`still_rising`), so more training would move the "
+        "crossing was still rising at the end of its budget (`still_rising`) and, read at 'best', its best band "
+        "reaches its last evaluation (its test-loss minimum is not behind it), so more training would move the "
         "crossing down; bounds never enter c, ratios or the collapse. " + best_text +
         "`P_star_mean`/`P_star_std`: over per-seed thresholds (bounds left out); `censored`: why a threshold is missing ('above': "
         "no P reaches 1/2, 'below': all do, 'not rising': it falls with P, 'one P', 'no finite rows'). "

@@ -8,7 +8,8 @@ reading against log P, interpolated linearly in log P at 1/2; it assumes no shap
 that plateaus below 1 (level 2 near 0.6 at CPU budgets) keeps its crossing. 'sigmoid' is a logistic
 in log P with asymptotes fixed at 0 and 1, kept for comparison: on such a plateau it moves P* up.
 Every threshold carries a 95 % bootstrap interval (``INTERVAL``) and is a bound, not a value, when
-a model next to its crossing was still rising at the end of its budget (``dynamics.still_rising``);
+a model next to its crossing was still rising at the end of its budget (``dynamics.still_rising``;
+at 'best', only where its test-loss minimum is not behind it: ``rising_set``);
 bounds never enter ``ratios``, ``fit_constant`` or the collapse spread (``left_out`` names them).
 """
 from __future__ import annotations
@@ -153,14 +154,25 @@ def _bound(g: pd.DataFrame, P_star: float, rising: set) -> bool:
     return bool(near & rising)
 
 
-def rising_set(df: pd.DataFrame, reading: str = "normalized") -> set:
-    """(workdir, model, level) of the models still rising at the end of their budget
-    (``dynamics.still_rising``, on non-copied samples where logged: copies rise too when a model memorizes)."""
+def rising_set(df: pd.DataFrame, reading: str = "normalized", at: str = "last") -> set:
+    """(workdir, model, level) whose reading at ``at`` more training could still move up.
+
+    At 'last': the models still rising at the end of their budget (``dynamics.still_rising``, on
+    non-copied samples where logged: copies rise too when a model memorizes). At 'best' (early
+    stopping), only those of them whose best band reaches their last evaluation: a model whose
+    test-loss minimum lies inside its budget is read there, whatever it does after it.
+    """
     samples = "noncopy" if "validity_l1_noncopy" in df else "all"
     flags = dynamics.still_rising(df, reading=reading, samples=samples)
     if flags.empty:
         return set()
     flags = flags[flags["rising"]]
+    if at == "best" and len(flags):
+        band = analysis.best_band(df)
+        last = df.groupby(["workdir", "model"])["step"].max()
+        reaches = {(r.workdir, r.model) for r in band.itertuples(index=False)
+                   if int(r.band_steps.split("..")[1]) >= last[(r.workdir, r.model)]}
+        flags = flags[[(w, m) in reaches for w, m in zip(flags["workdir"], flags["model"])]]
     return set(zip(flags["workdir"], flags["model"], flags["level"]))
 
 
@@ -177,12 +189,13 @@ def table(df: pd.DataFrame, method: str = DEFAULT_METHOD, at: str = results.DEFA
     ``P_star_lo`` / ``P_star_hi``: the interval (``INTERVAL``; ``interval=False`` skips it).
     ``P_star_band_lo`` / ``_hi``: the thresholds of the best band's upper and lower readings
     (selection error; equal to P_star at 'last'). ``bound``: a model next to the crossing was still
-    rising at the end of its budget, so the true P* is at or below P_star (never fitted).
+    rising at the end of its budget (at 'best': and its best band reaches its last evaluation), so
+    the true P* is at or below P_star (never fitted; ``rising_set``).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {tuple(METHODS)}, got {method!r}")
     long = final_validity(df, at, reading, samples)
-    rising = rising_set(analysis.keyed(df), reading) if "step" in df else set()
+    rising = rising_set(analysis.keyed(df), reading, at) if "step" in df else set()
     keys_ = curve_keys(long)
     reps = analysis.replicates(long)
     rows = []

@@ -461,6 +461,21 @@ def test_a_level_still_rising_near_its_crossing_is_a_bound_left_out_of_c_and_rat
     assert thresholds.fit_constant(thresholds.summary(thresholds.table(done)))["num"] == 3
 
 
+def test_an_early_stopped_reading_is_no_bound_once_the_test_loss_minimum_is_behind_it():
+    """The same late rise of level 2 (after the best step, as when a model memorizes): at 'last' it is a
+    bound; at 'best' it is one only while the best evaluation is the last one (the minimum not yet passed)."""
+    df = synthetic_metrics(c=1.0, jitter=0.0, seeds=(0, 1), num_P=16)
+    half, last = df["step"] == 1024, df["step"] == 4096
+    df.loc[half, "validity_l2"] = 0.7 * df.loc[half, "validity_l2"]
+    assert thresholds.summary(thresholds.table(df, at="best")).set_index("level").loc[2, "bound"]  # minimum at the end
+    passed = df.copy()
+    for column in [c for c in df if c.startswith("test_loss")]:  # the minimum moves to step 1024
+        passed.loc[last, column] += 1.0
+    for at, bound in (("best", False), ("last", True)):
+        summary = thresholds.summary(thresholds.table(passed, at=at, interval=False)).set_index("level")
+        assert bool(summary.loc[2, "bound"]) is bound, at
+
+
 def best_history():
     """One model, five evaluations with known losses (common random numbers) and standard errors."""
     losses = [0.50, 0.41, 0.40, 0.43, 0.45]

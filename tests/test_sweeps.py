@@ -15,8 +15,7 @@ from rhm_jax import config as config_lib
 from rhm_jax import plan, results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SWEEPS = ("hierarchy_in_p", "hierarchy_in_time", "masked_transformer", "pilot_cpu", "reproduction_cpu",
-          "reproduction_cpu_hour")
+SWEEPS = ("hierarchy_in_p", "hierarchy_in_time", "masked_transformer", "pilot_cpu", "reproduction_cpu_hour")
 
 
 def sweep_module(name: str):
@@ -132,58 +131,41 @@ def test_quick_p_sweep_learns_level_one_before_level_two(tmp_path):
     assert (math.isfinite(p2) and p2 > p1) or summary.loc[2, "censored"] == "above", summary
 
 
-def test_reproduction_grid_brackets_every_level_with_the_papers_process():
-    """CPU reproduction: >= 2 P on each side of every v m**(l+1), with the paper's process and network."""
-    config = sweep_module("reproduction_cpu").get_config("seed=1")
-    g, P = config.grammar, np.array(config.data.num_train)
-    for level in range(1, g.L + 1):
-        scale = g.v * g.m ** (level + 1)
-        assert (P < scale).sum() >= 2 and (P > scale).sum() >= 2, (level, P)
-    paper = config_lib.base_config()
-    assert config.process == paper.process
-    assert config.network.name == "bpunet" and config.network.width < paper.network.width
-
-
-def test_reproduction_config_is_unchanged_by_the_sweep_file_it_reads():
-    """reproduction_cpu.py builds on hierarchy_in_p.py's get_config: its configs stay exactly those of the
-    runs already made (tests/data/reproduction_cpu_configs.json, written before the P sweep became one file;
-    keys added to the schema since then read as their defaults, which reproduce the older behaviour)."""
-    with open(os.path.join(ROOT, "tests", "data", "reproduction_cpu_configs.json")) as f:
-        stored = json.load(f)
-    module = sweep_module("reproduction_cpu")
-    for arg, values in stored.items():
-        values["eval"]["per_octave"] = 2  # the one change since: 2 evaluations per octave (issue 19)
-        assert config_lib.to_dict(module.get_config(arg)) == config_lib.with_defaults(values), arg
-    assert config_lib.load_sweep(os.path.join(ROOT, "sweeps", "reproduction_cpu.py")) == [{}]
-
-
-def test_reproduction_seed_argument_changes_only_the_seeds():
-    """'seed=K' is one grammar (and its data, model and evaluation seeds); the grid is otherwise fixed."""
-    module = sweep_module("reproduction_cpu")
-    zero, two = (config_lib.to_dict(module.get_config(a)) for a in ("seed=0", "seed=2"))
-    assert set(config_lib.differences(zero, two)) == {"grammar.seed", "data.seed", "train.seeds", "run.seed"}
-    assert module.get_config("seed=2,quick").grammar.seed == 2
-    assert config_lib.to_dict(module.get_config()) == zero
-    for bad in ("seed=", "seed=-1", "seed=one"):
-        with pytest.raises(ValueError, match="seed=K"):
-            module.get_config(bad)
+def test_reproduction_grids_bracket_every_level_of_every_m():
+    """The CPU reproduction: per m, >= 2 P on each side of every v m**(l+1), within P_max; three
+    realizations (grammar, data and model seed together) of each m; the pilot's network and process."""
+    module = sweep_module("reproduction_cpu_hour")
+    config = module.get_config()
+    runs = plan.make_plan(config, module.get_sweep())
+    by_m = {}
+    for program in runs.programs:
+        for row in program.rows:
+            by_m.setdefault(row["m"], []).append(row)
+    assert sorted(by_m) == [2, 3]
+    g = config.grammar
+    for m, rows in by_m.items():
+        P = np.array(sorted({r["P"] for r in rows}))
+        assert P.max() + config.data.num_test <= g.n * m ** ((g.s**g.L - 1) // (g.s - 1))
+        for level in range(1, g.L + 1):
+            scale = g.v * m ** (level + 1)
+            assert (P < scale).sum() >= 2 and (P > scale).sum() >= 2, (m, level, P)
+        seeds = {(r["grammar_seed"], r["data_seed"], r["seed"]) for r in rows}
+        assert seeds == {(k, k, k) for k in range(3)}, (m, seeds)
+    assert config.network.name == "bpunet" and config.eval.per_octave >= 2
 
 
 @pytest.mark.slow
-def test_reproduce_script_runs_seeds_learner_and_one_report(tmp_path):
-    """launch/reproduce.sh on the quick variant: a work directory per grammar seed, the learner in each,
-    one report over all; a second call resumes the finished seed and adds the next."""
-    for seeds in ("0", "0 1"):
-        env = dict(os.environ, RUNS=str(tmp_path), SEEDS=seeds, ARG="quick", PYTHON=sys.executable,
-                   PYTHONPATH=ROOT)
+def test_reproduce_script_runs_the_sweep_the_learner_and_the_report(tmp_path):
+    """launch/reproduce.sh on the quick variant: one work directory with both m, the learner on its
+    datasets, the report with the time reading; a second call resumes instead of starting anew."""
+    workdir = tmp_path / "run"
+    env = dict(os.environ, RUNS=str(workdir), ARG="quick", PYTHON=sys.executable, PYTHONPATH=ROOT)
+    for _ in range(2):
         done = subprocess.run(["bash", os.path.join(ROOT, "launch", "reproduce.sh")], env=env,
                               capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stderr[-3000:]
-    assert f"resume run in {tmp_path / 'seed0'}" in done.stderr  # seed 0 picked up, not started anew
-    for k in (0, 1):
-        workdir = str(tmp_path / f"seed{k}")
-        assert results.read_config_json(workdir)["config"]["grammar"]["seed"] == k
-        assert len(analysis.load(workdir)) > 0
-        assert (tmp_path / f"seed{k}" / "clustering.jsonl").exists()
-    report = (tmp_path / "report" / "report.md").read_text()
-    assert "seed0" in report and "seed1" in report and "clustering learner" in report
+    assert f"resume run in {workdir}" in done.stderr
+    assert sorted(analysis.load(str(workdir))["m"].unique()) == [2, 3]
+    assert (workdir / "clustering.jsonl").exists()
+    report = (workdir / "report" / "report.md").read_text()
+    assert "clustering learner" in report and "Levels in time" in report
