@@ -2,6 +2,7 @@
 
     python -m launch.cluster --workdir DIR [--config sweeps/<exp>.py[:arg]] [--context tokens|labels]
                              [--config.section.key=value ...]
+    (installed: rhm-cluster ...)
 
 Writes ``DIR/clustering.jsonl`` (``clustering_labels.jsonl`` with ``--context labels``): one row
 per dataset, P and model seed of the sweep, the learner trained on the same P rows as that model (same
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=None, help="sweeps/<exp>.py or sweeps/<exp>.py:arg")
     parser.add_argument("--context", default="tokens", choices=clustering.CONTEXTS,
                         help="what describes a tuple: its sibling blocks' tokens (the theory's), or their labels")
-    args, overrides = parser.parse_known_args(argv)
+    args, overrides = parser.parse(argv)
     try:
         config, points = load_config(args.workdir, args.config, overrides)
         rows = clustering.run_sweep(config, args.context, points=points)

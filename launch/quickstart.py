@@ -1,6 +1,8 @@
 """The README's main job: the quick P sweep on this machine, then its report (tables and plots).
 
     python -m launch.quickstart [--workdir runs/quick] [--config sweeps/hierarchy_in_p.py:quick]
+                                [--config.section.key=value ...]
+    (installed: rhm-quickstart ...)
 
 Re-running resumes (or, when finished, only redraws the report). The clustering learner
 (``rhm_jax.clustering``, seconds) runs on the same training rows, so the report draws its
@@ -18,10 +20,10 @@ from rhm_jax import clustering, lock, report, results, runner
 
 def main(argv: list[str] | None = None) -> int:
     """Train the quick grid, then write figures and report.md; returns the exit status."""
-    parser = argument_parser("quickstart", __doc__)
+    parser = argument_parser("quickstart", __doc__, overrides=True)
     parser.add_argument("--workdir", default="runs/quick")
     parser.add_argument("--config", default="sweeps/hierarchy_in_p.py:quick")
-    args, overrides = parser.parse_known_args(argv)
+    args, overrides = parser.parse(argv)
     setup_logging()
     try:
         config = config_lib.load(args.config, overrides)

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
                              f" default {results.DEFAULT_READING}, as the end-of-run summary")
     parser.add_argument("--time_axis", default="epoch", choices=("epoch", "step"),
                         help="time axis of the time-course figures: epochs (the paper's unit) or steps")
-    args = parser.parse_args(argv)
+    args, _ = parser.parse(argv)
     setup_logging()
     out = os.path.abspath(args.out or os.path.join(args.workdir[0], "report"))
     inside = [w for w in args.workdir if os.path.commonpath([out, os.path.abspath(w)]) == os.path.abspath(w)]

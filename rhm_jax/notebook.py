@@ -132,7 +132,7 @@ class Run:
             step_rows = metrics_rows(metrics, grid_rows, state, int(step))
             if write:
                 K, S = typed.eval.num_samples, typed.sampler_label
-                _merge_rows(os.path.join(self.workdir, f"score_{int(step)}_{K}_{S}.jsonl"), step_rows)
+                results.merge_rows(os.path.join(self.workdir, f"score_{int(step)}_{K}_{S}.jsonl"), step_rows)
             rows += step_rows
         order = {m: i for i, m in enumerate(self.models)}
         return pd.DataFrame(sorted(rows, key=lambda r: order[r["model"]]))
@@ -167,13 +167,6 @@ def _sampler(process: Any, network: Any, num_samples: int, steps: int | None, d:
 def _scorer(refs: Any):
     """jit(vmap) of evaluate.score_in over models (tokens, P and dataset slot)."""
     return jax.jit(jax.vmap(lambda tokens, P, g: evaluate.score_in(refs, g, tokens, P)))
-
-
-def _merge_rows(path: str, rows: list[dict]) -> None:
-    """Write rows into a jsonl file, replacing earlier rows of the same models."""
-    models = {r["model"] for r in rows}
-    kept = [r for r in results.read_rows(path) if r["model"] not in models]
-    results.write_rows(path, sorted(kept + rows, key=lambda r: r["model"]))
 
 
 # ----------------------------------------------------------------------------- loading
