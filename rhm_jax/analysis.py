@@ -176,7 +176,7 @@ def final(df: pd.DataFrame, at: str = results.DEFAULT_READING) -> pd.DataFrame:
     stopping) or its ``last``."""
     if at not in results.READINGS:
         raise ValueError(f"at must be one of {tuple(results.READINGS)}, got {at!r}")
-    df = keyed(df)
+    df = keyed(df).reset_index(drop=True)  # a concatenated table repeats index labels
     if at == "last":
         pick = df.groupby(["workdir", "model"])["step"].idxmax()
     else:
