@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 
-from launch import argument_parser, error_line
+from launch import argument_parser, error_line, setup_logging
 from rhm_jax import clustering, lock, results
 from rhm_jax import config as config_lib
 
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--context", default="tokens", choices=clustering.CONTEXTS,
                         help="what describes a tuple: its sibling blocks' tokens (the theory's), or their labels")
     args, overrides = parser.parse(argv)
+    setup_logging()  # a line per dataset learned
     try:
         config, points = load_config(args.workdir, args.config, overrides)
         rows = clustering.run_sweep(config, args.context, points=points)

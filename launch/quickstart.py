@@ -10,12 +10,16 @@ validity thresholds beside the bpUNets' (its accuracy thresholds get a table of 
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import time
 
 from launch import argument_parser, error_line, setup_logging
 from rhm_jax import config as config_lib
 from rhm_jax import clustering, lock, report, results, runner
+
+log = logging.getLogger("launch.quickstart")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,8 +34,12 @@ def main(argv: list[str] | None = None) -> int:
         points = config_lib.load_sweep(args.config, overrides)
         runner.run(config, args.workdir, points=points)
         with lock.hold(args.workdir, "quickstart"):  # the learner's rows and the report, one writer at a time
+            log.info("the clustering learner on the same training rows (launch.cluster)")
             results.write_rows(clustering.path(args.workdir), clustering.run_sweep(config, points=points))
+            began = time.monotonic()
+            log.info("writing the report (launch.report): tables and figures")
             paths = report.make_report([args.workdir], None, at=results.DEFAULT_READING)
+            log.info("report written in %.0f s", time.monotonic() - began)
     except runner.Interrupted as stop:  # a checkpoint is saved: re-running resumes
         print(f"stopped: {stop}", file=sys.stderr)
         return 128 + stop.signum
