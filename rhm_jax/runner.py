@@ -153,7 +153,8 @@ def _run_part(progs: Built, rec: Recorder, directory: str, part: Part,
     eval_points, writer, bar, run_settings = part.eval_points, rec.metrics, rec.bar, progs.settings.run
     keep = kept_evaluations(eval_points, run_settings.keep_evaluations, [r["budget_steps"] for r in part.rows])
     with checkpoint.Checkpointer(directory, run_settings.keep_last, keep_steps=keep) as ckpt:
-        t, state, restored = _start(progs, part, ckpt, writer, digest)
+        with bar.untimed():  # restoring or initializing a sub-grid (it may compile): not training
+            t, state, restored = _start(progs, part, ckpt, writer, digest)
         rec.begin(part, t, restored)
         if compiles:
             bar.compiling()  # its first pause compiles the evaluator for this sub-grid's size
