@@ -1,14 +1,10 @@
 """Progress: the rate starts after compilation, restored steps are not timed, pauses are apart, and
 off a terminal the lines are plain and periodic."""
 import io
-import json
-import os
 
 import pytest
 
 from rhm_jax import progress
-
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 
 class Clock:
@@ -171,36 +167,3 @@ def test_no_estimate_before_an_ordinary_pause_is_measured():
     assert bar.eta() == pytest.approx(8_900 / 100.0 + 1 * 1.0)
     assert bar.first_eta_at == pytest.approx(41.0)
 
-
-def replay_recording(path):
-    """(bar, end) after replaying a recorded run's progress events (``tests/data/progress_*.json``:
-    its totals and every event with its time, recorded from the runner's calls) on a settable clock."""
-    with open(path) as f:
-        recorded = json.load(f)
-    clock = Clock()
-    bar = progress.Progress(recorded["total_steps"], recorded["total_pauses"], enabled=False, clock=clock,
-                            programs=recorded["programs"])
-    open_ = []
-    end = None
-    for name, at, *args in recorded["events"]:
-        clock.now = at
-        if name in ("pause_begin", "untimed_begin"):
-            open_.append(bar.pause() if name == "pause_begin" else bar.untimed())
-            open_[-1].__enter__()
-        elif name in ("pause_end", "untimed_end"):
-            open_.pop().__exit__(None, None, None)
-        elif name == "close":
-            end = at
-        else:
-            getattr(bar, name)(*args)
-    return recorded, bar, end
-
-
-@pytest.mark.parametrize("name", ["progress_quick_fresh.json", "progress_quick_resumed.json"])
-def test_the_first_estimate_on_the_recorded_quick_job_is_within_a_quarter_of_the_truth(name):
-    """Schedules recorded from the quick sweep (two programs) on the 2-core CPU, fresh and resumed after
-    a SIGKILL: replayed, the estimator gives what the run printed, within 25 % of what was left."""
-    recorded, bar, end = replay_recording(os.path.join(DATA, name))
-    assert bar.first_eta == pytest.approx(recorded["first_eta"], rel=1e-6)
-    truth = end - bar.first_eta_at
-    assert abs(bar.first_eta - truth) <= 0.25 * truth, (bar.first_eta, truth)
