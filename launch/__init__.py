@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
+import os
 import sys
 
 LOGGERS = ("rhm_jax", "launch")
@@ -35,9 +37,67 @@ def error_line(err: BaseException) -> str:
     return f"error: {text or type(err).__name__}"
 
 
-def argument_parser(name: str, doc: str, overrides: bool = False) -> argparse.ArgumentParser:
-    """The parser of ``python -m launch.<name>``: its docstring's first line, no abbreviated options
-    (``--f`` must never mean ``--force``), and the override syntax in the help when it takes them."""
-    epilog = "Overrides: --config.section.key=value (Python literals)." if overrides else None
-    return argparse.ArgumentParser(prog=f"python -m launch.{name}", description=doc.splitlines()[0],
-                                   epilog=epilog, allow_abbrev=False)
+def program_name(name: str) -> str:
+    """How the user called entry point ``name``: ``rhm-run`` (a console script) or ``python -m launch.<name>``."""
+    called = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return called if called.startswith("rhm-") else f"python -m launch.{name}"
+
+
+class Parser(argparse.ArgumentParser):
+    """An entry point's parser: no abbreviated options (``--f`` must never mean ``--force``), and
+    ``parse`` that takes config overrides in both config_flags forms (``--config.a.b=1`` and
+    ``--config.a.b 1``) where the entry point accepts them, and names any other unknown option."""
+
+    def __init__(self, *args, overrides: bool = False, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+        self.overrides = overrides
+
+    def parse(self, argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+        """(options, overrides as ``--config.key=value``); an unknown option exits 2 with a suggestion."""
+        args, rest = self.parse_known_args(argv)
+        overrides, i = [], 0
+        while i < len(rest):
+            item = rest[i]
+            if self.overrides and item.startswith("--config.") and "=" not in item:
+                if i + 1 == len(rest) or rest[i + 1].startswith("--"):
+                    self.error(f"override {item} has no value: write {item}=VALUE or {item} VALUE")
+                overrides.append(f"{item}={rest[i + 1]}")
+                i += 2
+                continue
+            if not (self.overrides and item.startswith("--config.")):
+                self.error(self._unknown(item))
+            overrides.append(item)
+            i += 1
+        return args, overrides
+
+    def _unknown(self, item: str) -> str:
+        """'unknown option ...' with the nearest known option, or why a word is out of place."""
+        if not item.startswith("-"):
+            return f"unexpected argument {item!r} (options take the form --name VALUE)"
+        name = item.partition("=")[0]
+        if name.startswith("--config.") and not self.overrides:
+            return f"unknown option {name}: {self.prog} takes no config overrides"
+        known = [o for o in self._option_string_actions if o.startswith("--")]
+        spelled = {o.replace("-", "_"): o for o in known}
+        near = spelled.get(name.replace("-", "_")) or next(iter(difflib.get_close_matches(name, known, 1, 0.6)), None)
+        hint = f"; did you mean {near}?" if near else f"; options: {', '.join(sorted(known))}"
+        return f"unknown option {name}{hint}"
+
+
+def argument_parser(name: str, doc: str, overrides: bool = False) -> Parser:
+    """The parser of entry point ``name`` (its usage names the command as called: ``rhm-run`` or
+    ``python -m launch.local``): its docstring's first line, no abbreviated options, and the
+    override syntax in the help when it takes them."""
+    epilog = "Overrides: --config.section.key=value or --config.section.key value (Python literals)." \
+        if overrides else None
+    return Parser(prog=program_name(name), description=doc.splitlines()[0], epilog=epilog, overrides=overrides)
+
+
+def require(module: str, extra: str, command: str):
+    """The optional dependency ``module`` imported, or one line naming the extra to install and exit 2."""
+    try:
+        return __import__(module)
+    except ImportError:
+        print(f"error: {command} needs {module}, an optional dependency: pip install 'rhm_jax[{extra}]'"
+              f" (or pip install {module})", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -2,6 +2,7 @@
 
     python -m launch.cluster --workdir DIR [--config sweeps/<exp>.py[:arg]] [--context tokens|labels]
                              [--config.section.key=value ...]
+    (installed: rhm-cluster ...)
 
 Writes ``DIR/clustering.jsonl`` (``clustering_labels.jsonl`` with ``--context labels``): one row
 per dataset, P and model seed of the sweep, the learner trained on the same P rows as that model (same
@@ -14,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 
-from launch import argument_parser, error_line
+from launch import argument_parser, error_line, setup_logging
 from rhm_jax import clustering, lock, results
 from rhm_jax import config as config_lib
 
@@ -51,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=None, help="sweeps/<exp>.py or sweeps/<exp>.py:arg")
     parser.add_argument("--context", default="tokens", choices=clustering.CONTEXTS,
                         help="what describes a tuple: its sibling blocks' tokens (the theory's), or their labels")
-    args, overrides = parser.parse_known_args(argv)
+    args, overrides = parser.parse(argv)
+    setup_logging()  # a line per dataset learned
     try:
         config, points = load_config(args.workdir, args.config, overrides)
         rows = clustering.run_sweep(config, args.context, points=points)

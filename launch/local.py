@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no_progress", action="store_true", help="no progress lines")
     parser.add_argument("--tensorboard", action="store_true",
                         help="also write TensorBoard event files to DIR/tensorboard (needs tensorboardX)")
-    args, overrides = parser.parse_known_args(argv)
+    args, overrides = parser.parse(argv)
     setup_logging()
     _quiet_closed_loops()
     try:

@@ -12,6 +12,7 @@ elsewhere to report on it meanwhile.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
                              f" default {results.DEFAULT_READING}, as the end-of-run summary")
     parser.add_argument("--time_axis", default="epoch", choices=("epoch", "step"),
                         help="time axis of the time-course figures: epochs (the paper's unit) or steps")
-    args = parser.parse_args(argv)
+    args, _ = parser.parse(argv)
     setup_logging()
     out = os.path.abspath(args.out or os.path.join(args.workdir[0], "report"))
     inside = [w for w in args.workdir if os.path.commonpath([out, os.path.abspath(w)]) == os.path.abspath(w)]
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         for workdir in args.workdir:
             check_workdir(workdir)  # before the lock: nothing is created for a missing directory
         with lock.hold(inside[0], "report") if inside else contextlib.nullcontext():
+            logging.getLogger("launch.report").info("writing the report into %s: tables and figures", out)
             paths = report.make_report(args.workdir, out, args.method, args.at, args.time_axis)
     except (ValueError, OSError) as err:
         print(error_line(err), file=sys.stderr)

@@ -4,6 +4,7 @@
         [--executor auto|slurm|local] [--timeout_min 240] [--gpus_per_task 1] [--cpus_per_task 8]
         [--mem_gb 64] [--partition NAME] [--max_parallel N] [--wait] [--force]
         [--config.section.key=value ...]
+    (installed: rhm-slurm ..., needs the 'cluster' extra: submitit)
 
 Task k trains models [k*M/K, (k+1)*M/K) of the sweep's M models (``run.grid_slice='k/K'``; a sweep
 over static settings runs its programs one after another within each task) in its own work
@@ -31,9 +32,10 @@ import sys
 from typing import Any, Sequence
 
 import ml_collections
-import submitit
 
-from launch import argument_parser, error_line, setup_logging
+from launch import argument_parser, error_line, require, setup_logging
+
+submitit = require("submitit", "cluster", "launch.slurm")  # before the rest: one line, not a traceback
 from rhm_jax import config as config_lib
 from rhm_jax import plan, results, runner
 
@@ -178,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max_parallel", type=int, default=None, help="tasks running at once (SLURM %%N)")
     parser.add_argument("--wait", action="store_true", help="wait for the array; status 1 if a slice failed")
     parser.add_argument("--force", action="store_true", help="move an existing root work directory aside")
-    args, overrides = parser.parse_known_args(argv)
+    args, overrides = parser.parse(argv)
     setup_logging()
     try:
         config = config_lib.load(args.config, overrides)

@@ -58,7 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
         num_steps=2**14,  # exactly one of num_steps / num_epochs is > 0
         num_epochs=0.0,  # epochs of each model's own P: budgets then differ across the grid
         seeds=(0,),  # grid axis: each seed sets the init, per-step noise and data order; the
-        # override --config.train.seeds=N (a bare int) means N seeds 0..N-1, a list lists them
+        # override --config.train.seeds=3 means seed 3, as config_flags; range(3) means seeds 0, 1, 2
         steps_per_call=100,  # steps fused in one device call (lax.scan); no effect on results
         # A model with P < batch_size: 'repeat' fills each batch with further epochs of its rows;
         # 'full_batch' is the authors' loader: the P rows once per step, loss averaged over them.

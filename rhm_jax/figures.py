@@ -14,11 +14,13 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import FixedLocator, LogLocator, NullFormatter, NullLocator, ScalarFormatter
 
 from rhm_jax import analysis, dynamics, thresholds
 
 FORMATS = ("png", "pdf")
 MAX_TIME_PANELS = 6
+MAX_TICKS = 8  # labelled values on a P axis
 NORM_LABEL = "level-l nodes valid, above chance\n(V_l - V_l^unif) / (1 - V_l^unif)"
 TIME_AXES = {"epoch": "epochs (passes over the P training rows)", "step": "training steps"}
 
@@ -36,6 +38,46 @@ def _save(fig: Figure, out: str, name: str) -> list[str]:
         fig.savefig(path, bbox_inches="tight", dpi=120)
         paths.append(path)
     return paths
+
+
+def _figure(width: float, height: float) -> Figure:
+    """A figure whose layout keeps titles, labels and legends apart (constrained layout)."""
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _p_axis(ax, Ps) -> None:
+    """Log x axis labelled at the grid's P values (at most MAX_TICKS, spread in log), no minor labels:
+    matplotlib labels minor ticks when P spans about a decade, and they collide."""
+    Ps = np.sort(np.unique(np.asarray(Ps, float)))
+    ax.set_xscale("log")
+    if len(Ps) > MAX_TICKS:
+        Ps = Ps[np.unique(np.round(np.linspace(0, len(Ps) - 1, MAX_TICKS)).astype(int))]
+    ax.xaxis.set_major_locator(FixedLocator(Ps))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.tick_params(axis="x", labelsize=7)
+
+
+def _log_axis(axis) -> None:
+    """A log axis with labels at 1, 2, 5 x 10^k only (no minor labels to collide)."""
+    axis.set_major_locator(LogLocator(base=10.0, subs=(1.0, 2.0, 5.0)))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _pooled(part: pd.DataFrame) -> str:
+    """What a curve's points average over: 'mean over grammar_seed 0..3 (band: range)', or one model."""
+    if not analysis.replicates(part):
+        return "mean over seeds, band = their range"
+    seeds = [f"{c} {_values(part[c])}" for c in analysis.replicates(part) if part[c].nunique() > 1]
+    return f"mean over {', '.join(seeds)}, band = their range" if seeds else "one model per P"
+
+
+def _values(column: pd.Series) -> str:
+    """'0..3' for consecutive integers, else the values listed."""
+    values = sorted(column.dropna().unique())
+    if len(values) > 2 and values == list(range(int(values[0]), int(values[-1]) + 1)):
+        return f"{int(values[0])}..{int(values[-1])}"
+    return ", ".join(str(v) for v in values)
 
 
 def _colors(num: int) -> list:
@@ -78,7 +120,7 @@ def plot_validity_vs_p(df: pd.DataFrame, summary: pd.DataFrame, out: str, at: st
     curves = [(values, part) for values, part in long.groupby(keys, dropna=False) if part["P"].nunique() > 1]
     if not curves:
         return []
-    fig = Figure(figsize=(10.0, 4.2 * len(curves)), layout="constrained")
+    fig = _figure(10.0, 4.4 * len(curves))
     axes = fig.subplots(len(curves), 2, squeeze=False)
     markers = "v^<>sD"
     for (ax, ax_raw), (values, part) in zip(axes, curves):
@@ -131,11 +173,11 @@ def plot_validity_vs_p(df: pd.DataFrame, summary: pd.DataFrame, out: str, at: st
         ax_raw.set_ylabel("level-l nodes valid (raw fraction)", fontsize=8)
         which = "non-copied samples" if samples == "noncopy" else "all samples"
         title = (f"{analysis.curve_label(keys, values)}: " + ", ".join(f"{k}={v}" for k, v in g.items())
-                 + f"\n{at} evaluation, {which}")
-        ax.set_title(title + ": read above chance", fontsize=8)
-        ax_raw.set_title(title + ": raw, with chance and the normalized 1/2", fontsize=8)
+                 + f"\n{at} evaluation, {which}; {_pooled(part[part['level'] == lv[0]])}")
+        ax.set_title(title + "\nread above chance", fontsize=8)
+        ax_raw.set_title(title + "\nraw, with chance and the normalized 1/2", fontsize=8)
         for a in (ax, ax_raw):
-            a.set_xscale("log")
+            _p_axis(a, part["P"])
             a.set_ylim(-0.1 if a is ax else -0.03, 1.03)
             a.set_xlabel("training-set size P")
     return _save(fig, out, "validity_vs_P")
@@ -155,27 +197,34 @@ def _estimator_curve(ax, points: pd.DataFrame, method: str, color) -> None:
 
 
 def plot_collapse(df: pd.DataFrame, out: str, at: str = "best") -> list[str]:
-    """Normalized validity against P / (v m**(l+1)) for every level and work directory."""
+    """Normalized validity against P / (v m**(l+1)) for every level (colour) and curve (marker: a work
+    directory, or a swept value within one)."""
     points = thresholds.collapse(df, at)
-    fig = Figure(figsize=(5.5, 4.0))
+    fig = _figure(6.0, 4.4)
     ax = fig.subplots()
     markers = "osD^vP*X"
     lv = sorted(points["level"].unique())
+    colors = dict(zip(lv, _colors(len(lv))))
     keys = analysis.curve_keys(points)  # a marker per work directory, or per swept value within one
+    curves = []
     for i, (values, curve) in enumerate(points.groupby(keys, dropna=False)):
         name = analysis.curve_label(keys, (label(values[0]), *values[1:]))
-        for color, level in zip(_colors(len(lv)), lv):
+        if "m" not in keys and "m" in curve:
+            name += f" (m={int(curve['m'].iloc[0])})"
+        curves.append((name, dict(marker=markers[i % len(markers)], ls="none", mfc="none")))
+        for level, color in colors.items():
             part = curve[curve["level"] == level]
             if len(part):
-                _spread(ax, part, "x", "validity", color, marker=markers[i % len(markers)],
-                        label=f"{name} (m={int(part['m'].iloc[0])}) l={level}")
+                _spread(ax, part, "x", "validity", color, marker=markers[i % len(markers)])
     ax.axvline(1.0, color="gray", ls=":", lw=1)
     ax.axhline(0.5, color="0.6", lw=0.6)
     ax.set_xscale("log")
+    _log_axis(ax.xaxis)
     ax.set_xlabel("P / (v m^(l+1))")
     ax.set_ylabel(NORM_LABEL, fontsize=8)
-    ax.set_title(f"collapse across levels and runs ({at} evaluation)", fontsize=9)
-    ax.legend(fontsize=6, ncol=2)
+    ax.set_title(f"collapse across levels and curves ({at} evaluation)\n{_pooled(points[points['level'] == lv[0]])}",
+                 fontsize=9)
+    _key(ax, colors, curves, loc="upper left", framealpha=0.6)
     return _save(fig, out, "collapse")
 
 
@@ -204,7 +253,7 @@ def plot_time(df: pd.DataFrame, workdir: str, out: str, name: str, axis: str = "
     copies = analysis.copies_column(part)
     Ps = _panel_Ps(part["P"].to_numpy())
     lv = analysis.levels(part)
-    fig = Figure(figsize=(3.2 * len(Ps), 3.4))
+    fig = _figure(max(3.2 * len(Ps), 5.0), 3.6)
     axes = fig.subplots(1, len(Ps), squeeze=False, sharey=True)[0]
     colors = dict(zip(lv, _colors(len(lv))))
     for ax, P in zip(axes, Ps):
@@ -215,11 +264,12 @@ def plot_time(df: pd.DataFrame, workdir: str, out: str, name: str, axis: str = "
             _spread(ax, rows, x, copies, "k", marker=None, ls="--")
         ax.axhline(0.5, color="0.6", lw=0.6)
         ax.set_xscale("log")
+        _log_axis(ax.xaxis)
         ax.set_title(f"P = {int(P)}", fontsize=9)
         ax.set_xlabel(TIME_AXES[axis], fontsize=8)
     axes[0].set_ylabel(NORM_LABEL, fontsize=8)
     _key(axes[0], colors, [("copies (fraction of samples)", dict(ls="--", color="k"))] if copies else [])
-    fig.suptitle(f"{title or label(workdir)}: mean over seeds, band = their range", fontsize=9)
+    fig.suptitle(f"{title or label(workdir)}: {_pooled(part)}", fontsize=9)
     return _save(fig, out, name)
 
 
@@ -230,7 +280,7 @@ def plot_windows(df: pd.DataFrame, workdir: str, out: str, name: str, at: str = 
     last = analysis.final(analysis.healthy(df[df["workdir"] == workdir]), at)
     train_RxW = analysis.window_losses(last, "train")
     test_RxW = analysis.window_losses(last, "test")
-    fig = Figure(figsize=(5.0, 3.8))
+    fig = _figure(5.5, 4.2)
     ax = fig.subplots()
     Ps = np.sort(last["P"].unique())
     for color, P in zip(_colors(len(Ps)), Ps):
@@ -242,7 +292,8 @@ def plot_windows(df: pd.DataFrame, workdir: str, out: str, name: str, at: str = 
     ax.set_xlabel("diffusion-time window (0 = least noise)")
     ax.set_ylabel("loss per window (solid train, dashed test)")
     ax.set_yscale("log")
-    ax.set_title(f"{title or label(workdir)}: {at} evaluation", fontsize=8)
+    ax.set_title(f"{title or label(workdir)}: loss per diffusion-time window, {at} evaluation\n{_pooled(last)}",
+                 fontsize=8)
     ax.legend(fontsize=6, ncol=2)
     return _save(fig, out, name)
 
@@ -257,7 +308,7 @@ def plot_coherence(df: pd.DataFrame, workdir: str, out: str, name: str, axis: st
     xi_C = dynamics.correlation_length(part)
     g = _grammar(part)
     many_P = part["P"].nunique() > 1
-    fig = Figure(figsize=(10.0 if many_P else 5.0, 3.6))
+    fig = _figure(10.0 if many_P else 5.5, 4.0)
     axes = fig.subplots(1, 2 if many_P else 1, squeeze=False)[0]
     if many_P:
         ax = axes[0]
@@ -272,7 +323,7 @@ def plot_coherence(df: pd.DataFrame, workdir: str, out: str, name: str, axis: st
         grid = np.logspace(np.log10(part["P"].min()), np.log10(part["P"].max()), 100)
         ax.plot(grid, dynamics.theory_coherence_length(grid, g["v"], g["m"], g["s"]), "k:",
                 label="theory (P / (v m))^(log s / log m)")
-        ax.set_xscale("log")
+        _p_axis(ax, part["P"])
         ax.set_yscale("log", base=g["s"])
         ax.set_xlabel("training-set size P")
         ax.set_ylabel("coherence length xi = s^l* (tokens)", fontsize=8)
@@ -285,11 +336,12 @@ def plot_coherence(df: pd.DataFrame, workdir: str, out: str, name: str, axis: st
         if len(xi_C):
             _spread(ax, xi_C[(xi_C["P"] == P) & (xi_C["step"] > 0)], x, "xi_C", color, marker=None, ls="--")
     ax.set_xscale("log")
+    _log_axis(ax.xaxis)
     ax.set_yscale("log", base=g["s"])
     ax.set_xlabel(TIME_AXES[axis], fontsize=8)
     ax.set_ylabel("coherence length xi = s^l* (tokens)", fontsize=8)
     ax.legend(fontsize=6, ncol=2)
-    fig.suptitle(f"{title or label(workdir)}: l* = highest level with normalized validity >= 1/2"
+    fig.suptitle(f"{title or label(workdir)}: {_pooled(part)}\nl* = highest level with normalized validity >= 1/2"
                  + ("; dashed: xi_C from C(t)" if len(xi_C) else ""), fontsize=9)
     return _save(fig, out, name)
 
@@ -301,7 +353,7 @@ def plot_correlation(df: pd.DataFrame, workdir: str, out: str, name: str, at: st
     corr = dynamics.correlations(analysis.healthy(df[df["workdir"] == workdir]), at)
     if corr.empty:
         return []
-    fig = Figure(figsize=(5.0, 3.8))
+    fig = _figure(5.5, 4.2)
     ax = fig.subplots()
     Ps = np.sort(corr["P"].unique())
     reference = "data" if corr["data"].notna().any() else "train"
@@ -319,6 +371,7 @@ def plot_correlation(df: pd.DataFrame, workdir: str, out: str, name: str, at: st
     ax.set_xlabel("distance t between positions")
     ax.set_ylabel("C(t): mean squared connected correlation", fontsize=8)
     which = "the grammar's data" if reference == "data" else "training rows"
-    ax.set_title(f"{title or label(workdir)}: samples (solid) vs {which} (dashed), {at} evaluation", fontsize=8)
+    ax.set_title(f"{title or label(workdir)}: samples (solid) vs {which} (dashed), {at} evaluation\n"
+                 f"{_pooled(corr)}", fontsize=8)
     ax.legend(fontsize=6, ncol=2)
     return _save(fig, out, name)

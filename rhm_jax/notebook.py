@@ -12,9 +12,13 @@ Shape letters: M models loaded, N samples per model, D sequence length.
 Each model is restored from the checkpoint of the step it is loaded at (``best``: its lowest test
 loss, as ``results.pick`` and the report read it), so re-scoring with the run's settings reproduces
 its metrics rows. Nothing in the work directory is changed unless ``score(write=True)``. A job
-array (``launch.slurm``) keeps its checkpoints per slice: load ``DIR/slice_<k>``. A sweep over static
-settings (``plan``) runs several programs in one directory; ``load`` takes models of one program
-(default: the first program's).
+array (``launch.slurm``) keeps its checkpoints per slice: load ``DIR/slice_<k>``.
+
+A sweep over static settings (``plan``; the quick sweep's m = 3 and m = 2) runs several programs in
+one directory, and models of different programs cannot be stacked (their shapes differ). ``load``
+then gives a ``Sweep``: one ``Run`` per program (``sweep.runs``, ``sweep[k]``, ``sweep.run_of(model)``),
+with the table, sampling (one array per program) and scoring over all of them. ``program=k`` or
+models of one program give that program's ``Run``.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from rhm_jax import checkpoint, diffusion, evaluate, plan, results, sharding, stored, train
+from rhm_jax import checkpoint, diffusion, evaluate, keys, plan, results, sharding, stored, train
 from rhm_jax.program import Built, build, eval_key
 from rhm_jax.subgrids import metrics_rows, part_dir, restore_target, select
 
@@ -37,8 +41,9 @@ class Run:
     """Models of one work directory, each at one step, stacked along a leading model axis M."""
 
     def __init__(self, workdir: str, program: plan.Program, progs: Built, positions: list[int],
-                 state: train.TrainState, table: Any):
+                 state: train.TrainState, table: Any, swept_columns: Sequence[str] = ()):
         self.workdir, self.program, self._progs = workdir, program, progs
+        self.swept_columns = tuple(swept_columns)  # results columns of the sweep's swept keys (m, width, ...)
         self.settings = program.settings  # typed settings of the loaded models' program
         self._positions = positions  # of the loaded models in the run's grid
         self.state = state  # stacked TrainState (opt_state dropped), leading axis M
@@ -59,6 +64,10 @@ class Run:
     @property
     def network(self) -> Any:
         return self._progs.setup.network
+
+    def describe(self) -> str:
+        """Its models and the swept values of its program, e.g. 'models 0..7: m=3'."""
+        return f"models {self.models[0]}..{self.models[-1]}: {_swept_values(self)}"
 
     @property
     def models(self) -> list[int]:
@@ -132,14 +141,16 @@ class Run:
             step_rows = metrics_rows(metrics, grid_rows, state, int(step))
             if write:
                 K, S = typed.eval.num_samples, typed.sampler_label
-                _merge_rows(os.path.join(self.workdir, f"score_{int(step)}_{K}_{S}.jsonl"), step_rows)
+                results.merge_rows(os.path.join(self.workdir, f"score_{int(step)}_{K}_{S}.jsonl"), step_rows)
             rows += step_rows
         order = {m: i for i, m in enumerate(self.models)}
         return pd.DataFrame(sorted(rows, key=lambda r: order[r["model"]]))
 
     def _frame(self, values: dict) -> Any:
         """A table of (M,)-leading arrays, one row per model, beside the model's grid columns."""
-        frame = self.table[["model", "P", "seed", "lr", "step"]].reset_index(drop=True).copy()
+        columns = ["model", *(c for c in self.swept_columns if c in self.table and c not in ("P", "seed", "lr")),
+                   "P", "seed", "lr", "step"]
+        frame = self.table[columns].reset_index(drop=True).copy()
         for name, array in values.items():
             array = np.asarray(array)
             if array.ndim == 1:
@@ -148,6 +159,81 @@ class Run:
                 for w in range(array.shape[1]):
                     frame[f"{name}_{w}"] = array[:, w]
         return frame
+
+
+class Sweep:
+    """Models of a work directory with several programs (a sweep over static settings such as m):
+    one ``Run`` per program, in run order. Table, sampling and scoring span every program; what
+    is stacked (parameters, grammar, training sets) is per program: ``sweep[k]`` or ``run_of(model)``."""
+
+    _PER_PROGRAM = ("params", "state", "grammar", "process", "network", "settings", "program", "grid", "training_set",
+                    "test_set")
+
+    def __init__(self, workdir: str, runs: list[Run]):
+        self.workdir, self.runs = workdir, runs
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    def __iter__(self):
+        return iter(self.runs)
+
+    def __getitem__(self, k: int) -> Run:
+        return self.runs[k]
+
+    def __getattr__(self, name: str) -> Any:
+        if name in Sweep._PER_PROGRAM:
+            raise AttributeError(f"{name!r} is per program: {self.workdir} holds {len(self.runs)} programs "
+                                 f"({self.describe()}); use sweep[k].{name} or sweep.run_of(model).{name}")
+        raise AttributeError(name)
+
+    def describe(self) -> str:
+        """Each program's models and the static values that set it apart, e.g. 'models 0..7: m=3'."""
+        return "; ".join(r.describe() for r in self.runs)
+
+    @property
+    def models(self) -> list[int]:
+        """Global grid indices of every loaded model, program by program."""
+        return [m for r in self.runs for m in r.models]
+
+    @property
+    def table(self) -> Any:
+        """One row per loaded model of every program, with its ``program`` (index in the sweep's run order)."""
+        return _stacked(self.runs, [r.table for r in self.runs])
+
+    def run_of(self, model: int) -> Run:
+        """The ``Run`` holding the model with global index ``model``."""
+        for run in self.runs:
+            if model in run.models:
+                return run
+        raise ValueError(f"model={model} is not loaded; loaded: {self.models}")
+
+    def sample(self, num_samples: int, seed: int = 0, sampler_steps: int | str | None = None) -> list[np.ndarray]:
+        """One (M_k, N, D_k) array of samples per program (``Run.sample`` of each)."""
+        return [r.sample(num_samples, seed, sampler_steps) for r in self.runs]
+
+    def score_samples(self, tokens: Sequence[Any]) -> Any:
+        """Per-model scores of one sample array per program (as ``sample`` returns), in one table."""
+        if len(tokens) != len(self.runs):
+            raise ValueError(f"tokens must hold one (M, N, D) array per program: {len(self.runs)}, got {len(tokens)}")
+        return _stacked(self.runs, [r.score_samples(t) for r, t in zip(self.runs, tokens)])
+
+    def score(self, num_samples: int | None = None, sampler_steps: int | str | None = None,
+              write: bool = False) -> Any:
+        """``Run.score`` of every program, in one table."""
+        return _stacked(self.runs, [r.score(num_samples, sampler_steps, write) for r in self.runs])
+
+
+def _swept_values(run: Run) -> str:
+    """'m=3' (the swept columns of a run's first model), or 'the config alone'."""
+    row = run.table.iloc[0]
+    pairs = [f"{c}={row[c]}" for c in run.swept_columns if c in row]
+    return ", ".join(pairs) or "the config alone"
+
+
+def _stacked(runs: list[Run], tables: list[Any]) -> Any:
+    """The runs' tables one under the other, each row with its ``program`` (index in the sweep's run order)."""
+    return pd.concat([t.assign(program=r.program.index) for r, t in zip(runs, tables)], ignore_index=True)
 
 
 @functools.lru_cache(maxsize=8)
@@ -169,13 +255,6 @@ def _scorer(refs: Any):
     return jax.jit(jax.vmap(lambda tokens, P, g: evaluate.score_in(refs, g, tokens, P)))
 
 
-def _merge_rows(path: str, rows: list[dict]) -> None:
-    """Write rows into a jsonl file, replacing earlier rows of the same models."""
-    models = {r["model"] for r in rows}
-    kept = [r for r in results.read_rows(path) if r["model"] not in models]
-    results.write_rows(path, sorted(kept + rows, key=lambda r: r["model"]))
-
-
 # ----------------------------------------------------------------------------- loading
 
 def _wanted_steps(table: Any, step: int | str, models: list[int]) -> dict[int, int]:
@@ -193,44 +272,50 @@ def _wanted_steps(table: Any, step: int | str, models: list[int]) -> dict[int, i
     return wanted
 
 
-def _program_of(sweep: plan.Plan, models: Sequence[int], workdir: str) -> tuple[plan.Program, int]:
-    """The program holding all ``models`` and its first position; ValueError if they span several."""
-    offset = 0
-    for program in sweep.programs:
-        indices = {r["index"] for r in program.rows}
-        if set(models) <= indices:
-            return program, offset
-        if set(models) & indices:
-            break
-        offset += len(program.rows)
-    spans = [f"{p.rows[0]['index']}..{p.rows[-1]['index']}" for p in sweep.programs]
-    raise ValueError(f"models {list(models)} of {workdir} belong to different programs (models {', '.join(spans)}:"
-                     f" other static settings of {', '.join(sweep.swept)}); load each program's models separately")
-
-
 def load(workdir: str | os.PathLike, step: int | str = results.DEFAULT_READING,
-         models: Sequence[int] | None = None) -> Run:
-    """The models of a work directory (global ``models`` indices, default all) at ``step``: a
-    checkpoint step, or 'best' / 'last' (each model at its own best or last evaluation).
+         models: Sequence[int] | None = None, program: int | None = None) -> "Run | Sweep":
+    """The models of a work directory (global ``models`` indices, default all; or those of program
+    ``program``) at ``step``: a checkpoint step, or 'best' / 'last' (each model at its own best or last
+    evaluation). A ``Run`` when the models share one program (always for a run without a sweep over
+    static settings), else a ``Sweep`` holding one ``Run`` per program.
 
-    ValueError (one line) when the directory is not a run, a model is not in it, or a step has no
-    checkpoint (``run.keep_evaluations`` may have dropped it; the message lists what exists).
+    ValueError (one line) when the directory is not a run, a model or program is not in it, or a
+    step has no checkpoint (``run.keep_evaluations`` may have dropped it; the message lists what exists).
     """
     run = stored.open_run(workdir)
     workdir, sweep = run.workdir, run.plan
-    all_models = [r["index"] for p in sweep.programs for r in p.rows]
-    models = [r["index"] for r in sweep.programs[0].rows] if models is None else [int(m) for m in models]
+    owned = [[r["index"] for r in p.rows] for p in sweep.programs]
+    all_models = [m for own in owned for m in own]
+    if program is not None:
+        if not isinstance(program, (int, np.integer)) or not 0 <= program < len(owned):
+            raise ValueError(f"program={program!r}: {workdir} holds programs 0..{len(owned) - 1}")
+        outside = sorted(set(models or ()) - set(owned[program]))
+        if outside:
+            raise ValueError(f"models {outside} are not in program {program} of {workdir} (its models: "
+                             f"{owned[program][0]}..{owned[program][-1]})")
+    if models is None:
+        models = owned[program] if program is not None else all_models
+    models = [int(m) for m in models]
     missing = sorted(set(models) - set(all_models))
     if missing:
         raise ValueError(f"models {missing} are not in {workdir} (it holds {all_models[0]}..{all_models[-1]})")
-    program, _ = _program_of(sweep, models, workdir)
     table = results.load(workdir)
     wanted = _wanted_steps(table, step, models)
+    swept = [keys.KEYS[k].column for k in sweep.swept if k in keys.KEYS]
+    runs = [_load_program(run, p, [m for m in models if m in own], wanted, table, swept)
+            for p, own in zip(sweep.programs, map(set, owned)) if set(models) & own]
+    return runs[0] if len(runs) == 1 else Sweep(workdir, runs)
+
+
+def _load_program(run: stored.Stored, program: plan.Program, models: list[int], wanted: dict[int, int],
+                  table: Any, swept: list[str]) -> Run:
+    """``models`` of one program, each restored at its ``wanted`` step."""
+    workdir = run.workdir
     states: dict[int, Any] = {}
     progs = None
     for subgrid in stored.subgrids(run, [program]):
         progs, part = subgrid.built, subgrid.part
-        needed = {m: wanted[m] for m in part.models if m in wanted}
+        needed = {m: wanted[m] for m in part.models if m in models}
         if not needed:
             continue
         with checkpoint.Checkpointer(part_dir(workdir, subgrid.number), read_only=True) as ckpt:
@@ -261,4 +346,4 @@ def load(workdir: str | os.PathLike, step: int | str = results.DEFAULT_READING,
         row = match.iloc[0].to_dict() if len(match) else dict(grid[m], model=m, step=at[m])
         row.pop("index", None)
         rows.append(row)
-    return Run(workdir, program, progs, [position[m] for m in models], state, pd.DataFrame(rows))
+    return Run(workdir, program, progs, [position[m] for m in models], state, pd.DataFrame(rows), swept)

@@ -102,33 +102,42 @@ def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
     if isinstance(current, ml_collections.ConfigDict):
         raise ValueError(f"override {item!r} names a section; set its keys one by one")
     try:
-        node[key] = _seed_count(text) if name == "train.seeds" else _parse_value(text, current)
+        node[key] = _parse_value(text, current)
     except (TypeError, ValueError) as err:
         raise ValueError(f"bad value in override {item!r} for a {type(current).__name__} field: {err}") from err
 
 
-def _seed_count(text: str) -> tuple:
-    """``train.seeds``: a bare int N means N seeds (0, ..., N-1), as documented; a list lists them."""
-    value = _parse_value(text, ())
-    try:  # '3,' is the tuple (3,) in Python: only an int literal is a count
-        count = ast.literal_eval(text)
+def _range(text: str) -> tuple | None:
+    """``range(stop)`` / ``range(start, stop[, step])`` with int literals as a tuple; None if not that form."""
+    text = text.strip()
+    if not (text.startswith("range(") and text.endswith(")")):
+        return None
+    try:
+        args = ast.literal_eval(f"({text[len('range('):-1]},)")
     except (ValueError, SyntaxError):
-        return value
-    if _is_int(count):
-        if count < 1:
-            raise ValueError(f"a bare int is a seed count and must be >= 1, got {count}; write (0,) for seed 0")
-        return tuple(range(int(count)))
-    return value
+        args = None
+    if not args or len(args) > 3 or not all(_is_int(a) for a in args):
+        raise ValueError(f"{text!r}: range takes 1 to 3 integers")
+    values = tuple(range(*args))
+    if not values:
+        raise ValueError(f"{text!r} is empty")
+    return values
 
 
 def _parse_value(text: str, current: Any) -> Any:
-    """Text -> value of the field's kind: bools by name, strings as typed, else a Python literal."""
+    """Text -> value of the field's kind: bools by name, strings as typed, else a Python literal.
+
+    A tuple field takes a tuple or list, a bare value v as ``(v,)`` (as ml_collections' config_flags:
+    ``--config.train.seeds=3`` is seed 3), or ``range(...)`` (``range(3)``: seeds 0, 1, 2).
+    """
     if isinstance(current, bool):
         if text.lower() in ("true", "1"):
             return True
         if text.lower() in ("false", "0"):
             return False
         raise ValueError(f"{text!r} is not a bool (true/false)")
+    if isinstance(current, tuple) and (values := _range(text)) is not None:
+        return values
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 from rhm_jax import config as config_lib
 from rhm_jax import health, keys
 from rhm_jax.rundir import (CONFIG_FILE, METRICS_FILE, PACKAGES, SCORE_FILE, SUMMARY_FILE,  # noqa: F401
-                            TRAIN_FILE, MetricsWriter, git_revision, move_aside, prepare_workdir,
+                            TRAIN_FILE, MetricsWriter, git_revision, merge_rows, move_aside, prepare_workdir,
                             provenance, read_config_json, read_rows, record_wall_time, to_json_value,
                             write_atomic, write_json_atomic, write_rows)
 
@@ -162,13 +162,18 @@ def pick(history: Any, at: str = DEFAULT_READING) -> dict:
     """The evaluation of one model that ``at`` reads: 'last', or 'best' (``best_position``).
 
     ``history``: the model's rows, as dicts or as a pandas DataFrame. The one rule for 'best':
-    ``analysis.final`` calls ``best_position`` too.
+    ``analysis.final`` calls ``best_position`` too, and gives one row per model of a whole table
+    (``analysis.final(results.load(workdir), at="best")``); rows of several models are refused here.
     """
     if at not in READINGS:
         raise ValueError(f"at={at!r} must be one of {tuple(READINGS)}")
     rows = history.to_dict("records") if hasattr(history, "to_dict") else list(history)
     if not rows:
         raise ValueError("history must hold at least one evaluation")
+    models = sorted({(str(r.get("workdir", "")), r["model"]) for r in rows if "model" in r})
+    if len(models) > 1:
+        raise ValueError(f"history holds {len(models)} models; pick reads one model's rows: for one row per model"
+                         " use analysis.final(df, at=...)")
     rows = sorted(rows, key=lambda r: r["step"])
     if at == "last":
         return rows[-1]

@@ -302,6 +302,13 @@ def write_rows(path: str, rows: Iterable[dict]) -> None:
     write_atomic(path, "".join(json.dumps(to_json_value(r), allow_nan=False) + "\n" for r in rows))
 
 
+def merge_rows(path: str, rows: list[dict]) -> None:
+    """Write ``rows`` into a jsonl file, replacing its earlier rows of the same models (by ``model``)."""
+    models = {r["model"] for r in rows}
+    kept = [r for r in read_rows(path) if r["model"] not in models]
+    write_rows(path, sorted(kept + list(rows), key=lambda r: r["model"]))
+
+
 def _torn(path: str) -> bool:
     """True when the file's last line lacks its newline (a write cut short)."""
     with open(path, "rb") as f:

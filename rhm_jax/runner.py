@@ -153,8 +153,11 @@ def _run_part(progs: Built, rec: Recorder, directory: str, part: Part,
     eval_points, writer, bar, run_settings = part.eval_points, rec.metrics, rec.bar, progs.settings.run
     keep = kept_evaluations(eval_points, run_settings.keep_evaluations, [r["budget_steps"] for r in part.rows])
     with checkpoint.Checkpointer(directory, run_settings.keep_last, keep_steps=keep) as ckpt:
-        t, state, restored = _start(progs, part, ckpt, writer, digest)
+        with bar.untimed():  # restoring or initializing a sub-grid (it may compile): not training
+            t, state, restored = _start(progs, part, ckpt, writer, digest)
         rec.begin(part, t, restored)
+        if compiles:
+            bar.compiling()  # its first pause compiles the evaluator for this sub-grid's size
         stops = _stops(eval_points, part.end, run_settings.checkpoint_every)
         if restored:  # done by an earlier process: counted, never timed
             bar.restored(sum(min(t, r["budget_steps"]) for r in part.rows), sum(s <= t for s in stops))
@@ -266,16 +269,18 @@ def _run_locked(config: ml_collections.ConfigDict, sweep: "plan.Plan", workdir: 
     log.info("%s run in %s: %d models in %d program(s)%s", status, workdir, len(grid_rows), len(sweep.programs),
              f", swept: {', '.join(sweep.swept)}" if sweep.swept else "")
     bar = Progress(sum(r["budget_steps"] for r in grid_rows), sum(_sweep_stops(p) for p in sweep.programs),
-                   enabled=progress)
+                   enabled=progress, programs=len(sweep.programs))
     rec = Recorder(workdir, bar, tensorboard)
     offset = 0
     try:
         for program in sweep.programs:
-            progs = build(program.settings, program.rows)
+            bar.begin_program()
+            with bar.untimed():  # a later program's build and datasets: its start-up, not training
+                progs = build(program.settings, program.rows)
+                parts = partition(progs, workdir, offset)
             log.info("program %d/%d: models %s on %d device(s), largest P=%d, %d test rows", program.index + 1,
                      len(sweep.programs), span([r["index"] for r in program.rows]), progs.place.num_devices,
                      progs.setup.pool_GxQxD.shape[1], progs.setup.test_GxNxD.shape[1])
-            parts = partition(progs, workdir, offset)
             for i, (number, positions) in enumerate(parts):
                 part = make_part(progs, positions)
                 if len(parts) > 1:

@@ -512,6 +512,10 @@ def test_one_rule_for_best_in_results_and_analysis():
     assert results.pick(df, "last")["step"] == 1600
     with pytest.raises(ValueError, match="at"):
         results.pick(df, "first")
+    two = pd.concat([df.assign(model=0), df.assign(model=1)])  # a whole table is not one model's history
+    with pytest.raises(ValueError, match=r"history holds 2 models.*analysis.final\(df, at=...\)"):
+        results.pick(two, "best")
+    assert analysis.final(two, "best")["step"].tolist() == [400, 400]
 
 
 def test_the_interval_holds_its_threshold_when_resamples_cross_below_the_smallest_p():

@@ -2,6 +2,7 @@
 the level, exact confusion against enumeration, vmapped grid equal to separate runs, a sweep's pools."""
 import itertools
 import json
+import logging
 
 import chex
 import jax
@@ -258,10 +259,14 @@ def test_launch_cluster_reads_the_workdirs_config_and_refuses_another_grammar(tm
 
 
 @pytest.mark.heavy
-def test_the_learner_runs_on_every_dataset_of_a_sweep():
+def test_the_learner_runs_on_every_dataset_of_a_sweep(caplog):
     config = config_lib.load("tests/data/two_programs.py")
     points = config_lib.load_sweep("tests/data/two_programs.py")
-    rows = clustering.run_sweep(config, points=points, restarts=2, iterations=3)
+    with caplog.at_level(logging.INFO, logger="rhm_jax"):
+        rows = clustering.run_sweep(config, points=points, restarts=2, iterations=3)
+    # a line per dataset learned: the learner is a stage of its own (seconds to a minute)
+    assert [m.split(" (")[0] for m in caplog.messages if m.startswith("clustering learner")] == [
+        f"clustering learner: dataset {k} of 4" for k in (1, 2, 3, 4)]
     # the two widths share their data: each (grammar seed, data seed, P) once
     got = sorted((r["grammar_seed"], r["data_seed"], r["P"]) for r in rows)
     assert got == [(g, d, P) for g in (0, 1) for d in (0, 1) for P in (8, 16)]
@@ -278,8 +283,9 @@ def test_launch_cluster_respects_the_lock_and_takes_no_abbreviated_options(tmp_p
     with lock.hold(str(tmp_path)):  # a run writing this directory
         assert launch_cluster.main(["--workdir", str(tmp_path)]) == 2
     assert "in use by another" in capsys.readouterr().err and not (tmp_path / "clustering.jsonl").exists()
-    assert launch_cluster.main(["--workdir", str(tmp_path), "--cont", "labels"]) == 2  # not --context
-    assert "'--cont' must look like --config." in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:  # not --context
+        launch_cluster.main(["--workdir", str(tmp_path), "--cont", "labels"])
+    assert done.value.code == 2 and "unknown option --cont; did you mean --context?" in capsys.readouterr().err
 
 
 @pytest.mark.heavy

@@ -1,5 +1,6 @@
 """Config: defaults validate, every bad setting is a ValueError naming it, overrides, round trips."""
 import json
+import re
 
 import ml_collections
 import pytest
@@ -112,28 +113,34 @@ def test_steps_and_epochs_are_exclusive(smoke):
 
 def test_overrides_set_typed_values():
     config = config_lib.load(SMOKE + ":quick", [
-        "--config.train.lr=3e-4", "--config.data.num_train=(8,16,32)", "--config.train.seeds=5",
+        "--config.train.lr=3e-4", "--config.data.num_train=(8,16,32)", "--config.train.seeds=range(5)",
         "--config.process.name=masked", "--config.network.authors_schedule=false",
         "--config.network.time_conditioning=True", "--config.train.num_epochs=2"])
     assert config.train.lr == (3e-4,)
     assert config.data.num_train == (8, 16, 32)
-    assert config.train.seeds == (0, 1, 2, 3, 4)  # a bare int is a count of seeds
+    assert config.train.seeds == (0, 1, 2, 3, 4)
     assert config.process.name == "masked"
     assert config.network.authors_schedule is False
     assert config.network.time_conditioning is True
     assert config.train.num_epochs == 2.0 and isinstance(config.train.num_epochs, float)
 
 
-@pytest.mark.parametrize("text, seeds", [("3", (0, 1, 2)), ("1", (0,)), ("(3,)", (3,)), ("[3]", (3,)),
-                                         ("(4,7)", (4, 7)), ("[0, 2]", (0, 2)),
-                                         ("3,", (3,)), ("4, 7", (4, 7))])
-def test_train_seeds_int_is_a_count_and_a_list_is_explicit(text, seeds):
+@pytest.mark.parametrize("text, seeds", [("3", (3,)), ("1", (1,)), ("(3,)", (3,)), ("[3]", (3,)),
+                                         ("(4,7)", (4, 7)), ("[0, 2]", (0, 2)), ("3,", (3,)), ("4, 7", (4, 7)),
+                                         ("range(3)", (0, 1, 2)), ("range(2, 5)", (2, 3, 4)),
+                                         (" range(0, 6, 2) ", (0, 2, 4))])
+def test_train_seeds_follow_config_flags_and_range_spells_a_count(text, seeds):
+    # one meaning for one text: a bare int is that seed, as ml_collections' config_flags reads it
     assert config_lib.load(SMOKE, [f"--config.train.seeds={text}"]).train.seeds == seeds
 
 
-def test_train_seeds_count_below_one_is_refused():
-    with pytest.raises(ValueError, match="seed count and must be >= 1, got 0"):
-        config_lib.load(SMOKE, ["--config.train.seeds=0"])
+@pytest.mark.parametrize("text, message", [("range(0)", "'range(0)' is empty"),
+                                           ("range(1.5)", "range takes 1 to 3 integers"),
+                                           ("range()", "range takes 1 to 3 integers"),
+                                           ("range(n)", "range takes 1 to 3 integers")])
+def test_a_bad_range_is_refused_naming_it(text, message):
+    with pytest.raises(ValueError, match=rf"override '--config.train.seeds={re.escape(text)}'.*{re.escape(message)}"):
+        config_lib.load(SMOKE, [f"--config.train.seeds={text}"])
 
 
 @pytest.mark.parametrize("override,message", [

@@ -1,5 +1,6 @@
 """The entry points as a user meets them: quiet output, clear refusals, and an installed wheel that
 runs the smoke job and its report from outside the clone."""
+import importlib
 import os
 import shutil
 import subprocess
@@ -105,6 +106,7 @@ def test_the_wheel_installs_into_a_fresh_venv_and_runs_the_smoke_job_and_report_
     run = call(bin_dir / "rhm-run", "--config", "sweeps/smoke.py", "--workdir", "runs/smoke", "--no_progress")
     assert run.stdout.startswith("each model at its best evaluation")
     call(bin_dir / "python", "-m", "launch.score", "--workdir", "runs/smoke", "--step", "64")
+    assert call(bin_dir / "rhm-score", "--help").stdout.startswith("usage: rhm-score ")  # the script's own name
     report = call(bin_dir / "rhm-report", "--workdir", "runs/smoke")
     assert "report.md" in report.stdout and (elsewhere / "runs" / "smoke" / "report" / "report.md").exists()
 
@@ -202,3 +204,82 @@ def test_the_citation_file_cites_this_software_and_the_paper_under_the_license_o
     (paper,) = [r for r in cff["references"] if "Diffusion Models are Trained" in r["title"]]
     assert paper["year"] == 2025 and "ICML 2025" in paper["collection-title"]
     assert [a["family-names"] for a in paper["authors"]] == ["Favero", "Sclocchi", "Cagnetta", "Frossard", "Wyart"]
+
+
+# ----------------------------------------------------------------------------- the command line
+
+def _scripts() -> dict[str, str]:
+    """[project.scripts] of pyproject.toml: console script -> 'module:function'."""
+    import tomllib
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        return tomllib.load(f)["project"]["scripts"]
+
+
+# imported here, not under capsys: submitit's import keeps a handle on the stderr of its time
+MAINS = {script: getattr(importlib.import_module(target.partition(":")[0]), target.partition(":")[2])
+         for script, target in _scripts().items()}
+
+
+@pytest.mark.parametrize("script", sorted(MAINS))
+def test_each_console_script_names_itself_in_its_help(script, monkeypatch, capsys):
+    module, main = _scripts()[script].partition(":")[0], MAINS[script]
+    monkeypatch.setattr(sys, "argv", [f"/somewhere/venv/bin/{script}", "--help"])
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and out.startswith(f"usage: {script} "), out[:200]
+    assert "python -m launch" not in out
+    monkeypatch.setattr(sys, "argv", [os.path.join(ROOT, *module.split(".")) + ".py", "--help"])  # python -m
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert capsys.readouterr().out.startswith(f"usage: python -m {module} ")
+
+
+def test_the_space_form_of_an_override_is_the_equals_form():
+    from launch import argument_parser
+    parser = argument_parser("local", "doc", overrides=True)
+    parser.add_argument("--config")
+    args, overrides = parser.parse(["--config.train.num_steps", "100", "--config", "x.py", "--config.train.lr=1e-3",
+                                    "--config.process.name", "masked", "--config.train.seeds", "(3,)"])
+    assert args.config == "x.py"
+    assert overrides == ["--config.train.num_steps=100", "--config.train.lr=1e-3", "--config.process.name=masked",
+                         "--config.train.seeds=(3,)"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--no-progress"], "unknown option --no-progress; did you mean --no_progress?"),
+    (["--forse"], "unknown option --forse; did you mean --force?"),
+    (["--config.train.num_steps"], "override --config.train.num_steps has no value"),
+    (["--config.train.num_steps", "--force"], "override --config.train.num_steps has no value"),
+    (["stray"], "unexpected argument 'stray'"),
+])
+def test_an_unknown_option_is_named_with_a_suggestion(argv, message, tmp_path, capsys):
+    from launch import local
+    workdir = tmp_path / "run"
+    with pytest.raises(SystemExit) as done:
+        local.main(["--config", SMOKE, "--workdir", str(workdir), *argv])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and message in err.splitlines()[-1], err
+    assert not workdir.exists()
+
+
+def test_entry_points_without_overrides_say_so_and_score_reads_best_last_or_a_step(tmp_path, capsys):
+    from launch import score
+    with pytest.raises(SystemExit) as done:
+        score.main(["--workdir", str(tmp_path), "--config.train.num_steps=4"])
+    assert done.value.code == 2 and "takes no config overrides" in capsys.readouterr().err
+    assert [score.step_argument(t) for t in ("best", "last", "0", "4096")] == ["best", "last", 0, 4096]
+    for bad in ("first", "-1", "1.5"):
+        with pytest.raises(SystemExit):
+            score.main(["--workdir", str(tmp_path), "--step", bad])
+        assert f"{bad!r} is neither a checkpoint step" in capsys.readouterr().err
+
+
+def test_a_missing_optional_dependency_is_one_line_naming_the_extra():
+    code = ("import sys, runpy; sys.modules['submitit'] = None; sys.argv = ['rhm-slurm', '--help'];"
+            " runpy.run_module('launch.slurm', run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(PYTHONPATH=ROOT), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 2 and done.stdout == "", done.stderr
+    assert done.stderr.count("\n") == 1 and "pip install 'rhm_jax[cluster]'" in done.stderr, done.stderr
+    assert "launch.slurm needs submitit" in done.stderr

@@ -1,6 +1,7 @@
 """The notebook API on a finished smoke run: models at their best / last evaluation or at a step,
 EMA-aware parameters, sampling and scoring vmapped over the models, re-scoring that reproduces the
-run's rows and writes only when asked, and the README example run from a fresh process."""
+run's rows and writes only when asked; on a sweep over m (two programs) every model, one Run per
+program; and the README example run from a fresh process on that sweep."""
 import os
 import re
 import subprocess
@@ -125,6 +126,56 @@ def test_bad_requests_are_one_line_errors(finished, tmp_path):
         notebook.load(str(tmp_path))
 
 
+@pytest.fixture(scope="module")
+def two_m(tmp_path_factory, compile_cache):
+    """(workdir, rows) of a finished smoke sweep over m = 3, then m = 2 (two programs, as the quick
+    sweep's), two models each (P = 16, 64; one seed)."""
+    config = config_lib.load(SMOKE, ["--config.train.seeds=(0,)"])
+    workdir = str(tmp_path_factory.mktemp("two_m") / "run")
+    rows = runner.run(config, workdir, points=[{"grammar.m": 3}, {"grammar.m": 2}], progress=False)
+    return workdir, rows
+
+
+@pytest.mark.heavy
+def test_a_sweep_over_m_loads_every_model_one_run_per_program(two_m):
+    workdir, rows = two_m
+    before = snapshot(workdir)
+    runs = notebook.load(workdir)
+    assert isinstance(runs, notebook.Sweep) and len(runs) == 2 and runs.models == [0, 1, 2, 3]
+    assert runs.describe() == "models 0..1: m=3; models 2..3: m=2"
+    assert runs.table[["model", "program", "m", "P"]].values.tolist() == [[0, 0, 3, 16], [1, 0, 3, 64],
+                                                                         [2, 1, 2, 16], [3, 1, 2, 64]]
+    assert [r.models for r in runs] == [[0, 1], [2, 3]] and runs.run_of(3) is runs[1]
+    assert [r.settings.grammar.m for r in runs] == [3, 2]
+    scored = runs.score()  # reproduces each program's rows
+    for got in scored.to_dict("records"):
+        want = next(r for r in rows if r["model"] == got["model"] and r["step"] == got["step"])
+        assert_rows_close({k: v for k, v in got.items() if k in want}, want)
+    own = [np.stack([run.training_set(m)[:8] for m in run.models]) for run in runs]
+    copied = runs.score_samples(own)
+    assert copied["model"].tolist() == [0, 1, 2, 3] and copied["m"].tolist() == [3, 3, 2, 2]
+    assert (copied["copies"] == 1.0).all() and (copied["validity_l3"] == 1.0).all()
+    assert [a.shape for a in runs.sample(4)] == [(2, 4, 8), (2, 4, 8)]
+    with pytest.raises(AttributeError, match=r"'params' is per program: .* holds 2 programs \(models 0..1: m=3;"):
+        runs.params
+    assert snapshot(workdir) == before  # nothing written
+
+
+@pytest.mark.heavy
+def test_one_program_of_a_sweep_is_a_run_by_its_models_or_its_index(two_m):
+    workdir, _ = two_m
+    second = notebook.load(workdir, step="last", program=1)
+    assert isinstance(second, notebook.Run) and second.models == [2, 3] and second.describe() == "models 2..3: m=2"
+    alone = notebook.load(workdir, step="last", models=[3])
+    np.testing.assert_array_equal(alone.sample(8)[0], second.sample(8)[1])
+    mixed = notebook.load(workdir, step="last", models=[3, 0])  # grouped by program, each in the order asked
+    assert isinstance(mixed, notebook.Sweep) and mixed.models == [0, 3]
+    with pytest.raises(ValueError, match=r"program=2: .* holds programs 0..1"):
+        notebook.load(workdir, program=2)
+    with pytest.raises(ValueError, match=r"models \[0\] are not in program 1 .*its models: 2..3"):
+        notebook.load(workdir, models=[0, 2], program=1)
+
+
 def readme_example() -> str:
     """The python block of the README's notebook section."""
     text = open(os.path.join(ROOT, "README.md")).read()
@@ -133,8 +184,8 @@ def readme_example() -> str:
 
 
 @pytest.mark.heavy
-def test_readme_example_runs_in_a_fresh_process(finished, compile_cache):
-    _, workdir, _ = finished
+def test_readme_example_runs_in_a_fresh_process_on_a_sweep_of_two_m(two_m, compile_cache):
+    workdir, _ = two_m
     code = readme_example()
     assert code.count('"runs/quick"') == 3
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=compile_cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
@@ -142,6 +193,7 @@ def test_readme_example_runs_in_a_fresh_process(finished, compile_cache):
     done = subprocess.run([sys.executable, "-c", code.replace('"runs/quick"', repr(workdir))], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "models 0..1: m=3; models 2..3: m=2" in done.stdout
     assert "validity_l1" in done.stdout and "test_loss" in done.stdout
     assert not [name for name in os.listdir(workdir) if name.startswith("score_")]  # nothing written
 

@@ -237,6 +237,20 @@ def test_score_reproduces_evaluation_rows_and_touches_nothing(reference, capsys)
 
 
 @pytest.mark.heavy
+def test_score_at_each_models_best_or_last_evaluation_reproduces_those_rows(reference, tmp_path, capsys):
+    _, ref_dir, ref_rows = reference
+    workdir = str(tmp_path / "run")
+    shutil.copytree(ref_dir, workdir)
+    for at in ("best", "last"):
+        assert launch_score.main(["--workdir", workdir, "--step", at]) == 0
+        want = {m: results.pick([r for r in ref_rows if r["model"] == m], at) for m in range(4)}
+        got = {r["model"]: r for s in {w["step"] for w in want.values()}
+               for r in results.read_rows(os.path.join(workdir, f"score_{s}_{len_samples(workdir)}_20.jsonl"))}
+        assert got == want, at
+    assert "step 64:" in capsys.readouterr().out
+
+
+@pytest.mark.heavy
 def test_score_of_a_broken_checkpoint_is_a_clear_error(reference, tmp_path):
     _, ref_dir, _ = reference
     workdir = str(tmp_path / "run")

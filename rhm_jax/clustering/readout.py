@@ -1,7 +1,9 @@
 """The learner on a sweep's datasets, its stored rows and its thresholds on normalized curves."""
 from __future__ import annotations
 
+import logging
 import os
+import time
 from typing import Any, Sequence
 
 import jax
@@ -11,6 +13,8 @@ from rhm_jax import plan, program, results, settings, theory
 from rhm_jax.clustering.learner import CONTEXTS
 from rhm_jax.clustering.measure import chance_accuracy, run_grid
 from rhm_jax.grammar import Grammar
+
+log = logging.getLogger(__name__)
 
 READING = ("Clustering learner (`rhm_jax.clustering`, no network, `python -m launch.cluster`): on the same "
            "training rows, s-tuples are clustered level by level by the distribution of their sibling blocks' "
@@ -52,8 +56,12 @@ def run_sweep(config: Any, context: str = "tokens", restarts: int = 32, iteratio
             key = (typed.grammar, typed.num_test, typed.eval.num_samples, r["grammar_seed"], r["data_seed"])
             datasets.setdefault(key, (typed, []))[1].append(r)
     rows = []
-    for key, (typed, models) in datasets.items():
+    for number, (key, (typed, models)) in enumerate(datasets.items(), 1):
+        began = time.monotonic()
         rows += _learner_rows(typed, key[-2], key[-1], models, context, restarts, iterations)
+        log.info("clustering learner: dataset %d of %d (m=%d, grammar seed %d, data seed %d, %d learners) in %.0f s",
+                 number, len(datasets), typed.grammar.m, key[-2], key[-1], len({(r["P"], r["seed"]) for r in models}),
+                 time.monotonic() - began)
     return rows
 
 
