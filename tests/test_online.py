@@ -201,3 +201,38 @@ def test_evaluation_rows_void_an_online_models_copy_columns():
     assert rows[0]["copies"] is None and rows[0]["noncopy_samples"] is None and rows[0]["train_loss_window_1"] is None
     assert rows[0]["validity_l1"] == 0.5 and rows[0]["test_loss"] == pytest.approx(0.1)
     assert rows[1]["copies"] == 0.25 and rows[1]["noncopy_samples"] == 12 and rows[1]["train_loss_window_1"] == 0.0
+
+
+# ----------------------------------------------------------------------------- the sweep file
+
+ONLINE_SWEEP = os.path.join(ROOT, "sweeps", "online.py")
+
+
+@pytest.mark.parametrize("arg", [None, "cpu"])
+def test_the_online_sweep_never_nears_p_max_and_runs_online_beside_finite_P(arg):
+    spec = ONLINE_SWEEP + (f":{arg}" if arg else "")
+    planned = plan.make_plan(config_lib.load(spec), config_lib.load_sweep(spec))
+    assert len(planned.programs) == 2  # m=3 at L=4, m=2 at L=5
+    for program_ in planned.programs:
+        g, batch = program_.settings.grammar, program_.settings.train.batch_size
+        online = [r for r in program_.rows if r["P"] == 0]
+        assert len(online) == 3 and len(program_.rows) > 3  # three realizations, finite P beside them
+        p_max = grammar.num_sequences(g.n, g.m, g.s, g.L)
+        assert all(batch * r["budget_steps"] < 0.2 * p_max for r in online)
+        assert {r["grammar_seed"] for r in program_.rows} == {0, 1, 2}
+
+
+@pytest.mark.slow
+def test_the_quick_online_sweep_runs_and_reports_its_online_section(tmp_path):
+    from rhm_jax import report
+    spec = ONLINE_SWEEP + ":quick"
+    workdir = str(tmp_path / "quick")
+    rows = runner.run(config_lib.load(spec), workdir, points=config_lib.load_sweep(spec), progress=False)
+    assert {r["P"] for r in rows} == {0, 64}
+    paths = report.make_report([workdir], out=str(tmp_path / "report"), time_axis="step")
+    text = open(paths["report"][0]).read()
+    for heading in ("Online regime: learning times t_l", "t_(l+1) / t_l against m", "power law of the coherence",
+                    "leaves the online curve"):
+        assert heading in text
+    assert any(p.endswith("online_time.png") for p in paths["figures"])
+    assert any(p.endswith("departure.png") for p in paths["figures"])

@@ -16,7 +16,7 @@ from rhm_jax import plan, results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEPS = ("hierarchy_in_p", "hierarchy_in_time", "masked_transformer", "pilot_cpu", "reproduction_cpu",
-          "reproduction_cpu_hour")
+          "reproduction_cpu_hour", "online")
 
 
 def sweep_module(name: str):
