@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from rhm_jax import analysis, figures, tables, timescales
+from rhm_jax import analysis, dynamics, figures, tables, timescales
 
 DEFINITION = (
     "Online models (`P = online`, `data.num_train = 0`) draw a fresh batch from their grammar at every "
@@ -21,9 +21,9 @@ DEFINITION = (
     "steps nears P_max), so they have no training set, no copies and no train-set metrics (null in their "
     "rows). `t_l`: the first step where normalized validity at level l crosses 1/2 (interpolated in log "
     "step), the geometric mean over the models that reached it (`reached`), with a 95 % bootstrap interval "
-    "over models; `samples` = batch_size x t_l, the fresh sequences seen. The theory: level l is learned "
-    "once the samples seen reach P*_l ~ c v m^(l+1), so t_(l+1) / t_l ~ m, and since xi = s^l at t_l, "
-    "xi ~ t^(log s / log m).")
+    "over models; `samples` = batch_size x t_l, the fresh sequences seen; `c` = samples / (v m^(l+1)). The "
+    "theory: level l is learned once the samples seen reach P*_l ~ c v m^(l+1) (the same c at every level), "
+    "so t_(l+1) / t_l ~ m, and since xi = s^l at t_l, xi ~ t^(log s / log m).")
 
 
 def _curves(df: pd.DataFrame):
@@ -123,6 +123,11 @@ def section(df: pd.DataFrame, out: str) -> tuple[list[str], list[str]]:
         "Ratio of the geometric means of consecutive learning times, 95 % bootstrap interval over models "
         "(a level not reached by every model is read on those that did: see `reached` above).",
         tables.markdown_table(_label(timescales.ratios(times))))
+    lines += tables.section(
+        "Online regime: coherence length in time",
+        "Means over models at steps that are powers of two: `xi` = s^l* (l* the highest level whose "
+        "normalized validity reaches 1/2), `xi_C` from C(t) (" + dynamics.CORRELATION_LENGTH + ")",
+        tables.markdown_table(_label(timescales.xi_table(xi))))
     lines += tables.section(
         "Online regime: power law of the coherence length",
         "From the learning times: `slope` of log t_l against l over the levels every model reached "

@@ -13,7 +13,7 @@ and in samples seen, ``samples = batch_size x steps`` (each online step draws a 
   reached); since xi = s^l at t_l, xi ~ t^(log s / b), so the exponent is log s / b, with a
   bootstrap interval, beside the theory's log s / log m.
 - ``coherence``: xi(t) per evaluation, from validity (``dynamics.coherence_length``, xi = s^l*) and
-  from C(t) (``dynamics.correlation_length``, xi_C); ``xi_fit``: a log-log least-squares fit of
+  from C(t) (``dynamics.correlation_length``, xi_C); ``xi_table`` their means at powers of two; ``xi_fit``: a log-log least-squares fit of
   xi_C (or xi) against steps over the rising part, with a bootstrap interval.
 - ``departures``: the step at which each finite-P model leaves the online curve of its grammar
   (``DEPARTURE``), beside its memorization onset (copies >= 0.1, ``dynamics.memorization_onset``).
@@ -94,7 +94,8 @@ def _geo_means(log_KxL: np.ndarray, draws: np.ndarray) -> np.ndarray:
 
 def time_table(times: pd.DataFrame) -> pd.DataFrame:
     """Per curve and level: ``t`` (geometric mean of t_l in steps over the models that reached it),
-    ``t_lo`` / ``t_hi`` (95 % bootstrap interval), ``samples`` (batch_size x t), ``reached`` ('k/n')."""
+    ``t_lo`` / ``t_hi`` (95 % bootstrap interval), ``samples`` (batch_size x t), ``c`` = samples / (v m^(l+1))
+    (the theory's constant if level l is learned at P*_l = c v m^(l+1) samples), ``reached`` ('k/n')."""
     rows, rng = [], np.random.default_rng(SEED)
     for keys_, values, log_KxL, levels, g in _per_curve(times):
         means = _geo_means(log_KxL, _draws(len(log_KxL), rng))
@@ -102,8 +103,10 @@ def time_table(times: pd.DataFrame) -> pd.DataFrame:
         for j, level in enumerate(levels):
             lo, hi = _interval(np.exp(means[1:, j]))
             t = float(np.exp(means[0, j]))
+            grammar = _grammar(g)
+            context = grammar.get("v", np.nan) * grammar.get("m", np.nan) ** (level + 1)
             rows.append(dict(zip(keys_, values), level=level, t=t, t_lo=lo, t_hi=hi, samples=t * batch,
-                             reached=f"{int(np.isfinite(log_KxL[:, j]).sum())}/{len(log_KxL)}"))
+                             c=t * batch / context, reached=f"{int(np.isfinite(log_KxL[:, j]).sum())}/{len(log_KxL)}"))
     return pd.DataFrame(rows)
 
 
@@ -166,6 +169,15 @@ def coherence(df: pd.DataFrame, reading: str = "normalized") -> pd.DataFrame:
     size = batch.reindex(pd.MultiIndex.from_frame(xi[["workdir", "model"]])).to_numpy(float) if batch is not None \
         else np.nan
     return xi.assign(samples=xi["step"].to_numpy(float) * size)
+
+
+def xi_table(xi: pd.DataFrame) -> pd.DataFrame:
+    """Per curve and evaluation step that is a power of two: mean xi and xi_C over models, and samples seen."""
+    keys_ = curve_keys(xi)
+    steps = xi["step"].to_numpy(int)
+    part = xi[(steps > 0) & (steps & (steps - 1) == 0)]
+    columns = {c: (c, "mean") for c in ("samples", "xi", "xi_C") if c in part}
+    return part.groupby([*keys_, "step"], dropna=False).agg(**columns).reset_index()
 
 
 def xi_fit(xi: pd.DataFrame, column: str = "xi_C") -> pd.DataFrame:

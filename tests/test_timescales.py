@@ -70,3 +70,11 @@ def test_a_finite_P_model_leaves_the_online_curve_where_its_test_loss_rises():
     assert (out["departure_samples"] == 64 * first_above).all()
     assert (out["departure_epochs"] == 64 * first_above / 256).all()
     assert (out["onset"] > 1024).all() and (out["onset"] <= 2048).all()
+
+
+def test_the_time_table_reads_the_theorys_constant_and_xi_at_powers_of_two():
+    t = timescales.time_table(timescales.learning_times(table(t1=(100.0, 100.0, 100.0)))).set_index("level")
+    assert t.loc[2, "c"] == pytest.approx(64 * 300 / (8 * 3**3), rel=0.02)
+    xi = timescales.xi_table(timescales.coherence(table()))
+    assert list(xi["step"]) == [2**k for k in range(15)]
+    assert xi["xi"].iloc[-1] == 8.0 and xi["xi"].iloc[0] == 1.0
