@@ -92,10 +92,12 @@ def plot_departures(df: pd.DataFrame, out: str, departures: pd.DataFrame) -> lis
         for P, color in zip(Ps, figures._colors(len(Ps))):
             figures._spread(ax, part[part["P"] == P], "step", "test_loss", color, label=f"P={int(P)}", marker=None)
             mine = departures[departures["P"] == P] if len(departures) else departures
-            for column, marker in (("departure", "v"), ("onset", "x")):
-                steps = mine[column].dropna() if len(mine) else []
-                for step in steps:
-                    ax.plot([step], [part.loc[part["P"] == P, "test_loss"].max()], marker=marker, color=color, ms=6)
+            for _, row in mine.iterrows():
+                own = part[part["model"] == row["model"]].sort_values("step")
+                for column, marker in (("departure", "v"), ("onset", "x")):
+                    if np.isfinite(row[column]) and row[column] > 0:  # on the model's own curve
+                        y = np.interp(np.log(row[column]), np.log(own["step"]), own["test_loss"])
+                        ax.plot([row[column]], [y], marker=marker, color=color, ms=6)
         ax.set(xscale="log", xlabel="training steps", ylabel="test loss")
         ax.set_title(f"{name}: v departure from the online curve, x copies >= 0.1", fontsize=8)
         ax.legend(fontsize=6.5)

@@ -78,3 +78,20 @@ def test_the_time_table_reads_the_theorys_constant_and_xi_at_powers_of_two():
     xi = timescales.xi_table(timescales.coherence(table()))
     assert list(xi["step"]) == [2**k for k in range(15)]
     assert xi["xi"].iloc[-1] == 8.0 and xi["xi"].iloc[0] == 1.0
+
+
+def test_the_report_section_lists_every_reading_and_draws_its_figures(tmp_path):
+    from rhm_jax import online_report
+    def loss(P):
+        return lambda model, step: dict(test_loss=1.0 + (0.05 * np.log2(step / 512) if P and step > 512 else 0.0),
+                                        copies=(0.5 if step >= 2048 else 0.0) if P else None)
+    df = pd.concat([table(extra=loss(0)), table(P=256, extra=loss(256)).assign(model=lambda d: d["model"] + 3)],
+                   ignore_index=True)
+    lines, paths = online_report.section(df, str(tmp_path))
+    text = "\n".join(lines)
+    for heading in ("learning times t_l", "t_(l+1) / t_l against m", "coherence length in time",
+                    "power law of the coherence length", "leaves the online curve"):
+        assert heading in text
+    assert sorted(p.rsplit("/", 1)[1] for p in paths) == ["departure.pdf", "departure.png", "online_time.pdf",
+                                                           "online_time.png"]
+    assert online_report.section(df[df["P"] > 0], str(tmp_path)) == ([], [])
