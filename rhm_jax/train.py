@@ -250,7 +250,8 @@ def make_train_chunk(settings: TrainSettings, process: Any, network: Any) -> Cal
 
     ``pool``: the program's ``Sources`` (or its bare (G, Q, D) pool array when no model is online).
     Model i reads its batches from ``pool_GxQxD[grid.dataset[i]]``, the pool of its own
-    (grammar seed, data seed), or online (P = 0) from its grammar ``grammar[grid.dataset[i]]``. ``num_steps`` (traced, unbatched int32, clipped to [0, K]) is the
+    (grammar seed, data seed), or online (P = 0) from its grammar ``grammar[grid.dataset[i]]``
+    (``chunk.batch_of``). ``num_steps`` (traced, unbatched int32, clipped to [0, K]) is the
     trip count of a while loop, so one compiled chunk stops at any evaluation step. Models past
     their budget or diverged are frozen (state unchanged). A step with a non-finite loss or
     gradient is not applied: the model is marked diverged at that step and frozen; the other
