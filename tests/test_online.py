@@ -79,6 +79,14 @@ def test_online_needs_a_step_budget():
     assert [(r["P"], r["budget_epochs"]) for r in rows] == [(0, None), (0, None), (16, 32.0), (16, 32.0)]
 
 
+def test_an_online_model_takes_a_full_batch_and_has_no_epochs():
+    assert train.rows_per_step(0, 8, True) == 8 and train.rows_per_step(3, 8, True) == 3
+    np.testing.assert_array_equal(train.rows_per_step(jnp.array([0, 3, 16]), 8, True), [8, 3, 8])
+    for full in (False, True):
+        epochs = np.asarray(train.epochs(jnp.array([4, 4]), jnp.array([0, 16]), 8, full))
+        assert np.isnan(epochs[0]) and epochs[1] == 2.0
+
+
 def test_health_reads_an_online_models_test_loss_and_expects_distinct_samples():
     tracker = health.Tracker(num_samples=64)
     row = lambda step, loss, dup: dict(model=0, P=0, step=step, train_loss=None, test_loss=loss, duplicates=dup)
