@@ -42,7 +42,8 @@ def base_config() -> ml_collections.ConfigDict:
     """Every field with its default: the paper's grammar experiment (v=n=8, m=3, s=2, L=3)."""
     config = ml_collections.ConfigDict()
     config.grammar = dict(v=8, n=8, m=3, s=2, L=3, seed=0)
-    # num_train: the training-set sizes P of the grid; train and test sets are disjoint.
+    # num_train: the training-set sizes P of the grid; train and test sets are disjoint. P = 0 trains
+    # online: a fresh batch drawn from the grammar at every step (data.ONLINE), no training set.
     config.data = dict(num_train=(1024,), num_test=1024, seed=0)
     config.process = diffusion.default_config()
     config.network = networks.default_config()
@@ -160,7 +161,11 @@ def validate(config: ml_collections.ConfigDict) -> diffusion.Process:
 
 def _validate_data(config: ml_collections.ConfigDict) -> None:
     d, g = config.data, config.grammar
-    num_train = _int_list("data.num_train", d.num_train, 1)
+    num_train = _int_list("data.num_train", d.num_train, 0)  # 0: online (``data.ONLINE``)
+    if 0 in num_train and config.train.num_epochs > 0:
+        raise ValueError(f"data.num_train={tuple(num_train)!r} holds 0 (online: a fresh batch from the grammar at"
+                         f" every step), which has no epochs: set train.num_steps > 0 and train.num_epochs=0"
+                         f" (got {config.train.num_epochs!r})")
     _int_at_least("data.num_test", d.num_test, 1)
     _int_at_least("data.seed", d.seed, 0)
     rows = max(num_train) + d.num_test

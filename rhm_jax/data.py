@@ -10,6 +10,8 @@ Shape letters: N rows, W index words, D = s**L sequence length, B batch, P train
 - Epoch permutation (``permute``, ``batch_indices``): model i of a grid reads its P_i rows as
   the concatenation of keyed permutations pi_0, pi_1, ... of [0, P_i), computed element-wise on
   device from (data_seed, epoch), so a whole grid shuffles in one fixed-shape program.
+- Online batches (``online_key``, ``online_batch``): a model with P = 0 (``ONLINE``) draws each
+  step's B rows afresh from its grammar (``grammar.sample``) with a key of (data_seed, step) alone.
 """
 from __future__ import annotations
 
@@ -20,9 +22,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from rhm_jax.grammar import (Grammar, check_tokens, expand, host_seed, mixed_digits, num_choices,
-                             parse, split_choices)
+                             parse, sample, split_choices)
 
 _SHUFFLE_ROUNDS = 32
+ONLINE = 0  # data.num_train = 0: the online regime, a fresh batch from the grammar at every step
+# fold_in tag of the online batch key within a step: train.step_key uses tag 0 under the model
+# seed, so a model whose data seed equals its model seed still draws its data and noise apart.
+_ONLINE_TAG = np.uint32(0xDA7A0)
 
 
 # ---- Index bijection (exact for any P_max) ---------------------------------------------------
@@ -232,3 +238,22 @@ def batch_indices(data_seed: jax.Array, P: jax.Array, step: jax.Array, batch_siz
     epoch_B = q * b + offset // P
     position_B = offset % P
     return jax.vmap(permute, in_axes=(0, None, None, 0))(position_B, P, data_seed, epoch_B)
+
+
+# ---- Online batches (device) ------------------------------------------------------------------
+
+def online_key(data_seed: jax.Array, step: jax.Array) -> jax.Array:
+    """The key of a model's online batch at ``step``: fold_in(fold_in(key(data_seed), step), tag), one per step."""
+    return jax.random.fold_in(jax.random.fold_in(jax.random.key(data_seed), step), _ONLINE_TAG)
+
+
+def online_batch(grammar_G: Grammar, g: jax.Array, data_seed: jax.Array, step: jax.Array,
+                 batch_size: int) -> jax.Array:
+    """(B, D) int32 rows drawn uniformly (with replacement) from grammar ``g`` of a stack, keyed by (data_seed, step).
+
+    ``grammar_G``: grammars stacked on a leading axis G (``grammar.stack``); ``g``, ``data_seed`` and
+    ``step`` may be traced, so a vmapped grid draws every model's batch in one program. The rows
+    are those of ``grammar.sample``: every tree equally likely, so every sequence is.
+    """
+    own = jax.tree_util.tree_map(lambda x: x[g], grammar_G)
+    return sample(online_key(data_seed, step), own, batch_size)

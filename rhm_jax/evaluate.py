@@ -28,6 +28,10 @@ Per model i (vmapped; sub-batches of models in a ``lax.map`` to bound memory), a
   model is drawn with the same noise keys at every evaluation (from run.seed and its model seed,
   not the step), so loss differences between its evaluations are not noise of the estimate;
 - ``step`` and ``epoch`` = step * b / P_i, b = B (or min(P_i, B) with ``train.p_below_batch='full_batch'``).
+
+An online model (P_i = 0, fresh batches from its grammar) has no training set: its copies, the
+scores over non-copied samples, its train losses, ``corr_train`` and epoch are void (``online_void``:
+NaN on device, null in its rows), never 0.
 """
 from __future__ import annotations
 
@@ -156,14 +160,20 @@ def _usage_scores(counts: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def score_samples(grammar: Any, lookup: coherence.Lookup, tokens_NxD: jax.Array, P: jax.Array) -> dict:
-    """Coherence scores of one model's samples; copies are pool rows below ``P`` (traced)."""
-    return _scores(grammar, tokens_NxD, coherence.is_copy(lookup, tokens_NxD, P))
+    """Coherence scores of one model's samples; copies are pool rows below ``P`` (traced; NaN online, P = 0)."""
+    return _online_nan(_scores(grammar, tokens_NxD, coherence.is_copy(lookup, tokens_NxD, P)), P)
 
 
 def score_in(refs: "References", g: jax.Array, tokens_NxD: jax.Array, P: jax.Array) -> dict:
     """``score_samples`` of ONE model against slot g of stacked references (its own grammar and pool)."""
     grammar = jax.tree_util.tree_map(lambda x: x[g], refs.grammar)
-    return _scores(grammar, tokens_NxD, coherence.is_copy_in(refs.lookup, g, tokens_NxD, P))
+    return _online_nan(_scores(grammar, tokens_NxD, coherence.is_copy_in(refs.lookup, g, tokens_NxD, P)), P)
+
+
+def _online_nan(scores: dict, P: jax.Array) -> dict:
+    """The float copy scores NaN for an online model (P = 0): it has no training set to copy."""
+    return {k: jnp.where(jnp.asarray(P) == data.ONLINE, jnp.nan, v) if online_void(k) and jnp.issubdtype(
+        jnp.asarray(v).dtype, jnp.floating) else v for k, v in scores.items()}
 
 
 def _scores(grammar: Any, tokens_NxD: jax.Array, copy_N: jax.Array) -> dict:
@@ -276,11 +286,12 @@ def make_evaluator(settings: Settings, process: Any, network: Any) -> Callable:
         sample_kwargs = {} if getattr(process, "d", None) is not None else {"d": grammar.d}
         tokens_NxD = process.sample(params, network.apply, k_sample, num_samples, **sample_kwargs)
         metrics = score_in(refs, g, tokens_NxD, grid.P)
-        train_RxD = refs.pool_GxQxD[g, data.batch_indices(_EVAL_ROWS_SEED ^ grid.data_seed, grid.P, 0, rows)]
+        P = jnp.maximum(grid.P, 1)  # an online model (P = 0) has no training rows: its train columns are void
+        train_RxD = refs.pool_GxQxD[g, data.batch_indices(_EVAL_ROWS_SEED ^ grid.data_seed, P, 0, rows)]
         test_RxD = refs.test_GxRxD[g]
         # The R rows cycle through the model's P rows, the first min(P, R) of them distinct: C(t)
         # of exactly those (all P rows when P <= R), its bias for that many rows.
-        corr_train_T, _ = correlations(train_RxD, grammar.v, num_rows=jnp.minimum(grid.P, rows))
+        corr_train_T, _ = correlations(train_RxD, grammar.v, num_rows=jnp.minimum(P, rows))
         for t in correlation_distances(grammar.d):
             metrics[f"corr_train_t{t}"] = corr_train_T[t - 1]
             metrics[f"corr_data_t{t}"] = refs.corr_data_GxT[g, t - 1]
@@ -319,9 +330,20 @@ def _plain(value: Any) -> Any:
     return value if math.isfinite(value) else None
 
 
+def online_void(name: str) -> bool:
+    """Whether a metrics column means nothing for an online model (P = 0): copies and what is read
+    against a training set (it has none). Its rows hold null there, never 0."""
+    return name in ONLINE_VOID or name.startswith(("train_loss", "corr_train_t")) or (
+        name.startswith("validity_l") and name.endswith("_noncopy"))
+
+
+ONLINE_VOID = ("copies", "novel_valid", "noncopy_samples", "epoch")
+
+
 def to_rows(metrics: dict, grid_rows: list[dict], state: train.TrainState) -> list[dict]:
     """One flat JSON-able dict per model: its index, step, divergence and metrics; (W,) windows become
-    ``<name>_0 .. <name>_{W-1}``. The grid row's other fields are added by ``subgrids.metrics_rows``."""
+    ``<name>_0 .. <name>_{W-1}``; an online model's ``online_void`` columns are None. The grid row's
+    other fields are added by ``subgrids.metrics_rows``."""
     metrics, step, diverged, diverged_step = jax.device_get(
         (metrics, state.step, state.diverged, state.diverged_step))
     out = []
@@ -335,5 +357,7 @@ def to_rows(metrics: dict, grid_rows: list[dict], state: train.TrainState) -> li
             else:
                 row.update({f"{name}_{w}": _plain(x) for w, x in enumerate(value.ravel())})
         row["step"] = int(step[j])
+        if int(grid_row.get("P", -1)) == data.ONLINE:
+            row.update({name: None for name in row if online_void(name)})
         out.append(row)
     return out

@@ -2,12 +2,12 @@
 
 A non-finite loss or gradient freezes a model (``diverged``, set by the trainer). Two more flags
 are computed from the rows themselves, deterministically, so a resumed run writes the same ones:
-- ``loss_blowup``: the train loss rose above ``LOSS_RISE`` times the model's lowest train loss
+- ``loss_blowup``: the train loss (an online model's test loss: it has no training rows) rose above ``LOSS_RISE`` times the model's lowest train loss
   at its earlier evaluations, and by more than ``LOSS_FLOOR`` of its first one (noise near zero
   loss is not a blow-up). Measured: Adam at lr=100 on the smoke grid goes from 0.064 to 0.26-0.30.
 - ``collapsed``: the samples hold fewer distinct sequences than ``DISTINCT_SHARE`` of what N
   draws from the model's own P training rows would give (a pure copier), so memorizing a small
-  training set is not a collapse. Measured at lr=100: 2-4 distinct of 64 samples (duplicates
+  training set is not a collapse (an online model, P = 0, against N distinct). Measured at lr=100: 2-4 distinct of 64 samples (duplicates
   0.94-0.98, rule coverage 0.12-0.25) against about 16 for a copier of P=16.
 A model flagged at any evaluation is flagged (``flagged_models``): its validity is not a result.
 Imports nothing of the package.
@@ -32,6 +32,13 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
 
 
+def _loss(row: dict) -> float | None:
+    """The loss a row's blow-up is judged on: its train loss, or its test loss for an online model
+    (P = 0: no training rows, its train loss is null)."""
+    loss = _number(row.get("train_loss"))
+    return _number(row.get("test_loss")) if loss is None and row.get("P") == 0 else loss
+
+
 class Tracker:
     """Per-model loss history (first and lowest train loss) that turns rows into flagged rows."""
 
@@ -43,7 +50,7 @@ class Tracker:
             self._remember(row)
 
     def _remember(self, row: dict) -> None:
-        loss = _number(row.get("train_loss"))
+        loss = _loss(row)
         if loss is not None:
             model = int(row["model"])
             self.first.setdefault(model, loss)
@@ -53,14 +60,15 @@ class Tracker:
         """The rows (one evaluation) with ``loss_blowup`` and ``collapsed`` added; then remembered."""
         out = []
         for row in rows:
-            model, loss = int(row["model"]), _number(row.get("train_loss"))
+            model, loss = int(row["model"]), _loss(row)
             lowest, first = self.lowest.get(model), self.first.get(model)
             blowup = (loss is not None and lowest is not None and loss > LOSS_RISE * lowest
                       and loss - lowest > LOSS_FLOOR * first)
             duplicates = _number(row.get("duplicates"))
             distinct = None if duplicates is None else self.num_samples * (1.0 - duplicates)
-            collapsed = distinct is not None and distinct < DISTINCT_SHARE * expected_distinct(
-                self.num_samples, int(row["P"]))
+            P = int(row["P"])  # 0: online, no training set; a faithful generator repeats (almost) nothing
+            expected = expected_distinct(self.num_samples, P) if P > 0 else float(self.num_samples)
+            collapsed = distinct is not None and distinct < DISTINCT_SHARE * expected
             out.append(dict(row, loss_blowup=bool(blowup), collapsed=bool(collapsed)))
         for row in out:
             self._remember(row)

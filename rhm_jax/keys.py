@@ -38,7 +38,7 @@ KEYS: dict[str, Key] = {
     "grammar.s": _key("static", "branching factor", "s"),
     "grammar.L": _key("static", "depth; sequences have s**L tokens", "L"),
     "grammar.seed": _key("traced", "which rules: the grammar's random draw", "grammar_seed"),
-    "data.num_train": _key("traced", "training-set sizes P (grid axis)", "P"),
+    "data.num_train": _key("traced", "training-set sizes P (grid axis); 0: online, a fresh batch from the grammar every step", "P"),
     "data.num_test": _key("static", "test rows per model", "num_test"),
     "data.seed": _key("traced", "which sequences form the train and test sets, and their order", "data_seed"),
     "process.name": _key("static", "diffusion process: 'uniform' or 'masked'", "process"),

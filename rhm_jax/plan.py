@@ -199,7 +199,8 @@ def _models(config: ml_collections.ConfigDict) -> list[dict]:
         for seed in t.seeds:
             for lr in t.lr:
                 rows.append(dict(index=None, P=P, seed=int(seed), lr=float(lr), grammar_seed=grammar_seed,
-                                 data_seed=data_seed, budget_steps=steps, budget_epochs=steps * per_step / P,
+                                 data_seed=data_seed, budget_steps=steps,
+                                 budget_epochs=steps * per_step / P if P else None,  # P = 0: online, no epochs
                                  warmup_steps=int(t.warmup_steps), b1=float(t.b1), b2=float(t.b2),
                                  adam_eps=float(t.adam_eps)))
     return rows

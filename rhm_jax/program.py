@@ -8,7 +8,8 @@ the program once (``draw``, the one function that draws a model's data; the clus
 uses it too) and stacks them: the grammars as one pytree with leading axis G, the training pools as
 (G, Q, D), the test sets as (G, N, D). A model with training-set size P reads the first P rows of
 its pool: ``data.sample_dataset`` draws nested prefixes, so these are the rows a pool of exactly P
-rows would hold. ``build`` adds the compiled train chunk and evaluator, memoized on the program's
+rows would hold. An online model (P = 0) reads none: it draws its batches from its grammar, which
+``build`` then hands to the train chunk beside the pools (``train.Sources``). ``build`` adds the compiled train chunk and evaluator, memoized on the program's
 typed settings (``settings.Settings.compiled``): a second program (or grid, or resume in the same
 process) that differs in traced values alone (P, seeds, lr, budgets, Adam's scalars, grammar and
 data seeds) reuses them.
@@ -46,7 +47,7 @@ class Built(NamedTuple):
     place: sharding.Placement
     step_fn: Callable  # (state, grid, pool_GxQxD, num_steps) -> (state, metrics)
     evaluator: Callable  # (state, grid, key) -> metrics: per-model grammar, lookup, pool, test
-    pool: jax.Array  # the stacked pools where step_fn reads them (placed)
+    pool: Any  # the stacked pools where step_fn reads them (placed); train.Sources with the grammars when a model is online
     grid: train.Grid  # the grid of ``grid_rows``, not placed
     grid_rows: list[dict]
     settings: settings.Settings
@@ -109,7 +110,7 @@ def setup(typed: settings.Settings, rows: Sequence[dict]) -> Setup:
     """
     rows = _check_rows(rows)
     datasets = train.datasets_of(rows)
-    num_train = max(int(r["P"]) for r in rows)
+    num_train = max(1, max(int(r["P"]) for r in rows))  # online models (P = 0) read none; the pool keeps a row
     drawn = [draw(typed.grammar, gs, ds, num_train, typed.num_test) for gs, ds in datasets]
     compiled = _compiled(typed.compiled())
     return Setup(grammar=grammar.stack([d[0] for d in drawn]),
@@ -136,7 +137,10 @@ def build(typed: settings.Settings, rows: Sequence[dict]) -> Built:
         """Metrics of every model of a (placed) grid of this program."""
         return evaluate_fn(state, grid, key, refs)
 
-    return Built(built, place, compiled.step_fn, evaluator, place.pool(built.pool_GxQxD), train.grid_arrays(rows),
+    # The grammars travel with the pools only when a model trains online: finite-P programs stay as they were.
+    online = any(int(r["P"]) == data.ONLINE for r in rows)
+    sources = train.Sources(built.pool_GxQxD, built.grammar) if online else built.pool_GxQxD
+    return Built(built, place, compiled.step_fn, evaluator, place.pool(sources), train.grid_arrays(rows),
                  rows, typed)
 
 

@@ -12,11 +12,12 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from rhm_jax import analysis, clustering, dynamics, figures, tables, thresholds
+from rhm_jax import analysis, clustering, dynamics, figures, online_report, tables, thresholds
 
 def write_markdown(workdirs: Sequence[str], df: pd.DataFrame, out: str, paths: list[str],
                    method: str = thresholds.DEFAULT_METHOD, at: str = "best",
-                   extra: pd.DataFrame | None = None, table: pd.DataFrame | None = None) -> str:
+                   extra: pd.DataFrame | None = None, table: pd.DataFrame | None = None,
+                   online: Sequence[str] = ()) -> str:
     """``report.md``: provenance, normalized thresholds vs theory, readings compared, ratios, c,
     budgets, learning times, coherence length, C(t), copies, creativity, diverged models."""
     table = thresholds.table(df, method, at) if table is None else table
@@ -174,6 +175,7 @@ def write_markdown(workdirs: Sequence[str], df: pd.DataFrame, out: str, paths: l
                       "its running minimum (`loss@`), or samples collapsed onto fewer distinct sequences than half "
                       "of what copying the training set gives (`collapse@`); `flag`: the first one, with its step.",
                       tables.markdown_table(analysis.diverged_models(df)))
+    lines += list(online)  # the online models' section (``online_report``), when there are any
     lines += ["## Figures\n", *[f"- [{os.path.basename(p)}]({os.path.basename(p)})" for p in paths
                                 if p.endswith(".png")]]
     path = os.path.join(out, "report.md")
@@ -204,6 +206,10 @@ def make_report(workdirs: Sequence[str], out: str | None = None, method: str = t
         extra_thresholds = pd.DataFrame(learner)
     out = out or os.path.join(workdirs[0], "report")
     os.makedirs(out, exist_ok=True)
+    online, online_paths = online_report.section(df, out)  # online models (P = 0): readings in time
+    df = df[df["P"] != 0]  # they have no P axis: every reading below is of the finite-P models
+    if df.empty:
+        return dict(figures=online_paths, report=[online_report.write_alone(workdirs, out, online, online_paths)])
     table = thresholds.table(df, method, at)
     summary = thresholds.summary(table)
     paths = figures.plot_validity_vs_p(df, summary, out, at, extra=extra_thresholds, method=method)
@@ -222,5 +228,6 @@ def make_report(workdirs: Sequence[str], out: str | None = None, method: str = t
         if {"v", "m", "s"} <= set(part.dropna(axis=1, how="all")):  # the theory's xi needs the grammar
             paths += figures.plot_coherence(part, workdir, out, f"coherence{suffix}", time_axis, title=title)
         paths += figures.plot_correlation(part, workdir, out, f"correlation{suffix}", at, title=title)
-    report = write_markdown(workdirs, df, out, paths, method, at, extra_thresholds, table)
+    paths += online_paths
+    report = write_markdown(workdirs, df, out, paths, method, at, extra_thresholds, table, online)
     return dict(figures=paths, report=[report])

@@ -196,7 +196,8 @@ def _format(value: Any) -> str:
 
 
 def summary_table(rows_or_df: Any, at: str = DEFAULT_READING, title: bool = True) -> str:
-    """Per-model text table at each model's ``at`` evaluation: validity per level, copies, and the
+    """Per-model text table at each model's ``at`` evaluation: validity per level, copies (P 'online' and
+    copies '-' for a model trained online), and the
     first flag (``nan@``/``loss@``/``collapse@`` step, see ``rhm_jax.health``); a flagged model
     shows no scores. The first line (unless ``title=False``) says which reading it shows.
     """
@@ -220,8 +221,10 @@ def summary_table(rows_or_df: Any, at: str = DEFAULT_READING, title: bool = True
         history = sorted(history, key=lambda r: r["step"])
         shown = pick(history, at)
         flag = health.first_flag(history)  # nan@, loss@ or collapse@ step: no validity is shown
-        scores = [shown.get(k) for k in levels] + [shown.get("copies")] if flag is None else ["-"] * (len(levels) + 1)
-        cells = [model, shown.get("P"), shown.get("seed"), *[shown.get(k) for k in extra], shown["step"],
+        online = shown.get("P") == 0  # trained online: no training set, so no copies to count
+        copies = "-" if online else shown.get("copies")
+        scores = [shown.get(k) for k in levels] + [copies] if flag is None else ["-"] * (len(levels) + 1)
+        cells = [model, "online" if online else shown.get("P"), shown.get("seed"), *[shown.get(k) for k in extra], shown["step"],
                  *scores, flag or "-"]
         lines.append([_format(c) for c in cells])
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]

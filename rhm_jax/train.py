@@ -19,6 +19,11 @@ and every epoch a full permutation).
 ``train.p_below_batch='full_batch'`` gives the authors' loader instead: a model with P < B takes
 its P rows once per step (one epoch per step), the other B - P rows of the fixed-shape batch get
 zero weight and the loss is the mean over the P real rows (``rows_per_step``).
+A model with P = 0 (``data.ONLINE``) trains online: each step's B rows are drawn afresh from its
+own grammar inside the compiled step (``data.online_batch``, keyed by (data_seed, step) alone), so
+its stream is exactly reproducible, resumes bit-exactly and mixes with finite-P models in one
+program (every model computes both batches and keeps its own; drawing costs little next to a step).
+Its epochs are NaN: it has no training set.
 """
 from __future__ import annotations
 
@@ -59,6 +64,18 @@ class Grid:
 
 
 @struct.dataclass
+class Sources:
+    """Where a program's models read their batches: the stacked training pools and grammars.
+
+    ``grammar`` (a ``grammar.Grammar`` stacked over G) feeds the online models (P = 0); a chunk
+    given a bare pool array instead trains finite-P models only.
+    """
+
+    pool_GxQxD: jax.Array
+    grammar: Any = None
+
+
+@struct.dataclass
 class TrainState:
     """Stacked train state of M models; ``ema`` is None when ema_decay is 0."""
 
@@ -75,10 +92,13 @@ class TrainState:
 
 
 def rows_per_step(P: Any, batch_size: int, full: bool) -> Any:
-    """Training rows one step consumes: min(P, B) with the authors' full batch, else B (P an int or traced)."""
+    """Training rows one step consumes: min(P, B) with the authors' full batch, else B (P an int or
+    traced); B for an online model (P = 0), which has no rows to run out of."""
     if not full:
         return batch_size
-    return min(P, batch_size) if isinstance(P, int) else jnp.minimum(P, batch_size)
+    if isinstance(P, int):
+        return min(P, batch_size) if P > 0 else batch_size
+    return jnp.where(P > 0, jnp.minimum(P, batch_size), batch_size)
 
 
 def datasets_of(rows: Sequence[dict]) -> tuple[tuple[int, int], ...]:
@@ -112,10 +132,14 @@ def grid_arrays(rows: Sequence[dict]) -> Grid:
 
 
 def epochs(step: jax.Array, P: jax.Array, batch_size: int, full: bool = False) -> jax.Array:
-    """Epochs completed after ``step`` steps: step * rows_per_step / P (float32)."""
+    """Epochs completed after ``step`` steps: step * rows_per_step / P (float32); NaN online (P = 0)."""
+    P = jnp.asarray(P)
+    denominator = jnp.maximum(P, 1).astype(jnp.float32)
     if not full:
-        return step.astype(jnp.float32) * batch_size / P.astype(jnp.float32)
-    return step.astype(jnp.float32) * rows_per_step(P, batch_size, True).astype(jnp.float32) / P.astype(jnp.float32)
+        done = step.astype(jnp.float32) * batch_size / denominator
+    else:
+        done = step.astype(jnp.float32) * rows_per_step(P, batch_size, True).astype(jnp.float32) / denominator
+    return jnp.where(P > 0, done, jnp.nan)
 
 
 # ----------------------------------------------------------------------------- state
@@ -222,10 +246,12 @@ def _all_finite(tree: Any) -> jax.Array:
 
 
 def make_train_chunk(settings: TrainSettings, process: Any, network: Any) -> Callable:
-    """``chunk(state_M, grid_M, pool_GxQxD, num_steps) -> (state_M, metrics)`` over K = steps_per_call.
+    """``chunk(state_M, grid_M, pool, num_steps) -> (state_M, metrics)`` over K = steps_per_call.
 
+    ``pool``: the program's ``Sources`` (or its bare (G, Q, D) pool array when no model is online).
     Model i reads its batches from ``pool_GxQxD[grid.dataset[i]]``, the pool of its own
-    (grammar seed, data seed). ``num_steps`` (traced, unbatched int32, clipped to [0, K]) is the
+    (grammar seed, data seed), or online (P = 0) from its grammar ``grammar[grid.dataset[i]]``
+    (``chunk.batch_of``). ``num_steps`` (traced, unbatched int32, clipped to [0, K]) is the
     trip count of a while loop, so one compiled chunk stops at any evaluation step. Models past
     their budget or diverged are frozen (state unchanged). A step with a non-finite loss or
     gradient is not applied: the model is marked diverged at that step and frozen; the other
@@ -236,15 +262,23 @@ def make_train_chunk(settings: TrainSettings, process: Any, network: Any) -> Cal
     batch, K, full, decay = settings.batch_size, settings.steps_per_call, settings.full_batch, settings.ema_decay
     mu_dtype = MU_DTYPES[settings.mu_dtype]
 
-    def model_step(state: TrainState, grid: Grid, pool_GxQxD: jax.Array) -> tuple[TrainState, jax.Array, jax.Array]:
+    def batch_of(grid: Grid, step: jax.Array, sources: Sources) -> tuple[jax.Array, Any]:
+        """ONE model's batch (B, D) at ``step`` and its real rows (None: all B)."""
+        P = jnp.maximum(grid.P, 1)  # an online model reads no pool row; P >= 1 keeps the stream defined
+        rows = rows_per_step(grid.P, batch, True) if full else None
+        x0_BxD = sources.pool_GxQxD[grid.dataset, data.batch_indices(grid.data_seed, P, step, batch, rows)]
+        if sources.grammar is not None:
+            online_BxD = data.online_batch(sources.grammar, grid.dataset, grid.data_seed, step, batch)
+            x0_BxD = jnp.where(grid.P == data.ONLINE, online_BxD, x0_BxD)
+        return x0_BxD, rows
+
+    def model_step(state: TrainState, grid: Grid, sources: Sources) -> tuple[TrainState, jax.Array, jax.Array]:
         """One step of ONE model: new state, loss if applied (else 0), whether it was applied."""
         key = step_key(grid.model_seed, state.step)
+        x0_BxD, rows = batch_of(grid, state.step, sources)
         if full:  # the authors' loader: min(P, B) real rows, the others weigh nothing
-            rows = rows_per_step(grid.P, batch, True)
-            x0_BxD = pool_GxQxD[grid.dataset, data.batch_indices(grid.data_seed, grid.P, state.step, batch, rows)]
             loss_fn = lambda p: process.loss(p, network.apply, key, x0_BxD, num_rows=rows)[0]
         else:
-            x0_BxD = pool_GxQxD[grid.dataset, data.batch_indices(grid.data_seed, grid.P, state.step, batch)]
             loss_fn = lambda p: process.loss(p, network.apply, key, x0_BxD)[0]
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
         active = (state.step < grid.budget) & ~state.diverged
@@ -281,13 +315,14 @@ def make_train_chunk(settings: TrainSettings, process: Any, network: Any) -> Cal
 
     grid_step = jax.vmap(model_step, in_axes=(0, 0, None))
 
-    def chunk(state: TrainState, grid: Grid, pool_GxQxD: jax.Array, num_steps: jax.Array):
-        """Run min(num_steps, K) steps of every model of the grid."""
+    def chunk(state: TrainState, grid: Grid, pool: Sources | jax.Array, num_steps: jax.Array):
+        """Run min(num_steps, K) steps of every model of the grid (``pool``: Sources, or a bare pool array)."""
         M = grid.P.shape[0]
+        sources = pool if isinstance(pool, Sources) else Sources(pool)
 
         def body(i: jax.Array, carry: tuple) -> tuple:
             st, loss_sum, count = carry
-            st, loss_M, applied_M = grid_step(st, grid, pool_GxQxD)
+            st, loss_M, applied_M = grid_step(st, grid, sources)
             return st, loss_sum + loss_M, count + applied_M.astype(jnp.int32)
 
         # A while loop whose trip count is traced but unbatched: stopping at any step costs no
@@ -305,6 +340,7 @@ def make_train_chunk(settings: TrainSettings, process: Any, network: Any) -> Cal
         return state, metrics
 
     chunk.steps_per_call = K
+    chunk.batch_of = batch_of  # (grid_1, step, sources) -> (B, D) rows: what a model reads at a step
     return chunk
 
 

@@ -60,7 +60,7 @@ def test_dataset_size_is_bounded_before_drawing():
 BAD = [
     ("grammar.m", 5, "m=5 must be <= v\\*\\*\\(s-1\\)"),
     ("grammar.L", 0, "L=0"),
-    ("data.num_train", (0, 8), "data.num_train entry=0"),
+    ("data.num_train", (-1, 8), "data.num_train entry=-1"),  # 0 is online (tests/test_online.py)
     ("data.num_train", (), "data.num_train"),
     ("data.num_train", (8, 8), "must not repeat"),
     ("data.num_test", 0, "data.num_test=0"),

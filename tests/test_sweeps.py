@@ -15,7 +15,7 @@ from rhm_jax import config as config_lib
 from rhm_jax import plan, results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SWEEPS = ("hierarchy_in_p", "hierarchy_in_time", "masked_transformer", "pilot_cpu", "reproduction_cpu_hour")
+SWEEPS = ("hierarchy_in_p", "hierarchy_in_time", "masked_transformer", "pilot_cpu", "reproduction_cpu_hour", "online")
 
 
 def sweep_module(name: str):

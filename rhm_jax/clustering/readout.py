@@ -46,13 +46,14 @@ def sweep_data(config: Any) -> tuple[Grammar, np.ndarray]:
 def run_sweep(config: Any, context: str = "tokens", restarts: int = 32, iterations: int = 30,
               points: Sequence[dict] | None = None) -> list[dict]:
     """One row per dataset, P and model seed of the sweep (``points``: ``plan``; default the config
-    alone): the learner on exactly that model's P training rows (its grammar seed, data seed and pool)."""
+    alone): the learner on exactly that model's P training rows (its grammar seed, data seed and pool).
+    Online models (P = 0) have no training rows and get no row."""
     # The learner reads only the data: programs that differ in other settings (width, process, ...)
     # share their datasets, and each dataset is learned once.
     datasets: dict[tuple, tuple[Any, list[dict]]] = {}
     for planned in plan.make_plan(config, [{}] if points is None else points).programs:  # validates every point
         typed = planned.settings
-        for r in planned.rows:
+        for r in (r for r in planned.rows if r["P"] > 0):  # an online model (P = 0) has no training rows to learn
             key = (typed.grammar, typed.num_test, typed.eval.num_samples, r["grammar_seed"], r["data_seed"])
             datasets.setdefault(key, (typed, []))[1].append(r)
     rows = []
