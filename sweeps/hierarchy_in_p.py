@@ -10,7 +10,7 @@ Grid:     v=n=16, s=2, L=4 (d=16), bpUNet W=1024 (25.2M parameters each), batch 
           2**18 steps each. m=4: P_max = 16 * 4**15 ~ 1.7e10, P = 64 .. 65536 (11 values, one per
           octave, from about v m**2 / 4 to 4 v m**(L+1)); m=3: P_max = 16 * 3**15 ~ 2.3e8, P = 32 ..
           16384 (10 values). 3 realizations each: 33 + 30 = 63 models. (get_config alone is the m=4
-          program with model seeds 0, 1, 2 of grammar 0: the base that reproduction_cpu.py reads.)
+          program with model seeds 0, 1, 2 of grammar 0; reproduction_cpu_hour.py reads its ':quick'.)
 Run time: ESTIMATE, not yet measured: the sum of the two former runs. Training is memory bound at
           about 40 bytes per parameter per model-step, so an H100 (3.0 TB/s) allows ~3,000
           model-steps/s at 25.2M parameters; at the ~80 % of roofline a plain-JAX prototype reached,
