@@ -200,7 +200,9 @@ def _map_models(fn: Callable, args: Any, M: int, per_batch: int) -> Any:
     The last batch is padded by repeating the last model, also when M < per_batch: every model is
     computed by the same program of width ``per_batch`` whatever M is. XLA's CPU backend picks
     its reduction loops by an operation's total size, so a vmap of width M rounded a model's
-    losses differently in a grid, a sub-grid or a slice (issue 26); at a fixed width it cannot.
+    losses differently in a grid, a sub-grid or a slice (issue 26). One model per batch (the
+    default) makes every value independent of the grid, bit for bit; with more, a model's place in
+    its batch may still move the last bits of a few values (its vectorized loops' remainder).
     """
     batches = -(-M // per_batch)
 
@@ -209,10 +211,7 @@ def _map_models(fn: Callable, args: Any, M: int, per_batch: int) -> Any:
         index = jnp.minimum(b * per_batch + jnp.arange(per_batch), M - 1)
         return jax.vmap(fn)(jax.tree_util.tree_map(lambda x: x[index], args))
 
-    if batches == 1:
-        out = jax.tree_util.tree_map(lambda x: x[None], batch(jnp.int32(0)))
-    else:
-        out = jax.lax.map(batch, jnp.arange(batches))
+    out = jax.lax.map(batch, jnp.arange(batches))
     return jax.tree_util.tree_map(lambda x: x.reshape(batches * per_batch, *x.shape[2:])[:M], out)
 
 

@@ -19,10 +19,11 @@ KINDS = ("execution", "layout", "traced", "static")
 RESUMABLE = ("execution", "layout")  # kinds that may change on resume and are never swept nor columns
 # What a layout key may change, measured on XLA's CPU backend (jax 0.12.1; README "What is guaranteed").
 LAYOUT_ROUNDING = (
-    "evaluation rows never depend on the number of models in a grid, sub-grid or slice (models are\n"
-    "evaluated in batches of exactly eval.models_per_batch, default 1); training rounds the same\n"
-    "wherever each model's own reductions hold at least 4096 elements (bpUNet at batch 64 and width\n"
-    ">= 64: bit-identical rows). Below that (e.g. width 16 or 32) XLA's CPU backend sums a reduction in\n"
+    "evaluation rows never depend on the number of models in a grid, sub-grid or slice with the default\n"
+    "eval.models_per_batch (one model at a time; with k > 1 a model's place in its batch of k may move\n"
+    "the last bits of a few values). Training rounds the same wherever each model's own reductions\n"
+    "hold at least 4096 elements (measured: bpUNet at batch 64, v = 8, d = 8, width 64 gives\n"
+    "bit-identical rows). Below that (e.g. width 16 or 32) XLA's CPU backend sums a reduction in\n"
     "another order once a vmap over M models makes it larger, so parameters and losses differ in the\n"
     "last float32 bits and a sample drawn near a tie can flip (a few samples in a row's validity).")
 # List-valued keys that are a product inside each sweep point (P outermost, then seeds, then lr).

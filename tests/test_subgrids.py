@@ -73,3 +73,59 @@ def test_memory_decides_the_new_split_too(tmp_path, monkeypatch):
     need = memory.estimate(built.settings, built.grid_rows)
     monkeypatch.setattr(memory, "available", lambda: (int((need.total(1) + 1) / memory.MEMORY_FRACTION) + 1, "test"))
     assert subgrids.partition(built, workdir) == [(0, [0]), (1, [1]), (2, [2]), (3, [3])]
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("per_batch", [0, 2])
+def test_a_models_evaluation_does_not_depend_on_its_sub_grid(per_batch):
+    """bpUNet at width 16 (where a vmap over M models rounded losses differently, issue 26): every metric
+    of a model evaluated in the whole grid, in a sub-grid of two and alone is the same, bit for bit."""
+    import jax
+    import numpy as np
+    built = built_with(f"--config.eval.models_per_batch={per_batch}")
+
+    def evaluate(positions):
+        part = subgrids.make_part(built, positions)
+        state = built.place.init_state(built.settings.train, built.setup.network, part.grid)
+        return jax.device_get(built.evaluator(state, part.grid, jax.random.key(3)))
+
+    whole = evaluate([0, 1, 2, 3])
+    for positions in ([0, 1], [2, 3], [0], [3]):
+        alone = evaluate(positions)
+        differing = [k for k in whole if not np.array_equal(np.asarray(whole[k])[positions], alone[k], equal_nan=True)]
+        assert differing == [], positions
+
+
+def quick(*overrides):
+    """The CPU reproduction's quick sweep at width 64, two P x two seeds: 4 models (bpUNet, batch 64, v=8)."""
+    return config_lib.load(os.path.join(ROOT, "sweeps", "reproduction_cpu.py") + ":seed=0,quick",
+                           ["--config.network.width=64", "--config.train.seeds=(0,1)", *overrides])
+
+
+def table(rows):
+    return sorted(rows, key=lambda r: (r["model"], r["step"]))
+
+
+@pytest.mark.slow
+def test_layout_keys_give_the_same_rows(tmp_path):
+    """Issue 26: the whole grid, sub-grids of two (run.max_models_per_program), job-array slices
+    (run.grid_slice) and evaluation batches of three give the same rows, every column, bit for bit,
+    and the same training losses, at the shapes where each model's reductions are large enough for
+    XLA's CPU backend to sum them alike at any M (keys.LAYOUT_ROUNDING)."""
+    from rhm_jax import runner
+
+    def run(name, *overrides):
+        workdir = str(tmp_path / name)
+        rows = runner.run(quick(*overrides), workdir, progress=False)
+        return table(rows), table(results.read_rows(os.path.join(workdir, "train.jsonl")))
+
+    whole, whole_train = run("whole")
+    assert len(whole) == 4 * 7 and len(whole[0]) > 80
+    capped = run("capped", "--config.run.max_models_per_program=2")
+    assert stored(str(tmp_path / "capped")) == [[0, 1], [2, 3]]
+    sliced = [run(f"slice{k}", f"--config.run.grid_slice={k}/2") for k in (0, 1)]
+    batched = run("batched", "--config.eval.models_per_batch=3")
+    for rows, train_rows in (capped, tuple(table(a + b) for a, b in zip(*sliced)), batched):
+        assert rows == whole  # every column of every row
+        assert [(r["model"], r["step"], r["loss"]) for r in train_rows] == [
+            (r["model"], r["step"], r["loss"]) for r in whole_train]
