@@ -109,7 +109,7 @@ def table(rows):
 @pytest.mark.slow
 def test_layout_keys_give_the_same_rows(tmp_path):
     """Issue 26: the whole grid, sub-grids of two (run.max_models_per_program), job-array slices
-    (run.grid_slice) and evaluation batches of three give the same rows, every column, bit for bit,
+    (run.grid_slice) give the same rows, every column, bit for bit,
     and the same training losses, at the shapes where each model's reductions are large enough for
     XLA's CPU backend to sum them alike at any M (keys.LAYOUT_ROUNDING)."""
     from rhm_jax import runner
@@ -124,8 +124,36 @@ def test_layout_keys_give_the_same_rows(tmp_path):
     capped = run("capped", "--config.run.max_models_per_program=2")
     assert stored(str(tmp_path / "capped")) == [[0, 1], [2, 3]]
     sliced = [run(f"slice{k}", f"--config.run.grid_slice={k}/2") for k in (0, 1)]
-    batched = run("batched", "--config.eval.models_per_batch=3")
-    for rows, train_rows in (capped, tuple(table(a + b) for a, b in zip(*sliced)), batched):
+    for rows, train_rows in (capped, tuple(table(a + b) for a, b in zip(*sliced))):
         assert rows == whole  # every column of every row
         assert [(r["model"], r["step"], r["loss"]) for r in train_rows] == [
             (r["model"], r["step"], r["loss"]) for r in whole_train]
+
+
+@pytest.mark.heavy
+def test_a_rerun_with_a_smaller_cap_after_an_oom_splits_the_grid_and_finishes(tmp_path, monkeypatch, caplog):
+    """Issue 26: a run that died of memory at its first training call (after its step-0 checkpoint)
+    left a one-part partition; re-run with run.max_models_per_program=2 it splits again and finishes,
+    with the same step-0 rows."""
+    import logging
+    from rhm_jax import runner
+    workdir = str(tmp_path / "run")
+    real_build = runner.build
+
+    def out_of_memory(*args):
+        raise RuntimeError("RESOURCE_EXHAUSTED: out of memory (simulated)")
+
+    monkeypatch.setattr(runner, "build", lambda *args: real_build(*args)._replace(step_fn=out_of_memory))
+    with pytest.raises(RuntimeError, match="RESOURCE_EXHAUSTED"):
+        runner.run(config_lib.load(SMOKE), workdir, progress=False)
+    assert stored(workdir) == [[0, 1, 2, 3]]
+    first = table(results.read_rows(os.path.join(workdir, results.METRICS_FILE)))
+    assert {r["step"] for r in first} == {0}
+    monkeypatch.setattr(runner, "build", real_build)
+    with caplog.at_level(logging.INFO):
+        rows = runner.run(config_lib.load(SMOKE, ["--config.run.max_models_per_program=2"]), workdir, progress=False)
+    assert "other layout settings" in caplog.text and "split again into 2 sub-grid(s) of at most 2" in caplog.text
+    assert stored(workdir) == [[0, 1], [2, 3]]
+    assert any(n.startswith("part_0.resplit-") for n in os.listdir(os.path.join(workdir, "checkpoints")))
+    assert [r for r in table(rows) if r["step"] == 0] == first  # evaluated again, bit for bit
+    assert len(rows) == 4 * 8  # smoke: 64 steps, one evaluation per octave
