@@ -79,7 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
         # powers of two, and each model's last step); 'none'. A 64-model W=1024 grid with Adam
         # state takes about 14 GB per checkpoint.
         keep_evaluations="all",
-        max_models_per_program=0,  # 0: automatic (device memory); else a cap per sub-grid
+        max_models_per_program=0,  # 0: as many as fit in memory (rhm_jax.memory); else a cap per sub-grid
         seed=0,  # sampling keys fold_in(key(run.seed), step); loss keys from run.seed and the model seed only
         shard_models=True,  # split the grid over all local devices when there are several
         grid_slice="",  # 'k/K': this process trains slice k of K of the grid (job arrays); '' = all

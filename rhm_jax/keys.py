@@ -91,7 +91,7 @@ KEYS: dict[str, Key] = {
     "run.checkpoint_every": _key("execution", "checkpoint period in steps (0: at evaluations only)"),
     "run.keep_last": _key("execution", "most recent checkpoints kept"),
     "run.keep_evaluations": _key("execution", "checkpoints kept at evaluation steps"),
-    "run.max_models_per_program": _key("layout", "cap on models per compiled sub-grid (0: automatic)"),
+    "run.max_models_per_program": _key("layout", "cap on models per compiled sub-grid (0: as many as fit in memory)"),
     "run.seed": _key("static", "evaluation keys: sampling fold_in(key(run.seed), step), losses the same at every step", "run_seed"),
     "run.shard_models": _key("layout", "split the models over local devices"),
     "run.grid_slice": _key("layout", "'k/K': this process trains slice k of K of the sweep"),
