@@ -30,7 +30,7 @@ REPLICATES = tuple(keys.KEYS[k].column for k in ("grammar.seed", "data.seed", "t
 # Columns that may separate curves of one work directory (a sweep over m, width, lr, ...): every
 # result-determining key but the replicate seeds, the evaluation seed and P itself.
 CURVE_COLUMNS = tuple(key.column for name, key in keys.KEYS.items()
-                      if key.kind != "execution" and key.column not in REPLICATES
+                      if key.kind not in keys.RESUMABLE and key.column not in REPLICATES
                       and name not in ("data.num_train", "run.seed"))
 READINGS = ("normalized", "raw")
 BAND_SE = 2.0  # the best band: evaluations whose test loss is within BAND_SE standard errors of the minimum

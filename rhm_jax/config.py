@@ -28,9 +28,10 @@ MAX_LOG2_TUPLES = 26  # v**s <= 2**26 (the parse tables)
 # v=16, m=4, s=2, L=4 in 5.5 s), so about 3 minutes at the limit, and the pool lives on the device.
 MAX_DATASET_ROWS = 2**25
 
-# Keys that change how a run executes but not its results (``rhm_jax.keys``); a work directory may
-# be resumed with other values for these (results.prepare_workdir ignores them when comparing configs).
-EXECUTION_KEYS = keys.of_kind("execution")
+# Keys that change how a run executes, not what it computes (``rhm_jax.keys``: execution and layout
+# keys, the latter up to float32 rounding, ``keys.LAYOUT_ROUNDING``); a work directory may be resumed
+# with other values for these (results.prepare_workdir ignores them when comparing configs).
+EXECUTION_KEYS = tuple(k for kind in keys.RESUMABLE for k in keys.of_kind(kind))
 # The keys config_hash leaves out by default, frozen as they were when checkpoints began to record
 # the hash: adding a key here would change the hash of every stored work directory and make its
 # checkpoints unresumable. (The resume check itself compares configs up to EXECUTION_KEYS.)
@@ -70,7 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
         per_octave=4,  # evaluations per doubling of the step count
         num_windows=10,  # windows of diffusion time for the loss per window
         loss_rows=1024,  # train / test rows of the loss estimates
-        models_per_batch=0,  # models sampled at once; 0: from device memory
+        models_per_batch=0,  # models evaluated at once, each batch padded to exactly this many; 0: one
     )
     config.run = dict(
         checkpoint_every=0,  # 0: checkpoint at evaluation steps only
@@ -79,7 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
         # powers of two, and each model's last step); 'none'. A 64-model W=1024 grid with Adam
         # state takes about 14 GB per checkpoint.
         keep_evaluations="all",
-        max_models_per_program=0,  # 0: automatic (device memory); else a cap per sub-grid
+        max_models_per_program=0,  # 0: as many as fit in memory (rhm_jax.memory); else a cap per sub-grid
         seed=0,  # sampling keys fold_in(key(run.seed), step); loss keys from run.seed and the model seed only
         shard_models=True,  # split the grid over all local devices when there are several
         grid_slice="",  # 'k/K': this process trains slice k of K of the grid (job arrays); '' = all

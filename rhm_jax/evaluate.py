@@ -4,7 +4,8 @@ Shape letters: M models, N generated samples per model, R rows for the loss esti
 of the program, Q pool rows (the largest P), T test rows, D sequence length, L depth, W
 diffusion-time windows.
 
-Per model i (vmapped; sub-batches of models in a ``lax.map`` to bound memory), against slot
+Per model i (batches of exactly ``eval.models_per_batch`` models, default one, in a ``lax.map``:
+a model's values never depend on how many models the grid holds), against slot
 ``dataset_i`` of the program's ``References``: its own grammar, copy lookup, training and test rows.
 - N samples from ``process.sample`` with the model's debiased EMA params when kept, else its params;
 - ``validity_l1..lL`` (mean over samples and node positions), ``valid`` (fully valid sequences);
@@ -50,7 +51,6 @@ from rhm_jax.settings import EvalSettings, Settings
 _EVAL_ROWS_SEED = np.uint32(0xE7A1)  # the train rows of the loss estimate: not the training order
 _LOSS_KEY_TAG = np.uint32(0xFFFFFFFF)  # fold_in(key(run.seed), tag): a step no run reaches
 CORRELATION_GROUPS = 16  # jackknife groups of the samples' C(t) standard error
-_ACTIVATION_FACTOR = 24  # live (N, D, width) float32 tensors while sampling, a generous guess
 
 
 def eval_steps(num_steps: int, per_octave: int) -> list[int]:
@@ -199,32 +199,29 @@ def _scores(grammar: Any, tokens_NxD: jax.Array, copy_N: jax.Array) -> dict:
     return scores
 
 
-def device_bytes_limit() -> int | None:
-    """The first device's memory limit in bytes; None where the backend does not report it (CPU)."""
-    try:
-        return (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
-    except Exception:  # backends without memory stats raise or return None
-        return None
-
-
-def _models_per_batch(settings: EvalSettings, d: int, M: int) -> int:
-    """Models evaluated at once: eval.models_per_batch if set (> 0), else a device-memory guess."""
-    if settings.models_per_batch > 0:
-        return min(settings.models_per_batch, M)
-    limit = device_bytes_limit()
-    budget = 0.25 * limit if limit else 8 * 2**30
-    per_model = settings.num_samples * d * settings.width * 4 * _ACTIVATION_FACTOR
-    return int(max(1, min(M, budget // per_model)))
+def models_per_batch(settings: EvalSettings) -> int:
+    """k, the models evaluated at once: ``eval.models_per_batch``, 0 meaning one at a time."""
+    return max(1, int(settings.models_per_batch))
 
 
 def _map_models(fn: Callable, args: Any, M: int, per_batch: int) -> Any:
-    """``vmap(fn)`` over leading-M args, ``per_batch`` models at a time (the last batch padded)."""
-    if per_batch >= M:
-        return jax.vmap(fn)(args)
+    """``vmap(fn)`` over leading-M args in batches of exactly ``per_batch`` models.
+
+    The last batch is padded by repeating the last model, also when M < per_batch: every model is
+    computed by the same program of width ``per_batch`` whatever M is. XLA's CPU backend picks
+    its reduction loops by an operation's total size, so a vmap of width M rounded a model's
+    losses differently in a grid, a sub-grid or a slice (issue 26). One model per batch (the
+    default) makes every value independent of the grid, bit for bit; with more, a model's place in
+    its batch may still move the last bits of a few values (its vectorized loops' remainder).
+    """
     batches = -(-M // per_batch)
-    index = jnp.minimum(jnp.arange(batches * per_batch), M - 1)  # pad by repeating the last model
-    stacked = jax.tree_util.tree_map(lambda x: x[index].reshape(batches, per_batch, *x.shape[1:]), args)
-    out = jax.lax.map(jax.vmap(fn), stacked)
+
+    def batch(b: jax.Array) -> Any:
+        """Outputs of batch b; its models gathered here, so no second copy of the whole grid."""
+        index = jnp.minimum(b * per_batch + jnp.arange(per_batch), M - 1)
+        return jax.vmap(fn)(jax.tree_util.tree_map(lambda x: x[index], args))
+
+    out = jax.lax.map(batch, jnp.arange(batches))
     return jax.tree_util.tree_map(lambda x: x.reshape(batches * per_batch, *x.shape[2:])[:M], out)
 
 
@@ -315,7 +312,7 @@ def make_evaluator(settings: Settings, process: Any, network: Any) -> Callable:
         # Only what sampling needs travels into the model batches (not the optimizer state).
         slim = state.replace(opt_state=None)
         fn = lambda args: one_model(args, refs, key)
-        return _map_models(fn, (slim, grid), M, _models_per_batch(settings.eval, refs.grammar.d, M))
+        return _map_models(fn, (slim, grid), M, models_per_batch(settings.eval))
 
     return evaluate
 

@@ -1,9 +1,11 @@
 """Every config key, classified once: execution, traced or static, with its results column.
 
 *execution*: how a run executes, never what it computes; may change when a work directory is
-resumed. *traced*: a per-model value inside one compiled program (the model axis of the grid
+resumed. *layout*: which models share one compiled operation (sub-grids, slices, devices, evaluation
+batches); changes no key, data row or schedule and may change on resume, but float32 rounding may
+follow it (``LAYOUT_ROUNDING``). *traced*: a per-model value inside one compiled program (the model axis of the grid
 carries it). *static*: changes shapes or the program; each distinct combination of static values
-is one program. The resume check (``config.EXECUTION_KEYS``), the sweep planner (``rhm_jax.plan``),
+is one program. The resume check (``config.EXECUTION_KEYS``: execution and layout keys), the sweep planner (``rhm_jax.plan``),
 the results table (``results.CONFIG_COLUMNS``) and the README's key table all read ``KEYS``.
 Imports nothing of the package: it lies before everything in the data flow.
 """
@@ -12,8 +14,18 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-KIND = Literal["execution", "traced", "static"]
-KINDS = ("execution", "traced", "static")
+KIND = Literal["execution", "layout", "traced", "static"]
+KINDS = ("execution", "layout", "traced", "static")
+RESUMABLE = ("execution", "layout")  # kinds that may change on resume and are never swept nor columns
+# What a layout key may change, measured on XLA's CPU backend (jax 0.12.1; README "What is guaranteed").
+LAYOUT_ROUNDING = (
+    "evaluation rows never depend on the number of models in a grid, sub-grid or slice with the default\n"
+    "eval.models_per_batch (one model at a time; with k > 1 a model's place in its batch of k may move\n"
+    "the last bits of a few values). Training rounds the same wherever each model's own reductions\n"
+    "hold at least 4096 elements (measured: bpUNet at batch 64, v = 8, d = 8, width 64 gives\n"
+    "bit-identical rows). Below that (e.g. width 16 or 32) XLA's CPU backend sums a reduction in\n"
+    "another order once a vmap over M models makes it larger, so parameters and losses differ in the\n"
+    "last float32 bits and a sample drawn near a tie can flip (a few samples in a row's validity).")
 # List-valued keys that are a product inside each sweep point (P outermost, then seeds, then lr).
 GRID_KEYS = ("data.num_train", "train.seeds", "train.lr")
 
@@ -75,14 +87,14 @@ KEYS: dict[str, Key] = {
     "eval.per_octave": _key("static", "evaluations per doubling of the step count"),
     "eval.num_windows": _key("static", "windows of diffusion time for the loss"),
     "eval.loss_rows": _key("static", "train / test rows of the loss estimates"),
-    "eval.models_per_batch": _key("execution", "models sampled at once (0: from device memory)"),
+    "eval.models_per_batch": _key("layout", "models evaluated at once; each batch padded to exactly this many (0: one)"),
     "run.checkpoint_every": _key("execution", "checkpoint period in steps (0: at evaluations only)"),
     "run.keep_last": _key("execution", "most recent checkpoints kept"),
     "run.keep_evaluations": _key("execution", "checkpoints kept at evaluation steps"),
-    "run.max_models_per_program": _key("execution", "cap on models per compiled sub-grid (0: automatic)"),
+    "run.max_models_per_program": _key("layout", "cap on models per compiled sub-grid (0: as many as fit in memory)"),
     "run.seed": _key("static", "evaluation keys: sampling fold_in(key(run.seed), step), losses the same at every step", "run_seed"),
-    "run.shard_models": _key("execution", "split the models over local devices"),
-    "run.grid_slice": _key("execution", "'k/K': this process trains slice k of K of the sweep"),
+    "run.shard_models": _key("layout", "split the models over local devices"),
+    "run.grid_slice": _key("layout", "'k/K': this process trains slice k of K of the sweep"),
 }
 KEYS = {name: dataclasses.replace(key, column=key.column or name) for name, key in KEYS.items()}
 

@@ -51,9 +51,10 @@ def _known(key: str) -> None:
         close = difflib.get_close_matches(str(key), list(keys.KEYS), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else "; the keys are listed in rhm_jax/keys.py"
         raise ValueError(f"unknown config key {key!r} as a sweep axis{hint}")
-    if keys.KEYS[key].kind == "execution":
-        raise ValueError(f"{key} is an execution key (how a run executes, not what it computes): set it in"
-                         " the config or with --config, not as a sweep axis")
+    if keys.KEYS[key].kind in keys.RESUMABLE:
+        article = "an" if keys.KEYS[key].kind == "execution" else "a"
+        raise ValueError(f"{key} is {article} {keys.KEYS[key].kind} key (how a run executes, not what it"
+                         " computes): set it in the config or with --config, not as a sweep axis")
 
 
 def _json_ready(value: Any) -> Any:

@@ -32,7 +32,7 @@ READINGS = {"last": "its last evaluation",
 # on, except the grid keys (P, seed and lr come from each model's grid row). A swept key's column
 # comes from the rows, so its per-model value wins over config.json's constant.
 CONFIG_COLUMNS = {key.column: name for name, key in keys.KEYS.items()
-                  if key.column != name and key.kind != "execution" and name not in keys.GRID_KEYS}
+                  if key.column != name and key.kind not in keys.RESUMABLE and name not in keys.GRID_KEYS}
 RENAMED_COLUMNS = {"copy": "copies"}  # older work directories wrote these names
 
 

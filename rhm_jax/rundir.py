@@ -38,7 +38,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from rhm_jax import config as config_lib
-from rhm_jax import lock
+from rhm_jax import keys, lock
 
 log = logging.getLogger(__name__)
 
@@ -271,9 +271,14 @@ def _check_same(workdir: str, config_dict: dict, grid: list, points: list | None
     if not isinstance(stored_grid, list) or len(stored_grid) != len(grid) or any(
             not isinstance(old, dict) or {k: new.get(k) for k in old} != old for old, new in zip(stored_grid, grid)):
         raise ValueError(f"workdir={workdir!r} holds a run with a different grid of models; {how}")
-    execution = config_lib.differences(stored_config, config_dict)
-    if execution:
-        log.info("resuming %s with other execution settings (results unaffected): %s", workdir, execution)
+    changed = config_lib.differences(stored_config, config_dict)
+    layout = [k for k in changed if keys.KEYS.get(k) and keys.KEYS[k].kind == "layout"]
+    if set(changed) - set(layout):
+        log.info("resuming %s with other execution settings (results unaffected): %s", workdir,
+                 [k for k in changed if k not in layout])
+    if layout:
+        log.info("resuming %s with other layout settings (keys and data unaffected; float32 rounding of what"
+                 " is still to run may differ, see rhm_jax.keys.LAYOUT_ROUNDING): %s", workdir, layout)
 
 
 # ----------------------------------------------------------------------------- metrics.jsonl

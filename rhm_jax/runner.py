@@ -36,7 +36,7 @@ from typing import Any, Sequence
 import jax
 import ml_collections
 
-from rhm_jax import checkpoint, events, health, plan, results
+from rhm_jax import checkpoint, events, health, memory, plan, results
 from rhm_jax import config as config_lib
 from rhm_jax.guard import STOP_SIGNALS, Interrupted, StopSignals, lock_workdir
 from rhm_jax.program import Built, build
@@ -243,6 +243,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, points: Sequence[dic
     none). ``tensorboard``: also write TensorBoard event files (``rhm_jax.events``).
     """
     sweep = plan.make_plan(config, [{}] if points is None else points)  # every point validated, nothing compiled
+    memory.check(sweep.programs)  # one line if not even one model of a program fits, before anything is written
     if tensorboard:
         events.check_available()
     workdir = os.path.abspath(workdir)

@@ -41,8 +41,8 @@ class EvalSettings:
     num_samples: int  # N generated per model
     num_windows: int  # W windows of diffusion time
     loss_rows: int  # R train / test rows of the loss estimates
-    models_per_batch: int  # 0: chosen from device memory
-    width: int  # network width, for the memory guess of models_per_batch=0
+    models_per_batch: int  # k models evaluated at once (0: one), each batch padded to exactly k
+    width: int  # network width (the memory estimate, rhm_jax.memory)
     loss_seed: int = 0  # run.seed: the root of the loss keys, the same at every step (common random numbers)
 
     @classmethod
@@ -113,7 +113,7 @@ class RunSettings:
     checkpoint_every: int  # 0: checkpoints at evaluation steps only
     keep_last: int
     keep_evaluations: str  # 'all' | 'octaves' | 'none'
-    max_models_per_program: int  # 0: from device memory
+    max_models_per_program: int  # 0: as many as fit (rhm_jax.memory)
     seed: int  # evaluation keys are fold_in(key(seed), step)
 
     @classmethod

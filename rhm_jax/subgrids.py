@@ -2,14 +2,17 @@
 
 Shape letters: M models in the grid (M' once padded for several devices).
 
-A grid larger than the device memory (or than ``run.max_models_per_program``) runs as sub-grids of
-consecutive models, one after another, each with its checkpoints in ``checkpoints/part_<i>``; the
-split is recorded in ``checkpoints/partition.json`` at the first start and reused on resume (and
-read back when a stored run is opened, ``rhm_jax.stored``). Schedule of one model with budget b:
+A grid larger than the memory (estimated before compiling, ``rhm_jax.memory``) or than
+``run.max_models_per_program`` runs as sub-grids of consecutive models, one after another, each with
+its checkpoints in ``checkpoints/part_<i>``; the split is recorded in ``checkpoints/partition.json``
+at the first start and reused on resume for the parts that went past step 0 (the others are split
+again when the models per program changed), and read back when a stored run is opened
+(``rhm_jax.stored``). Schedule of one model with budget b:
 evaluations at ``{0, b} | evaluate.eval_steps(b, per_octave)``.
 """
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import math
@@ -19,12 +22,11 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import numpy as np
 
-from rhm_jax import evaluate, health, results, train
+from rhm_jax import evaluate, health, memory, results, train
 from rhm_jax.program import Built, eval_key
 
 log = logging.getLogger(__name__)
 
-MEMORY_FRACTION = 0.8  # of a device's bytes_limit that one training program may plan to use
 PARTITION_FILE = "partition.json"
 
 
@@ -72,14 +74,35 @@ def restore_target(built: Built, grid: train.Grid) -> Any:
 
 
 def models_per_program(built: Built) -> int:
-    """How many models one compiled program may hold: the config cap, else device memory."""
+    """How many models one compiled program may hold: the least of ``run.max_models_per_program``
+    (when set), what fits in memory by ``memory.estimate`` (before compiling) and, on a device that
+    reports its memory, the compiled training step's own memory analysis.
+
+    ValueError (one line naming the limit) when not even one model fits.
+    """
     M = len(built.grid_rows)
     cap = built.settings.run.max_models_per_program
-    if cap > 0:
-        return min(cap, M)
-    limit = evaluate.device_bytes_limit()
-    if not limit:
-        return M
+    k = min(cap, M) if cap > 0 else M
+    limit, source = memory.available()
+    need = memory.estimate(built.settings, built.grid_rows)
+    fit = memory.models_that_fit(need, limit)
+    if fit is not None:
+        if fit == 0:
+            raise ValueError(memory.refusal(need, limit, source))
+        if memory.device_bytes_limit():
+            fit *= built.place.num_devices  # each device holds its share of the models
+        if fit < k:
+            log.info("the grid of %d models needs about %.1f GiB, %.1f GiB is available (%s): at most %d models"
+                     " per program", M, need.total(M) / 2**30, limit / 2**30, source, fit)
+            k = fit
+    if k < M or cap > 0 or not memory.device_bytes_limit():
+        return k
+    return min(k, _compiled_fit(built))
+
+
+def _compiled_fit(built: Built) -> int:
+    """Models per program by the compiled training step's memory analysis on a device that reports its limit."""
+    M, limit = len(built.grid_rows), memory.device_bytes_limit()
     grid = built.place.grid(built.grid)
     lowered = built.step_fn.lower(restore_target(built, grid), grid, built.pool, built.settings.train.steps_per_call)
     analysis = lowered.compile().memory_analysis()  # the compilation is reused by the first call
@@ -87,22 +110,29 @@ def models_per_program(built: Built) -> int:
         return M
     need = sum(getattr(analysis, f"{name}_size_in_bytes", 0) for name in ("argument", "output", "temp"))
     need -= getattr(analysis, "alias_size_in_bytes", 0)  # per device on a mesh
-    if need <= MEMORY_FRACTION * limit:
+    if need <= memory.MEMORY_FRACTION * limit:
         return M
     devices = built.place.num_devices
     per_model = need / (grid.P.shape[0] / devices)
-    k = max(1, int(MEMORY_FRACTION * limit // per_model)) * devices
+    k = max(1, int(memory.MEMORY_FRACTION * limit // per_model)) * devices
     log.info("the grid of %d models needs about %.1f GiB per device for training, a device has %.1f GiB:"
              " at most %d models per program", M, need / 2**30, limit / 2**30, k)
     return min(k, M)
+
+
+def _split(positions: Sequence[int], k: int) -> list[list[int]]:
+    """Consecutive, balanced runs of at most k positions."""
+    return [[int(p) for p in part] for part in np.array_split(np.asarray(positions), math.ceil(len(positions) / k))]
 
 
 def partition(built: Built, workdir: str, offset: int = 0) -> list[tuple[int, list[int]]]:
     """(part number, positions in the program's grid) of one program's consecutive, balanced sub-grids.
 
     ``checkpoints/partition.json`` lists every started program's parts in run order, as positions
-    in the run's model list (this program's start at ``offset``); the stored split of a started
-    program wins, a new program's split is appended.
+    in the run's model list (this program's start at ``offset``); a new program's split is
+    appended. A started program keeps the split of its started parts; those that never passed
+    step 0 (the last parts of the file) are split again when the models per program changed
+    (``run.max_models_per_program``, or the memory available), their step-0 checkpoints moved aside.
     """
     path = os.path.join(workdir, "checkpoints", PARTITION_FILE)
     n = len(built.grid_rows)
@@ -113,19 +143,58 @@ def partition(built: Built, workdir: str, offset: int = 0) -> list[tuple[int, li
             raise ValueError(f"{path} must split positions {offset}..{offset + n - 1} (one program's models) into"
                              f" runs of consecutive models, found {[part for _, part in mine]!r}; restore it, or"
                              " start over with --force")
-        return mine
+        return _resplit(built, workdir, stored, mine, offset)
     covered = sum(len(part) for part in stored)
     if covered != offset:
         raise ValueError(f"{path} covers positions 0..{covered - 1}, but the next program starts at {offset}:"
                          " was it edited? Restore it, or start over with --force")
     k = models_per_program(built)
-    parts = [(offset + p).tolist() for p in np.array_split(np.arange(n), math.ceil(n / k))]
+    parts = [[offset + p for p in part] for part in _split(range(n), k)]
     if len(parts) > 1:
         log.info("splitting the grid of %d models into %d sub-grids of at most %d, run one after another",
                  n, len(parts), max(len(p) for p in parts))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     results.write_json_atomic(path, {"parts": stored + parts})
     return [(len(stored) + i, [p - offset for p in part]) for i, part in enumerate(parts)]
+
+
+def _started(workdir: str, number: int, models: set[int], later_rows: set[int]) -> bool:
+    """Whether sub-grid ``number`` went past step 0: a checkpoint other than step 0, or a row past it."""
+    directory = part_dir(workdir, number)
+    entries = os.listdir(directory) if os.path.isdir(directory) else []
+    return any(e != "0" for e in entries) or bool(models & later_rows)
+
+
+def _resplit(built: Built, workdir: str, stored: list[list[int]], mine: list[tuple[int, list[int]]],
+             offset: int) -> list[tuple[int, list[int]]]:
+    """``mine`` with its parts that never passed step 0 split again for today's models per program."""
+    if mine[-1][0] != len(stored) - 1:
+        return mine  # a later program has started: the part numbers after these are taken
+    rows_path = os.path.join(workdir, results.METRICS_FILE)
+    later = {int(r["model"]) for r in (results.read_rows(rows_path) if os.path.exists(rows_path) else [])
+             if r.get("step", 0) > 0}
+    index = lambda part: {int(built.grid_rows[p]["index"]) for p in part}
+    first = len(mine)
+    while first > 0 and not _started(workdir, mine[first - 1][0], index(mine[first - 1][1]), later):
+        first -= 1
+    tail = mine[first:]
+    if not tail:
+        return mine
+    positions = [p for _, part in tail for p in part]
+    wanted = _split(positions, models_per_program(built))
+    if wanted == [part for _, part in tail]:
+        return mine
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    for number, _ in tail:
+        if os.path.isdir(part_dir(workdir, number)):
+            os.rename(part_dir(workdir, number), f"{part_dir(workdir, number)}.resplit-{stamp}")
+    start = tail[0][0]
+    results.write_json_atomic(os.path.join(workdir, "checkpoints", PARTITION_FILE),
+                              {"parts": stored[:start] + [[offset + p for p in part] for part in wanted]})
+    log.info("models %s had not passed step 0: split again into %d sub-grid(s) of at most %d (was %d); their"
+             " old checkpoints are kept as part_<j>.resplit-%s", span([built.grid_rows[p]["index"] for p in positions]),
+             len(wanted), max(len(p) for p in wanted), len(tail), stamp)
+    return mine[:first] + [(start + i, part) for i, part in enumerate(wanted)]
 
 
 def stored_parts(built: Built, workdir: str, offset: int = 0) -> list[tuple[int, Part]]:

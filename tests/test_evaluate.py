@@ -280,11 +280,14 @@ def test_evaluate_grid_equals_single_models_and_model_batches(tables, evaluator)
     state = table_state(per_model, [1.0, 2.0, 3.0])
     grid = table_grid([2, 12, 3], [0, 1, 2])
     together = evaluator(state, grid, jax.random.key(1))
-    batched = make_evaluator(eval_config(models_per_batch=2), [G], [pool], [test])(state, grid, jax.random.key(1))
+    in_pairs = make_evaluator(eval_config(models_per_batch=2), [G], [pool], [test])
+    batched = in_pairs(state, grid, jax.random.key(1))
     chex.assert_trees_all_close(together, batched)
     take = lambda tree, i: jax.tree_util.tree_map(lambda x: x[i:i + 1], tree)
-    for i in range(3):
-        chex.assert_trees_all_close(take(together, i), evaluator(take(state, i), take(grid, i), jax.random.key(1)))
+    for i in range(3):  # one model at a time: its values never depend on the grid's size (issue 26)
+        chex.assert_trees_all_equal(take(together, i), evaluator(take(state, i), take(grid, i), jax.random.key(1)))
+        # in pairs a model's place in its pair may change the last bits (measured: 4e-9 in corr_t2_se)
+        chex.assert_trees_all_close(take(batched, i), in_pairs(take(state, i), take(grid, i), jax.random.key(1)))
 
 
 @pytest.mark.heavy

@@ -29,10 +29,10 @@ def test_columns_are_unique_and_do_not_shadow_row_fields():
 
 
 def test_derived_tables_read_the_one_table():
-    assert set(config_lib.EXECUTION_KEYS) == set(keys.of_kind("execution"))
+    assert set(config_lib.EXECUTION_KEYS) == set(keys.of_kind("execution")) | set(keys.of_kind("layout"))
     assert "run.grid_slice" in config_lib.EXECUTION_KEYS and "eval.models_per_batch" in config_lib.EXECUTION_KEYS
     for column, key in results.CONFIG_COLUMNS.items():
-        assert keys.KEYS[key].column == column and keys.KEYS[key].kind != "execution"
+        assert keys.KEYS[key].column == column and keys.KEYS[key].kind not in keys.RESUMABLE
         assert key not in keys.GRID_KEYS  # P, seed, lr come from the grid rows
     assert set(keys.GRID_KEYS) <= set(keys.of_kind("traced"))
     with pytest.raises(ValueError, match="kind='fast'"):
@@ -45,3 +45,13 @@ def test_readme_key_table_lists_every_key_with_its_kind():
     documented = dict(re.findall(r"^\| `([\w.]+)` \| (\w+) \|", readme, flags=re.M))
     assert documented == {name: key.kind for name, key in keys.KEYS.items()}
     assert keys.table() in readme  # columns and docs too: regenerate with print(rhm_jax.keys.table())
+
+
+def test_layout_keys_are_the_ones_that_group_models_and_are_never_swept():
+    """Issue 26: the keys that decide which models share a compiled operation may change float32
+    rounding, so they are not 'execution' keys; like those they resume and are never a sweep axis."""
+    assert set(keys.of_kind("layout")) == {"eval.models_per_batch", "run.max_models_per_program",
+                                           "run.grid_slice", "run.shard_models"}
+    for key in keys.of_kind("layout"):
+        with pytest.raises(ValueError, match=f"{key} is a layout key"):
+            plan.sweep(key, [0, 1])
