@@ -130,6 +130,20 @@ def _drop_read_only_notice(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith("Given directory is read only")
 
 
+def _drop_unretrieved(record: logging.LogRecord) -> bool:
+    """Logging filter: asyncio's 'Future/Task exception was never retrieved' of a write already reported."""
+    return "exception was never retrieved" not in str(record.msg)
+
+
+def _silence_failed_writes() -> None:
+    """After a failed save (reported as one line): orbax's writer threads, still failing one by one,
+    log their tracebacks through absl and asyncio; the run is ending, so those stay hidden from now on."""
+    logging.getLogger("absl").setLevel(logging.CRITICAL)
+    asyncio_logger = logging.getLogger("asyncio")
+    if _drop_unretrieved not in asyncio_logger.filters:
+        asyncio_logger.addFilter(_drop_unretrieved)
+
+
 class Checkpointer:
     """Save / list / restore checkpoints of one (sub-)grid in ``directory``."""
 
@@ -181,12 +195,12 @@ class Checkpointer:
             saved = self._manager.save(step, args=args, force=True)
             self._manager.wait_until_finished()
         except Exception as err:  # disk full, permissions: re-raised as one line naming the step
+            _silence_failed_writes()  # orbax's other threads go on failing after this one: keep them quiet
             cause = _root_os_error(err) or err
             number = getattr(cause, "errno", None) or (errno.ENOSPC if "No space left" in str(err) else errno.EIO)
             raise OSError(number, f"could not write the checkpoint of step {step} in {self.directory}:"
                                   f" {_first_line(cause)}") from err
-        finally:
-            absl.setLevel(level)
+        absl.setLevel(level)
         if not saved:
             raise RuntimeError(f"orbax refused to save step {step} in {self.directory}")
 

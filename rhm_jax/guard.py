@@ -56,9 +56,14 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def lock_workdir(workdir: str, force: bool, stack: contextlib.ExitStack) -> None:
-    """Create and lock ``workdir``; with ``force`` move an existing one aside (under its lock) first."""
+    """Create and lock ``workdir``; with ``force`` move an existing one aside (under its lock) first.
+
+    A directory that is not a work directory, or a job-array root, is refused before anything is created.
+    """
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ValueError(f"workdir={workdir!r} is a file, not a directory")
+    results.check_not_foreign(workdir, force)  # refused before the lock file is created: nothing left behind
+    results.check_layout(workdir, "local")
     os.makedirs(workdir, exist_ok=True)
     stack.enter_context(lock.hold(workdir))
     if force and results.move_aside(workdir):  # the lock held is now the old directory's

@@ -242,6 +242,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, points: Sequence[dic
     sweep = plan.make_plan(config, [{}] if points is None else points)  # every point validated, nothing compiled
     if tensorboard:
         events.check_available()
+    if not str(workdir).strip():
+        raise ValueError(f"workdir={str(workdir)!r} names no directory; give a path")
     workdir = os.path.abspath(workdir)
     with contextlib.ExitStack() as stack:
         stopping = stack.enter_context(StopSignals(stop_signals))

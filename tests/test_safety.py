@@ -380,3 +380,18 @@ def test_11_prefixes_are_not_options_and_force_moves_only_work_directories(refer
     assert launch_local.main(["--config", SMOKE, "--workdir", ".", "--force"]) == 2
     assert "it is the current directory or holds it" in last_line(capsys.readouterr().err)
     assert sorted(os.listdir(tmp_path)) == ["mine", "run"]  # nothing moved, nothing created
+
+
+@pytest.mark.parametrize("case", ["empty_name", "foreign", "foreign_force"])
+def test_a_refused_workdir_is_left_without_a_lock_file(tmp_path, monkeypatch, capsys, case):
+    """Issue 26: `--workdir ''` and a non-empty directory that is not a work directory were refused
+    with one line but left a `.lock` file there."""
+    here = tmp_path / "here"
+    here.mkdir()
+    (here / "notes.txt").write_text("not a run")
+    monkeypatch.chdir(here)
+    args = ["--config", SMOKE, "--workdir", "" if case == "empty_name" else str(here), "--no_progress"]
+    assert launch_local.main(args + (["--force"] if case == "foreign_force" else [])) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert sorted(os.listdir(here)) == ["notes.txt"]
