@@ -67,7 +67,7 @@ def _start(progs: Built, part: Part, ckpt: checkpoint.Checkpointer,
     re-evaluated from kept checkpoints. A ``checkpoint.ReadFailure`` propagates (nothing changed).
     """
     # strict=False: a state padded for another device count is truncated / zero-padded (dummies).
-    restored = ckpt.restore_latest(restore_target(progs, part.grid), strict=False)
+    restored = ckpt.restore_latest(restore_target(progs, part.grid), strict=False, config_hash=digest)
     models = set(part.models)
     mine = [r for r in writer.rows() if r["model"] in models]
     if restored is None:

@@ -395,3 +395,24 @@ def test_a_refused_workdir_is_left_without_a_lock_file(tmp_path, monkeypatch, ca
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
     assert sorted(os.listdir(here)) == ["notes.txt"]
+
+
+@pytest.mark.heavy
+def test_config_json_edited_to_another_width_is_one_line_and_renames_no_checkpoint(reference, tmp_path, capsys):
+    """Issue 26: every checkpoint (10 of 10) was renamed broken-<step>-..., then 'no readable checkpoint
+    is left'; the checkpoints were intact, written for width 16."""
+    _, ref_dir, ref_rows = reference
+    workdir = copy_of(ref_dir, tmp_path)
+    path = os.path.join(workdir, results.CONFIG_FILE)
+    with open(path) as f:
+        stored = json.load(f)
+    stored["config"]["network"]["width"] = 24
+    with open(path, "w") as f:
+        json.dump(stored, f)
+    before = sorted(os.listdir(runner.part_dir(workdir, 0)))
+    assert run_cli(workdir, "--config.network.width=24") == 2
+    line = last_line(capsys.readouterr().err)
+    assert re.match(r"error: checkpoint at step 64 in .* was written for another state or config than this run's"
+                    r" \(leaf .* was saved with per-model shape \(.*16.*\) float32, the run expects \(.*24.*\)", line)
+    assert sorted(os.listdir(runner.part_dir(workdir, 0))) == before
+    assert metrics(workdir) == metrics(ref_dir)
