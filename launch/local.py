@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         config = config_lib.load(args.config, overrides)
         points = config_lib.load_sweep(args.config, overrides)
         runner.run(config, args.workdir, points=points, force=args.force, progress=not args.no_progress,
-                  tensorboard=args.tensorboard)
+                  tensorboard=args.tensorboard, exit_at_once=True)
     except runner.Interrupted as stop:
         print(f"stopped: {stop}", file=sys.stderr)
         return 128 + stop.signum

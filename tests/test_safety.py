@@ -416,3 +416,67 @@ def test_config_json_edited_to_another_width_is_one_line_and_renames_no_checkpoi
                     r" \(leaf .* was saved with per-model shape \(.*16.*\) float32, the run expects \(.*24.*\)", line)
     assert sorted(os.listdir(runner.part_dir(workdir, 0))) == before
     assert metrics(workdir) == metrics(ref_dir)
+
+
+HANG = """
+import sys, time
+from rhm_jax import runner
+real_build, calls = runner.build, []
+
+
+def hang(where):
+    sys.stderr.write(f"HANG {where}\\n")
+    sys.stderr.flush()
+    time.sleep(600)  # a Python handler runs, then the sleep goes on: as a compilation in C++ would
+
+
+def slow_build(*args, **kwargs):
+    if sys.argv[1] == "setup":
+        hang("setup")
+    built = real_build(*args, **kwargs)
+    step_fn = built.step_fn
+
+    def step(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            hang("device")
+        return step_fn(*a, **k)
+    return built._replace(step_fn=step)
+
+
+runner.build = slow_build
+from launch import local
+sys.exit(local.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("where, signals, status, message", [
+    ("setup", [signal.SIGTERM], 143, "stopped by SIGTERM during set-up or compilation: nothing to save yet"),
+    ("setup", [signal.SIGINT], 130, "stopped by SIGINT during set-up or compilation: nothing to save yet"),
+    ("device", [signal.SIGINT, signal.SIGINT], 130, "stopped at once by a second Ctrl-C"),
+])
+def test_a_stop_signal_outside_a_device_call_ends_the_run_at_once(tmp_path, where, signals, status, message):
+    """Issue 26: SIGTERM during set-up or compilation was ignored for 10-15 min (its handler only set a
+    flag read after the next device call); issue 22: a second Ctrl-C stops at once."""
+    script = tmp_path / "hang.py"
+    script.write_text(HANG)
+    workdir = str(tmp_path / "run")
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+    proc = subprocess.Popen([sys.executable, str(script), where, "--config", SMOKE, "--workdir", workdir,
+                             "--no_progress"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if line.startswith(f"HANG {where}"):
+            break
+    for signum in signals:
+        time.sleep(1.0)
+        proc.send_signal(signum)
+    try:
+        rest = proc.communicate(timeout=120)[1]
+    finally:
+        proc.kill()
+    err = "".join(lines) + rest
+    assert proc.returncode == status, err
+    assert last_line(err).startswith(message) and "Traceback" not in err
