@@ -8,8 +8,9 @@ Re-running the same command resumes the run. ``--force`` moves an existing work 
 ``DIR.bak-<time>`` (nothing is deleted; only work directories, never the current one). Bad input,
 a work directory in use by another process, and I/O errors (disk full, read-only, unreadable
 checkpoint) exit with status 2 and one error line. SIGINT / SIGTERM save a checkpoint after the
-current device call and exit with 128 + the signal number (130 / 143) and one line; a second
-Ctrl-C stops at once (status 130), keeping the newest checkpoint. At the end it prints each
+current device call and exit with 128 + the signal number (130 / 143) and one line; during set-up
+or compilation (nothing to save yet) they stop at once with one line, and so does a second Ctrl-C
+(status 130), keeping the newest checkpoint. At the end it prints each
 model at its best evaluation (``summary.txt``).
 """
 from __future__ import annotations
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         config = config_lib.load(args.config, overrides)
         points = config_lib.load_sweep(args.config, overrides)
         runner.run(config, args.workdir, points=points, force=args.force, progress=not args.no_progress,
-                  tensorboard=args.tensorboard)
+                  tensorboard=args.tensorboard, exit_at_once=True)
     except runner.Interrupted as stop:
         print(f"stopped: {stop}", file=sys.stderr)
         return 128 + stop.signum

@@ -41,7 +41,7 @@ from rhm_jax import plan, results, runner
 
 log = logging.getLogger(__name__)
 
-ARRAY_FILE = "array.json"
+ARRAY_FILE = results.ARRAY_FILE
 EXECUTORS = ("auto", "slurm", "local")
 
 
@@ -102,7 +102,10 @@ def prepare(config: ml_collections.ConfigDict, root: str, K: int, force: bool = 
     rows = [r for program in sweep.programs for r in program.rows]
     if not isinstance(K, int) or not 1 <= K <= len(rows):
         raise ValueError(f"--slices={K} must lie in [1, M={len(rows)}] (the sweep's model count)")
+    if not str(root).strip():
+        raise ValueError(f"--workdir={str(root)!r} names no directory; give a path")
     root = os.path.abspath(root)
+    results.check_layout(root, "array")  # a local run's directory is not resumed as an array
     status = results.prepare_workdir(root, config, rows, force=force, points=sweep.points)
     path = os.path.join(root, ARRAY_FILE)
     if status == "resume" and os.path.exists(path):

@@ -15,6 +15,10 @@ on the device at save, checked after every restore). A restore fails in one of t
   ``broken-<step>-<time>`` (never deleted) and falls back to the previous one.
 - ``ReadFailure`` (an OSError): the environment failed (I/O error, permissions, memory, a network
   filesystem timing out). Nothing is moved and the error propagates: the files may be fine.
+Before either, what wrote the checkpoint is checked against what the restore expects: ``meta``
+holds ``tree`` (each leaf's path, per-model shape and dtype) and the caller's ``config_hash``. A
+difference is ``Mismatch`` (a ValueError naming it): the files are intact, written by another code
+version or config, so nothing is moved.
 """
 from __future__ import annotations
 
@@ -51,6 +55,33 @@ class BrokenCheckpoint(ValueError):
 
 class ReadFailure(OSError):
     """Reading a checkpoint failed for a reason of the environment (I/O, permissions, memory)."""
+
+
+class Mismatch(ValueError):
+    """An intact checkpoint written for another state tree or config than the restore expects."""
+
+
+def tree_signature(state: Any) -> list[list]:
+    """[path, per-model shape, dtype] of every leaf of a stacked (M, ...) state: the model axis is left
+    out, since a grid padded for another device count restores into another M."""
+    leaves, _ = jax.tree_util.tree_flatten_with_path(state)
+    return [[jax.tree_util.keystr(path), [int(n) for n in leaf.shape[1:]], str(leaf.dtype)] for path, leaf in leaves]
+
+
+def tree_difference(saved: list, expected: list) -> str:
+    """The first difference between two ``tree_signature`` values in words ('' when they agree)."""
+    old = {path: (tuple(shape), dtype) for path, shape, dtype in saved}
+    new = {path: (tuple(shape), dtype) for path, shape, dtype in expected}
+    lacking, extra = [p for p in new if p not in old], [p for p in old if p not in new]
+    if lacking or extra:
+        parts = ([f"the run expects {len(lacking)} leaves it lacks ({', '.join(lacking[:3])})"] if lacking else []) + (
+            [f"it holds {len(extra)} leaves the run lacks ({', '.join(extra[:3])})"] if extra else [])
+        return "; ".join(parts)
+    for path, (shape, dtype) in new.items():
+        if old[path] != (shape, dtype):
+            return (f"leaf {path} was saved with per-model shape {old[path][0]} {old[path][1]}, the run expects"
+                    f" {shape} {dtype}")
+    return ""
 
 
 def environmental(err: BaseException) -> bool:
@@ -130,6 +161,20 @@ def _drop_read_only_notice(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith("Given directory is read only")
 
 
+def _drop_unretrieved(record: logging.LogRecord) -> bool:
+    """Logging filter: asyncio's 'Future/Task exception was never retrieved' of a write already reported."""
+    return "exception was never retrieved" not in str(record.msg)
+
+
+def _silence_failed_writes() -> None:
+    """After a failed save (reported as one line): orbax's writer threads, still failing one by one,
+    log their tracebacks through absl and asyncio; the run is ending, so those stay hidden from now on."""
+    logging.getLogger("absl").setLevel(logging.CRITICAL)
+    asyncio_logger = logging.getLogger("asyncio")
+    if _drop_unretrieved not in asyncio_logger.filters:
+        asyncio_logger.addFilter(_drop_unretrieved)
+
+
 class Checkpointer:
     """Save / list / restore checkpoints of one (sub-)grid in ``directory``."""
 
@@ -173,7 +218,8 @@ class Checkpointer:
             self._move_aside(step, "superseded")  # e.g. a broken one from before a fallback
         sums = [int(x) for x in jax.device_get(checksums(state))]
         args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                  meta=ocp.args.JsonSave(dict(meta, step=step, checksums=sums)))
+                                  meta=ocp.args.JsonSave(dict(meta, step=step, checksums=sums,
+                                                              tree=tree_signature(state))))
         absl = logging.getLogger("absl")
         level = absl.level
         absl.setLevel(logging.CRITICAL)  # orbax logs a failed write's asyncio traceback from its threads
@@ -181,28 +227,55 @@ class Checkpointer:
             saved = self._manager.save(step, args=args, force=True)
             self._manager.wait_until_finished()
         except Exception as err:  # disk full, permissions: re-raised as one line naming the step
+            _silence_failed_writes()  # orbax's other threads go on failing after this one: keep them quiet
             cause = _root_os_error(err) or err
             number = getattr(cause, "errno", None) or (errno.ENOSPC if "No space left" in str(err) else errno.EIO)
             raise OSError(number, f"could not write the checkpoint of step {step} in {self.directory}:"
                                   f" {_first_line(cause)}") from err
-        finally:
-            absl.setLevel(level)
+        absl.setLevel(level)
         if not saved:
             raise RuntimeError(f"orbax refused to save step {step} in {self.directory}")
 
-    def restore(self, step: int, target: Any, strict: bool = True) -> tuple[Any, dict]:
+    def written_for(self, step: int) -> dict | None:
+        """The ``meta`` of ``step`` alone (no arrays read), or None when it cannot be read."""
+        try:
+            return self._manager.restore(int(step), args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        except Exception as err:  # an unreadable meta is judged by the full restore that follows
+            if environmental(err):
+                raise ReadFailure(f"could not read the checkpoint at step {step} in {self.directory}"
+                                  f" ({_first_line(err)}); nothing was changed, retry") from err
+            return None
+
+    def check_written_for(self, step: int, target: Any, config_hash: str | None = None) -> None:
+        """``Mismatch`` (one line naming the difference) when ``step`` was written for another state tree
+        or config hash than ``target`` and ``config_hash``; silent when its metadata cannot tell."""
+        meta = self.written_for(step)
+        if not isinstance(meta, dict):
+            return
+        why = tree_difference(meta["tree"], tree_signature(target)) if isinstance(meta.get("tree"), list) else ""
+        if config_hash is not None and meta.get("config_hash") not in (None, config_hash):
+            why = "; ".join(w for w in (why, f"config hash {meta['config_hash']}, the run's {config_hash}") if w)
+        if why:
+            raise Mismatch(f"checkpoint at step {step} in {self.directory} was written for another state or config"
+                           f" than this run's ({why}): its files are intact and nothing was moved; resume it with"
+                           " the code and config that wrote it, or choose a new --workdir")
+
+    def restore(self, step: int, target: Any, strict: bool = True,
+                config_hash: str | None = None) -> tuple[Any, dict]:
         """(state, meta) of ``step``; ``target`` gives the tree structure, shapes, dtypes, shardings.
 
-        ValueError if there is no such step (listing those available); ``BrokenCheckpoint`` if the
-        checkpoint is damaged, does not match the target tree or fails its checksum; ``ReadFailure``
-        if the environment failed while reading. ``strict=False`` lets arrays be truncated or
-        zero-padded to the target's shapes (a grid padded for another device count); the caller
-        must then check ``meta`` to know which models it holds.
+        ValueError if there is no such step (listing those available); ``Mismatch`` if its metadata
+        says it was written for another state tree (or, given, another ``config_hash``);
+        ``BrokenCheckpoint`` if the checkpoint is damaged, does not match the target tree or fails
+        its checksum; ``ReadFailure`` if the environment failed while reading. ``strict=False`` lets
+        arrays be truncated or zero-padded to the target's shapes (a grid padded for another device
+        count); the caller must then check ``meta`` to know which models it holds.
         """
         steps = self.steps()
         if int(step) not in steps:
             raise ValueError(f"no checkpoint at step {step} in {self.directory}; available steps: {steps}")
         where = f"checkpoint at step {step} in {self.directory}"
+        self.check_written_for(step, target, config_hash)
         args = ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(target), strict=strict),
                                   meta=ocp.args.JsonRestore())
         try:
@@ -228,17 +301,18 @@ class Checkpointer:
                                        " state differ from what was saved): its data is corrupted")
         return state, meta
 
-    def restore_latest(self, target: Any, move_broken: bool = True,
-                       strict: bool = True) -> tuple[int, Any, dict] | None:
+    def restore_latest(self, target: Any, move_broken: bool = True, strict: bool = True,
+                       config_hash: str | None = None) -> tuple[int, Any, dict] | None:
         """(step, state, meta) of the newest readable checkpoint, or None if there is none.
 
         A broken newer checkpoint is logged and skipped; with ``move_broken`` it is moved aside so
-        that the run can save that step again (never when read-only). A ``ReadFailure`` propagates.
+        that the run can save that step again (never when read-only). A ``ReadFailure`` and a
+        ``Mismatch`` (an intact checkpoint of another state tree or config) propagate: nothing moved.
         """
         move_broken = move_broken and not self.read_only
         for step in reversed(self.steps()):
             try:
-                state, meta = self.restore(step, target, strict=strict)
+                state, meta = self.restore(step, target, strict=strict, config_hash=config_hash)
             except BrokenCheckpoint as err:
                 log.warning("checkpoint at step %d is broken, falling back to the previous one: %s", step, err)
                 if move_broken:

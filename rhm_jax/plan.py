@@ -217,6 +217,22 @@ def slice_bounds(spec: str, num_models: int) -> tuple[int, int]:
     return k * num_models // K, (k + 1) * num_models // K
 
 
+def _refuse_overlap(values: dict, rows: list[dict], i: int, points: list[dict], reached: dict) -> None:
+    """ValueError naming both points when a model of point ``i`` was reached before (same model twice).
+
+    A model is its point's swept values but the grid keys, then its own P, seed and lr;
+    ``reached`` maps each model seen so far to the point that reached it.
+    """
+    fixed = tuple((k, _hashable(v)) for k, v in values.items() if k not in keys.GRID_KEYS)
+    for row in rows:
+        model = (fixed, row["P"], row["seed"], row["lr"])
+        other = reached.setdefault(model, i)
+        if other != i:
+            raise ValueError(f"{_describe(i, points[i])} reaches a model of {_describe(other, points[other])} again"
+                             f" (P={row['P']}, seed={row['seed']}, lr={row['lr']:g}): the same model twice;"
+                             " make the points disjoint")
+
+
 def make_plan(config: ml_collections.ConfigDict, points: Sequence[dict]) -> Plan:
     """Validate every point of the sweep and group its models into programs (no compilation).
 
@@ -237,7 +253,7 @@ def make_plan(config: ml_collections.ConfigDict, points: Sequence[dict]) -> Plan
     work = copy.deepcopy(config)
     base = {k: _get(config, k) for k in swept_keys}
     groups: dict[tuple, list[int]] = {}
-    per_point, seen, total, first = [], {k: set() for k in swept_keys}, 0, {}
+    per_point, seen, total, first, reached = [], {k: set() for k in swept_keys}, 0, {}, {}
     for i, point in enumerate(points):
         where = _describe(i, point)
         values = {k: _config_value(k, point[k]) if k in point else base[k] for k in swept_keys}
@@ -259,7 +275,9 @@ def make_plan(config: ml_collections.ConfigDict, points: Sequence[dict]) -> Plan
             raise ValueError(f"{where}: the sweep reaches {total} models by this point (data.num_train x"
                              f" train.seeds x train.lr per point); the limit plan.MAX_MODELS is {MAX_MODELS}:"
                              " split the sweep into several work directories")
-        per_point.append((values, _models(work), settings.of(work, process)))
+        rows = _models(work)
+        _refuse_overlap(values, rows, i, points, reached)
+        per_point.append((values, rows, settings.of(work, process)))
         static = tuple((k, _hashable(v)) for k, v in values.items() if k in _STATIC)
         groups.setdefault(static, []).append(i)
     swept = tuple(k for k in swept_keys if len(seen[k]) > 1)

@@ -17,9 +17,12 @@ from rhm_jax import analysis, clustering, dynamics, figures, online_report, tabl
 def write_markdown(workdirs: Sequence[str], df: pd.DataFrame, out: str, paths: list[str],
                    method: str = thresholds.DEFAULT_METHOD, at: str = "best",
                    extra: pd.DataFrame | None = None, table: pd.DataFrame | None = None,
-                   online: Sequence[str] = ()) -> str:
+                   online: Sequence[str] = (), unread: Sequence[str] = ()) -> str:
     """``report.md``: provenance, normalized thresholds vs theory, readings compared, ratios, c,
-    budgets, learning times, coherence length, C(t), copies, creativity, diverged models."""
+    budgets, learning times, coherence length, C(t), copies, creativity, diverged models.
+    ``unread``: curves with no healthy model, one line each."""
+    if not len(analysis.healthy(df)):
+        return _write_flagged_only(workdirs, df, out)
     table = thresholds.table(df, method, at) if table is None else table
     summary = thresholds.summary(table)
     # copies rise too when a small-P model memorizes: learning is read on the non-copied samples
@@ -46,6 +49,9 @@ def write_markdown(workdirs: Sequence[str], df: pd.DataFrame, out: str, paths: l
     for workdir in workdirs:
         lines += tables.provenance_lines(workdir, analysis.read_config(workdir), df[df["workdir"] == str(workdir)])
         lines.append("")
+    if unread:
+        lines += ["Curves with no healthy model (every model flagged; no figure, no fit, listed under "
+                  "'Flagged models'):", *[f"- {name}" for name in unread], ""]
     if one_P:
         lines.append(f"Runs with a single P ({', '.join(one_P)}): no threshold in P can be read (censored 'one P'), "
                      "and no validity-vs-P figure is drawn.\n")
@@ -170,18 +176,39 @@ def write_markdown(workdirs: Sequence[str], df: pd.DataFrame, out: str, paths: l
         "`copies_if_perfect`: copies of a generator uniform over all valid sequences, P / P_max "
         "(`rhm_jax.theory.expected_copy_fraction`).",
         tables.creativity_table(creative) if len(creative) else "_(no valid/copies columns)_\n")
-    lines += tables.section("Flagged models (excluded from every fit and table)",
-                      "Models flagged at any evaluation (`rhm_jax.health`): non-finite (`nan@`), train loss above twice "
-                      "its running minimum (`loss@`), or samples collapsed onto fewer distinct sequences than half "
-                      "of what copying the training set gives (`collapse@`); `flag`: the first one, with its step.",
-                      tables.markdown_table(analysis.diverged_models(df)))
+    lines += _flagged_section(df)
     lines += list(online)  # the online models' section (``online_report``), when there are any
     lines += ["## Figures\n", *[f"- [{os.path.basename(p)}]({os.path.basename(p)})" for p in paths
                                 if p.endswith(".png")]]
+    return _write(out, lines)
+
+
+def _flagged_section(df: pd.DataFrame) -> list[str]:
+    """The table of flagged models, with its definitions."""
+    return tables.section("Flagged models (excluded from every fit and table)",
+                          "Models flagged at any evaluation (`rhm_jax.health`): non-finite (`nan@`), train loss above "
+                          "twice its running minimum (`loss@`), or samples collapsed onto fewer distinct sequences "
+                          "than half of what copying the training set gives (`collapse@`); `flag`: the first one, "
+                          "with its step.", tables.markdown_table(analysis.diverged_models(df)))
+
+
+def _write(out: str, lines: list[str]) -> str:
+    """Write ``lines`` as ``out/report.md``; return its path."""
     path = os.path.join(out, "report.md")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     return path
+
+
+def _write_flagged_only(workdirs: Sequence[str], df: pd.DataFrame, out: str) -> str:
+    """``report.md`` of a sweep whose every model is flagged: provenance, one line, the flagged models."""
+    lines = ["# rhm_jax report\n", f"Written {datetime.datetime.now().isoformat(timespec='seconds')}.\n", "## Runs\n"]
+    for workdir in workdirs:
+        lines += tables.provenance_lines(workdir, analysis.read_config(workdir), df[df["workdir"] == str(workdir)])
+        lines.append("")
+    lines.append(f"No healthy model: all {df.groupby(['workdir', 'model']).ngroups} models are flagged, so there is "
+                 "no threshold, table or figure to read.\n")
+    return _write(out, lines + _flagged_section(df))
 
 
 def make_report(workdirs: Sequence[str], out: str | None = None, method: str = thresholds.DEFAULT_METHOD,
@@ -210,6 +237,9 @@ def make_report(workdirs: Sequence[str], out: str | None = None, method: str = t
     df = df[df["P"] != 0]  # they have no P axis: every reading below is of the finite-P models
     if df.empty:
         return dict(figures=online_paths, report=[online_report.write_alone(workdirs, out, online, online_paths)])
+    if not len(analysis.healthy(df)):
+        return dict(figures=online_paths, report=[write_markdown(workdirs, df, out, online_paths, method, at,
+                                                                 online=online)])
     table = thresholds.table(df, method, at)
     summary = thresholds.summary(table)
     paths = figures.plot_validity_vs_p(df, summary, out, at, extra=extra_thresholds, method=method)
@@ -217,17 +247,20 @@ def make_report(workdirs: Sequence[str], out: str | None = None, method: str = t
         paths += figures.plot_collapse(df, out, at)
     keys_ = analysis.curve_keys(df)  # a set of figures per work directory, or per swept value within one
     curves = list(df.groupby(keys_, dropna=False, sort=False))
-    many = len(curves) > 1
+    many, unread = len(curves) > 1, []
     for i, (values, part) in enumerate(curves):
         workdir = values[0]
         name = analysis.curve_label(keys_, values).replace(" ", "_").replace("=", "")
         suffix = f"_{i}_{name}" if many else ""
         title = analysis.curve_label(keys_, values)  # the swept values this figure shows
+        if not len(analysis.healthy(part)):
+            unread.append(title)
+            continue
         paths += figures.plot_time(part, workdir, out, f"time{suffix}", time_axis, title=title)
         paths += figures.plot_windows(part, workdir, out, f"windows{suffix}", at, title=title)
         if {"v", "m", "s"} <= set(part.dropna(axis=1, how="all")):  # the theory's xi needs the grammar
             paths += figures.plot_coherence(part, workdir, out, f"coherence{suffix}", time_axis, title=title)
         paths += figures.plot_correlation(part, workdir, out, f"correlation{suffix}", at, title=title)
     paths += online_paths
-    report = write_markdown(workdirs, df, out, paths, method, at, extra_thresholds, table, online)
+    report = write_markdown(workdirs, df, out, paths, method, at, extra_thresholds, table, online, unread)
     return dict(figures=paths, report=[report])

@@ -14,8 +14,9 @@ from typing import Any, Sequence
 
 from rhm_jax import config as config_lib
 from rhm_jax import health, keys
-from rhm_jax.rundir import (CONFIG_FILE, METRICS_FILE, PACKAGES, SCORE_FILE, SUMMARY_FILE,  # noqa: F401
-                            TRAIN_FILE, MetricsWriter, git_revision, merge_rows, move_aside, prepare_workdir,
+from rhm_jax.rundir import (ARRAY_FILE, CONFIG_FILE, METRICS_FILE, PACKAGES, SCORE_FILE, SUMMARY_FILE,  # noqa: F401
+                            TRAIN_FILE, MetricsWriter, check_layout, check_not_foreign,
+                            git_revision, merge_rows, move_aside, prepare_workdir,
                             provenance, read_config_json, read_rows, record_wall_time, to_json_value,
                             write_atomic, write_json_atomic, write_rows)
 
@@ -39,7 +40,11 @@ RENAMED_COLUMNS = {"copy": "copies"}  # older work directories wrote these names
 # ----------------------------------------------------------------------------- tables
 
 def _run_dirs(workdir: str) -> list[str]:
-    """The work directory, then the ``slice_<k>/`` runs of a job-array root in order of k."""
+    """The work directory, then the ``slice_<k>/`` runs of a job-array root in order of k.
+
+    ValueError (one line) for a directory holding both layouts (``rundir.check_layout``).
+    """
+    check_layout(workdir)
     slices = [n for n in os.listdir(workdir) if re.fullmatch(r"slice_\d+", n)
               and os.path.isdir(os.path.join(workdir, n))]
     return [workdir] + [os.path.join(workdir, n) for n in sorted(slices, key=lambda n: int(n[len("slice_"):]))]

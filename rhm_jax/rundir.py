@@ -33,7 +33,7 @@ import re
 import socket
 import subprocess
 import sys
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -49,6 +49,11 @@ METRICS_FILE = "metrics.jsonl"
 TRAIN_FILE = "train.jsonl"
 SUMMARY_FILE = "summary.txt"
 SCORE_FILE = re.compile(r"^score_(\d+)_(\d+)_(\d+|exact)\.jsonl$")  # step, num_samples, sampler_steps
+ARRAY_FILE = "array.json"  # a job-array root's manifest (launch.slurm): K and the job ids
+SLICE_DIR = re.compile(r"^slice_\d+$")  # a job-array root's slice work directories
+LOCAL_ENTRIES = (METRICS_FILE, TRAIN_FILE, SUMMARY_FILE, "checkpoints")  # what a run writes into its own directory
+LAYOUTS = {"local": "a run's own work directory (launch.local, the Python API)",
+           "array": "a job-array root (launch.slurm: array.json, slice_<k>/)"}
 
 
 # ----------------------------------------------------------------------------- provenance
@@ -136,14 +141,26 @@ def to_json_value(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} value {value!r} as JSON")
 
 
+@contextlib.contextmanager
+def naming(path: str) -> Iterator[None]:
+    """Re-raise an OSError that names no file (disk full, an I/O error) as one naming ``path``."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None and err.errno is not None:
+            raise OSError(err.errno, err.strerror or str(err), path) from err
+        raise
+
+
 def write_atomic(path: str, text: str) -> None:
-    """Write a whole file through a temporary file, fsync and an atomic rename."""
+    """Write a whole file through a temporary file, fsync and an atomic rename (an error names ``path``)."""
     tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with naming(path):
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
 
 def write_json_atomic(path: str, payload: Any) -> None:
@@ -176,6 +193,47 @@ def _contents(workdir: str) -> list[str]:
     return [n for n in os.listdir(workdir) if n != lock.LOCK_FILE and not n.endswith(".tmp")]
 
 
+def check_not_foreign(workdir: str, force: bool = False) -> None:
+    """ValueError (one line) for a directory that holds files but no config.json: not a work directory.
+
+    Called before anything (the lock file included) is created in it.
+    """
+    if not _contents(workdir) or os.path.isfile(os.path.join(workdir, CONFIG_FILE)):
+        return
+    if force:
+        raise ValueError(f"--force will not move workdir={workdir!r}: it holds files but no {CONFIG_FILE}, so it is"
+                         " not an rhm_jax work directory; choose another --workdir")
+    raise ValueError(f"workdir={workdir!r} is not empty and holds no {CONFIG_FILE}; choose a new --workdir, or pass"
+                     " --force to move the old directory aside (nothing is deleted)")
+
+
+def layouts(workdir: str) -> list[str]:
+    """The layouts found in ``workdir``: 'local' (its own rows or checkpoints), 'array' (array.json or
+    slice_<k>/ directories); none for an empty or new directory."""
+    if not os.path.isdir(workdir):
+        return []
+    names = os.listdir(workdir)
+    found = []
+    if any(n in LOCAL_ENTRIES for n in names):
+        found.append("local")
+    if ARRAY_FILE in names or any(SLICE_DIR.match(n) and os.path.isdir(os.path.join(workdir, n)) for n in names):
+        found.append("array")
+    return found
+
+
+def check_layout(workdir: str, wanted: str | None = None) -> None:
+    """ValueError (one line) when ``workdir`` holds two layouts, or one other than ``wanted``."""
+    found = layouts(workdir)
+    if len(found) > 1:
+        raise ValueError(f"workdir={workdir!r} holds two layouts, {LAYOUTS['local']} and {LAYOUTS['array']}: its"
+                         " rows would be two versions of the same models; move one of them elsewhere")
+    if wanted is not None and found and found[0] != wanted:
+        how = ("run launch.slurm with the same --workdir and --slices to resume it" if found[0] == "array"
+               else "run launch.local (or the Python API) with the same --workdir to resume it")
+        raise ValueError(f"workdir={workdir!r} is {LAYOUTS[found[0]]}, not {LAYOUTS[wanted]}: {how},"
+                         " or choose another --workdir")
+
+
 def move_aside(workdir: str) -> bool:
     """Move a non-empty work directory to ``<workdir>.bak-<timestamp>`` (``--force``); False if empty.
 
@@ -188,9 +246,7 @@ def move_aside(workdir: str) -> bool:
     here = os.path.realpath(os.getcwd())
     if os.path.commonpath([here, os.path.realpath(workdir)]) == os.path.realpath(workdir):
         raise ValueError(f"--force will not move workdir={workdir!r}: it is the current directory or holds it")
-    if not os.path.isfile(os.path.join(workdir, CONFIG_FILE)):
-        raise ValueError(f"--force will not move workdir={workdir!r}: it holds files but no {CONFIG_FILE}, so it is"
-                         " not an rhm_jax work directory; choose another --workdir")
+    check_not_foreign(workdir, force=True)
     with contextlib.ExitStack() as held:  # running slices of a job array keep the root in use
         for name in sorted(os.listdir(workdir)):
             if re.fullmatch(r"slice_\d+", name) and os.path.isdir(os.path.join(workdir, name)):
@@ -244,9 +300,7 @@ def record_wall_time(workdir: str, seconds: float) -> None:
 def _check_same(workdir: str, config_dict: dict, grid: list, points: list | None = None) -> None:
     """Raise ValueError unless the stored config, sweep and grid equal these (execution keys aside)."""
     how = "choose a new --workdir, or pass --force to move the old directory aside (nothing is deleted)"
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.isfile(path):
-        raise ValueError(f"workdir={workdir!r} is not empty and holds no {CONFIG_FILE}; {how}")
+    check_not_foreign(workdir)
     stored = read_config_json(workdir)
     # a key the stored config lacks (added to the schema since) compares as its default
     stored_config = config_lib.with_defaults(stored.get("config", {}))
@@ -335,7 +389,7 @@ class MetricsWriter:
         text = "".join(json.dumps(to_json_value(r), allow_nan=False) + "\n" for r in rows)
         if not text:
             return
-        with open(self.path, "a") as f:
+        with naming(self.path), open(self.path, "a") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

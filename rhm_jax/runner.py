@@ -67,7 +67,7 @@ def _start(progs: Built, part: Part, ckpt: checkpoint.Checkpointer,
     re-evaluated from kept checkpoints. A ``checkpoint.ReadFailure`` propagates (nothing changed).
     """
     # strict=False: a state padded for another device count is truncated / zero-padded (dummies).
-    restored = ckpt.restore_latest(restore_target(progs, part.grid), strict=False)
+    restored = ckpt.restore_latest(restore_target(progs, part.grid), strict=False, config_hash=digest)
     models = set(part.models)
     mine = [r for r in writer.rows() if r["model"] in models]
     if restored is None:
@@ -152,6 +152,8 @@ def _run_part(progs: Built, rec: Recorder, directory: str, part: Part,
     """
     eval_points, writer, bar, run_settings = part.eval_points, rec.metrics, rec.bar, progs.settings.run
     keep = kept_evaluations(eval_points, run_settings.keep_evaluations, [r["budget_steps"] for r in part.rows])
+    if stopping is not None:
+        stopping.at_once = True  # until this sub-grid's first device call returns: nothing new to save
     with checkpoint.Checkpointer(directory, run_settings.keep_last, keep_steps=keep) as ckpt:
         with bar.untimed():  # restoring or initializing a sub-grid (it may compile): not training
             t, state, restored = _start(progs, part, ckpt, writer, digest)
@@ -201,6 +203,8 @@ def _run_part(progs: Built, rec: Recorder, directory: str, part: Part,
             else:
                 state, metrics = progs.step_fn(state, part.grid, progs.pool, n)
             t += n
+            if stopping is not None:
+                stopping.at_once = False  # compiled, and the state has moved past its checkpoint
             if compiles or not bar.clock_started:  # wait for the first call: its compilation is not timed
                 bar.compiled(rec.chunk(metrics, part, timed=False))
                 metrics, compiles = None, False
@@ -230,7 +234,7 @@ def stored_hash(workdir: str) -> str:
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, points: Sequence[dict] | None = None,
         force: bool = False, progress: bool = True, stop_signals: Sequence[int] = STOP_SIGNALS,
-        tensorboard: bool = False) -> list[dict]:
+        tensorboard: bool = False, exit_at_once: bool = False) -> list[dict]:
     """Train and evaluate a sweep in ``workdir`` (new or resumed); returns all metrics rows.
 
     ``points``: the sweep (``plan``; default: the config alone). Its programs (models that share
@@ -240,15 +244,19 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, points: Sequence[dic
     device-call boundary with a checkpoint saved: ``Interrupted`` is raised and re-running resumes
     with unchanged results. Writes ``summary.txt`` (each model at its ``results.DEFAULT_READING``
     evaluation) at the end and prints nothing but the progress lines (stderr; ``progress=False``:
-    none). ``tensorboard``: also write TensorBoard event files (``rhm_jax.events``).
+    none). ``tensorboard``: also write TensorBoard event files (``rhm_jax.events``). ``exit_at_once``
+    (entry points): SIGINT / SIGTERM during set-up or compilation, and a second Ctrl-C, end the
+    process at once with one line (``guard.StopSignals``).
     """
     sweep = plan.make_plan(config, [{}] if points is None else points)  # every point validated, nothing compiled
     memory.check(sweep.programs)  # one line if not even one model of a program fits, before anything is written
     if tensorboard:
         events.check_available()
+    if not str(workdir).strip():
+        raise ValueError(f"workdir={str(workdir)!r} names no directory; give a path")
     workdir = os.path.abspath(workdir)
     with contextlib.ExitStack() as stack:
-        stopping = stack.enter_context(StopSignals(stop_signals))
+        stopping = stack.enter_context(StopSignals(stop_signals, exit_at_once))
         lock_workdir(workdir, force, stack)
         return _run_locked(config, sweep, workdir, progress, stopping, tensorboard)
 

@@ -152,7 +152,7 @@ PROCESSES = [pytest.param(small_uniform, id="uniform"),
     ("masked", {"schedule": "sqrt"}, r"process.schedule='sqrt' must be one of"),
     ("masked", {"sampler_steps": 0}, r"process.sampler_steps=0 must be an integer >= 1"),
     ("masked", {"eps": 0.5}, r"process.eps=0.5 must be in \(0, 0.5\)"),
-    ("masked", {"schedule": "poly", "power": 0.0}, r"process.power=0.0 must be > 0"),
+    ("masked", {"schedule": "poly", "power": 0.0}, r"process.power=0.0 must be a finite number > 0"),
 ])
 def test_bad_config_raises_naming_parameter(name, overrides, match):
     with pytest.raises(ValueError, match=match):
@@ -556,3 +556,17 @@ def test_vmap_over_models_compiles_once_and_equals_separate_runs(make_proc, step
         for m in range(M):
             alone = single(jax.tree.map(lambda a: a[m], params_M), keys_M[m])
             chex.assert_trees_all_close(jax.tree.map(lambda a: a[m], out), alone, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("key", ["schedule", "eps", "power", "beta1", "beta2"])
+@pytest.mark.parametrize("bad", [-1, "abc", 2.5, None])
+def test_keys_of_the_other_process_are_validated_too(key, bad):
+    """Issue 26: process.schedule/eps/power (unused by 'uniform') and beta1/beta2 (unused by 'masked')
+    took any value and were recorded in config.json."""
+    if (key, bad) in (("eps", 2.5), ("power", 2.5), ("beta1", 2.5)) or key in ("beta1", "beta2") and bad == -1:
+        bad = {"eps": 0.7, "power": -2.5, "beta1": -1.0, "beta2": 2.5}[key]  # numbers in range elsewhere
+    name = "masked" if key in ("beta1", "beta2") else "uniform"
+    config = diffusion.default_config(name).to_dict()  # a plain dict: ConfigDict refuses some types itself
+    config[key] = bad
+    with pytest.raises(ValueError, match=rf"^process\.{key}=.*unused by process\.name='{name}'"):
+        diffusion.validate(config)

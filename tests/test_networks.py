@@ -544,3 +544,16 @@ def test_the_transformer_builds_with_every_backward_value():
     for value in networks.BACKWARDS:
         networks.make(config(name="transformer", width=8, heads=2, depth=1, backward=value), 4, 2, 3,
                       process("masked", 4))
+
+
+@pytest.mark.parametrize("key", ["depth", "heads", "mlp_ratio"])
+@pytest.mark.parametrize("bad", [-1, "abc", 2.5, None, float("inf")])
+def test_transformer_keys_are_validated_for_a_bpunet_too(key, bad):
+    """Issue 26: network.depth/heads/mlp_ratio took any value with the bpUNet (which does not use them)."""
+    if key == "mlp_ratio" and bad == 2.5:
+        return  # a valid ratio
+    config = networks.default_config().to_dict()  # a plain dict: ConfigDict refuses some types itself
+    config[key] = bad
+    process = diffusion.make(diffusion.default_config(), 4, 8)
+    with pytest.raises(ValueError, match=rf"^network {key}=.*unused by network name='bpunet'"):
+        networks.validate(config, 4, 2, 3, process)

@@ -214,3 +214,14 @@ def test_plan_rebuilt_from_what_config_json_stores_is_the_same(smoke):
     stored = json.loads(json.dumps(dict(config=config_lib.to_dict(smoke), points=p.points)))
     again = plan.make_plan(config_lib.from_dict(stored["config"]), stored["points"])
     assert again == p
+
+
+def test_overlapping_points_that_reach_the_same_model_are_refused(smoke):
+    """Issue 26: {P: (16,)} and {P: (16, 64)} were accepted; P=16 was trained and fitted twice."""
+    with pytest.raises(ValueError, match=r"sweep point 1 .*reaches a model of sweep point 0 .*P=16.*same model twice"):
+        plan.make_plan(smoke, [{"data.num_train": (16,)}, {"data.num_train": (16, 64)}])
+    with pytest.raises(ValueError, match=r"sweep point 1 .*seed=2.*same model twice"):
+        plan.make_plan(smoke, [{"train.seeds": (1, 2)}, {"train.seeds": (2,), "grammar.seed": 0}])
+    # disjoint points that share a grid value but differ in another key stay accepted
+    assert plan.make_plan(smoke, [{"data.num_train": (16,), "grammar.seed": 0},
+                                  {"data.num_train": (16, 64), "grammar.seed": 1}]).num_models == 3 * len(smoke.train.seeds) * len(smoke.train.lr)

@@ -315,3 +315,48 @@ def test_report_reads_xi_from_correlations_and_says_where_c_is_below_its_error(t
     assert "| corr | 8 |" not in corr.split("standard error in")[0]  # the cells are named in the text
     band = text.split("## Selection: the best band")[1].split("\n## ")[0]
     assert "common random numbers" in band and "| corr |" in band
+
+
+def write_lr_sweep(path, lrs, flagged) -> str:
+    """A work directory sweeping lr, the models at the lr values in ``flagged`` flagged non-finite."""
+    frames, offset, grid = [], 0, []
+    for lr in lrs:
+        df = synthetic_metrics(m=3, seeds=(0,), num_P=4, rng_seed=1)
+        df = df.assign(model=df["model"] + offset, diverged=lr in flagged)
+        offset = df["model"].max() + 1
+        grid += [dict(index=int(r.model), P=int(r.P), seed=0, lr=lr, budget_steps=4096)
+                 for r in df.drop_duplicates("model").itertuples()]
+        frames.append(df.drop(columns="lr"))
+    workdir = write_workdir(path, pd.concat(frames, ignore_index=True))
+    with open(os.path.join(workdir, "config.json")) as f:
+        stored = json.load(f)
+    stored["config"]["train"]["lr"] = list(lrs)
+    stored["grid"] = grid
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump(stored, f)
+    return workdir
+
+
+@pytest.mark.heavy
+def test_report_on_a_sweep_whose_swept_value_is_all_flagged_lists_it_and_reads_the_rest(tmp_path, capsys):
+    """Issue 26: lr = (3e-3, 100.) with every lr=100 model flagged gave 'Number of columns must be a
+    positive integer, not 0' and no report."""
+    workdir = write_lr_sweep(tmp_path / "sweep", (3e-3, 100.0), flagged=(100.0,))
+    out = str(tmp_path / "report")
+    assert launch_report.main(["--workdir", workdir, "--out", out]) == 0
+    text = open(os.path.join(out, "report.md")).read()
+    unread = text.split("Curves with no healthy model")[1].split("\n\n")[0]
+    assert "lr=100.0" in unread and "lr=0.003" not in unread
+    assert os.path.exists(os.path.join(out, "time_0_sweep_lr0.003.png"))
+    assert not any("lr100" in name for name in os.listdir(out))
+    assert text.split("## Flagged models")[1].count(f"| {workdir} |") == 4
+
+
+def test_report_on_a_sweep_with_no_healthy_model_writes_a_line_not_a_traceback(tmp_path, capsys):
+    """Issue 26: lr = (100.,), every model flagged, gave a KeyError 'workdir' traceback."""
+    workdir = write_lr_sweep(tmp_path / "sweep", (100.0,), flagged=(100.0,))
+    out = str(tmp_path / "report")
+    assert launch_report.main(["--workdir", workdir, "--out", out]) == 0
+    text = open(os.path.join(out, "report.md")).read()
+    assert "No healthy model: all 4 models are flagged" in text
+    assert text.split("## Flagged models")[1].count(f"| {workdir} |") == 4

@@ -1,6 +1,7 @@
 """Work directories: refusal of a different config, metrics rows (strict JSON, truncation), load."""
 import json
 import os
+import re
 import subprocess
 import sys
 import types
@@ -312,3 +313,30 @@ def test_swept_key_columns_come_from_the_rows_and_win_over_the_config(tmp_path, 
     old = str(tmp_path / "single")  # a work directory without points (a single run) resumes as [{}]
     results.prepare_workdir(old, smoke, GRID)
     assert results.prepare_workdir(old, smoke, GRID, points=[{}]) == "resume"
+
+
+def test_disk_full_while_writing_names_the_file(tmp_path, monkeypatch, capsys):
+    """Issue 26: disk full while writing rows, partition.json or config.json said only
+    '[Errno 28] No space left on device', naming no file."""
+    import errno
+
+    from launch import local
+    from rhm_jax import subgrids
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    rows = str(tmp_path / results.METRICS_FILE)
+    with pytest.raises(OSError, match=re.escape(f"No space left on device: {rows!r}")):
+        results.MetricsWriter(str(tmp_path)).write([dict(model=0, step=0)])
+    partition = os.path.join(str(tmp_path), "checkpoints", subgrids.PARTITION_FILE)
+    os.makedirs(os.path.dirname(partition))
+    with pytest.raises(OSError, match=re.escape(f"No space left on device: {partition!r}")) as caught:
+        results.write_json_atomic(partition, {"parts": []})
+    assert caught.value.errno == errno.ENOSPC
+    workdir = str(tmp_path / "run")
+    assert local.main(["--config", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sweeps", "smoke.py"), "--workdir", workdir, "--no_progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == (f"error: [Errno 28] No space left on device: "
+                                    f"{os.path.join(workdir, results.CONFIG_FILE)!r}") and "Traceback" not in err

@@ -244,7 +244,8 @@ def test_6_sigterm_in_a_subprocess_then_resume_equals_an_uninterrupted_run(refer
     part = runner.part_dir(workdir, 0)
     process = launch(workdir, compile_cache, "--config.run.checkpoint_every=1")
     deadline = time.time() + 300
-    while not (os.path.isdir(part) and any(p.isdigit() for p in os.listdir(part))):
+    # a checkpoint past step 0: training has begun (before, during compilation, SIGTERM stops at once)
+    while not (os.path.isdir(part) and any(p.isdigit() and int(p) > 0 for p in os.listdir(part))):
         assert process.poll() is None, process.communicate()[1][-3000:]
         assert time.time() < deadline, "no checkpoint within 300 s"
         time.sleep(0.01)
@@ -380,3 +381,103 @@ def test_11_prefixes_are_not_options_and_force_moves_only_work_directories(refer
     assert launch_local.main(["--config", SMOKE, "--workdir", ".", "--force"]) == 2
     assert "it is the current directory or holds it" in last_line(capsys.readouterr().err)
     assert sorted(os.listdir(tmp_path)) == ["mine", "run"]  # nothing moved, nothing created
+
+
+@pytest.mark.parametrize("case", ["empty_name", "foreign", "foreign_force"])
+def test_a_refused_workdir_is_left_without_a_lock_file(tmp_path, monkeypatch, capsys, case):
+    """Issue 26: `--workdir ''` and a non-empty directory that is not a work directory were refused
+    with one line but left a `.lock` file there."""
+    here = tmp_path / "here"
+    here.mkdir()
+    (here / "notes.txt").write_text("not a run")
+    monkeypatch.chdir(here)
+    args = ["--config", SMOKE, "--workdir", "" if case == "empty_name" else str(here), "--no_progress"]
+    assert launch_local.main(args + (["--force"] if case == "foreign_force" else [])) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert sorted(os.listdir(here)) == ["notes.txt"]
+
+
+@pytest.mark.heavy
+def test_config_json_edited_to_another_width_is_one_line_and_renames_no_checkpoint(reference, tmp_path, capsys):
+    """Issue 26: every checkpoint (10 of 10) was renamed broken-<step>-..., then 'no readable checkpoint
+    is left'; the checkpoints were intact, written for width 16."""
+    _, ref_dir, ref_rows = reference
+    workdir = copy_of(ref_dir, tmp_path)
+    path = os.path.join(workdir, results.CONFIG_FILE)
+    with open(path) as f:
+        stored = json.load(f)
+    stored["config"]["network"]["width"] = 24
+    with open(path, "w") as f:
+        json.dump(stored, f)
+    before = sorted(os.listdir(runner.part_dir(workdir, 0)))
+    assert run_cli(workdir, "--config.network.width=24") == 2
+    line = last_line(capsys.readouterr().err)
+    assert re.match(r"error: checkpoint at step 64 in .* was written for another state or config than this run's"
+                    r" \(leaf .* was saved with per-model shape \(.*16.*\) float32, the run expects \(.*24.*\)", line)
+    assert sorted(os.listdir(runner.part_dir(workdir, 0))) == before
+    assert metrics(workdir) == metrics(ref_dir)
+
+
+HANG = """
+import sys, time
+from rhm_jax import runner
+real_build, calls = runner.build, []
+
+
+def hang(where):
+    sys.stderr.write(f"HANG {where}\\n")
+    sys.stderr.flush()
+    time.sleep(600)  # a Python handler runs, then the sleep goes on: as a compilation in C++ would
+
+
+def slow_build(*args, **kwargs):
+    if sys.argv[1] == "setup":
+        hang("setup")
+    built = real_build(*args, **kwargs)
+    step_fn = built.step_fn
+
+    def step(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            hang("device")
+        return step_fn(*a, **k)
+    return built._replace(step_fn=step)
+
+
+runner.build = slow_build
+from launch import local
+sys.exit(local.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("where, signals, status, message", [
+    ("setup", [signal.SIGTERM], 143, "stopped by SIGTERM during set-up or compilation: nothing to save yet"),
+    ("setup", [signal.SIGINT], 130, "stopped by SIGINT during set-up or compilation: nothing to save yet"),
+    ("device", [signal.SIGINT, signal.SIGINT], 130, "stopped at once by a second Ctrl-C"),
+])
+def test_a_stop_signal_outside_a_device_call_ends_the_run_at_once(tmp_path, where, signals, status, message):
+    """Issue 26: SIGTERM during set-up or compilation was ignored for 10-15 min (its handler only set a
+    flag read after the next device call); issue 22: a second Ctrl-C stops at once."""
+    script = tmp_path / "hang.py"
+    script.write_text(HANG)
+    workdir = str(tmp_path / "run")
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+    proc = subprocess.Popen([sys.executable, str(script), where, "--config", SMOKE, "--workdir", workdir,
+                             "--no_progress"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if line.startswith(f"HANG {where}"):
+            break
+    for signum in signals:
+        time.sleep(1.0)
+        proc.send_signal(signum)
+    try:
+        rest = proc.communicate(timeout=120)[1]
+    finally:
+        proc.kill()
+    err = "".join(lines) + rest
+    assert proc.returncode == status, err
+    assert last_line(err).startswith(message) and "Traceback" not in err

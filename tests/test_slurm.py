@@ -102,6 +102,32 @@ def test_load_merges_slices_into_one_run(tmp_path):
     np.testing.assert_allclose(merged["validity_l1"], [0.1 * m + 0.01 * s for m in range(4) for s in range(3)])
 
 
+def test_one_layout_per_work_directory(tmp_path, capsys):
+    """Issue 26: launch.local on a job-array root and launch.slurm on a local work directory resumed in
+    the other layout, and results.load merged both (two versions of every model)."""
+    from launch import local
+    from rhm_jax import runner
+
+    root = str(tmp_path / "array")
+    config = smoke()
+    slurm.prepare(config, root, 2)
+    _fake_workdir(slurm.slice_dir(root, 0), slurm.slice_config(config, 0, 2), [0, 1], 3)
+    with pytest.raises(ValueError, match=r"is a job-array root .*: run launch.slurm"):
+        runner.run(config, root, progress=False)
+    assert local.main(["--config", SMOKE, "--workdir", root, "--no_progress"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert not os.path.exists(os.path.join(root, "checkpoints")) and not os.path.exists(os.path.join(root, ".lock"))
+    run_dir = str(tmp_path / "local")
+    _fake_workdir(run_dir, config, [0, 1, 2, 3], 3)
+    with pytest.raises(ValueError, match=r"is a run's own work directory .*: run launch.local"):
+        slurm.prepare(config, run_dir, 2)
+    assert not os.path.exists(os.path.join(run_dir, slurm.ARRAY_FILE))
+    # both layouts in one directory: refused, not merged
+    results.write_rows(os.path.join(root, results.METRICS_FILE), [dict(model=0, step=0, validity_l1=0.5)])
+    with pytest.raises(ValueError, match="holds two layouts"):
+        results.load(root)
+
+
 # ----------------------------------------------------------------------------- end to end
 
 

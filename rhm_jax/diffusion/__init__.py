@@ -83,8 +83,8 @@ def _check_masked(config: Any) -> None:
         raise ValueError(f"process.schedule={schedule!r} must be one of {SCHEDULES}")
     if not _is_real(eps) or not 0 < eps < 0.5:
         raise ValueError(f"process.eps={eps!r} must be in (0, 0.5)")
-    if schedule == "poly" and (not _is_real(power) or power <= 0):
-        raise ValueError(f"process.power={power!r} must be > 0 for the 'poly' schedule")
+    if not _is_real(power) or power <= 0:
+        raise ValueError(f"process.power={power!r} must be a finite number > 0 (the 'poly' schedule's exponent)")
 
 
 def validate(process_config: Any) -> None:
@@ -98,12 +98,14 @@ def validate(process_config: Any) -> None:
     steps = _get(process_config, "sampler_steps")
     if steps is not None and (not _is_int(steps) or steps < 1):
         raise ValueError(f"process.sampler_steps={steps!r} must be an integer >= 1")
-    if name == "uniform":
-        if steps is not None and steps > T:
-            raise ValueError(f"process.sampler_steps={steps} must be <= T={T} for the uniform process")
-        _check_uniform(process_config)
-    else:
-        _check_masked(process_config)
+    if name == "uniform" and steps is not None and steps > T:
+        raise ValueError(f"process.sampler_steps={steps} must be <= T={T} for the uniform process")
+    own, other = (_check_uniform, _check_masked) if name == "uniform" else (_check_masked, _check_uniform)
+    own(process_config)
+    try:  # the other process's keys: unused, but config.json records them, so they must be valid too
+        other(process_config)
+    except ValueError as err:
+        raise ValueError(f"{err} (unused by process.name={name!r}, but recorded in config.json)") from None
 
 
 def make(process_config: Any, v: int, d: int | None = None) -> Process:

@@ -123,6 +123,10 @@ def validate(network_config: Any, v: int, s: int, L: int, process: Any) -> None:
         raise ValueError(f"network time_conditioning={time_cond!r} must be None, True or False")
     if name == "bpunet":
         _validate_bpunet(authors, time_cond, process)
+        try:  # the transformer's keys: unused, but config.json records them, so they must be valid too
+            _transformer_fields(cfg)
+        except ValueError as err:
+            raise ValueError(f"{err} (unused by network name='bpunet', but recorded in config.json)") from None
     else:
         if authors:
             raise ValueError("network authors_schedule=True applies to bpunet only")
@@ -140,14 +144,21 @@ def _validate_bpunet(authors: bool, time_cond: Any, process: Any) -> None:
     process.feature_stats(authors_schedule=authors)  # raises ValueError if the process cannot honour it
 
 
-def _validate_transformer(cfg: Any) -> None:
+def _transformer_fields(cfg: Any) -> None:
+    """depth, heads and mlp_ratio each in its own range (whichever network is chosen)."""
     _positive_int("depth", cfg.get("depth"))
     _positive_int("heads", cfg.get("heads"))
-    width, heads = cfg.get("width"), cfg.get("heads")
+    ratio = cfg.get("mlp_ratio")
+    if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not np.isfinite(ratio) or ratio <= 0:
+        raise ValueError(f"network mlp_ratio={ratio!r} must be a finite number > 0")
+
+
+def _validate_transformer(cfg: Any) -> None:
+    _transformer_fields(cfg)
+    width, heads, ratio = cfg.get("width"), cfg.get("heads"), cfg.get("mlp_ratio")
     if width % heads:
         raise ValueError(f"network heads={heads} must divide width={width}")
-    ratio = cfg.get("mlp_ratio")
-    if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or ratio <= 0 or round(ratio * width) < 1:
+    if round(ratio * width) < 1:
         raise ValueError(f"network mlp_ratio={ratio!r} must be > 0 with round(mlp_ratio * width) >= 1")
 
 
