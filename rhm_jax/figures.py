@@ -8,6 +8,7 @@ over seeds and shaded bands their range (min to max).
 from __future__ import annotations
 
 import os
+import textwrap
 
 import numpy as np
 import pandas as pd
@@ -172,8 +173,8 @@ def plot_validity_vs_p(df: pd.DataFrame, summary: pd.DataFrame, out: str, at: st
         ax.set_ylabel(NORM_LABEL, fontsize=8)
         ax_raw.set_ylabel("level-l nodes valid (raw fraction)", fontsize=8)
         which = "non-copied samples" if samples == "noncopy" else "all samples"
-        title = (f"{analysis.curve_label(keys, values)}: " + ", ".join(f"{k}={v}" for k, v in g.items())
-                 + f"\n{at} evaluation, {which}; {_pooled(part[part['level'] == lv[0]])}")
+        title = "\n".join(textwrap.wrap(f"{analysis.curve_label(keys, values)}: " + ", ".join(f"{k}={v}" for k, v in g.items())
+                                         + f"; {at} evaluation, {which}; {_pooled(part[part['level'] == lv[0]])}", 70))
         ax.set_title(title + "\nread above chance", fontsize=8)
         ax_raw.set_title(title + "\nraw, with chance and the normalized 1/2", fontsize=8)
         for a in (ax, ax_raw):

@@ -1,6 +1,7 @@
 """Issue 20's hour-long CPU reproduction of the P sweep: m = 3 and 2, three realizations, one sweep.
 
-Launch:   python -m launch.local --config sweeps/reproduction_cpu_hour.py --workdir runs/repro_cpu_hour
+Launch:   bash launch/reproduce.sh   (the sweep, the learner and the report; resumable), or by hand:
+          python -m launch.local --config sweeps/reproduction_cpu_hour.py --workdir runs/repro_cpu_hour
           python -m launch.report --workdir runs/repro_cpu_hour --at best
 Quick:    python -m launch.local --config sweeps/reproduction_cpu_hour.py:quick --workdir DIR (the same
           two programs, tiny: for tests of the pipeline only)
@@ -10,11 +11,15 @@ Grid:     v=n=8, s=2, L=3; m=3: P = 16 .. 2048 (8 values, P_max 17496; theory 72
           m=2: P = 8 .. 512 (7 values, P_max 1024; theory 32, 64, 128); 45 models. bpUNet W=64, Adam
           lr 8e-3, batch 64, T=50 (beta 1e-3 .. 0.2), 2**16 steps, 2 evaluations per octave of 256
           samples. Chosen by the pilot (sweeps/pilot_cpu.py, docs/results/pilot_cpu/README.md).
-Run time: ESTIMATE, not run: 45 x 2**16 = 2.95M model-steps at the idle W=64 rate (~930/s) is 53 min,
-          plus ~5 min of evaluations and ~2 min of compilation: about 1 h on the idle 2-core CPU
-          (about 2.8 h at the pilot's load of ~6).
-Expected: from the pilot (m=3, one seed, W=64, lr 8e-3, 2**14 steps): P*_2 ~ 177, P*_3 ~ 587 (theory
-          216, 648); P=1024 bottoms out at step 11585, P=2048 expected near 2**15.7, inside 2**16.
+Run time: measured 2026-12-07 (`bash launch/reproduce.sh`, the whole command): 1 h 41 min, NOT idle
+          (four helper sessions' tests beside it, load average 5-9, 200-800 model-steps/s against
+          ~930 idle); m=3 program 57 min, m=2 program 43 min, learner and report 1 min. At the idle
+          rate the 2.95M model-steps are ~53 min: about 1 h on the idle 2-core CPU (projected).
+Measured: P*_l (best evaluation, normalized, isotonic, 95 % bootstrap interval) m=3: 43 [32, 64],
+          252 [171, 334], 694 [582, 833]; m=2: 24 [16, 33], 64 [39, 69], 128 [92, 165]; no bound;
+          c = 0.91, log10 spread 0.11; ratios 5.8, 2.8 (m=3) and 2.7, 2.0 (m=2). At m=3, P=1024:
+          levels learned at steps 185, 617, 4282, copies pass 0.1 at 17,297, test-loss minimum
+          11,585 (medians of 3). docs/results/reproduction_cpu/ and the README's Results.
 """
 from __future__ import annotations
 
