@@ -5,8 +5,6 @@ when rerun, when resumed and beside finite-P models; rows that say 'online' inst
 """
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import chex
@@ -18,6 +16,7 @@ import scipy.stats
 
 from rhm_jax import config as config_lib
 from rhm_jax import data, evaluate, grammar, health, plan, program, results, runner, train
+from test_runner import _launch as launch_in_subprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "sweeps", "smoke.py")
@@ -191,11 +190,8 @@ def test_online_and_finite_P_models_in_one_program_give_the_rows_they_give_alone
 
 
 def _launch(workdir, cache):
-    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PLATFORMS="cpu")
-    return subprocess.Popen([sys.executable, "-m", "launch.local", "--config", SMOKE, "--workdir", workdir,
-                             "--no_progress", ONLINE, "--config.run.checkpoint_every=1"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """``launch.local`` of the smoke config with an online model, a checkpoint at every chunk."""
+    return launch_in_subprocess(workdir, cache, SMOKE, (ONLINE, "--config.run.checkpoint_every=1"))
 
 
 @pytest.mark.slow

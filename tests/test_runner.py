@@ -323,12 +323,12 @@ def test_bad_input_is_refused_before_anything_is_written(reference, tmp_path, ca
     assert snapshot(ref_dir) == before
 
 
-def _launch(workdir, cache, config=SMOKE):
-    """``launch.local`` of ``config`` in a subprocess sharing the compilation cache."""
+def _launch(workdir, cache, config=SMOKE, overrides=()):
+    """``launch.local`` of ``config`` (with ``overrides``) in a subprocess sharing the compilation cache."""
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PLATFORMS="cpu")
     return subprocess.Popen([sys.executable, "-m", "launch.local", "--config", config, "--workdir", workdir,
-                             "--no_progress"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             "--no_progress", *overrides], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
