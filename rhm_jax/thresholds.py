@@ -168,7 +168,7 @@ def rising_set(df: pd.DataFrame, reading: str = "normalized", at: str = "last") 
         return set()
     flags = flags[flags["rising"]]
     if at == "best" and len(flags):
-        band = analysis.best_band(df)
+        band = analysis.best_band(df, reading)
         last = df.groupby(["workdir", "model"])["step"].max()
         reaches = {(r.workdir, r.model) for r in band.itertuples(index=False)
                    if int(r.band_steps.split("..")[1]) >= last[(r.workdir, r.model)]}

@@ -368,8 +368,11 @@ def test_10_score_refuses_an_empty_checkpoint_folder_and_skips_broken_steps(refe
 @pytest.mark.heavy
 def test_11_prefixes_are_not_options_and_force_moves_only_work_directories(reference, tmp_path, monkeypatch, capsys):
     _, ref_dir, _ = reference
-    assert run_cli(str(tmp_path / "x"), "--f") == 2  # not --force
-    assert "override '--f' must look like --config.section.key=value" in last_line(capsys.readouterr().err)
+    with pytest.raises(SystemExit) as exited:  # not --force: argparse's unknown-option exit
+        run_cli(str(tmp_path / "x"), "--f")
+    assert exited.value.code == 2
+    assert "unknown option --f; did you mean --force?" in last_line(capsys.readouterr().err)
+    assert not (tmp_path / "x").exists()
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")

@@ -98,7 +98,7 @@ def test_a_models_evaluation_does_not_depend_on_its_sub_grid(per_batch):
 
 def quick(*overrides):
     """The CPU reproduction's quick sweep at width 64, two P x two seeds: 4 models (bpUNet, batch 64, v=8)."""
-    return config_lib.load(os.path.join(ROOT, "sweeps", "reproduction_cpu.py") + ":seed=0,quick",
+    return config_lib.load(os.path.join(ROOT, "sweeps", "reproduction_cpu_hour.py") + ":quick",
                            ["--config.network.width=64", "--config.train.seeds=(0,1)", *overrides])
 
 
