@@ -123,7 +123,8 @@ def healthy(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def baseline(df: pd.DataFrame, level: int) -> np.ndarray:
-    """V_l^unif per row: validity at ``level`` of i.i.d. uniform tokens under the row's grammar."""
+    """V_l^unif per row: validity at ``level`` of i.i.d. uniform tokens under the row's grammar (NaN for a
+    grammar shallower than ``level``: a sweep over L has rows with fewer levels)."""
     missing = [k for k in ("v", "m", "s", "L") if k not in df]
     if missing:
         raise ValueError(f"the normalized reading needs the grammar columns {missing} (or reading='raw')")
@@ -134,7 +135,8 @@ def baseline(df: pd.DataFrame, level: int) -> np.ndarray:
         key = tuple(row)
         if key not in cache:
             g = row._asdict()
-            cache[key] = float(theory.uniform_validity(g["v"], g["m"], g["s"], g["L"], g.get("n"))[level - 1])
+            cache[key] = (float(theory.uniform_validity(g["v"], g["m"], g["s"], g["L"], g.get("n"))[level - 1])
+                          if level <= g["L"] else np.nan)
         out[i] = cache[key]
     return out
 

@@ -91,7 +91,8 @@ def plot_departures(df: pd.DataFrame, out: str, departures: pd.DataFrame) -> lis
         Ps = sorted(part.loc[part["P"] != 0, "P"].unique())
         for P, color in zip(Ps, figures._colors(len(Ps))):
             figures._spread(ax, part[part["P"] == P], "step", "test_loss", color, label=f"P={int(P)}", marker=None)
-            mine = departures[departures["P"] == P] if len(departures) else departures
+            mine = departures[(departures["P"] == P) & departures["model"].isin(part["model"])] if len(departures) \
+                else departures  # this curve's models only: another grammar's sweep has the same P
             for _, row in mine.iterrows():
                 own = part[part["model"] == row["model"]].sort_values("step")
                 for column, marker in (("departure", "v"), ("onset", "x")):

@@ -32,8 +32,13 @@ Run time: GPU: ESTIMATE, not measured: 24 models x 2**18 steps at W=1024 is 6.3e
 Expected: (theory, SPEC sections 5 and 7) level l is learned once the samples seen reach
           P*_l ~ c v m^(l+1) (c ~ 1 at the CPU budgets), so t_(l+1) / t_l ~ m and xi ~ t^(log s / log m)
           = t^0.63 at m=3 (t^1 at m=2); a finite-P model follows the online curve until it starts to
-          memorize, then its test loss rises above it (its departure), near its copy onset. Not yet
-          measured: the lead runs the CPU variant (results in docs/results/online_cpu/).
+          memorize, then its test loss rises above it (its departure), near its copy onset.
+Measured: ':cpu', 2026-12-07 (docs/results/online_cpu/, README Results): 32.5 min wall at load average 3-5
+          (the test suite ran beside it). m=3, L=4: t_l = 545, 1420, 7980 steps (levels 1-3; level 4
+          not reached), ratios 2.6 and 5.6; exponent from t_l 0.52 [0.47, 0.58] against 0.63. m=2, L=5:
+          t_l = 488, 1020, 2080, 4760, ratios 2.1, 2.0, 2.3; exponent 0.92 [0.91, 0.93] against 1. The
+          samples seen at t_l are 400-1200 times v m^(l+1): at lr 2e-3 the steps, not the samples, set
+          the pace. P=256 models leave the online curve at 4096-5793 steps; P=2048 never within 16384.
 """
 from __future__ import annotations
 

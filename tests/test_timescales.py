@@ -95,3 +95,20 @@ def test_the_report_section_lists_every_reading_and_draws_its_figures(tmp_path):
     assert sorted(p.rsplit("/", 1)[1] for p in paths) == ["departure.pdf", "departure.png", "online_time.pdf",
                                                            "online_time.png"]
     assert online_report.section(df[df["P"] > 0], str(tmp_path)) == ([], [])
+
+
+def test_two_grammars_of_different_depth_with_the_same_P_each_get_their_departures(tmp_path):
+    """A sweep over (m, L), an online and a P=256 model per grammar: the shallower grammar has no level-4
+    chance floor (NaN, not an IndexError), and each departure figure marks only its own grammar's models."""
+    from rhm_jax import analysis, online_report
+
+    def loss(P):
+        return lambda model, step: dict(test_loss=1.0 + (0.05 * np.log2(step / 512) if P and step > 512 else 0.0),
+                                        copies=(0.5 if step >= 2048 else 0.0) if P else None)
+    one = pd.concat([table(t1=(100.0,), extra=loss(0)), table(t1=(100.0,), P=256, extra=loss(256)).assign(model=1)])
+    deep = one.assign(m=2, L=4, model=one["model"] + 2, validity_l4=0.0)
+    df = pd.concat([one, deep], ignore_index=True)
+    assert np.isnan(analysis.baseline(df, 4)[0]) and np.isfinite(analysis.baseline(df, 4)[-1])
+    lines, paths = online_report.section(df, str(tmp_path))
+    assert sorted(p.rsplit("/", 1)[1] for p in paths if p.endswith(".png")) == [
+        "departure_0.png", "departure_1.png", "online_time_0.png", "online_time_1.png"]
