@@ -20,6 +20,8 @@ Measured: P*_l (best evaluation, normalized, isotonic, 95 % bootstrap interval) 
           c = 0.91, log10 spread 0.11; ratios 5.8, 2.8 (m=3) and 2.7, 2.0 (m=2). At m=3, P=1024:
           levels learned at steps 185, 617, 4282, copies pass 0.1 at 17,297, test-loss minimum
           11,585 (medians of 3). docs/results/reproduction_cpu/ and the README's Results.
+Expected: (before the run, from the pilot: m=3, one seed, 2**14 steps) P*_2 ~ 177, P*_3 ~ 587 (theory
+          216, 648); P=1024 bottoms out near step 11,585 (measured: 11,585), P=2048 inside 2**16.
 """
 from __future__ import annotations
 
