@@ -11,10 +11,12 @@ Grid:     v=n=8, s=2, L=3; m=3: P = 16 .. 2048 (8 values, P_max 17496; theory 72
           m=2: P = 8 .. 512 (7 values, P_max 1024; theory 32, 64, 128); 45 models. bpUNet W=64, Adam
           lr 8e-3, batch 64, T=50 (beta 1e-3 .. 0.2), 2**16 steps, 2 evaluations per octave of 256
           samples. Chosen by the pilot (sweeps/pilot_cpu.py, docs/results/pilot_cpu/README.md).
-Run time: measured 2026-12-07 (`bash launch/reproduce.sh`, the whole command): 1 h 41 min, NOT idle
-          (four helper sessions' tests beside it, load average 5-9, 200-800 model-steps/s against
-          ~930 idle); m=3 program 57 min, m=2 program 43 min, learner and report 1 min. At the idle
-          rate the 2.95M model-steps are ~53 min: about 1 h on the idle 2-core CPU (projected).
+Run time: measured 2026-12-07 21:27-22:38 UTC (`bash launch/reproduce.sh`, the whole command, main
+          682ffc5, nothing else computing: 1-minute load average 1.1-2.2, i.e. the run's own two
+          threads): 1 h 10 min 49 s (4,249 s). m=3 program (24 models) 35 min 43 s, m=2 program (21
+          models) 34 min 31 s, the clustering learner 10 s, the report 22 s. The runner's first
+          ETA after compilation said 1:12:15 left, the truth was 1:09:18. (A first run beside four
+          helpers' tests, load 5-9, took 1 h 41 min.)
 Measured: P*_l (best evaluation, normalized, isotonic, 95 % bootstrap interval) m=3: 43 [32, 64],
           252 [171, 334], 694 [582, 833]; m=2: 24 [16, 33], 64 [39, 69], 128 [92, 165]; no bound;
           c = 0.91, log10 spread 0.11; ratios 5.8, 2.8 (m=3) and 2.7, 2.0 (m=2). At m=3, P=1024:
