@@ -58,11 +58,16 @@ def load(workdirs: str | Sequence[str]) -> pd.DataFrame:
 
 
 def levels(df: pd.DataFrame) -> list[int]:
-    """Levels l with a ``validity_l<l>`` column, ascending."""
+    """Levels l with a ``validity_l<l>`` column holding a value, ascending.
+
+    A table joining grammars of different depths (L = 4 beside L = 5) has the deeper grammar's
+    columns on every row, empty for the shallower one's: its parts list only their own levels. A
+    table whose validity columns are all empty (every model flagged) lists them all.
+    """
     found = sorted(int(m.group(1)) for c in df.columns if (m := _VALIDITY.match(str(c))))
     if not found:
         raise ValueError("metrics table has no validity_l<l> column")
-    return found
+    return [level for level in found if df[f"validity_l{level}"].notna().any()] or found
 
 
 def copies_column(df: pd.DataFrame) -> str | None:
@@ -251,8 +256,10 @@ def final_validity(df: pd.DataFrame, at: str = results.DEFAULT_READING, reading:
         part = last[ids].assign(level=level, validity=last[f"validity_l{level}"],
                                 raw=last[f"validity_l{level}_raw"], num=num,
                                 base=baseline(last, level) if reading == "normalized" else 0.0)
+        if "L" in part:  # no row for a level the model's grammar does not have
+            part = part[part["L"].isna() | (part["L"] >= level)].copy()
         if band is not None:
-            where = pd.MultiIndex.from_frame(last[["workdir", "model"]])
+            where = pd.MultiIndex.from_frame(part[["workdir", "model"]])
             part["lo"] = band[f"validity_l{level}_lo"].reindex(where).to_numpy()
             part["hi"] = band[f"validity_l{level}_hi"].reindex(where).to_numpy()
         else:

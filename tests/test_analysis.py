@@ -180,6 +180,20 @@ def test_load_tags_workdir_and_grammar(tmp_path):
     assert analysis.levels(loaded) == [1, 2, 3]
 
 
+def test_grammars_of_different_depths_keep_their_own_levels(tmp_path):
+    """A sweep joining L = 2 and L = 3 (as the online sweep joins L = 4 and 5): the L = 2 grammar's
+    figures, tables and thresholds list levels 1-2 only, not an empty level 3."""
+    shallow = write_workdir(tmp_path / "L2", synthetic_metrics(L=2, seeds=(0,), num_P=6), L=2)
+    deep = write_workdir(tmp_path / "L3", synthetic_metrics(L=3, seeds=(0,), num_P=6), L=3)
+    loaded = analysis.load([shallow, deep])
+    assert analysis.levels(loaded) == [1, 2, 3]
+    assert analysis.levels(loaded[loaded["workdir"] == shallow]) == [1, 2]
+    long = analysis.final_validity(loaded, "best")
+    assert sorted(long[long["workdir"] == shallow]["level"].unique()) == [1, 2]
+    assert sorted(long[long["workdir"] == deep]["level"].unique()) == [1, 2, 3]
+    assert long["validity"].notna().all()
+
+
 def test_bad_input_raises_clear_value_errors(tmp_path):
     with pytest.raises(ValueError, match="workdirs"):
         analysis.load([])
