@@ -4,8 +4,6 @@ Keys of (data seed, step) alone, never reused; valid, uniform draws; batches and
 when rerun, when resumed and beside finite-P models; rows that say 'online' instead of zeros.
 """
 import os
-import signal
-import time
 
 import chex
 import jax
@@ -16,7 +14,7 @@ import scipy.stats
 
 from rhm_jax import config as config_lib
 from rhm_jax import data, evaluate, grammar, health, plan, program, results, runner, train
-from test_runner import _launch as launch_in_subprocess
+from test_runner import _launch as launch_in_subprocess, kill_after_checkpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "sweeps", "smoke.py")
@@ -200,14 +198,7 @@ def test_online_sigkill_then_resume_equals_an_uninterrupted_run(online_reference
     workdir = str(tmp_path / "run")
     part = runner.part_dir(workdir, 0)
     process = _launch(workdir, compile_cache)
-    deadline = time.time() + 300
-    while not (os.path.isdir(part) and sum(p.isdigit() for p in os.listdir(part)) >= 2):
-        assert process.poll() is None, process.communicate()[1][-3000:]
-        assert time.time() < deadline, "no checkpoint within 300 s"
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    _, killed = process.communicate()
-    assert process.returncode == -signal.SIGKILL, killed[-3000:]
+    kill_after_checkpoints(process, part, 2)
     restart = _launch(workdir, compile_cache)
     _, err = restart.communicate(timeout=600)
     assert restart.returncode == 0, err[-3000:]

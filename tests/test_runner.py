@@ -332,20 +332,26 @@ def _launch(workdir, cache, config=SMOKE, overrides=()):
                             stderr=subprocess.PIPE, text=True)
 
 
+def kill_after_checkpoints(process, part, count, timeout=300.0):
+    """SIGKILL ``process`` as soon as ``part`` holds ``count`` checkpoints; its stderr."""
+    deadline = time.time() + timeout
+    while not (os.path.isdir(part) and sum(p.isdigit() for p in os.listdir(part)) >= count):
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.time() < deadline, f"fewer than {count} checkpoint(s) within {timeout:.0f} s"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    _, err = process.communicate()
+    assert process.returncode == -signal.SIGKILL, err[-3000:]
+    return err
+
+
 @pytest.mark.slow
 def test_sigkill_mid_run_then_restart_equals_an_uninterrupted_run(reference, tmp_path, compile_cache):
     config, ref_dir, ref_rows = reference
     workdir = str(tmp_path / "run")
     part = runner.part_dir(workdir, 0)
     process = _launch(workdir, compile_cache)
-    deadline = time.time() + 300
-    while not (os.path.isdir(part) and any(p.isdigit() for p in os.listdir(part))):
-        assert process.poll() is None, process.communicate()[1][-3000:]
-        assert time.time() < deadline, "no checkpoint within 300 s"
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    _, killed_err = process.communicate()
-    assert process.returncode == -signal.SIGKILL, killed_err[-3000:]
+    killed_err = kill_after_checkpoints(process, part, 1)
     assert not os.path.exists(os.path.join(workdir, "summary.txt")), killed_err[-3000:]  # killed mid-run
     restart = _launch(workdir, compile_cache)
     _, err = restart.communicate(timeout=600)
