@@ -11,7 +11,7 @@ checkpoint) exit with status 2 and one error line. SIGINT / SIGTERM save a check
 current device call and exit with 128 + the signal number (130 / 143) and one line; during set-up
 or compilation (nothing to save yet) they stop at once with one line, and so does a second Ctrl-C
 (status 130), keeping the newest checkpoint. At the end it prints each
-model at its best evaluation (``summary.txt``).
+model at its best evaluation and where the wall time went (``summary.txt``, ``rhm_jax.timing``).
 """
 from __future__ import annotations
 

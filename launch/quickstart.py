@@ -4,7 +4,8 @@
                                 [--config.section.key=value ...]
     (installed: rhm-quickstart ...)
 
-Re-running resumes (or, when finished, only redraws the report). The clustering learner
+Re-running resumes (or, when finished, only redraws the report). The summary it prints ends with
+where the wall time went (``rhm_jax.timing``), the learner and the report included as 'report'. The clustering learner
 (``rhm_jax.clustering``, seconds) runs on the same training rows, so the report draws its
 validity thresholds beside the bpUNets' (its accuracy thresholds get a table of their own).
 """
@@ -34,12 +35,17 @@ def main(argv: list[str] | None = None) -> int:
         points = config_lib.load_sweep(args.config, overrides)
         runner.run(config, args.workdir, points=points)
         with lock.hold(args.workdir, "quickstart"):  # the learner's rows and the report, one writer at a time
+            after_run = time.monotonic()
             log.info("the clustering learner on the same training rows (launch.cluster)")
             results.write_rows(clustering.path(args.workdir), clustering.run_sweep(config, points=points))
             began = time.monotonic()
             log.info("writing the report (launch.report): tables and figures")
             paths = report.make_report([args.workdir], None, at=results.DEFAULT_READING)
             log.info("report written in %.0f s", time.monotonic() - began)
+            # the learner and the report: the 'report' part of the wall-time split, in summary.txt
+            results.record_report_time(args.workdir, time.monotonic() - after_run)
+            rows = results.read_rows(os.path.join(args.workdir, results.METRICS_FILE))
+            results.write_summary(args.workdir, results.summary_table(rows), results.split_line(args.workdir))
     except runner.Interrupted as stop:  # a checkpoint is saved: re-running resumes
         print(f"stopped: {stop}", file=sys.stderr)
         return 128 + stop.signum

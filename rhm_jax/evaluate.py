@@ -1,4 +1,4 @@
-"""Evaluate a grid of models in one compiled program: samples, coherence per level, copies, losses.
+"""Evaluate a grid of models in two compiled programs: samples, then coherence per level, copies, losses.
 
 Shape letters: M models, N generated samples per model, R rows for the loss estimates, G datasets
 of the program, Q pool rows (the largest P), T test rows, D sequence length, L depth, W
@@ -256,8 +256,26 @@ def references(settings: EvalSettings, grammar_G: Any, pool_GxQxD: Any, test_GxN
                       jnp.asarray(test[:, :settings.loss_rows], jnp.int32), jnp.asarray(exact_GxT, jnp.float32))
 
 
-def make_evaluator(settings: Settings, process: Any, network: Any) -> Callable:
-    """``evaluate(state_M, grid_M, key, refs) -> dict of (M, ...) arrays``, jitted once per shape.
+class Evaluator:
+    """A program's evaluator as its two compiled halves; calling it runs both.
+
+    ``sample(state_M, grid_M, key, refs) -> tokens_MxNxD``: each model's N samples (the ancestral
+    sampler, the forward passes). ``score(state_M, grid_M, tokens_MxNxD, refs) -> dict of (M, ...)
+    arrays``: coherence, copies, correlations and losses. Two programs so that a run can time them
+    apart (``rhm_jax.timing``); each model's values are those of one program doing both.
+    """
+
+    def __init__(self, sample: Callable, score: Callable):
+        self.sample, self.score = sample, score
+
+    def __call__(self, state: train.TrainState, grid: train.Grid, key: jax.Array, refs: "References") -> dict:
+        """Metrics of every model of the grid, leading axis M (both halves, dispatched without waiting)."""
+        return self.score(state, grid, self.sample(state, grid, key, refs), refs)
+
+
+def make_evaluator(settings: Settings, process: Any, network: Any) -> Evaluator:
+    """``evaluate(state_M, grid_M, key, refs) -> dict of (M, ...) arrays`` (an ``Evaluator``: its
+    ``sample`` and ``score`` halves jitted once per shape).
 
     Model i is scored against slot ``grid.dataset[i]`` of ``refs`` (``References``).
     Deterministic given ``key``: model i samples with fold_in(key, model_seed_i), so a model's
@@ -269,19 +287,26 @@ def make_evaluator(settings: Settings, process: Any, network: Any) -> Callable:
     num_samples, num_windows, rows = settings.eval.num_samples, settings.eval.num_windows, settings.eval.loss_rows
     loss_root = int(settings.eval.loss_seed)
     batch, full, decay = settings.train.batch_size, settings.train.full_batch, settings.train.ema_decay
+    per_batch = models_per_batch(settings.eval)
 
-    def one_model(args: tuple, refs: References, key: jax.Array) -> dict:
-        """All metrics of ONE model, against its own dataset's slot of ``refs``."""
+    def sample_one(args: tuple, refs: References, key: jax.Array) -> jax.Array:
+        """(N, D) samples of ONE model."""
         state, grid = args
-        g = grid.dataset
-        grammar = jax.tree_util.tree_map(lambda x: x[g], refs.grammar)
+        grammar = jax.tree_util.tree_map(lambda x: x[grid.dataset], refs.grammar)
         params = train.eval_params(state, decay)
         # samples: the key they had before the losses left it (first of its 5 splits), so unchanged
         k_sample = jax.random.split(jax.random.fold_in(key, grid.model_seed), 5)[0]
+        sample_kwargs = {} if getattr(process, "d", None) is not None else {"d": grammar.d}
+        return process.sample(params, network.apply, k_sample, num_samples, **sample_kwargs)
+
+    def score_one(args: tuple, refs: References) -> dict:
+        """All metrics of ONE model from its samples, against its own dataset's slot of ``refs``."""
+        state, grid, tokens_NxD = args
+        g = grid.dataset
+        grammar = jax.tree_util.tree_map(lambda x: x[g], refs.grammar)
+        params = train.eval_params(state, decay)
         loss_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(loss_root), _LOSS_KEY_TAG), grid.model_seed)
         k_train, k_test, k_train_w, k_test_w = jax.random.split(loss_key, 4)
-        sample_kwargs = {} if getattr(process, "d", None) is not None else {"d": grammar.d}
-        tokens_NxD = process.sample(params, network.apply, k_sample, num_samples, **sample_kwargs)
         metrics = score_in(refs, g, tokens_NxD, grid.P)
         P = jnp.maximum(grid.P, 1)  # an online model (P = 0) has no training rows: its train columns are void
         train_RxD = refs.pool_GxQxD[g, data.batch_indices(_EVAL_ROWS_SEED ^ grid.data_seed, P, 0, rows)]
@@ -306,15 +331,19 @@ def make_evaluator(settings: Settings, process: Any, network: Any) -> Callable:
         return metrics
 
     @jax.jit
-    def evaluate(state: train.TrainState, grid: train.Grid, key: jax.Array, refs: References) -> dict:
-        """Metrics of every model of the grid, leading axis M."""
-        M = grid.P.shape[0]
+    def sample(state: train.TrainState, grid: train.Grid, key: jax.Array, refs: References) -> jax.Array:
+        """(M, N, D) samples of every model of the grid."""
         # Only what sampling needs travels into the model batches (not the optimizer state).
         slim = state.replace(opt_state=None)
-        fn = lambda args: one_model(args, refs, key)
-        return _map_models(fn, (slim, grid), M, models_per_batch(settings.eval))
+        return _map_models(lambda args: sample_one(args, refs, key), (slim, grid), grid.P.shape[0], per_batch)
 
-    return evaluate
+    @jax.jit
+    def score(state: train.TrainState, grid: train.Grid, tokens_MxNxD: jax.Array, refs: References) -> dict:
+        """Metrics of every model of the grid from its samples, leading axis M."""
+        slim = state.replace(opt_state=None)
+        return _map_models(lambda args: score_one(args, refs), (slim, grid, tokens_MxNxD), grid.P.shape[0], per_batch)
+
+    return Evaluator(sample, score)
 
 
 def _plain(value: Any) -> Any:

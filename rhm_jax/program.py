@@ -46,11 +46,31 @@ class Built(NamedTuple):
     setup: Setup
     place: sharding.Placement
     step_fn: Callable  # (state, grid, pool_GxQxD, num_steps) -> (state, metrics)
-    evaluator: Callable  # (state, grid, key) -> metrics: per-model grammar, lookup, pool, test
+    evaluator: "ProgramEvaluator"  # (state, grid, key) -> metrics: per-model grammar, lookup, pool, test
     pool: Any  # the stacked pools where step_fn reads them (placed); train.Sources with the grammars when a model is online
     grid: train.Grid  # the grid of ``grid_rows``, not placed
     grid_rows: list[dict]
     settings: settings.Settings
+
+
+class ProgramEvaluator:
+    """A program's ``evaluate.Evaluator`` bound to its references: ``(state, grid, key) -> metrics``,
+    or its halves ``sample(state, grid, key) -> tokens`` and ``score(state, grid, tokens) -> metrics``."""
+
+    def __init__(self, evaluate_fn: evaluate.Evaluator, refs: evaluate.References):
+        self.evaluate_fn, self.refs = evaluate_fn, refs
+
+    def sample(self, state: train.TrainState, grid: train.Grid, key: jax.Array) -> jax.Array:
+        """(M, N, D) samples of every model of a (placed) grid of this program."""
+        return self.evaluate_fn.sample(state, grid, key, self.refs)
+
+    def score(self, state: train.TrainState, grid: train.Grid, tokens_MxNxD: jax.Array) -> dict:
+        """Metrics of every model of a (placed) grid from its samples."""
+        return self.evaluate_fn.score(state, grid, tokens_MxNxD, self.refs)
+
+    def __call__(self, state: train.TrainState, grid: train.Grid, key: jax.Array) -> dict:
+        """Metrics of every model of a (placed) grid of this program."""
+        return self.score(state, grid, self.sample(state, grid, key))
 
 
 class _Compiled(NamedTuple):
@@ -59,7 +79,7 @@ class _Compiled(NamedTuple):
     network: networks.Network
     place: sharding.Placement
     step_fn: Callable
-    evaluate: Callable  # (state, grid, key, refs) -> metrics
+    evaluate: evaluate.Evaluator  # (state, grid, key, refs) -> metrics
 
 
 @functools.lru_cache(maxsize=4)
@@ -131,12 +151,7 @@ def build(typed: settings.Settings, rows: Sequence[dict]) -> Built:
     built = setup(typed, rows)
     place = compiled.place
     refs = place.pool(evaluate.references(typed.eval, built.grammar, built.pool_GxQxD, built.test_GxNxD))
-    evaluate_fn = compiled.evaluate
-
-    def evaluator(state: train.TrainState, grid: train.Grid, key: jax.Array) -> dict:
-        """Metrics of every model of a (placed) grid of this program."""
-        return evaluate_fn(state, grid, key, refs)
-
+    evaluator = ProgramEvaluator(compiled.evaluate, refs)
     # The grammars travel with the pools only when a model trains online: finite-P programs stay as they were.
     online = any(int(r["P"]) == data.ONLINE for r in rows)
     sources = train.Sources(built.pool_GxQxD, built.grammar) if online else built.pool_GxQxD

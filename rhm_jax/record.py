@@ -11,13 +11,15 @@ from typing import Any
 
 import jax
 
-from rhm_jax import events, results
+from rhm_jax import events, results, timing
 from rhm_jax.progress import Progress
 
 
 class Recorder:
     """Where a run's outputs go besides checkpoints: metrics and train tables, wall clock, progress,
-    event files. ``wall_s`` is the run's wall time, summed over the processes that ran it."""
+    event files. ``wall_s`` is the run's wall time, summed over the processes that ran it, and
+    ``split`` (``timing.Split``) where it went; every train row carries both as they stood when
+    its chunk returned (``wall_s``, ``wall_split_s``), so a resumed run adds to them."""
 
     def __init__(self, workdir: str, bar: Progress, tensorboard: bool = False):
         self.workdir, self.bar, self.tensorboard = workdir, bar, tensorboard
@@ -25,6 +27,7 @@ class Recorder:
         self.train = results.MetricsWriter(workdir, results.TRAIN_FILE)
         self.events: events.EventWriter | None = None
         self._began = time.monotonic()
+        self.split = timing.Split()
         self._base: float | None = None  # wall seconds of earlier processes, up to the restored step
         self._pending: list[dict] = []  # train rows since the last stop
         self._last_read = self._began
@@ -37,7 +40,9 @@ class Recorder:
         """Drop the train rows after the restored step (all of the part's, when fresh); open event files."""
         self.train.truncate_after(t if restored else -1, part.models)
         if self._base is None:
-            self._base = max((r.get("wall_s") or 0.0 for r in self.train.rows()), default=0.0)
+            latest = max(self.train.rows(), key=lambda r: r.get("wall_s") or 0.0, default={})
+            self._base = latest.get("wall_s") or 0.0
+            self.split.rebase(latest.get("wall_split_s") or {})  # rows written before the split: none
         if self.tensorboard:
             self.events = events.EventWriter(self.workdir, part.rows, purge_step=t + 1 if restored else None)
 
@@ -48,12 +53,12 @@ class Recorder:
         done = metrics["steps_done"][:len(part.rows)]
         rate = float(done.sum()) / (now - self._last_read) if timed and now > self._last_read else None
         self._last_read = now
-        wall = self.wall_s()
+        wall, split = self.wall_s(), self.split.snapshot()
         for j, row in enumerate(part.rows):
             if done[j] > 0:
                 self._pending.append(dict(model=row["index"], step=int(metrics["step"][j]),
                                           epoch=float(metrics["epoch"][j]), loss=float(metrics["loss"][j]),
-                                          wall_s=wall, model_steps_per_s=rate))
+                                          wall_s=wall, model_steps_per_s=rate, wall_split_s=split))
         return int(done.sum())
 
     def stop(self, rows: list[dict]) -> None:

@@ -17,8 +17,8 @@ from rhm_jax import health, keys
 from rhm_jax.rundir import (ARRAY_FILE, CONFIG_FILE, METRICS_FILE, PACKAGES, SCORE_FILE, SUMMARY_FILE,  # noqa: F401
                             TRAIN_FILE, MetricsWriter, check_layout, check_not_foreign,
                             git_revision, merge_rows, move_aside, prepare_workdir,
-                            provenance, read_config_json, read_rows, record_wall_time, to_json_value,
-                            write_atomic, write_json_atomic, write_rows)
+                            provenance, read_config_json, read_rows, record_report_time, record_wall_time,
+                            split_line, to_json_value, write_atomic, write_json_atomic, write_rows)
 
 KINDS = ("metrics", "train", "scores")
 # Which evaluation of each model the end-of-run summary (and launch.report, launch.quickstart) read
@@ -238,12 +238,14 @@ def summary_table(rows_or_df: Any, at: str = DEFAULT_READING, title: bool = True
     return "\n".join(head + [fmt.format(*header)] + [fmt.format(*line) for line in lines])
 
 
-def write_summary(workdir: str, table: str) -> None:
-    """Write the end-of-run table to ``summary.txt`` (untouched when it already holds it)."""
+def write_summary(workdir: str, table: str, footer: str = "") -> None:
+    """Write the end-of-run table to ``summary.txt``, then ``footer`` after a blank line when given
+    (the runner's: where the wall time went, ``split_line``); untouched when it already holds them."""
+    text = table + "\n" + (f"\n{footer}\n" if footer else "")
     path = os.path.join(workdir, SUMMARY_FILE)
     if os.path.isfile(path):
         with open(path) as f:
-            if f.read() == table + "\n":
+            if f.read() == text:
                 return
     with open(path, "w") as f:
-        f.write(table + "\n")
+        f.write(text)

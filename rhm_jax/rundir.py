@@ -38,7 +38,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from rhm_jax import config as config_lib
-from rhm_jax import keys, lock
+from rhm_jax import keys, lock, timing
 
 log = logging.getLogger(__name__)
 
@@ -287,14 +287,40 @@ def prepare_workdir(workdir: str, config, grid_rows: Sequence[dict], force: bool
     return "new"
 
 
-def record_wall_time(workdir: str, seconds: float) -> None:
-    """Write the run's wall time (summed over its processes) and end date into config.json's provenance."""
+def record_wall_time(workdir: str, seconds: float, split: dict | None = None) -> None:
+    """Write the run's wall time (summed over its processes), where it went (``timing.PARTS``, as
+    ``wall_split_s``, with the remainder as 'other') and the end date into config.json's provenance."""
     path = os.path.join(workdir, CONFIG_FILE)
     payload = read_config_json(workdir)
-    payload.setdefault("provenance", {}).update(
-        wall_time_s=round(float(seconds), 3),
-        finished_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    record = dict(wall_time_s=round(float(seconds), 3),
+                  finished_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    if split is not None:
+        parts = {part: round(float(split.get(part) or 0.0), 3) for part in timing.PARTS}
+        record["wall_split_s"] = dict(parts, other=round(timing.remainder(parts, seconds), 3))
+    payload.setdefault("provenance", {}).update(record)
     write_json_atomic(path, payload)
+
+
+def record_report_time(workdir: str, seconds: float) -> None:
+    """Write the seconds the entry point spent on the report after the run (the 'report' part of
+    ``wall_split_s``; a report drawn again replaces it). Nothing without a recorded split."""
+    payload = read_config_json(workdir)
+    split = payload.get("provenance", {}).get("wall_split_s")
+    if not isinstance(split, dict):
+        return
+    split["report"] = round(float(seconds), 3)
+    write_json_atomic(os.path.join(workdir, CONFIG_FILE), payload)
+
+
+def split_line(workdir: str) -> str:
+    """One line of where the run's wall time went (``timing.format_split``), '' for a run without one.
+
+    Its wall time is the run's (``wall_time_s``) plus the report's, when the entry point made one."""
+    provenance_ = read_config_json(workdir).get("provenance", {})
+    split, wall = provenance_.get("wall_split_s"), provenance_.get("wall_time_s")
+    if not isinstance(split, dict) or not isinstance(wall, (int, float)):
+        return ""
+    return timing.format_split(split, float(wall) + float(split.get("report") or 0.0))
 
 
 def _check_same(workdir: str, config_dict: dict, grid: list, points: list | None = None) -> None:

@@ -36,7 +36,7 @@ from typing import Any, Sequence
 import jax
 import ml_collections
 
-from rhm_jax import checkpoint, events, health, memory, plan, results
+from rhm_jax import checkpoint, events, health, memory, plan, results, timing
 from rhm_jax import config as config_lib
 from rhm_jax.guard import STOP_SIGNALS, Interrupted, StopSignals, lock_workdir
 from rhm_jax.program import Built, build
@@ -59,7 +59,7 @@ def _log_divergence(state: Any, part: Part, seen: set[int]) -> None:
 
 
 def _start(progs: Built, part: Part, ckpt: checkpoint.Checkpointer,
-           writer: results.MetricsWriter, digest: str) -> tuple[int, Any, bool]:
+           writer: results.MetricsWriter, digest: str, split: Any = timing.NO_SPLIT) -> tuple[int, Any, bool]:
     """(step, state, restored): the newest readable checkpoint, or a fresh state at step 0.
 
     Refuses (ValueError) to start from scratch over rows past step 0 of these models; rows past
@@ -99,13 +99,13 @@ def _start(progs: Built, part: Part, ckpt: checkpoint.Checkpointer,
     dropped = writer.truncate_after(t, part.models)
     log.info("resuming models %s from the checkpoint at step %d (%d later metrics rows dropped)",
              span(part.models), t, dropped)
-    _fill_missing_rows(progs, part, ckpt, writer, t, [r for r in mine if r["step"] <= t])
+    _fill_missing_rows(progs, part, ckpt, writer, t, [r for r in mine if r["step"] <= t], split)
     return t, state, True
 
 
 def _fill_missing_rows(progs: Built, part: Part,
                        ckpt: checkpoint.Checkpointer, writer: results.MetricsWriter, t: int,
-                       rows: list[dict]) -> None:
+                       rows: list[dict], split: Any = timing.NO_SPLIT) -> None:
     """Re-evaluate rows missing at evaluation steps <= t from kept checkpoints; ValueError if one is gone."""
     have = {(r["model"], r["step"]) for r in rows}
     missing = sorted({s for m in part.models for s in part.schedules[m] if s <= t and (m, s) not in have})
@@ -125,7 +125,7 @@ def _fill_missing_rows(progs: Built, part: Part,
         due = {m for m in part.models if s in part.schedules[m] and (m, s) not in have}
         if due:
             state, _ = ckpt.restore(s, target, strict=False)
-            writer.write(evaluation_rows(progs, part, state, s, lambda m: m in due, tracker))
+            writer.write(evaluation_rows(progs, part, state, s, lambda m: m in due, tracker, split))
 
 
 def kept_evaluations(eval_points: set[int], mode: str, budgets: Sequence[int]) -> set[int]:
@@ -151,12 +151,13 @@ def _run_part(progs: Built, rec: Recorder, directory: str, part: Part,
     training call compiles the program (the first sub-grid of a program): it is left out of the rate.
     """
     eval_points, writer, bar, run_settings = part.eval_points, rec.metrics, rec.bar, progs.settings.run
+    split = rec.split
     keep = kept_evaluations(eval_points, run_settings.keep_evaluations, [r["budget_steps"] for r in part.rows])
     if stopping is not None:
         stopping.at_once = True  # until this sub-grid's first device call returns: nothing new to save
     with checkpoint.Checkpointer(directory, run_settings.keep_last, keep_steps=keep) as ckpt:
-        with bar.untimed():  # restoring or initializing a sub-grid (it may compile): not training
-            t, state, restored = _start(progs, part, ckpt, writer, digest)
+        with bar.untimed(), split.phase("checkpoint"):  # restoring or initializing a sub-grid: not training
+            t, state, restored = _start(progs, part, ckpt, writer, digest, split)
         rec.begin(part, t, restored)
         if compiles:
             bar.compiling()  # its first pause compiles the evaluator for this sub-grid's size
@@ -171,10 +172,12 @@ def _run_part(progs: Built, rec: Recorder, directory: str, part: Part,
             with bar.pause():
                 rows = []
                 if t in eval_points:
-                    rows = evaluation_rows(progs, part, state, t, lambda m: t in part.schedules[m], tracker)
-                rec.stop(rows)  # metrics and train rows before the checkpoint
-                _log_divergence(state, part, seen)
-                ckpt.save(t, state, {"config_hash": digest, "models": part.models, "grid": part.rows})
+                    rows = evaluation_rows(progs, part, state, t, lambda m: t in part.schedules[m], tracker, split)
+                with split.phase(None):
+                    rec.stop(rows)  # metrics and train rows before the checkpoint
+                    _log_divergence(state, part, seen)
+                with split.phase("checkpoint"):
+                    ckpt.save(t, state, {"config_hash": digest, "models": part.models, "grid": part.rows})
                 saved.add(t)
             rec.resumed()
 
@@ -184,8 +187,10 @@ def _run_part(progs: Built, rec: Recorder, directory: str, part: Part,
             if t in eval_points and t not in saved:
                 stop(t, state)
             elif t not in saved:
-                rec.stop([])
-                ckpt.save(t, state, {"config_hash": digest, "models": part.models, "grid": part.rows})
+                with split.phase(None):
+                    rec.stop([])
+                with split.phase("checkpoint"):
+                    ckpt.save(t, state, {"config_hash": digest, "models": part.models, "grid": part.rows})
             raise Interrupted(stopping.received, f"stopped by {signal.Signals(stopping.received).name} at step {t}"
                               f" of models {span(part.models)}: checkpoint and rows saved in {os.path.dirname(writer.path)};"
                               " run the same command again to resume")
@@ -194,31 +199,32 @@ def _run_part(progs: Built, rec: Recorder, directory: str, part: Part,
             stop(0, state)
         check_signal(t, state)
         pending = None  # metrics of the previous call: read one call late, so never blocking
-        while t < part.end:
-            target_step = next(s for s in stops if s > t)
-            n = min(progs.settings.train.steps_per_call, target_step - t)
-            if compiles and bar.clock_started:  # a later program's first call compiles: not timed either
-                with bar.untimed():
-                    state, metrics = jax.block_until_ready(progs.step_fn(state, part.grid, progs.pool, n))
-            else:
-                state, metrics = progs.step_fn(state, part.grid, progs.pool, n)
-            t += n
-            if stopping is not None:
-                stopping.at_once = False  # compiled, and the state has moved past its checkpoint
-            if compiles or not bar.clock_started:  # wait for the first call: its compilation is not timed
-                bar.compiled(rec.chunk(metrics, part, timed=False))
-                metrics, compiles = None, False
-            if pending is not None:
-                bar.advance(rec.chunk(pending, part, timed=True))
-            pending = metrics
-            stopping_now = stopping is not None and stopping.received is not None
-            if t == target_step or stopping_now:  # here we must wait anyway
+        with split.phase("train"):  # its evaluations and checkpoints are phases of their own
+            while t < part.end:
+                target_step = next(s for s in stops if s > t)
+                n = min(progs.settings.train.steps_per_call, target_step - t)
+                if compiles and bar.clock_started:  # a later program's first call compiles: not timed either
+                    with bar.untimed():
+                        state, metrics = jax.block_until_ready(progs.step_fn(state, part.grid, progs.pool, n))
+                else:
+                    state, metrics = progs.step_fn(state, part.grid, progs.pool, n)
+                t += n
+                if stopping is not None:
+                    stopping.at_once = False  # compiled, and the state has moved past its checkpoint
+                if compiles or not bar.clock_started:  # wait for the first call: its compilation is not timed
+                    bar.compiled(rec.chunk(metrics, part, timed=False))
+                    metrics, compiles = None, False
                 if pending is not None:
                     bar.advance(rec.chunk(pending, part, timed=True))
-                pending = None
-            if t == target_step:
-                stop(t, state)
-            check_signal(t, state)
+                pending = metrics
+                stopping_now = stopping is not None and stopping.received is not None
+                if t == target_step or stopping_now:  # here we must wait anyway
+                    if pending is not None:
+                        bar.advance(rec.chunk(pending, part, timed=True))
+                    pending = None
+                if t == target_step:
+                    stop(t, state)
+                check_signal(t, state)
     rec.end_part()
 
 
@@ -243,8 +249,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, points: Sequence[dic
     (``lock.Busy`` if another process has it). The ``stop_signals`` end the run at the next
     device-call boundary with a checkpoint saved: ``Interrupted`` is raised and re-running resumes
     with unchanged results. Writes ``summary.txt`` (each model at its ``results.DEFAULT_READING``
-    evaluation) at the end and prints nothing but the progress lines (stderr; ``progress=False``:
-    none). ``tensorboard``: also write TensorBoard event files (``rhm_jax.events``). ``exit_at_once``
+    evaluation, then a line of where the wall time went: ``timing``, also config.json's
+    ``wall_split_s``) at the end and prints nothing but the progress lines (stderr; ``progress=False``:
+    none).
+    ``tensorboard``: also write TensorBoard event files (``rhm_jax.events``). ``exit_at_once``
     (entry points): SIGINT / SIGTERM during set-up or compilation, and a second Ctrl-C, end the
     process at once with one line (``guard.StopSignals``).
     """
@@ -280,23 +288,9 @@ def _run_locked(config: ml_collections.ConfigDict, sweep: "plan.Plan", workdir: 
     bar = Progress(sum(r["budget_steps"] for r in grid_rows), sum(_sweep_stops(p) for p in sweep.programs),
                    enabled=progress, programs=len(sweep.programs))
     rec = Recorder(workdir, bar, tensorboard)
-    offset = 0
     try:
-        for program in sweep.programs:
-            bar.begin_program()
-            with bar.untimed():  # a later program's build and datasets: its start-up, not training
-                progs = build(program.settings, program.rows)
-                parts = partition(progs, workdir, offset)
-            log.info("program %d/%d: models %s on %d device(s), largest P=%d, %d test rows", program.index + 1,
-                     len(sweep.programs), span([r["index"] for r in program.rows]), progs.place.num_devices,
-                     progs.setup.pool_GxQxD.shape[1], progs.setup.test_GxNxD.shape[1])
-            for i, (number, positions) in enumerate(parts):
-                part = make_part(progs, positions)
-                if len(parts) > 1:
-                    log.info("sub-grid %d: models %s", number, span(part.models))
-                _run_part(progs, rec, part_dir(workdir, number), part, digest, stopping,
-                          compiles=i == 0 or len(positions) != len(parts[0][1]))
-            offset += len(program.rows)
+        with rec.split.listening():
+            _run_programs(sweep, rec, bar, workdir, digest, stopping)
     finally:
         bar.close()
         rec.end_part()
@@ -305,10 +299,34 @@ def _run_locked(config: ml_collections.ConfigDict, sweep: "plan.Plan", workdir: 
                  format_seconds(bar.elapsed()), format_seconds(bar.first_eta_at), format_seconds(bar.first_eta),
                  format_seconds(bar.elapsed() - bar.first_eta_at))
     rows = rec.metrics.rows()
-    results.write_summary(workdir, results.summary_table(rows))
     if bar.clock_started or "wall_time_s" not in results.read_config_json(workdir).get("provenance", {}):
         try:  # a finished run re-run on a read-only disk trains nothing and records nothing
-            results.record_wall_time(workdir, rec.wall_s())
+            results.record_wall_time(workdir, rec.wall_s(), rec.split.snapshot())
         except OSError as err:
             log.warning("could not record the wall time in %s: %s", results.CONFIG_FILE, err)
+    where = results.split_line(workdir)  # where the wall time went (rhm_jax.timing), after the table
+    results.write_summary(workdir, results.summary_table(rows), where)
+    if where:
+        log.info("%s", where)
     return rows
+
+
+def _run_programs(sweep: "plan.Plan", rec: Recorder, bar: Progress, workdir: str, digest: str,
+                  stopping: StopSignals) -> None:
+    """Every program of the sweep, one after another, each as its sub-grids."""
+    offset = 0
+    for program in sweep.programs:
+        bar.begin_program()
+        with bar.untimed(), rec.split.phase("setup"):  # a later program's build and datasets: not training
+            progs = build(program.settings, program.rows)
+            parts = partition(progs, workdir, offset)
+        log.info("program %d/%d: models %s on %d device(s), largest P=%d, %d test rows", program.index + 1,
+                 len(sweep.programs), span([r["index"] for r in program.rows]), progs.place.num_devices,
+                 progs.setup.pool_GxQxD.shape[1], progs.setup.test_GxNxD.shape[1])
+        for i, (number, positions) in enumerate(parts):
+            part = make_part(progs, positions)
+            if len(parts) > 1:
+                log.info("sub-grid %d: models %s", number, span(part.models))
+            _run_part(progs, rec, part_dir(workdir, number), part, digest, stopping,
+                      compiles=i == 0 or len(positions) != len(parts[0][1]))
+        offset += len(program.rows)

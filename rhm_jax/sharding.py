@@ -146,11 +146,13 @@ def shard_chunk(chunk: Callable, mesh: Mesh) -> Callable:
     return sharded_chunk
 
 
-def shard_evaluator(evaluate: Callable, mesh: Mesh) -> Callable:
-    """``evaluate(state_M', grid_M', key, refs) -> metrics_M'`` run by each device on its own models
+def shard_evaluator(evaluate: Any, mesh: Mesh) -> Any:
+    """An ``evaluate.Evaluator`` whose halves each device runs on its own models: ``sample(state_M',
+    grid_M', key, refs) -> tokens_M'`` and ``score(state_M', grid_M', tokens_M', refs) -> metrics_M'``
     (``refs``, the program's ``evaluate.References``, replicated)."""
     models, whole = PartitionSpec(AXIS), PartitionSpec()
-    return jax.jit(_per_device(evaluate, mesh, (models, models, whole, whole), models))
+    return type(evaluate)(jax.jit(_per_device(evaluate.sample, mesh, (models, models, whole, whole), models)),
+                          jax.jit(_per_device(evaluate.score, mesh, (models, models, models, whole), models)))
 
 
 def restore_target(abstract: Any, mesh: Mesh) -> Any:
@@ -211,8 +213,8 @@ class Placement:
         """The train chunk, per device when on a mesh (jit it afterwards)."""
         return chunk if self.mesh is None else shard_chunk(chunk, self.mesh)
 
-    def evaluator(self, evaluate: Callable) -> Callable:
-        """The evaluator, per device when on a mesh."""
+    def evaluator(self, evaluate: Any) -> Any:
+        """The evaluator (``evaluate.Evaluator``), per device when on a mesh."""
         return evaluate if self.mesh is None else shard_evaluator(evaluate, self.mesh)
 
     def pool(self, tree: Any) -> Any:

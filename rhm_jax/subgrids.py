@@ -22,7 +22,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import numpy as np
 
-from rhm_jax import evaluate, health, memory, results, train
+from rhm_jax import evaluate, health, memory, results, timing, train
 from rhm_jax.program import Built, eval_key
 
 log = logging.getLogger(__name__)
@@ -235,12 +235,18 @@ def part_dir(workdir: str, index: int) -> str:
 # ----------------------------------------------------------------------------- a sub-grid's rows
 
 def evaluation_rows(built: Built, part: Part, state: Any, step: int, due: Callable[[int], bool],
-                    tracker: health.Tracker | None = None) -> list[dict]:
+                    tracker: health.Tracker | None = None, split: Any = timing.NO_SPLIT) -> list[dict]:
     """Evaluate every model of the part at ``step``; rows of the models for which ``due(model)``,
-    flagged by ``tracker`` (loss blow-up, collapse) when given."""
-    metrics = built.evaluator(state, part.grid, eval_key(built.settings.run.seed, step))
-    rows = [r for r in metrics_rows(metrics, part.rows, state, step) if due(int(r["model"]))]
-    return rows if tracker is None else tracker.flag(rows)
+    flagged by ``tracker`` (loss blow-up, collapse) when given. ``split`` (``timing.Split``) times
+    the sampler and the scoring apart: it waits for the samples before scoring them."""
+    with split.phase("sample"):
+        tokens = built.evaluator.sample(state, part.grid, eval_key(built.settings.run.seed, step))
+        if split is not timing.NO_SPLIT:
+            tokens = jax.block_until_ready(tokens)
+    with split.phase("score"):
+        metrics = built.evaluator.score(state, part.grid, tokens)
+        rows = [r for r in metrics_rows(metrics, part.rows, state, step) if due(int(r["model"]))]
+        return rows if tracker is None else tracker.flag(rows)
 
 
 _GRID_ONLY = ("index", "budget_steps", "budget_epochs")  # grid-row fields that are not metrics columns

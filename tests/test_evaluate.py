@@ -411,3 +411,33 @@ def test_tiny_grid_learns_the_lowest_level():
     out = evaluate.to_rows(metrics, rows, state)
     assert all(r["step"] == 800 and not r["diverged"] for r in out)
     assert min(r["validity_l1"] for r in out) > 0.9, out
+
+
+@pytest.mark.heavy
+def test_sampling_and_scoring_as_two_programs_equal_one_program():
+    """The evaluator's two halves (timed apart by a run) give the values of one program doing both, bit
+    for bit: a bpUNet on the uniform process, untrained, two models of two datasets."""
+    from rhm_jax import config as config_lib, diffusion, networks
+
+    config = config_lib.base_config()
+    config.grammar.update(dict(v=4, n=4, m=2, s=2, L=2, seed=0))
+    config.data.update(dict(num_train=(24,), num_test=8, seed=0))
+    config.process.T = 20
+    config.network.width = 16
+    config.train.update(dict(batch_size=8, lr=(1e-2,), num_steps=4, seeds=(0, 1)))
+    config.eval.update(dict(num_samples=32, num_windows=2, loss_rows=8))
+    config_lib.validate(config)
+    g = grammar.sample_rules(0, 4, 4, 2, 2, 2)
+    pool, test = data.sample_dataset(0, g, 24, 8)
+    process = diffusion.make(config.process, g.v, g.d)
+    network = networks.make(config.network, g.v, g.s, g.L, process)
+    grid, _ = plan.make_grid(config)
+    typed = settings.of(config)
+    state = train.init_state(typed.train, network, grid)
+    refs = evaluate.references(typed.eval, grammar.stack([g]), pool[None], test[None])
+    halves = evaluate.make_evaluator(typed, process, network)
+    tokens = halves.sample(state, grid, jax.random.key(2), refs)
+    assert tokens.shape == (2, 32, g.d) and tokens.dtype == jnp.int32
+    one_program = jax.jit(lambda s, gr, k, r: halves.score(s, gr, halves.sample(s, gr, k, r), r))
+    chex.assert_trees_all_equal(halves(state, grid, jax.random.key(2), refs),
+                                one_program(state, grid, jax.random.key(2), refs))

@@ -289,6 +289,28 @@ def test_record_wall_time_goes_into_the_provenance(tmp_path, smoke):
     stored = results.read_config_json(workdir)
     assert stored["provenance"]["wall_time_s"] == 12.346 and "finished_utc" in stored["provenance"]
     assert results.prepare_workdir(workdir, smoke, GRID) == "resume"  # the provenance is not compared
+    assert results.split_line(workdir) == ""  # recorded without a split (as before the split existed)
+    results.record_report_time(workdir, 3.0)  # nothing to add it to
+    assert "wall_split_s" not in results.read_config_json(workdir)["provenance"]
+
+
+def test_the_wall_time_split_and_the_report_go_into_the_provenance_and_summary(tmp_path, smoke):
+    workdir = str(tmp_path / "run")
+    results.prepare_workdir(workdir, smoke, GRID)
+    parts = dict(compile_train=2.0, compile_eval=1.0, train=4.0, sample=1.5, score=0.5, checkpoint=0.25,
+                 setup=0.5, report=0.0)
+    results.record_wall_time(workdir, 10.0, parts)
+    split = results.read_config_json(workdir)["provenance"]["wall_split_s"]
+    assert split == dict(parts, other=0.25)  # the remainder: wall time outside every part
+    line = results.split_line(workdir)
+    assert line.startswith("wall time 10.0 s: compile_train 2.0 s (20%), compile_eval 1.0 s (10%), train 4.0 s")
+    assert line.endswith("report 0.0 s (0%), other 0.2 s (2%)")
+    results.record_report_time(workdir, 10.0)  # launch.quickstart's learner and report, after the run
+    assert results.read_config_json(workdir)["provenance"]["wall_split_s"]["report"] == 10.0
+    line = results.split_line(workdir)
+    assert line.startswith("wall time 20.0 s: ") and "report 10.0 s (50%)" in line and line.endswith("other 0.2 s (1%)")
+    results.write_summary(workdir, "the table", line)
+    assert open(os.path.join(workdir, "summary.txt")).read() == f"the table\n\n{line}\n"
 
 
 def test_swept_key_columns_come_from_the_rows_and_win_over_the_config(tmp_path, smoke):

@@ -20,7 +20,7 @@ import pytest
 
 from launch import local as launch_local
 from launch import score as launch_score
-from rhm_jax import checkpoint, plan, program, rescore, results, sharding, runner, subgrids
+from rhm_jax import checkpoint, plan, program, rescore, results, sharding, runner, subgrids, timing
 from rhm_jax import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,7 +62,22 @@ def final_state(workdir, config):
 def train_rows(workdir):
     """The train table without its timing columns (which differ from run to run)."""
     rows = results.read_rows(os.path.join(workdir, results.TRAIN_FILE))
-    return by_key([{k: v for k, v in r.items() if k not in ("wall_s", "model_steps_per_s")} for r in rows])
+    timing_columns = ("wall_s", "model_steps_per_s", "wall_split_s")
+    return by_key([{k: v for k, v in r.items() if k not in timing_columns} for r in rows])
+
+
+def table_lines(workdir):
+    """summary.txt's table (the wall-time line after it left out)."""
+    return open(os.path.join(workdir, "summary.txt")).read().split("\n\n")[0].splitlines()
+
+
+def assert_split_adds_up(split, wall_s):
+    """Every part of a wall-time split >= 0 and, with the remainder, the wall time."""
+    assert set(split) == set(timing.PARTS) | {"other"}
+    assert all(split[part] >= 0 for part in timing.PARTS), split
+    assert sum(split.values()) == pytest.approx(wall_s, abs=0.01)
+    # the remainder (rows, summary, progress lines) is a small share of a run, even one of seconds
+    assert -0.01 <= split["other"] <= 0.25 * wall_s + 0.5, split
 
 
 def snapshot(workdir):
@@ -98,7 +113,16 @@ def test_run_records_every_evaluation(reference):
     assert [(r["model"], r["step"]) for r in train_rows(workdir)] == [(m, s) for m in range(4) for s in chunk_ends]
     assert all(r["loss"] > 0 and r["epoch"] == r["step"] * 8 / grid_P for r, grid_P in
                ((r, [16, 16, 64, 64][r["model"]]) for r in train_rows(workdir)))
-    assert results.read_config_json(workdir)["provenance"]["wall_time_s"] > 0
+    provenance = results.read_config_json(workdir)["provenance"]
+    assert provenance["wall_time_s"] > 0
+    split = provenance["wall_split_s"]  # where the wall time went
+    assert_split_adds_up(split, provenance["wall_time_s"])
+    assert all(split[part] > 0 for part in ("train", "sample", "score", "checkpoint", "setup")), split
+    assert split["report"] == 0  # runner.run draws no report
+    for row in results.read_rows(os.path.join(workdir, results.TRAIN_FILE)):  # as they stood at each chunk
+        assert set(row["wall_split_s"]) == set(timing.PARTS) and sum(row["wall_split_s"].values()) <= row["wall_s"]
+    assert open(os.path.join(workdir, "summary.txt")).read().splitlines()[-1] == results.split_line(workdir)
+    assert results.split_line(workdir).startswith(f"wall time {provenance['wall_time_s']:.1f} s: compile_train ")
     grid = results.read_config_json(workdir)["grid"]
     assert [(g["P"], g["seed"]) for g in grid] == [(16, 0), (16, 1), (64, 0), (64, 1)]
     for r in rows:
@@ -107,7 +131,7 @@ def test_run_records_every_evaluation(reference):
     with checkpoint.Checkpointer(runner.part_dir(workdir, 0), read_only=True) as ckpt:
         assert ckpt.steps() == STEPS  # evaluation steps are kept
     assert (final_state(workdir, config).step == 64).all()
-    summary = open(os.path.join(workdir, "summary.txt")).read().splitlines()
+    summary = table_lines(workdir)
     assert summary[0] == ("each model at its best evaluation (lowest test loss: with common random numbers where"
                           " test_loss_se is logged, else the mean over diffusion-time windows):")
     best = {r["model"]: r["step"] for r in (results.pick([r for r in rows if r["model"] == m]) for m in range(4))}
@@ -152,10 +176,18 @@ def test_resume_after_a_stop_equals_an_uninterrupted_run(reference, tmp_path, mo
         runner.run(config, workdir, progress=False)
     assert max(r["step"] for r in results.read_rows(os.path.join(workdir, "metrics.jsonl"))) == 32
     monkeypatch.setattr(checkpoint.Checkpointer, "save", save)
+    kept = [r for r in results.read_rows(os.path.join(workdir, results.TRAIN_FILE)) if r["step"] <= 24]
+    earlier = max(kept, key=lambda r: r["wall_s"])  # what the resumed process starts from
     with caplog.at_level(logging.INFO):
         rows = runner.run(config, workdir, progress=False)
     assert "from the checkpoint at step 24 (4 later metrics rows dropped)" in caplog.text
     assert rows == ref_rows
+    # the resumed process adds its parts to the earlier one's (up to its last kept chunk)
+    provenance = results.read_config_json(workdir)["provenance"]
+    assert_split_adds_up(provenance["wall_split_s"], provenance["wall_time_s"])
+    assert provenance["wall_time_s"] > earlier["wall_s"]
+    for part in ("train", "sample", "score", "checkpoint", "setup"):
+        assert provenance["wall_split_s"][part] > earlier["wall_split_s"][part] > 0, part
     # the chunks after step 24 were dropped, then redone once (checkpoint_every=24 also cuts a chunk)
     ends = [1, 2, 4, 8, 16, 24, 32, 48, 64]
     assert [(r["model"], r["step"]) for r in train_rows(workdir)] == [(m, s) for m in range(4) for s in ends]
@@ -302,7 +334,7 @@ def test_diverged_models_are_reported_and_the_others_unharmed(reference, tmp_pat
     assert all(r["diverged"] for r in blown if r["step"] >= 2) and "diverged at step" in caplog.text
     healthy = by_key([dict(r, model=r["model"] // 2 * 2) for r in rows if r["lr"] != 1e30])
     assert healthy == by_key([r for r in ref_rows if r["seed"] == 0])
-    summary = open(tmp_path / "summary.txt").read().splitlines()
+    summary = table_lines(tmp_path)
     at = {r["diverged_step"] for r in blown if r["diverged"]}
     assert len(at) == 1 and summary[1].split()[-1] == "flagged"  # summary[0] says the reading
     assert summary[3].split()[-1] == f"nan@{at.pop()}" and summary[3].split()[5] == "-"  # no validity shown

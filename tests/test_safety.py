@@ -165,7 +165,7 @@ def test_4_lr_100_collapse_is_flagged_in_rows_summary_and_analysis(tmp_path):
     assert blown and all(r["collapsed"] and r["loss_blowup"] for r in blown)
     assert all(r["validity_l1"] > 0.9 for r in blown)  # what made them look like the best models
     assert not any(r["collapsed"] or r["loss_blowup"] or r["diverged"] for r in rows if r["lr"] != 100.0)
-    summary = open(tmp_path / "summary.txt").read().splitlines()
+    summary = open(tmp_path / "summary.txt").read().split("\n\n")[0].splitlines()  # the table
     for line in summary[2:]:  # after the line saying the reading, and the header
         cells = line.split()
         if cells[3] == "100":
