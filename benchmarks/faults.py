@@ -340,8 +340,10 @@ class Result:
 
     @property
     def line(self) -> str:
-        lines = [x for x in self.err.strip().splitlines() if x.strip()]
-        return lines[-1].strip() if lines else ""
+        """The last line of stderr when it reports an error or a stop ('' after log lines alone)."""
+        lines = [x.strip() for x in self.err.strip().splitlines() if x.strip()]
+        last = lines[-1] if lines else ""
+        return last if re.search(r"error|Error|stopped|hung|Exception", last) else ""
 
     @property
     def traceback(self) -> bool:
