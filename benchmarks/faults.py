@@ -540,7 +540,17 @@ class Campaign:
     # -- references
 
     def prepare(self) -> None:
-        """The uninterrupted references: a local run, a run stopped at step 32 (derived), a 2-slice array."""
+        """The uninterrupted references: a local run, a run stopped at step 32 (derived), a 2-slice array
+        (each kept in the campaign directory and reused by a later group)."""
+        self.array_ready = all(os.path.isfile(os.path.join(self.aref, f"slice_{k}", "summary.txt")) for k in (0, 1))
+        self.array_lock = threading.Lock()
+        if os.path.isfile(os.path.join(self.ref, "summary.txt")) and os.path.isdir(self.mid):
+            self.ref_rows = by_key(read_jsonl(os.path.join(self.ref, "metrics.jsonl")))
+            self.ref_train = train_rows(self.ref)
+            self.ref_sums = newest_sums(self.ref)
+            return
+        shutil.rmtree(self.ref, ignore_errors=True)
+        shutil.rmtree(self.mid, ignore_errors=True)
         done = self.local(self.ref)
         if done.code != 0:
             raise SystemExit(f"reference run failed ({done.code}):\n{done.err[-3000:]}")
@@ -558,8 +568,6 @@ class Campaign:
             with open(path, "w") as f:
                 f.write("".join(json.dumps(r) + "\n" for r in rows))
         os.remove(os.path.join(self.mid, "summary.txt"))
-        self.array_ready = False
-        self.array_lock = threading.Lock()
 
     def array_reference(self) -> None:
         """A two-slice array run without faults (built on first use)."""
@@ -1749,7 +1757,8 @@ def verdict(a: Attack, out: Outcome) -> str:
 
 def run_one(c: Campaign, a: Attack, base: str) -> dict:
     directory = os.path.join(base, a.name)
-    os.makedirs(directory, exist_ok=True)
+    shutil.rmtree(directory, ignore_errors=True)  # an earlier try of the same campaign directory
+    os.makedirs(directory)
     began = time.time()
     try:
         out = a.fn(c, directory)
@@ -1782,15 +1791,39 @@ def counts(records: list[dict]) -> dict:
     return out
 
 
+def merge(paths: list[str], out: str | None) -> None:
+    """Print groups run apart (``--part``) as one campaign, in the attacks' order; their revisions must agree."""
+    parts = [json.load(open(p)) for p in paths]
+    order = {a.name: i for i, a in enumerate(ATTACKS)}
+    records = sorted((r for part in parts for r in part["attacks"]), key=lambda r: order.get(r["name"], len(order)))
+    revisions = sorted({(p["revision"], p["library_modified"]) for p in parts})
+    total = counts(records)
+    print(table(records))
+    print(f"\n{len(records)} attacks at {', '.join(r + (' (library modified)' if m else '') for r, m in revisions)},"
+          f" {sum(p['minutes'] for p in parts):.1f} min in {len(parts)} groups: "
+          + ", ".join(f"{v} {k}" for k, v in total.items()))
+    if out:
+        with open(out, "w") as f:
+            json.dump({"revision": [r for r, _ in revisions], "library_modified": any(m for _, m in revisions),
+                       "counts": total, "minutes": round(sum(p["minutes"] for p in parts), 1), "attacks": records},
+                      f, indent=1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help="regular expression: attacks (or families) to run")
     parser.add_argument("--jobs", type=int, default=1, help="attacks run at once")
     parser.add_argument("--json", default=None, help="write every outcome here")
     parser.add_argument("--keep", default=None, help="campaign directory (kept); default: a temporary one")
+    parser.add_argument("--part", default="1/1", help="k/K: the k-th of K consecutive groups of the chosen attacks")
+    parser.add_argument("--merge", nargs="+", default=None, help="JSON files of groups: print them as one campaign")
     parser.add_argument("--list", action="store_true", help="list the attacks and exit")
     args = parser.parse_args()
+    if args.merge:
+        return merge(args.merge, args.json)
     chosen = [a for a in ATTACKS if re.search(args.only, a.name) or re.search(args.only, a.family)]
+    k, K = (int(x) for x in args.part.split("/"))
+    chosen = chosen[(k - 1) * len(chosen) // K: k * len(chosen) // K]
     if args.list:
         for a in chosen:
             print(f"{a.family:<8}  {a.row:<9}  {a.name}: {a.expect}")
