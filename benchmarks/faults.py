@@ -1817,11 +1817,19 @@ def main() -> None:
     parser.add_argument("--keep", default=None, help="campaign directory (kept); default: a temporary one")
     parser.add_argument("--part", default="1/1", help="k/K: the k-th of K consecutive groups of the chosen attacks")
     parser.add_argument("--merge", nargs="+", default=None, help="JSON files of groups: print them as one campaign")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="seconds after which no new attack starts (those left are for a later --done run)")
+    parser.add_argument("--done", nargs="+", default=(), help="JSON files of earlier groups: their attacks are skipped")
+    parser.add_argument("--first", default="", help="comma-separated families run first, in this order")
     parser.add_argument("--list", action="store_true", help="list the attacks and exit")
     args = parser.parse_args()
     if args.merge:
         return merge(args.merge, args.json)
     chosen = [a for a in ATTACKS if re.search(args.only, a.name) or re.search(args.only, a.family)]
+    done = {r["name"] for path in args.done if os.path.exists(path) for r in json.load(open(path))["attacks"]}
+    first = [f for f in args.first.split(",") if f]
+    chosen = sorted((a for a in chosen if a.name not in done),
+                    key=lambda a: first.index(a.family) if a.family in first else len(first))
     k, K = (int(x) for x in args.part.split("/"))
     chosen = chosen[(k - 1) * len(chosen) // K: k * len(chosen) // K]
     if args.list:
@@ -1835,8 +1843,13 @@ def main() -> None:
     campaign = Campaign(base)
     campaign.prepare()
     attacks_dir = os.path.join(base, "attacks")
+    def attempt(a: Attack) -> dict | None:
+        if args.budget is not None and time.time() - began > args.budget:
+            return None  # out of time: left for a later run (--done)
+        return run_one(campaign, a, attacks_dir)
+
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        records = list(pool.map(lambda a: run_one(campaign, a, attacks_dir), chosen))
+        records = [r for r in pool.map(attempt, chosen) if r is not None]
     revision = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True).stdout.strip()
     dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "rhm_jax", "launch"],
