@@ -20,7 +20,7 @@ import sys
 
 from launch import argument_parser, error_line, setup_logging
 from rhm_jax import config as config_lib
-from rhm_jax import checkpoint, results, runner
+from rhm_jax import results, runner
 
 
 def _quiet_closed_loops() -> None:
@@ -63,9 +63,6 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except (ValueError, OSError) as err:  # bad input, a busy or unwritable directory, disk full
         print(error_line(err), file=sys.stderr)
-        if isinstance(err, checkpoint.SaveStuck):  # its stuck writer would keep the interpreter from exiting
-            sys.stderr.flush()
-            os._exit(2)
         return 2
     with open(os.path.join(args.workdir, results.SUMMARY_FILE)) as f:
         print(f.read(), end="")

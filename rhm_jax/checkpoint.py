@@ -2,9 +2,7 @@
 
 One checkpoint per step holds two items: ``state`` (the (M, ...) TrainState pytree, orbax
 StandardSave) and ``meta`` (a JSON dict: grid rows, step, config hash). Saves are synchronous, so a
-checkpoint is complete on disk before the next device call may reuse (donate) its buffers. Each save
-runs in a worker thread and is watched: one still running ``STUCK_AFTER_FULL_S`` after its
-filesystem filled up is given up with ``SaveStuck`` (an ENOSPC OSError, one line).
+checkpoint is complete on disk before the next device call may reuse (donate) its buffers.
 
 Keep policy: the ``keep_last`` most recent steps plus every step in ``keep_steps`` (the evaluation
 steps), through orbax's preservation policies (orbax-checkpoint >= 0.12.4, a dependency). A
@@ -28,8 +26,6 @@ import datetime
 import errno
 import logging
 import os
-import threading
-import time
 from typing import Any, Iterable
 
 import jax
@@ -51,27 +47,6 @@ _ENVIRONMENT_WORDS = ("PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "UNAVAILABLE", 
                       "Input/output error", "Permission denied", "Cannot allocate memory", "out of memory",
                       "Out of memory", "Stale file handle", "No space left", "Read-only file system",
                       "Connection reset", "timed out")
-
-
-# A save still running this long after the filesystem it writes to filled up is taken as stuck: on a
-# full disk orbax usually fails the save at once, but in 1 of 5 trials (a 250 kB tmpfs) its writers
-# waited forever instead (issue 26). Below FULL_BYTES free, a filesystem counts as full.
-STUCK_AFTER_FULL_S = 20.0
-FULL_BYTES = 1 << 20
-
-
-class SaveStuck(OSError):
-    """A checkpoint save still waiting long after its disk filled up (ENOSPC); its writer thread is
-    left behind, so the process should end without waiting for it (``launch.local`` does)."""
-
-
-def free_bytes(path: str) -> int | None:
-    """Bytes the filesystem of ``path`` has free for this user (None when it cannot be asked)."""
-    try:
-        stat = os.statvfs(path)
-    except OSError:
-        return None
-    return stat.f_bavail * stat.f_frsize
 
 
 class BrokenCheckpoint(ValueError):
@@ -204,12 +179,10 @@ class Checkpointer:
     """Save / list / restore checkpoints of one (sub-)grid in ``directory``."""
 
     def __init__(self, directory: str, keep_last: int = 3, keep_steps: Iterable[int] = (),
-                 read_only: bool = False, stuck_after_full_s: float = STUCK_AFTER_FULL_S):
+                 read_only: bool = False):
         if keep_last < 1:
             raise ValueError(f"keep_last={keep_last} must be >= 1")
         self.directory = os.path.abspath(directory)
-        self.stuck_after_full_s = float(stuck_after_full_s)
-        self.stuck = False  # a save was given up: orbax's manager is not closed (it would wait for it)
         self.keep_last = int(keep_last)
         self.keep_steps = frozenset(int(s) for s in keep_steps)
         self.read_only = read_only
@@ -251,10 +224,8 @@ class Checkpointer:
         level = absl.level
         absl.setLevel(logging.CRITICAL)  # orbax logs a failed write's asyncio traceback from its threads
         try:
-            saved = self._save_watched(step, args)
-        except SaveStuck:
-            _silence_failed_writes()
-            raise
+            saved = self._manager.save(step, args=args, force=True)
+            self._manager.wait_until_finished()
         except Exception as err:  # disk full, permissions: re-raised as one line naming the step
             _silence_failed_writes()  # orbax's other threads go on failing after this one: keep them quiet
             cause = _root_os_error(err) or err
@@ -264,38 +235,6 @@ class Checkpointer:
         absl.setLevel(level)
         if not saved:
             raise RuntimeError(f"orbax refused to save step {step} in {self.directory}")
-
-    def _save_watched(self, step: int, args: Any) -> bool:
-        """orbax's save (and its wait) in a worker thread, watched from here: ``SaveStuck`` when it is
-        still running ``stuck_after_full_s`` seconds after the filesystem filled up."""
-        outcome: dict[str, Any] = {}
-        done = threading.Event()
-
-        def work() -> None:
-            try:
-                outcome["saved"] = self._manager.save(step, args=args, force=True)
-                self._manager.wait_until_finished()
-            except BaseException as err:  # handed to the caller's thread
-                outcome["error"] = err
-            finally:
-                done.set()
-
-        threading.Thread(target=work, name=f"checkpoint-save-{step}", daemon=True).start()
-        full_since = None
-        while not done.wait(1.0):
-            free = free_bytes(self.directory)
-            if free is None or free >= FULL_BYTES:
-                full_since = None
-                continue
-            full_since = full_since if full_since is not None else time.monotonic()
-            if time.monotonic() - full_since >= self.stuck_after_full_s:
-                self.stuck = True
-                raise SaveStuck(errno.ENOSPC, f"could not write the checkpoint of step {step} in {self.directory}:"
-                                              f" No space left on device (the save was still waiting"
-                                              f" {self.stuck_after_full_s:g} s after the disk filled up)")
-        if "error" in outcome:
-            raise outcome["error"]
-        return outcome["saved"]
 
     def written_for(self, step: int) -> dict | None:
         """The ``meta`` of ``step`` alone (no arrays read), or None when it cannot be read."""
@@ -392,9 +331,8 @@ class Checkpointer:
         self._manager.reload()
 
     def close(self) -> None:
-        """Release orbax's resources (not after a stuck save: closing would wait for it)."""
-        if not self.stuck:
-            self._manager.close()
+        """Release orbax's resources."""
+        self._manager.close()
 
     def __enter__(self) -> "Checkpointer":
         return self
