@@ -14,7 +14,9 @@ submitit's logs (``DIR/submitit``). On preemption or time-out SLURM signals the 
 preemption signal, SIGUSR2 by default, or SIGTERM): ``runner.run`` finishes the current device
 call and saves a checkpoint, then the signal goes on to submitit's own handler, which calls
 ``SliceTask.checkpoint`` and requeues the task (SIGUSR2) or lets it end (SIGTERM: SLURM requeues
-preempted jobs itself); the requeued task resumes from that checkpoint. A task killed outright is resubmitted by running the same command
+preempted jobs itself); the requeued task resumes from that checkpoint. SIGINT or SIGTERM during set-up or
+compilation (before a sub-grid's first device call has returned: nothing to save) end the task at once
+with one line and status 130 / 143, as under ``launch.local``. A task killed outright is resubmitted by running the same command
 again: only slices without a finished run are submitted. ``rhm_jax.results.load(DIR)`` merges the
 slices into one table with global model indices, so the report reads ``DIR`` as one run. Run a new
 submission only after the previous array has ended (two tasks must never share a slice directory).
@@ -52,7 +54,10 @@ class SliceTask(submitit.helpers.Checkpointable):
         setup_logging()
         stops = (signal.SIGINT, signal.SIGTERM, preemption_signal())
         try:
-            runner.run(config_lib.from_dict(config_values), workdir, points=points, progress=False, stop_signals=stops)
+            # exit_at_once: SIGINT / SIGTERM during set-up or compilation end the task at once (nothing to
+            # save yet), as under launch.local; submitit's requeue signal always waits for the boundary.
+            runner.run(config_lib.from_dict(config_values), workdir, points=points, progress=False, stop_signals=stops,
+                       exit_at_once=True)
         except runner.Interrupted as stop:  # saved; submitit's handlers are back: let them requeue
             log.warning("%s", stop)
             signal.raise_signal(stop.signum)

@@ -128,6 +128,57 @@ def test_one_layout_per_work_directory(tmp_path, capsys):
         results.load(root)
 
 
+SLICE_HANG = """
+import sys, time
+from rhm_jax import config as config_lib
+from rhm_jax import runner
+real_build = runner.build
+
+
+def slow_build(*args, **kwargs):
+    sys.stderr.write("HANG setup\\n")
+    sys.stderr.flush()
+    time.sleep(600)  # a Python handler runs, then the sleep goes on: as a compilation in C++ would
+    return real_build(*args, **kwargs)
+
+
+runner.build = slow_build
+from launch import slurm
+config = slurm.slice_config(config_lib.load(sys.argv[1], []), 0, 2)
+slurm.SliceTask()(config_lib.to_dict(config), sys.argv[2])
+"""
+
+
+@pytest.mark.heavy
+def test_a_slice_task_stops_at_once_on_sigterm_during_set_up(tmp_path):
+    """Issue 26's fault recount: a job-array task sent SIGTERM while it built its program went on
+    building (and compiling) until its first device call; it now ends at once with one line, as
+    launch.local does (its SIGUSR2, submitit's requeue signal, still waits for the boundary)."""
+    script = tmp_path / "slice_hang.py"
+    script.write_text(SLICE_HANG)
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+    proc = subprocess.Popen([sys.executable, str(script), SMOKE, str(tmp_path / "slice_0")], cwd=ROOT, env=env,
+                            stderr=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            if line.startswith("HANG setup"):
+                break
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rest = proc.communicate(timeout=60)[1]
+        except subprocess.TimeoutExpired:
+            rest = "still running 60 s after SIGTERM"
+    finally:
+        proc.kill()
+    err = "".join(lines) + rest
+    assert proc.wait() == 143, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith("stopped by SIGTERM during set-up or compilation"), err[-3000:]
+    assert "Traceback" not in err
+
+
 # ----------------------------------------------------------------------------- end to end
 
 
