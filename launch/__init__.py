@@ -11,13 +11,32 @@ LOGGERS = ("rhm_jax", "launch")
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+def quiet_closed_loops() -> None:
+    """Drop the 'Event loop is closed' tracebacks that tensorstore's I/O threads print (through
+    sys.excepthook) after orbax has given up on a failed read or write: the entry point reports
+    the failure itself, in one line."""
+    previous = sys.excepthook
+    if getattr(previous, "quiet_closed_loops", False):
+        return
+
+    def hook(kind: type, value: BaseException, tb: object) -> None:
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        previous(kind, value, tb)
+
+    hook.quiet_closed_loops = True
+    sys.excepthook = hook
+
+
 def setup_logging(level: int = logging.INFO) -> None:
-    """This package's loggers at ``level``; the root logger (jax, absl, orbax) at WARNING.
+    """An entry point's process set-up: this package's loggers at ``level``; the root logger (jax,
+    absl, orbax) at WARNING; tensorstore's closed-loop tracebacks dropped (``quiet_closed_loops``).
 
     A plain stderr handler that an imported library put on the root logger is replaced by ours
     (with a time stamp); other handlers (a notebook's, pytest's) are kept and receive this
     package's records by propagation.
     """
+    quiet_closed_loops()
     root = logging.getLogger()
     for handler in list(root.handlers):
         if type(handler) is logging.StreamHandler and handler.stream in (sys.stderr, sys.__stderr__):

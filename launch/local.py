@@ -23,19 +23,6 @@ from rhm_jax import config as config_lib
 from rhm_jax import results, runner
 
 
-def _quiet_closed_loops() -> None:
-    """Drop the 'Event loop is closed' tracebacks that tensorstore's I/O threads print (through
-    sys.excepthook) after orbax has given up on a failed write: the failure itself is reported."""
-    previous = sys.excepthook
-
-    def hook(kind: type, value: BaseException, tb: object) -> None:
-        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
-            return
-        previous(kind, value, tb)
-
-    sys.excepthook = hook
-
-
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, run the sweep; returns the exit status."""
     parser = argument_parser("local", __doc__, overrides=True)
@@ -48,7 +35,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="also write TensorBoard event files to DIR/tensorboard (needs tensorboardX)")
     args, overrides = parser.parse(argv)
     setup_logging()
-    _quiet_closed_loops()
     try:
         config = config_lib.load(args.config, overrides)
         points = config_lib.load_sweep(args.config, overrides)

@@ -58,16 +58,18 @@ def load(workdirs: str | Sequence[str]) -> pd.DataFrame:
 
 
 def levels(df: pd.DataFrame) -> list[int]:
-    """Levels l with a ``validity_l<l>`` column holding a value, ascending.
+    """Levels l with a ``validity_l<l>`` column, ascending, up to the deepest grammar's L in ``df``.
 
     A table joining grammars of different depths (L = 4 beside L = 5) has the deeper grammar's
     columns on every row, empty for the shallower one's: its parts list only their own levels. A
-    table whose validity columns are all empty (every model flagged) lists them all.
+    level of the grammar whose values are all missing stays listed (its reading says why).
     """
     found = sorted(int(m.group(1)) for c in df.columns if (m := _VALIDITY.match(str(c))))
     if not found:
         raise ValueError("metrics table has no validity_l<l> column")
-    return [level for level in found if df[f"validity_l{level}"].notna().any()] or found
+    if "L" in df and df["L"].notna().any():
+        found = [level for level in found if level <= df["L"].max()] or found
+    return found
 
 
 def copies_column(df: pd.DataFrame) -> str | None:

@@ -9,6 +9,7 @@ import venv
 
 import pytest
 
+import launch
 from launch import report as launch_report
 from rhm_jax import results
 
@@ -283,3 +284,16 @@ def test_a_missing_optional_dependency_is_one_line_naming_the_extra():
     assert done.returncode == 2 and done.stdout == "", done.stderr
     assert done.stderr.count("\n") == 1 and "pip install 'rhm_jax[cluster]'" in done.stderr, done.stderr
     assert "launch.slurm needs submitit" in done.stderr
+
+
+def test_every_entry_point_drops_tensorstores_closed_loop_tracebacks(monkeypatch, capsys):
+    """After a failed checkpoint read or write, tensorstore's threads raise 'Event loop is closed'
+    through sys.excepthook; the entry points (all call setup_logging) print their one line only.
+    launch.score printed the traceback after its line (issue 26's fault campaign)."""
+    seen = []
+    monkeypatch.setattr(sys, "excepthook", lambda kind, value, tb: seen.append(str(value)))
+    launch.setup_logging()
+    launch.setup_logging()  # idempotent: one filter, not a chain of them
+    sys.excepthook(RuntimeError, RuntimeError("Event loop is closed"), None)
+    sys.excepthook(RuntimeError, RuntimeError("something else"), None)
+    assert seen == ["something else"]
