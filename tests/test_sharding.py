@@ -77,6 +77,17 @@ def test_use_mesh_needs_shard_models_and_several_devices():
     assert settings.ShardSettings.of(config_lib.base_config()) == settings.ShardSettings(True)
 
 
+def test_use_mesh_takes_no_more_devices_than_models():
+    one = jax.devices()[0]
+    on = settings.ShardSettings(True)
+    assert sharding.use_mesh(on, [one, one], num_models=1) is None  # one model keeps one device (issue 25)
+    assert sharding.use_mesh(on, [one, one], num_models=2).devices.size == 2
+    assert sharding.use_mesh(on, [one, one, one], num_models=2).devices.size == 2
+    assert sharding.use_mesh(on, [one, one], num_models=9).devices.size == 2
+    with pytest.raises(ValueError, match="num_models=0"):
+        sharding.use_mesh(on, [one, one], num_models=0)
+
+
 # ----------------------------------------------------------------------------- subprocess cases
 
 
