@@ -47,8 +47,13 @@ def product_rate(n: int, k: int, m: int, dtype, out_dtype, repeats: int = 7) -> 
     return 2.0 * n * k * m / best / 1e9
 
 
-def chunk_dots(width: int, hlo_dir: str | None) -> list[str]:
-    """The dot instructions of the optimized HLO of a bf16 train chunk (M=1), as 'result = dot(operands)'."""
+def chunk_dots(width: int, hlo_dir: str | None) -> list[tuple[str, str]]:
+    """(operand types, result type) of every dot in the optimized HLO of a bf16 train chunk (M=1).
+
+    XLA's CPU backend wraps each dot in a fused computation whose header names its parameters'
+    types (``%fused_computation.3 (param_0.5: f32[512,256], ...) -> f32[512,512]``): the last two
+    are the dot's operands (a fusion may take scalars first).
+    """
     config = gt.make_config(width, 1, 10, 1024, "bfloat16")
     rules, pool, test, process, network, grid = gt.build(config)
     typed = settings.TrainSettings.of(config)
@@ -59,7 +64,13 @@ def chunk_dots(width: int, hlo_dir: str | None) -> list[str]:
         os.makedirs(hlo_dir, exist_ok=True)
         with open(os.path.join(hlo_dir, f"train_chunk_bf16_W{width}.txt"), "w") as f:
             f.write(text)
-    return [line.strip() for line in text.splitlines() if re.search(r"\bdot\(", line)]
+    found = []
+    for match in re.finditer(r"%\S+ \(([^)]*)\) -> (\w+)\[[^\n]*\{\n((?:.*\n)*?)\}", text):
+        params, result, body = match.groups()
+        if re.search(r"\bdot\(", body):
+            types = [t for t in re.findall(r": (\w+)\[", params) if t in ("f32", "bf16")]
+            found.append((" x ".join(types[-2:]) if types else "?", result))
+    return found
 
 
 def main() -> None:
@@ -76,16 +87,9 @@ def main() -> None:
                  product_rate(n, k, m, jnp.bfloat16, jnp.bfloat16)]
         print(f"{f'{n}x{k}x{m}':>18} {rates[0]:>8.1f} {rates[1]:>10.1f} {rates[2]:>11.1f}", flush=True)
     dots = chunk_dots(W, args.hlo_dir)
-    kinds = collections.Counter()
-    for line in dots:
-        result = re.search(r"=\s*(\w+)\[", line)
-        operands = re.findall(r"(\w+)\[[\d,]*\]\{[^}]*\}\s+%", line) or re.findall(r"dot\((\w+)\[", line)
-        kinds[(result.group(1) if result else "?", ",".join(operands) or "?")] += 1
-    print(f"\noptimized HLO of the bf16 train chunk (W={W}, M=1): {len(dots)} dots; (result, operand types): count")
-    for (result, operands), count in sorted(kinds.items()):
-        print(f"  {result} <- ({operands}): {count}")
-    for line in dots[:6]:
-        print("  e.g.", line[:220])
+    print(f"\noptimized HLO of the bf16 train chunk (W={W}, M=1): {len(dots)} dots in fused computations")
+    for (operands, result), count in sorted(collections.Counter(dots).items()):
+        print(f"  {operands} -> {result}: {count}")
     print(f"load {gt.load()}")
 
 

@@ -6,6 +6,8 @@ Usage (one script, unattended; prints a table at the end):
     python benchmarks/grid_throughput.py --backward jax,rowmajor --widths 1024 --models 1   # A/B, see below
     python benchmarks/grid_throughput.py --eval-models 1,4  # also time one evaluation per grid
     python benchmarks/grid_throughput.py --json out.json --device-bandwidth 4.8e12   # H200
+    python benchmarks/grid_throughput.py --layouts shipped,hosts --widths 64 --models 1,4,8,16   # issue 25
+    python benchmarks/grid_throughput.py --dtype float32,bfloat16 --widths 256,1024 --models 1  # bf16 A/B
 
 Expected run time of the default on the project's 2-core CPU, machine otherwise idle: about
 6 minutes (12 settings, each compiled once, about 5 s to 30 s, then timed for ``--seconds``
@@ -31,7 +33,10 @@ plus coherence, copies and the train/test losses.
 default 'auto': rowmajor on the CPU, jax elsewhere). With several, each (M, rule) program is timed
 interleaved call by call in the same process; rows are marked by rule ('rowmajor': issue 12's
 products and fenced cotangents; 'jax': JAX's own rule, the program before issue 12).
-``--compare-jax-rule`` is ``--backward rowmajor,jax``.
+``--compare-jax-rule`` is ``--backward rowmajor,jax``. ``--dtype float32,bfloat16`` times both
+network dtypes the same way. ``--layouts`` compares process-level settings (``LAYOUTS``: host
+device count, XLA threads) that cannot share one process: each layout's programs are compiled in
+a worker process of their own, and this process times them call by call in turn, one at a time.
 Timings on a shared machine swing with its load: the run prints ``os.getloadavg()`` at the start
 and end of every width.
 """
