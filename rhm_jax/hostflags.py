@@ -3,13 +3,14 @@
 This module imports nothing of jax (it must run before jax reads ``XLA_FLAGS``, which it does once,
 when its CPU backend starts).
 
-Why (issue 25): at small widths a training step is hundreds of small dots and fusions; on the
-2-core CPU XLA splits each dot over its two intra-op threads and pays a hand-over per op, so a grid
-of W=64 bpUNets ran at 0.30-0.49 of the fp32 matmul peak. Split over ``n`` emulated host devices
-(one per core, ``--xla_force_host_platform_device_count``), each device runs its own share of the
-grid's models (``run.shard_models``, ``rhm_jax/sharding.py``) and the cores stop waiting on each
-other. A program with fewer models than devices keeps one device (``sharding.use_mesh``), so one
-model at any width runs as before.
+Why (issue 25): split over ``n`` emulated host devices (one per core,
+``--xla_force_host_platform_device_count``), each device runs its own share of a grid's models
+(``run.shard_models``, ``rhm_jax/sharding.py``) as a program of its own. On the 2-core CPU that
+trained W=64 grids of 4-24 models 11-25% faster than one device with XLA's two threads per op,
+W=256 M=8 8% and W=1024 M=2 6% faster, and the quick job in 0.80 of the time; one model (which
+keeps one device: ``sharding.use_mesh`` never gives a program more devices than models) ran
+4-10% slower in a two-device process than in a one-device one, so a single-model run may set
+``RHM_CPU_DEVICES=1`` (docs/results/cpu_speed/README.md, 2026-12-07).
 
 What ``apply`` does, only when all of these hold: jax is not yet imported in this process, the
 platform will be the CPU (``JAX_PLATFORMS`` unset or ``cpu``, and no GPU or TPU plugin of jax is
