@@ -6,6 +6,8 @@ Usage (one script, unattended; prints a table at the end):
     python benchmarks/grid_throughput.py --backward jax,rowmajor --widths 1024 --models 1   # A/B, see below
     python benchmarks/grid_throughput.py --eval-models 1,4  # also time one evaluation per grid
     python benchmarks/grid_throughput.py --json out.json --device-bandwidth 4.8e12   # H200
+    python benchmarks/grid_throughput.py --layouts shipped,hosts --widths 64 --models 1,4,8,16   # issue 25
+    python benchmarks/grid_throughput.py --dtype float32,bfloat16 --widths 256,1024 --models 1  # bf16 A/B
 
 Expected run time of the default on the project's 2-core CPU, machine otherwise idle: about
 6 minutes (12 settings, each compiled once, about 5 s to 30 s, then timed for ``--seconds``
@@ -31,7 +33,10 @@ plus coherence, copies and the train/test losses.
 default 'auto': rowmajor on the CPU, jax elsewhere). With several, each (M, rule) program is timed
 interleaved call by call in the same process; rows are marked by rule ('rowmajor': issue 12's
 products and fenced cotangents; 'jax': JAX's own rule, the program before issue 12).
-``--compare-jax-rule`` is ``--backward rowmajor,jax``.
+``--compare-jax-rule`` is ``--backward rowmajor,jax``. ``--dtype float32,bfloat16`` times both
+network dtypes the same way. ``--layouts`` compares process-level settings (``LAYOUTS``: host
+device count, XLA threads) that cannot share one process: each layout's programs are compiled in
+a worker process of their own, and this process times them call by call in turn, one at a time.
 Timings on a shared machine swing with its load: the run prints ``os.getloadavg()`` at the start
 and end of every width.
 """
@@ -41,6 +46,8 @@ import argparse
 import functools
 import json
 import os
+import subprocess
+import sys
 import time
 
 import jax
@@ -48,9 +55,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from rhm_jax import config as config_lib
-from rhm_jax import evaluate, networks, plan, program, settings, train
+from rhm_jax import evaluate, hostflags, networks, plan, program, settings, sharding, train
 
 BYTES_PER_PARAM_STEP = 40
+# --layouts: the process settings a program runs under, each in its own worker process (issue 25).
+# 'shipped': one host device and XLA's own threads, the program before issue 25; 'hosts': what the
+# entry points set now (``rhm_jax.hostflags``: a host device per core) with the models split as the
+# runner splits them (``sharding.use_mesh``: over min(devices, M) devices); 'hosts1t': 'hosts' with
+# each device's dots on one thread (``--xla_cpu_multi_thread_eigen=false``), measured beside it.
+LAYOUTS = ("shipped", "hosts", "hosts1t")
 
 
 def make_config(width: int, models: int, steps_per_call: int, num_samples: int, dtype: str,
@@ -93,21 +106,31 @@ def backwards(text: str) -> list[str]:
     return names
 
 
-def compile_training(config) -> dict:
-    """Build, compile and warm up one training chunk; returns what ``timed_call`` needs."""
+def compile_training(config, split: bool = False) -> dict:
+    """Build, compile and warm up one training chunk; returns what ``timed_call`` needs.
+
+    ``split``: place the grid as the runner does (``sharding.use_mesh``: the models over min(local
+    devices, M) devices, padded); else on one device. On a mesh XLA's cost analysis counts one
+    device's program, so the FLOPs per step are that times the devices.
+    """
     rules, pool, test, process, network, grid = build(config)
     K = int(config.train.steps_per_call)
     typed = settings.TrainSettings.of(config)
-    chunk = train.jit_chunk(train.make_train_chunk(typed, process, network))
-    state = train.init_state(typed, network, grid)
+    M = int(grid.P.shape[0])
+    mesh = sharding.use_mesh(settings.ShardSettings(True), num_models=M) if split else None
+    place = sharding.Placement(mesh)
+    grid, pool = place.grid(grid), place.pool(pool)
+    chunk = train.jit_chunk(place.chunk(train.make_train_chunk(typed, process, network)))
+    state = place.init_state(typed, network, grid)
     params = network.num_params(jax.tree_util.tree_map(lambda x: x[0], state.params))
     start = time.perf_counter()
     compiled = chunk.lower(state, grid, pool, K).compile()
     compile_s = time.perf_counter() - start
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # older jax returns a list
-    run = dict(compiled=compiled, state=state, grid=grid, pool=pool, K=K, M=int(grid.P.shape[0]),
-               params=params, compile_s=compile_s, flops_per_step=float(cost.get("flops", float("nan"))))
+    run = dict(compiled=compiled, state=state, grid=grid, pool=pool, K=K, M=M, devices=place.num_devices,
+               params=params, compile_s=compile_s,
+               flops_per_step=float(cost.get("flops", float("nan"))) * place.num_devices)
     timed_call(run)  # warm-up: first-call allocations
     return run
 
@@ -121,23 +144,128 @@ def timed_call(run: dict) -> float:
     return time.perf_counter() - start
 
 
+def final_metrics(run: dict) -> dict:
+    """Mean loss of the last call and the number of diverged models (dummies of a padded grid excluded)."""
+    M = run["M"]
+    return dict(loss=float(np.nanmean(np.asarray(run["metrics"]["loss"])[:M])),
+                diverged=int(np.asarray(run["state"].diverged)[:M].sum()))
+
+
 def time_training(runs: dict, seconds: float, min_calls: int) -> dict:
-    """Call every run in turn until ``seconds`` have passed (at least ``min_calls`` each); median per run."""
+    """Call every run in turn until ``seconds`` have passed (at least ``min_calls`` each); median per run.
+
+    A run is a dict of ``compile_training`` (timed here) or a ``Worker``'s program (timed in its
+    own process, one call at a time: never two programs at once).
+    """
     times = {name: [] for name in runs}
+    call = lambda run: run.call() if isinstance(run, WorkerRun) else timed_call(run)
     start = time.perf_counter()
     while min(len(t) for t in times.values()) < min_calls or time.perf_counter() - start < seconds:
         for name, run in runs.items():
-            times[name].append(timed_call(run))
+            times[name].append(call(run))
     rows = {}
     for name, run in runs.items():
+        info = run.info if isinstance(run, WorkerRun) else run
         call_s = float(np.median(times[name]))
-        steps_per_s = run["K"] / call_s
-        rows[name] = dict(params=run["params"], model_steps_per_s=run["M"] * steps_per_s, steps_per_s=steps_per_s,
-                          gflops=run["flops_per_step"] * steps_per_s / 1e9, calls=len(times[name]),
-                          compile_s=run["compile_s"], flops_per_model_step=run["flops_per_step"] / run["M"],
-                          loss=float(np.nanmean(np.asarray(run["metrics"]["loss"]))),
-                          diverged=int(np.asarray(run["state"].diverged).sum()))
+        steps_per_s = info["K"] / call_s
+        rows[name] = dict(params=info["params"], model_steps_per_s=info["M"] * steps_per_s, steps_per_s=steps_per_s,
+                          gflops=info["flops_per_step"] * steps_per_s / 1e9, calls=len(times[name]),
+                          compile_s=info["compile_s"], flops_per_model_step=info["flops_per_step"] / info["M"],
+                          devices=info.get("devices", 1),
+                          **(run.final() if isinstance(run, WorkerRun) else final_metrics(run)))
     return rows
+
+
+# ----------------------------------------------------------------------------- layouts (worker processes)
+
+
+def layout_env(layout: str, environ: dict | None = None) -> dict:
+    """The environment of a worker process for ``layout`` (one of LAYOUTS); ValueError otherwise."""
+    env = dict(os.environ if environ is None else environ)
+    # the parent's own flags are kept, but no host device count: the layout decides that
+    flags = " ".join(f for f in env.get("XLA_FLAGS", "").split() if not f.startswith(hostflags.DEVICE_FLAG))
+    env.pop(hostflags.ENV, None)
+    env["XLA_FLAGS"] = flags
+    if layout == "shipped":
+        env[hostflags.ENV] = "1"
+    elif layout in ("hosts", "hosts1t"):
+        value, _ = hostflags.flags_for(env, hostflags.cpu_count())
+        env["XLA_FLAGS"] = (value or flags) + (" --xla_cpu_multi_thread_eigen=false" if layout == "hosts1t" else "")
+    else:
+        raise ValueError(f"--layouts names {layout!r}: must be among {LAYOUTS}")
+    env["XLA_FLAGS"] = env["XLA_FLAGS"].strip()
+    return env
+
+
+class Worker:
+    """This script in a child process under one layout's flags, holding its compiled programs.
+
+    Protocol (one JSON line each way, prefixed ``@@`` on the child's stdout): the child compiles
+    every M of a width and reports each program's size and cost; then each ``call M`` runs one
+    timed call and answers its seconds; ``final M`` answers the loss; closing stdin ends it.
+    """
+
+    def __init__(self, layout: str, width: int, models: list[int], args: argparse.Namespace, backward: str):
+        self.layout = layout
+        command = [sys.executable, os.path.abspath(__file__), "--worker", layout, "--widths", str(width),
+                   "--models", ",".join(map(str, models)), "--steps-per-call", str(args.steps_per_call_value),
+                   "--dtype", args.dtype, "--backward", backward]
+        self.proc = subprocess.Popen(command, env=layout_env(layout), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, bufsize=1)
+        self.ready = self.read()  # {"M": info}, compiled and warmed up
+
+    def read(self) -> dict:
+        for line in self.proc.stdout:
+            if line.startswith("@@ "):
+                answer = json.loads(line[3:])
+                if "error" in answer:
+                    raise RuntimeError(f"layout {self.layout}: {answer['error']}")
+                return answer
+        raise RuntimeError(f"layout {self.layout}: the worker ended (exit {self.proc.wait()})")
+
+    def ask(self, text: str) -> dict:
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+        return self.read()
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+class WorkerRun:
+    """One program (one M) of a ``Worker``."""
+
+    def __init__(self, worker: Worker, M: int):
+        self.worker, self.M, self.info = worker, M, worker.ready[str(M)]
+
+    def call(self) -> float:
+        return float(self.worker.ask(f"call {self.M}")["seconds"])
+
+    def final(self) -> dict:
+        return self.worker.ask(f"final {self.M}")
+
+
+def serve(layout: str, width: int, models: list[int], K: int, dtype: str, backward: str) -> None:
+    """The worker's side of ``Worker``: compile, report, then answer calls from stdin."""
+    def say(obj: dict) -> None:
+        print("@@ " + json.dumps(obj), flush=True)
+
+    try:
+        runs = {M: compile_training(make_config(width, M, K, 1024, dtype, backward), split=layout != "shipped")
+                for M in models}
+    except Exception as err:  # noqa: BLE001 (reported to the parent, which records the failure)
+        say(dict(error=f"{type(err).__name__}: {str(err)[:300]}"))
+        return
+    keys = ("K", "M", "devices", "params", "compile_s", "flops_per_step")
+    say({str(M): {k: run[k] for k in keys} | dict(host_devices=len(jax.local_devices()),
+                                                   XLA_FLAGS=os.environ.get("XLA_FLAGS", ""))
+         for M, run in runs.items()})
+    for line in sys.stdin:
+        verb, M = line.split()
+        run = runs[int(M)]
+        say(dict(seconds=timed_call(run)) if verb == "call" else final_metrics(run))
 
 
 def time_evaluation(config) -> dict:
@@ -195,15 +323,23 @@ def main() -> None:
     parser.add_argument("--steps-per-call", type=int, default=None,
                         help="K, steps fused in one call (default 10; GPU 100)")
     parser.add_argument("--eval-samples", type=int, default=1024, help="samples per model per evaluation")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="network compute dtype")
+    parser.add_argument("--dtype", default="float32",
+                        help="network compute dtype(s): float32, bfloat16, or both comma-separated (timed interleaved)")
     parser.add_argument("--device-bandwidth", type=float, default=None,
                         help="memory bandwidth in B/s for the roofline (default 3.0e12 on GPU, measured memcpy on CPU)")
     parser.add_argument("--backward", default="auto",
                         help="comma-separated bpUNet backward rules to time, interleaved: auto, jax, rowmajor")
     parser.add_argument("--compare-jax-rule", action="store_true", help="the same as --backward rowmajor,jax")
     parser.add_argument("--quick", action="store_true", help="W=256, M=1,2, 3 s per setting, K=5 (a smoke run)")
+    parser.add_argument("--layouts", default=None,
+                        help=f"comma-separated process layouts to time interleaved, each in a worker process: {LAYOUTS}")
     parser.add_argument("--json", default=None, help="write all measurements to this JSON file")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # a layout's child process
     args = parser.parse_args()
+    if args.worker:
+        serve(args.worker, int(args.widths), [int(m) for m in args.models.split(",")], args.steps_per_call,
+              args.dtype, args.backward)
+        return
 
     platform = jax.devices()[0].platform
     cpu = platform == "cpu"
@@ -217,6 +353,15 @@ def main() -> None:
     if min(widths) < 1 or min(models) < 1 or K < 1 or args.min_calls < 1 or seconds < 0:
         raise ValueError("--widths, --models, --steps-per-call and --min-calls must be >= 1, --seconds >= 0")
     variants = backwards("rowmajor,jax" if args.compare_jax_rule else args.backward)
+    layouts = [name for name in (args.layouts or "").split(",") if name]
+    for name in layouts:
+        layout_env(name)  # ValueError naming a layout that is not one of LAYOUTS
+    dtypes = [d for d in args.dtype.split(",") if d]
+    if not dtypes or len(set(dtypes)) < len(dtypes) or not set(dtypes) <= set(networks.DTYPES):
+        raise ValueError(f"--dtype={args.dtype!r} must name distinct dtypes of {tuple(networks.DTYPES)}")
+    if layouts and (len(variants) > 1 or len(dtypes) > 1):
+        raise ValueError("--layouts times one backward rule and one dtype: give one of each")
+    args.steps_per_call_value = K
     # a row's program: the rule's name, with what 'auto' stands for on this backend
     label = {name: name if name != "auto" else f"auto={networks.backward_name(name)}" for name in variants}
     if args.device_bandwidth:
@@ -230,18 +375,29 @@ def main() -> None:
           f"fp32 matmul peak {peak / 1e9:.1f} GFLOP/s (4096^3, measured now); bandwidth {bandwidth:.3g} B/s "
           f"({source}); K={K}, >= {args.min_calls} calls and {seconds:g} s per setting, dtype {args.dtype}; "
           f"load {load()}", flush=True)
+    for name in layouts:
+        print(f"layout {name}: XLA_FLAGS={layout_env(name)['XLA_FLAGS']!r}", flush=True)
 
     train_rows, eval_rows, failures = [], [], []
     for width in widths:
         # Every (M, program) of one width is compiled first and then timed call by call in turn,
         # so the ratios between grid sizes are read on the same machine load (issue 12: timed one
         # after the other, the same program swung by 25% between settings on the shared CPU).
-        runs, load_before = {}, load()
-        for M in models:
+        runs, load_before, workers = {}, load(), []
+        for layout in layouts:  # each layout's programs in a process of their own, timed from here
+            try:
+                workers.append(Worker(layout, width, models, args, variants[0]))
+                runs.update({(M, layout): WorkerRun(workers[-1], M) for M in models})
+            except Exception as err:  # noqa: BLE001
+                failures.append(f"train W={width} layout {layout}: {type(err).__name__}: {str(err)[:300]}")
+                print("  FAILED", failures[-1], flush=True)
+        for M in models if not layouts else ():
             try:  # unattended: a setting that fails (e.g. out of memory) is reported, the rest still run
                 for name in variants:
-                    config = make_config(width, M, K, args.eval_samples, args.dtype, name)
-                    runs[(M, label[name])] = compile_training(config)
+                    for dtype in dtypes:  # with several dtypes a row's program is 'rule/dtype'
+                        config = make_config(width, M, K, args.eval_samples, dtype, name)
+                        tag = label[name] if len(dtypes) == 1 else f"{label[name]}/{dtype}"
+                        runs[(M, tag)] = compile_training(config)
             except Exception as err:  # noqa: BLE001
                 failures.append(f"train W={width} M={M}: {type(err).__name__}: {str(err)[:300]}")
                 print("  FAILED", failures[-1], flush=True)
@@ -253,6 +409,9 @@ def main() -> None:
             failures.append(f"train W={width} M={sorted({M for M, _ in runs})}: {type(err).__name__}: {str(err)[:300]}")
             print("  FAILED", failures[-1], flush=True)
             continue
+        finally:
+            for worker in workers:
+                worker.close()
         width_rows = []
         for (M, name), row in measured.items():
             row = dict(width=width, M=M, program=name, load=f"{load_before}->{load()}", **row)
@@ -260,7 +419,7 @@ def main() -> None:
             row["roofline"] = bandwidth / (BYTES_PER_PARAM_STEP * row["params"])
             row["roofline_fraction"] = row["model_steps_per_s"] / row["roofline"]
             width_rows.append(row)
-            print(f"  train W={width} M={M} {name}: {row['model_steps_per_s']:.4g} model-steps/s, "
+            print(f"  train W={width} M={M} {name} ({row['devices']} dev): {row['model_steps_per_s']:.4g} model-steps/s, "
                   f"{row['gflops']:.1f} GFLOP/s ({row['peak_fraction']:.2f} of peak), {row['calls']} calls, "
                   f"compile {row['compile_s']:.1f} s, load {row['load']}", flush=True)
         smallest = {r["program"]: r for r in sorted(width_rows, key=lambda r: -r["M"])}  # each program's least M
@@ -270,7 +429,7 @@ def main() -> None:
         for M in eval_models:
             try:
                 row = dict(width=width, M=M, samples=args.eval_samples,
-                           **time_evaluation(make_config(width, M, K, args.eval_samples, args.dtype)))
+                           **time_evaluation(make_config(width, M, K, args.eval_samples, dtypes[0])))
             except Exception as err:  # noqa: BLE001
                 failures.append(f"eval W={width} M={M}: {type(err).__name__}: {str(err)[:300]}")
                 print("  FAILED", failures[-1], flush=True)
@@ -281,10 +440,10 @@ def main() -> None:
     print(f"\ntraining (aggregate over the grid; peak = fp32 matmul {peak / 1e9:.1f} GFLOP/s; "
           f"roofline = {bandwidth:.3g} B/s / (40 B x params))")
     print("'vs M=1': total model-steps/s over that of the width's smallest M (M=1 by default), timed in the same loop")
-    print(f"{'W':>5} {'M':>3} {'program':>13} {'params':>9} {'model-steps/s':>14} {'vs M=1':>7} {'GFLOP/s':>8} "
+    print(f"{'W':>5} {'M':>3} {'program':>13} {'dev':>3} {'params':>9} {'model-steps/s':>14} {'vs M=1':>7} {'GFLOP/s':>8} "
           f"{'of peak':>8} {'GFLOP/step':>11} {'of roofline':>12} {'compile s':>10} {'load':>12}")
     for r in train_rows:
-        print(f"{r['width']:>5} {r['M']:>3} {r['program']:>13} {r['params']:>9} {r['model_steps_per_s']:>14.4g} "
+        print(f"{r['width']:>5} {r['M']:>3} {r['program']:>13} {r['devices']:>3} {r['params']:>9} {r['model_steps_per_s']:>14.4g} "
               f"{r['vs_least_M']:>7.3f} {r['gflops']:>8.1f} {r['peak_fraction']:>8.2f} "
               f"{r['flops_per_model_step'] / 1e9:>11.3g} {r['roofline_fraction']:>12.3f} {r['compile_s']:>10.1f} "
               f"{r['load']:>12}")

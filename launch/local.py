@@ -15,6 +15,10 @@ model at its best evaluation and where the wall time went (``summary.txt``, ``rh
 """
 from __future__ import annotations
 
+from rhm_jax import hostflags
+
+hostflags.apply()  # before anything imports jax: a host device per core on the CPU (issue 25)
+
 import os
 import sys
 

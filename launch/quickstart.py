@@ -11,6 +11,10 @@ validity thresholds beside the bpUNets' (its accuracy thresholds get a table of 
 """
 from __future__ import annotations
 
+from rhm_jax import hostflags
+
+hostflags.apply()  # before anything imports jax: a host device per core on the CPU (issue 25)
+
 import logging
 import os
 import sys

@@ -11,6 +11,10 @@ computation. Scoring every step skips broken checkpoints with a warning.
 """
 from __future__ import annotations
 
+from rhm_jax import hostflags
+
+hostflags.apply()  # before anything imports jax: a host device per core on the CPU (issue 25)
+
 import argparse
 import sys
 

@@ -24,6 +24,10 @@ Bad input exits with status 2 and one error line.
 """
 from __future__ import annotations
 
+from rhm_jax import hostflags
+
+hostflags.apply()  # before anything imports jax: a host device per core on the CPU (issue 25)
+
 import copy
 import datetime
 import json

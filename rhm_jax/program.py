@@ -83,19 +83,30 @@ class _Compiled(NamedTuple):
 
 
 @functools.lru_cache(maxsize=4)
-def _compiled(typed: settings.Settings) -> _Compiled:
-    """Network and jitted functions of compiled settings (``settings.Settings.compiled``)."""
-    g, process = typed.grammar, typed.process
-    network = networks.build(typed.network, g.v, g.s, g.L, process)  # validated by config.validate
-    place = sharding.Placement(sharding.use_mesh(typed.shard))
-    step_fn = train.jit_chunk(place.chunk(train.make_train_chunk(typed.train, process, network)))
-    evaluate_fn = place.evaluator(evaluate.make_evaluator(typed, process, network))
+def _network(typed: settings.Settings) -> networks.Network:
+    """The network of compiled settings (``settings.Settings.compiled``), one object per settings."""
+    g = typed.grammar
+    return networks.build(typed.network, g.v, g.s, g.L, typed.process)  # validated by config.validate
+
+
+@functools.lru_cache(maxsize=4)
+def _compiled(typed: settings.Settings, num_models: int) -> _Compiled:
+    """Network and jitted functions of compiled settings for a program of ``num_models`` models.
+
+    Its placement: the models over min(local devices, num_models) devices (``sharding.use_mesh``);
+    callers pass ``num_models`` clipped to the device count, so grids of any larger size share one entry.
+    """
+    network = _network(typed)
+    place = sharding.Placement(sharding.use_mesh(typed.shard, num_models=num_models))
+    step_fn = train.jit_chunk(place.chunk(train.make_train_chunk(typed.train, typed.process, network)))
+    evaluate_fn = place.evaluator(evaluate.make_evaluator(typed, typed.process, network))
     return _Compiled(network, place, step_fn, evaluate_fn)
 
 
 def clear_cache() -> None:
     """Forget the memoized compilations and datasets (the next ``build`` call builds afresh)."""
     _compiled.cache_clear()
+    _network.cache_clear()
     draw.cache_clear()
 
 
@@ -132,11 +143,10 @@ def setup(typed: settings.Settings, rows: Sequence[dict]) -> Setup:
     datasets = train.datasets_of(rows)
     num_train = max(1, max(int(r["P"]) for r in rows))  # online models (P = 0) read none; the pool keeps a row
     drawn = [draw(typed.grammar, gs, ds, num_train, typed.num_test) for gs, ds in datasets]
-    compiled = _compiled(typed.compiled())
     return Setup(grammar=grammar.stack([d[0] for d in drawn]),
                  pool_GxQxD=jnp.asarray(np.stack([d[1] for d in drawn])),
                  test_GxNxD=jnp.asarray(np.stack([d[2] for d in drawn])),
-                 process=typed.process, network=compiled.network, datasets=datasets)
+                 process=typed.process, network=_network(typed.compiled()), datasets=datasets)
 
 
 def build(typed: settings.Settings, rows: Sequence[dict]) -> Built:
@@ -147,7 +157,7 @@ def build(typed: settings.Settings, rows: Sequence[dict]) -> Built:
     compiled settings.
     """
     rows = _check_rows(rows)
-    compiled = _compiled(typed.compiled())
+    compiled = _compiled(typed.compiled(), min(len(rows), len(jax.local_devices())))
     built = setup(typed, rows)
     place = compiled.place
     refs = place.pool(evaluate.references(typed.eval, built.grammar, built.pool_GxQxD, built.test_GxNxD))

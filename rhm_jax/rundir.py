@@ -38,7 +38,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from rhm_jax import config as config_lib
-from rhm_jax import keys, lock, timing
+from rhm_jax import hostflags, keys, lock, timing
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,7 @@ def provenance() -> dict[str, Any]:
         "packages": {"rhm_jax": rhm_jax.__version__, **{name: _version(name) for name in PACKAGES}},
         "git": git_revision(),
         "devices": {"platform": devices[0].platform, "kind": devices[0].device_kind, "count": len(devices)},
+        "xla": hostflags.record(),  # XLA_FLAGS the process ran with, and whether rhm_jax set them (issue 25)
         "hostname": socket.gethostname(),
         "os": platform.platform(),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

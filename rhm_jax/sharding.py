@@ -179,9 +179,21 @@ def collectives(hlo_text: str) -> list[str]:
     return sorted(found)
 
 
-def use_mesh(settings: ShardSettings, devices: Sequence[Any] | None = None) -> Mesh | None:
-    """The mesh a run should use: every local device when ``run.shard_models`` and n > 1, else None."""
+def use_mesh(settings: ShardSettings, devices: Sequence[Any] | None = None,
+             num_models: int | None = None) -> Mesh | None:
+    """The mesh a program of ``num_models`` models should use when ``run.shard_models``: the first
+    min(n, num_models) of the n local devices (all n when ``num_models`` is None), None when that is
+    one device or sharding is off.
+
+    A program never takes more devices than it has models: a padded dummy computes as much as a
+    model (its budget only freezes its state), and on the CPU's host devices (``hostflags``) it
+    would take a core from the real ones, so one model keeps one device and all its threads.
+    """
     devices = list(jax.local_devices() if devices is None else devices)
+    if num_models is not None:
+        if num_models < 1:
+            raise ValueError(f"num_models={num_models} must be >= 1")
+        devices = devices[:num_models]
     return make_mesh(devices) if settings.shard_models and len(devices) > 1 else None
 
 
