@@ -78,6 +78,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SMOKE = os.path.join(ROOT, "sweeps", "smoke.py")
 STEPS = (0, 1, 2, 4, 8, 16, 32, 64)  # the smoke run's evaluation steps (checkpoints kept)
 TIMEOUT = 300  # seconds before a process counts as hung
+# what a disk-full line may say: the OS's words, errno 28 (ENOSPC) or 27 (EFBIG, RLIMIT_FSIZE), 5 (EIO,
+# how orbax reports a write cut short by RLIMIT_FSIZE), or tensorstore's status names for the same
+DISK_FULL = r"No space left|File too large|\[Errno (28|27|5)\]|RESOURCE_EXHAUSTED|OUT_OF_RANGE"
 
 # The rows of README's guarantees table (first column, shortened) and what each promises.
 ROWS = {
@@ -518,11 +521,15 @@ class Campaign:
     def finish(proc: subprocess.Popen, began: float, timeout: float = TIMEOUT) -> Result:
         try:
             _, err = proc.communicate(timeout=timeout)
-            return Result(proc.returncode, err, time.time() - began)
+            result = Result(proc.returncode, err, time.time() - began)
         except subprocess.TimeoutExpired:
             proc.kill()
             _, err = proc.communicate()
-            return Result(None, err + f"\n[hung: killed after {timeout:.0f} s]", time.time() - began)
+            result = Result(None, err + f"\n[hung: killed after {timeout:.0f} s]", time.time() - began)
+        if getattr(_ATTACK, "directory", None):  # every process's stderr, kept beside the attack
+            with open(os.path.join(_ATTACK.directory, "stderr.log"), "a") as f:
+                f.write(f"==== {' '.join(map(str, proc.args[-6:]))} -> {result.code}\n{result.err}\n")
+        return result
 
     def call(self, module: str, *args: str, fault: dict | None = None, mark: str | None = None,
              timeout: float = TIMEOUT, preexec: Callable | None = None, cwd: str = ROOT) -> Result:
@@ -1491,8 +1498,8 @@ def _full_disk(c: Campaign, d: str, size_kb: int, source: str | None = None, fsi
     out.codes.append(again.code)
     same = c.compare(freed, out)
     out.saved, out.moved = lost_and_moved(before, freed)
-    one_line = result.code == 2 and result.line.startswith("error:") and not result.traceback and (
-        "No space left" in result.line or "File too large" in result.line)
+    one_line = result.code == 2 and result.line.startswith("error:") and not result.traceback and bool(
+        re.search(DISK_FULL, result.line))
     out.ok = one_line and again.code == 0 and same and out.saved == "kept"
     return out
 
@@ -1757,10 +1764,28 @@ def verdict(a: Attack, out: Outcome) -> str:
     return "held" if out.ok else "broken"
 
 
+_ATTACK = threading.local()  # the running attack's directory, per campaign thread
+
+
+def first_traceback(directory: str) -> str:
+    """The last line of the first traceback any process of the attack printed ('' if none)."""
+    try:
+        with open(os.path.join(directory, "stderr.log")) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return ""
+    for i, line in enumerate(lines):
+        if line.startswith("Traceback"):
+            rest = [x for x in lines[i + 1:] if x and not x.startswith((" ", "Traceback"))]
+            return rest[0][:200] if rest else "Traceback"
+    return ""
+
+
 def run_one(c: Campaign, a: Attack, base: str) -> dict:
     directory = os.path.join(base, a.name)
     shutil.rmtree(directory, ignore_errors=True)  # an earlier try of the same campaign directory
     os.makedirs(directory)
+    _ATTACK.directory = directory
     began = time.time()
     try:
         out = a.fn(c, directory)
@@ -1768,7 +1793,9 @@ def run_one(c: Campaign, a: Attack, base: str) -> dict:
         out = Outcome(note=f"campaign error: {type(err).__name__}: {str(err)[:200]}")
     record = dict(name=a.name, family=a.family, row=ROWS[a.row][0], row_key=a.row, expect=a.expect,
                   codes=out.codes, line=out.line[:300], rows=out.rows, state=out.state, saved=out.saved,
-                  moved=out.moved, note=out.note, verdict=verdict(a, out), seconds=round(time.time() - began, 1))
+                  moved=out.moved, note=out.note, verdict=verdict(a, out), seconds=round(time.time() - began, 1),
+                  traceback=first_traceback(directory))
+    _ATTACK.directory = None
     print(f"[{record['verdict']:>12}] {a.name} ({record['seconds']} s): codes {out.codes}; {out.line[:160]}",
           file=sys.stderr, flush=True)
     return record
@@ -1782,7 +1809,8 @@ def table(records: list[dict]) -> str:
                      f"    happened: exit {' -> '.join(str(x) for x in r['codes'])}; line: {r['line'][:200] or '-'}\n"
                      f"    rows: {r['rows']}; checkpoints: {r['state']}; saved: {r['saved']}"
                      + (f"; moved: {', '.join(r['moved'][:4])}" if r['moved'] else "")
-                     + (f"\n    note: {r['note']}" if r['note'] else ""))
+                     + (f"\n    note: {r['note']}" if r['note'] else "")
+                     + (f"\n    traceback: {r['traceback']}" if r.get('traceback') else ""))
     return "\n".join(lines)
 
 
