@@ -407,7 +407,7 @@ def by_key(rows: list[dict]) -> list[dict]:
 
 
 def train_rows(workdir: str) -> list[dict]:
-    return by_key([{k: v for k, v in r.items() if k not in ("wall_s", "model_steps_per_s")}
+    return by_key([{k: v for k, v in r.items() if k not in ("wall_s", "wall_split_s", "model_steps_per_s")}
                    for r in read_jsonl(os.path.join(workdir, "train.jsonl"))])
 
 
