@@ -7,18 +7,20 @@ Why (issue 25): split over ``n`` emulated host devices (one per core,
 ``--xla_force_host_platform_device_count``), each device runs its own share of a grid's models
 (``run.shard_models``, ``rhm_jax/sharding.py``) as a program of its own. On the 2-core CPU that
 trained W=64 grids of 4-24 models 11-25% faster than one device with XLA's two threads per op,
-W=256 M=8 8% and W=1024 M=2 6% faster, and the quick job in 0.80 of the time; one model (which
+W=256 M=8 8% and W=1024 M=2 6% faster, and the quick job in 0.80 of the time; but one model (which
 keeps one device: ``sharding.use_mesh`` never gives a program more devices than models) ran
-4-10% slower in a two-device process than in a one-device one, so a single-model run may set
-``RHM_CPU_DEVICES=1`` (docs/results/cpu_speed/README.md, 2026-12-07).
+4-10% slower in a two-device process than in a one-device one, small-width grids round their
+training differently on another device count (the bits of a run then depend on the machine's
+cores), and ``rhm_jax.memory`` does not count the per-device copies of the datasets
+(docs/results/cpu_speed/README.md, 2026-12-07). So it is asked for, not the default:
+``RHM_CPU_DEVICES=cores`` (one per core, at most ``MAX_DEVICES``) or ``RHM_CPU_DEVICES=n``.
 
 What ``apply`` does, only when all of these hold: jax is not yet imported in this process, the
 platform will be the CPU (``JAX_PLATFORMS`` unset or ``cpu``, and no GPU or TPU plugin of jax is
-installed), and ``XLA_FLAGS`` does not already name the flag (the user's value wins). Then it adds
-``--xla_force_host_platform_device_count=n`` with n = ``RHM_CPU_DEVICES`` if set, else the number
-of cores this process may run on (``os.sched_getaffinity``), capped at ``MAX_DEVICES``.
-``RHM_CPU_DEVICES=1`` leaves XLA's defaults (one device). ``record`` gives what was decided, for
-the run's provenance (``config.json``).
+installed), ``XLA_FLAGS`` does not already name the flag (the user's value wins), and
+``RHM_CPU_DEVICES`` asks for more than one device. Then it adds
+``--xla_force_host_platform_device_count=n``. Unset (or 1), XLA's default stays: one device.
+``record`` gives what was decided, for the run's provenance (``config.json``).
 """
 from __future__ import annotations
 
@@ -45,16 +47,19 @@ def cpu_count() -> int:
 
 
 def requested_devices(environ: Mapping[str, str], cores: int) -> int:
-    """The host device count: ``RHM_CPU_DEVICES`` if set (an integer >= 1), else min(cores, MAX_DEVICES)."""
+    """The host device count: ``RHM_CPU_DEVICES`` if set (an integer >= 1, or 'cores' for
+    min(cores, MAX_DEVICES)), else 1 (XLA's default)."""
     text = environ.get(ENV)
     if text is None or text.strip() == "":
+        return 1
+    if text.strip().lower() == "cores":
         return max(1, min(int(cores), MAX_DEVICES))
     try:
         value = int(text)
     except ValueError:
         value = 0
     if value < 1:
-        raise ValueError(f"{ENV}={text!r} must be an integer >= 1 (1: one host device, XLA's default)")
+        raise ValueError(f"{ENV}={text!r} must be an integer >= 1 or 'cores' (1: one host device, XLA's default)")
     return value
 
 
@@ -76,7 +81,7 @@ def flags_for(environ: Mapping[str, str], cores: int,
         return None, "XLA_FLAGS already names the host device count"
     n = requested_devices(environ, cores)
     if n == 1:
-        return None, f"one host device ({ENV}=1 or one core)"
+        return None, f"one host device (XLA's default; {ENV}=cores asks for one per core)"
     return f"{current} {DEVICE_FLAG}={n}".strip(), f"{n} host devices, one per core"
 
 

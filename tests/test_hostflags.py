@@ -18,17 +18,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NO_PLUGINS = ()  # flags_for's plugin list in these tests: none installed
 
 
-def test_a_cpu_run_gets_a_host_device_per_core():
-    value, _ = hostflags.flags_for({}, cores=2, plugins=NO_PLUGINS)
+def test_a_cpu_run_asking_for_cores_gets_a_host_device_per_core():
+    cores = {hostflags.ENV: "cores"}
+    value, _ = hostflags.flags_for(cores, cores=2, plugins=NO_PLUGINS)
     assert value == "--xla_force_host_platform_device_count=2"
-    value, _ = hostflags.flags_for({"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"}, cores=4, plugins=NO_PLUGINS)
+    value, _ = hostflags.flags_for({**cores, "XLA_FLAGS": "--xla_cpu_enable_fast_math=false"}, cores=4, plugins=NO_PLUGINS)
     assert value == "--xla_cpu_enable_fast_math=false --xla_force_host_platform_device_count=4"
-    value, _ = hostflags.flags_for({}, cores=64, plugins=NO_PLUGINS)
+    value, _ = hostflags.flags_for(cores, cores=64, plugins=NO_PLUGINS)
     assert value.endswith(f"={hostflags.MAX_DEVICES}")
 
 
 @pytest.mark.parametrize("environ, why", [
     ({"XLA_FLAGS": "--xla_force_host_platform_device_count=3"}, "already"),  # the user's value wins
+    ({}, "one host device"),  # the default: XLA's one device (a run's bits then never depend on its cores)
     ({hostflags.ENV: "1"}, "one host device"),
     ({"JAX_PLATFORMS": "cuda"}, "not a CPU run"),
     ({"JAX_PLATFORMS": "tpu,cpu"}, "not a CPU run"),
@@ -40,14 +42,15 @@ def test_flags_are_left_alone(environ, why):
 
 def test_an_installed_accelerator_plugin_means_not_a_cpu_run():
     # any importable module stands in for a GPU plugin; JAX_PLATFORMS=cpu overrides it
-    assert hostflags.flags_for({}, cores=2, plugins=("json",))[0] is None
-    assert hostflags.flags_for({"JAX_PLATFORMS": "cpu"}, cores=2, plugins=("json",))[0] is not None
+    cores = {hostflags.ENV: "cores"}
+    assert hostflags.flags_for(cores, cores=2, plugins=("json",))[0] is None
+    assert hostflags.flags_for({**cores, "JAX_PLATFORMS": "cpu"}, cores=2, plugins=("json",))[0] is not None
 
 
 def test_the_device_count_can_be_chosen_and_bad_values_name_the_variable():
     assert hostflags.flags_for({hostflags.ENV: "3"}, cores=2, plugins=NO_PLUGINS)[0].endswith("=3")
     for bad in ("0", "-2", "two"):
-        with pytest.raises(ValueError, match=f"{hostflags.ENV}='{bad}' must be an integer >= 1"):
+        with pytest.raises(ValueError, match=f"{hostflags.ENV}='{bad}' must be an integer >= 1 or 'cores'"):
             hostflags.flags_for({hostflags.ENV: bad}, cores=2, plugins=NO_PLUGINS)
 
 
@@ -88,4 +91,6 @@ def test_entry_point_leaves_a_users_flags_and_one_device_alone():
     found = entry_point(XLA_FLAGS="--xla_force_host_platform_device_count=3")
     assert found["devices"] == 3 and found["xla"]["set_by_rhm_jax"] is False
     found = entry_point(**{hostflags.ENV: "1"})
+    assert found["devices"] == 1 and found["xla"]["set_by_rhm_jax"] is False
+    found = entry_point()  # the default: one device, whatever the cores
     assert found["devices"] == 1 and found["xla"]["set_by_rhm_jax"] is False
