@@ -1043,14 +1043,21 @@ def checkpoints_directory_deleted(c: Campaign, d: str) -> Outcome:
     return out
 
 
-@attack("damage", "mismatch", "config.json edited to width 24 and run with width 24: one line, nothing moved")
-def checkpoint_of_another_width(c: Campaign, d: str) -> Outcome:
+def edited_copy(c: Campaign, d: str, section: str, key: str, value: Any) -> str:
+    """A copy of the half-finished run whose config.json says ``section.key = value``."""
     workdir = c.copy(c.mid, d)
     path = os.path.join(workdir, "config.json")
-    stored = json.load(open(path))
-    stored["config"]["network"]["width"] = 24
+    with open(path) as f:
+        stored = json.load(f)
+    stored["config"][section][key] = value
     with open(path, "w") as f:
         json.dump(stored, f)
+    return workdir
+
+
+@attack("damage", "mismatch", "config.json edited to width 24 and run with width 24: one line, nothing moved")
+def checkpoint_of_another_width(c: Campaign, d: str) -> Outcome:
+    workdir = edited_copy(c, d, "network", "width", 24)
     before = inventory(workdir)
     return c.refused(workdir, c.local(workdir, "--config.network.width=24"), before,
                      r"was written for another state or config")
@@ -1058,12 +1065,7 @@ def checkpoint_of_another_width(c: Campaign, d: str) -> Outcome:
 
 @attack("damage", "mismatch", "config.json edited, run with the sweep file's config: one line, nothing changed")
 def config_json_edited_to_another_config(c: Campaign, d: str) -> Outcome:
-    workdir = c.copy(c.mid, d)
-    path = os.path.join(workdir, "config.json")
-    stored = json.load(open(path))
-    stored["config"]["train"]["batch_size"] = 4
-    with open(path, "w") as f:
-        json.dump(stored, f)
+    workdir = edited_copy(c, d, "train", "batch_size", 4)
     before = inventory(workdir)
     return c.refused(workdir, c.local(workdir), before, r"different config")
 
