@@ -12,9 +12,9 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def quiet_closed_loops() -> None:
-    """Drop the 'Event loop is closed' tracebacks that tensorstore's I/O threads print (through
-    sys.excepthook) after orbax has given up on a failed read or write: the entry point reports
-    the failure itself, in one line."""
+    """Drop the 'Event loop is closed' tracebacks that reach sys.excepthook after orbax has given
+    up on a failed write: the entry point reports the failure itself, in one line. (Those that
+    tensorstore's threads print while a damaged checkpoint is read do not pass through it.)"""
     previous = sys.excepthook
     if getattr(previous, "quiet_closed_loops", False):
         return

@@ -287,9 +287,8 @@ def test_a_missing_optional_dependency_is_one_line_naming_the_extra():
 
 
 def test_every_entry_point_drops_tensorstores_closed_loop_tracebacks(monkeypatch, capsys):
-    """After a failed checkpoint read or write, tensorstore's threads raise 'Event loop is closed'
-    through sys.excepthook; the entry points (all call setup_logging) print their one line only.
-    launch.score printed the traceback after its line (issue 26's fault campaign)."""
+    """After orbax gives up on a failed checkpoint write, 'Event loop is closed' reaches
+    sys.excepthook; every entry point (all call setup_logging) drops it, not only launch.local."""
     seen = []
     monkeypatch.setattr(sys, "excepthook", lambda kind, value, tb: seen.append(str(value)))
     launch.setup_logging()
