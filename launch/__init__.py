@@ -12,9 +12,9 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def quiet_closed_loops() -> None:
-    """Drop the 'Event loop is closed' tracebacks that reach sys.excepthook after orbax has given
-    up on a failed write: the entry point reports the failure itself, in one line. (Those that
-    tensorstore's threads print while a damaged checkpoint is read do not pass through it.)"""
+    """Drop the 'Event loop is closed' tracebacks that tensorstore's I/O threads raise, through
+    sys.excepthook or as unraisable exceptions (sys.unraisablehook), after orbax has given up on a
+    failed write or a damaged checkpoint was read: the entry point reports the failure itself."""
     previous = sys.excepthook
     if getattr(previous, "quiet_closed_loops", False):
         return
@@ -24,8 +24,16 @@ def quiet_closed_loops() -> None:
             return
         previous(kind, value, tb)
 
+    def unraisable(info: object) -> None:
+        value = getattr(info, "exc_value", None)
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        previous_unraisable(info)
+
+    previous_unraisable = sys.unraisablehook
     hook.quiet_closed_loops = True
     sys.excepthook = hook
+    sys.unraisablehook = unraisable
 
 
 def setup_logging(level: int = logging.INFO) -> None:

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 import venv
 
 import pytest
@@ -287,12 +288,18 @@ def test_a_missing_optional_dependency_is_one_line_naming_the_extra():
 
 
 def test_every_entry_point_drops_tensorstores_closed_loop_tracebacks(monkeypatch, capsys):
-    """After orbax gives up on a failed checkpoint write, 'Event loop is closed' reaches
-    sys.excepthook; every entry point (all call setup_logging) drops it, not only launch.local."""
+    """After orbax gives up on a failed checkpoint write or a damaged checkpoint is read,
+    tensorstore's threads raise 'Event loop is closed' through sys.excepthook or, as unraisable
+    exceptions, sys.unraisablehook (issue 26's fault campaign: 10 attacks printed them beside their
+    one line); every entry point (all call setup_logging) drops them, not only launch.local."""
     seen = []
     monkeypatch.setattr(sys, "excepthook", lambda kind, value, tb: seen.append(str(value)))
+    monkeypatch.setattr(sys, "unraisablehook", lambda info: seen.append("unraisable " + str(info.exc_value)))
     launch.setup_logging()
     launch.setup_logging()  # idempotent: one filter, not a chain of them
     sys.excepthook(RuntimeError, RuntimeError("Event loop is closed"), None)
     sys.excepthook(RuntimeError, RuntimeError("something else"), None)
-    assert seen == ["something else"]
+    for value in (RuntimeError("Event loop is closed"), ValueError("other")):
+        sys.unraisablehook(types.SimpleNamespace(exc_type=type(value), exc_value=value, exc_traceback=None,
+                                                 err_msg=None, object=None))
+    assert seen == ["something else", "unraisable other"]
