@@ -51,8 +51,9 @@ Needs root (mount) for the disk and read-only families; without it those attacks
 as broken. Time: 85 attacks took 8.3 min with --jobs 3 on the project's 2-core CPU (a persistent
 compilation cache is shared by all processes); all 112 took 24.6 min with --jobs 2 beside the test
 suite. Counts at db7d16d (all 112 attacks, 7 Dec 2026): 87 held, 4 not promised, 21 broken as
-judged; 10 of the broken are tensorstore's 'Event loop is closed' tracebacks beside the promised
-outcome, 3 path attacks changed a file, 8 look like this judge's wording (docs/results/faults/README.md).
+judged; 10 of the broken were tensorstore's tracebacks beside the promised outcome (dropped since;
+2 re-run held), 11 this judge's own errors (fixed; all 11 re-run held): 100 held, 4 not promised,
+8 broken (docs/results/faults/README.md).
 """
 from __future__ import annotations
 
@@ -527,8 +528,8 @@ class Campaign:
             proc.kill()
             _, err = proc.communicate()
             result = Result(None, err + f"\n[hung: killed after {timeout:.0f} s]", time.time() - began)
-        if getattr(_ATTACK, "directory", None):  # every process's stderr, kept beside the attack
-            with open(os.path.join(_ATTACK.directory, "stderr.log"), "a") as f:
+        if getattr(_ATTACK, "directory", None):  # every process's stderr, kept outside the attacked directory
+            with open(stderr_log(_ATTACK.directory), "a") as f:
                 f.write(f"==== {' '.join(map(str, proc.args[-6:]))} -> {result.code}\n{result.err}\n")
         return result
 
@@ -1577,7 +1578,7 @@ def unfinished_run_read_only(c: Campaign, d: str) -> Outcome:
 @attack("readonly", "write", "launch.score on a read-only mount: one line, exit 2, unchanged")
 def score_read_only(c: Campaign, d: str) -> Outcome:
     return _read_only(c, d, c.ref, "launch.score", "--workdir", "{w}", "--step", "16", code=2,
-                      pattern=r"Read-only file system")
+                      pattern=r"Read-only file system|is not writable")
 
 
 @attack("readonly", "write", "launch.report into a read-only mount: one line, exit 2, unchanged")
@@ -1770,10 +1771,16 @@ def verdict(a: Attack, out: Outcome) -> str:
 _ATTACK = threading.local()  # the running attack's directory, per campaign thread
 
 
+def stderr_log(directory: str) -> str:
+    """Where the stderr of an attack's processes is kept: beside, not inside, its directory (the
+    attacks check that nothing was created there)."""
+    return directory.rstrip(os.sep) + ".stderr.log"
+
+
 def first_traceback(directory: str) -> str:
     """The last line of the first traceback any process of the attack printed ('' if none)."""
     try:
-        with open(os.path.join(directory, "stderr.log")) as f:
+        with open(stderr_log(directory)) as f:
             lines = f.read().splitlines()
     except OSError:
         return ""
@@ -1787,6 +1794,8 @@ def first_traceback(directory: str) -> str:
 def run_one(c: Campaign, a: Attack, base: str) -> dict:
     directory = os.path.join(base, a.name)
     shutil.rmtree(directory, ignore_errors=True)  # an earlier try of the same campaign directory
+    if os.path.exists(stderr_log(directory)):
+        os.remove(stderr_log(directory))
     os.makedirs(directory)
     _ATTACK.directory = directory
     began = time.time()
