@@ -162,17 +162,24 @@ def _drop_read_only_notice(record: logging.LogRecord) -> bool:
 
 
 def _drop_unretrieved(record: logging.LogRecord) -> bool:
-    """Logging filter: asyncio's 'Future/Task exception was never retrieved' of a write already reported."""
+    """Logging filter: asyncio's 'Future/Task exception was never retrieved' of a read or write already reported."""
     return "exception was never retrieved" not in str(record.msg)
+
+
+def _hide_unretrieved() -> None:
+    """After a failed read or save (reported by us): orbax's other reads and writes of the same
+    checkpoint fail too, and asyncio logs each task's exception, with its traceback, when the task
+    is collected. Those records are dropped from now on (the failure is already reported)."""
+    asyncio_logger = logging.getLogger("asyncio")
+    if _drop_unretrieved not in asyncio_logger.filters:
+        asyncio_logger.addFilter(_drop_unretrieved)
 
 
 def _silence_failed_writes() -> None:
     """After a failed save (reported as one line): orbax's writer threads, still failing one by one,
     log their tracebacks through absl and asyncio; the run is ending, so those stay hidden from now on."""
     logging.getLogger("absl").setLevel(logging.CRITICAL)
-    asyncio_logger = logging.getLogger("asyncio")
-    if _drop_unretrieved not in asyncio_logger.filters:
-        asyncio_logger.addFilter(_drop_unretrieved)
+    _hide_unretrieved()
 
 
 class Checkpointer:
@@ -283,6 +290,7 @@ class Checkpointer:
             state, meta = restored.state, restored.meta
             sums = None if not isinstance(meta, dict) or "checksums" not in meta else checksums(state)
         except Exception as err:  # orbax/tensorstore raise many types for damaged files
+            _hide_unretrieved()  # the other arrays' failed reads, logged by asyncio when collected
             if environmental(err):
                 raise ReadFailure(f"could not read the {where} ({_first_line(err)}); a failure of the"
                                   " filesystem or memory, not of the checkpoint: nothing was changed, retry") from err
