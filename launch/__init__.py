@@ -6,6 +6,7 @@ import difflib
 import logging
 import os
 import sys
+import warnings
 
 LOGGERS = ("rhm_jax", "launch")
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -14,7 +15,9 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def quiet_closed_loops() -> None:
     """Drop the 'Event loop is closed' tracebacks that tensorstore's I/O threads raise, through
     sys.excepthook or as unraisable exceptions (sys.unraisablehook), after orbax has given up on a
-    failed write or a damaged checkpoint was read: the entry point reports the failure itself."""
+    failed write or a damaged checkpoint was read, and the 'coroutine ... was never awaited' warning
+    that orbax's abandoned reads leave at exit: the entry point reports the failure itself."""
+    warnings.filterwarnings("ignore", message=r"coroutine '.*' was never awaited", category=RuntimeWarning)
     previous = sys.excepthook
     if getattr(previous, "quiet_closed_loops", False):
         return
