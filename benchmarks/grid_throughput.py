@@ -64,6 +64,12 @@ BYTES_PER_PARAM_STEP = 40
 # runner splits them (``sharding.use_mesh``: over min(devices, M) devices); 'hosts1t': 'hosts' with
 # each device's dots on one thread (``--xla_cpu_multi_thread_eigen=false``), measured beside it.
 LAYOUTS = ("shipped", "hosts", "hosts1t")
+# XLA CPU options a layout may add, as ``<layout>+<option>[+<option>...]`` (issue 25's W=64 search):
+# 'vec512': 512-bit vectors in XLA's own loops (the default prefers 256 on this CPU); 'noynnreduce':
+# reductions by XLA's own loops instead of YNNPACK fusions; 'eigendot': dots by Eigen, not YNNPACK.
+OPTIONS = {"vec512": "--xla_cpu_prefer_vector_width=512",
+           "noynnreduce": "--xla_cpu_experimental_ynn_fusion_type=-reduce",
+           "eigendot": "--xla_cpu_experimental_ynn_fusion_type=-dot"}
 
 
 def make_config(width: int, models: int, steps_per_call: int, num_samples: int, dtype: str,
@@ -180,7 +186,11 @@ def time_training(runs: dict, seconds: float, min_calls: int) -> dict:
 
 
 def layout_env(layout: str, environ: dict | None = None) -> dict:
-    """The environment of a worker process for ``layout`` (one of LAYOUTS); ValueError otherwise."""
+    """The environment of a worker process for ``layout`` (one of LAYOUTS, then any ``+OPTIONS``)."""
+    layout, *options = layout.split("+")
+    unknown = [o for o in options if o not in OPTIONS]
+    if unknown:
+        raise ValueError(f"--layouts names option(s) {unknown}: must be among {sorted(OPTIONS)}")
     env = dict(os.environ if environ is None else environ)
     # the parent's own flags are kept, but no host device count: the layout decides that
     flags = " ".join(f for f in env.get("XLA_FLAGS", "").split() if not f.startswith(hostflags.DEVICE_FLAG))
@@ -188,12 +198,13 @@ def layout_env(layout: str, environ: dict | None = None) -> dict:
     env["XLA_FLAGS"] = flags
     if layout == "shipped":
         env[hostflags.ENV] = "1"
-    elif layout in ("hosts", "hosts1t"):
+    elif layout in ("hosts", "hosts1t"):  # a device per core, which the entry points set on request
+        env[hostflags.ENV] = "cores"
         value, _ = hostflags.flags_for(env, hostflags.cpu_count())
         env["XLA_FLAGS"] = (value or flags) + (" --xla_cpu_multi_thread_eigen=false" if layout == "hosts1t" else "")
     else:
         raise ValueError(f"--layouts names {layout!r}: must be among {LAYOUTS}")
-    env["XLA_FLAGS"] = env["XLA_FLAGS"].strip()
+    env["XLA_FLAGS"] = " ".join([env["XLA_FLAGS"], *(OPTIONS[o] for o in options)]).strip()
     return env
 
 
@@ -253,7 +264,7 @@ def serve(layout: str, width: int, models: list[int], K: int, dtype: str, backwa
         print("@@ " + json.dumps(obj), flush=True)
 
     try:
-        runs = {M: compile_training(make_config(width, M, K, 1024, dtype, backward), split=layout != "shipped")
+        runs = {M: compile_training(make_config(width, M, K, 1024, dtype, backward), split=not layout.startswith("shipped"))
                 for M in models}
     except Exception as err:  # noqa: BLE001 (reported to the parent, which records the failure)
         say(dict(error=f"{type(err).__name__}: {str(err)[:300]}"))
@@ -332,7 +343,8 @@ def main() -> None:
     parser.add_argument("--compare-jax-rule", action="store_true", help="the same as --backward rowmajor,jax")
     parser.add_argument("--quick", action="store_true", help="W=256, M=1,2, 3 s per setting, K=5 (a smoke run)")
     parser.add_argument("--layouts", default=None,
-                        help=f"comma-separated process layouts to time interleaved, each in a worker process: {LAYOUTS}")
+                        help=f"comma-separated process layouts to time interleaved, each in a worker process: {LAYOUTS},"
+                             f" each optionally with +OPTION (any of {sorted(OPTIONS)})")
     parser.add_argument("--json", default=None, help="write all measurements to this JSON file")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # a layout's child process
     args = parser.parse_args()

@@ -156,6 +156,23 @@ def test_two_host_devices_train_a_small_grid_bit_identically():
     assert found["params_identical"] and found["losses_identical"]
 
 
+def test_the_benchmarks_hosts_layout_asks_for_a_device_per_core(monkeypatch):
+    """grid_throughput's 'hosts' layouts silently timed one device after the device per core
+    became opt-in (RHM_CPU_DEVICES): their workers must ask for it themselves."""
+    from benchmarks import grid_throughput as gt
+
+    monkeypatch.setattr(gt.hostflags, "cpu_count", lambda: 2)
+    environ = {"XLA_FLAGS": "--xla_force_host_platform_device_count=5 --xla_cpu_enable_fast_math=false"}
+    assert gt.layout_env("hosts", environ)["XLA_FLAGS"] == (
+        "--xla_cpu_enable_fast_math=false --xla_force_host_platform_device_count=2")
+    assert gt.layout_env("hosts1t+vec512", environ)["XLA_FLAGS"].split()[1:] == [
+        "--xla_force_host_platform_device_count=2", "--xla_cpu_multi_thread_eigen=false",
+        "--xla_cpu_prefer_vector_width=512"]
+    assert gt.layout_env("shipped", environ)["XLA_FLAGS"] == "--xla_cpu_enable_fast_math=false"
+    with pytest.raises(ValueError, match="option"):
+        gt.layout_env("hosts+fast", environ)
+
+
 # ----------------------------------------------------------------------------- the cases
 
 
