@@ -50,10 +50,10 @@ Families:
 Needs root (mount) for the disk and read-only families; without it those attacks say so and count
 as broken. Time: 85 attacks took 8.3 min with --jobs 3 on the project's 2-core CPU (a persistent
 compilation cache is shared by all processes); all 112 took 24.6 min with --jobs 2 beside the test
-suite. Counts at db7d16d (all 112 attacks, 7 Dec 2026): 87 held, 4 not promised, 21 broken as
-judged; 10 of the broken were tensorstore's tracebacks beside the promised outcome (dropped since;
-2 re-run held), 11 this judge's own errors (fixed; all 11 re-run held): 100 held, 4 not promised,
-8 broken (docs/results/faults/README.md).
+suite, 15.2 min on 8 Dec 2026 beside two helpers' work. Counts at b5e2516 (all 112 attacks, 8 Dec
+2026): 106 held, 4 not promised, 2 broken (a damaged checkpoint's unretrieved asyncio tracebacks,
+fixed since; SIGHUP ignored under the campaign's own nohup, which every attacked process now
+resets); both re-run held (docs/results/faults/README.md).
 """
 from __future__ import annotations
 
@@ -516,8 +516,14 @@ class Campaign:
         if fault is not None:
             env["RHM_FAULT"] = json.dumps(dict(fault, mark=mark))
         command = [sys.executable, module, *args] if module.endswith(".py") else [sys.executable, "-m", module, *args]
+
+        def child() -> None:  # the attacked process gets the default SIGHUP even under nohup
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)
+            if preexec is not None:
+                preexec()
+
         return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, preexec_fn=preexec)
+                                text=True, preexec_fn=child)
 
     @staticmethod
     def finish(proc: subprocess.Popen, began: float, timeout: float = TIMEOUT) -> Result:

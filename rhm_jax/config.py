@@ -189,16 +189,18 @@ def _validate_train(t: ml_collections.ConfigDict) -> None:
     # batch_size > P is allowed: a batch then spans several epochs of that model's data.
     _int_at_least("train.batch_size", t.batch_size, 1)
     lrs = t.lr if isinstance(t.lr, Sequence) else (t.lr,)
-    if not lrs or any(not _is_real(x) or not np.isfinite(x) or x <= 0 for x in lrs):
-        raise ValueError(f"train.lr={t.lr!r} must be a non-empty list of finite numbers > 0")
+    if not lrs or any(not _is_real(x) or not np.isfinite(x) or x <= 0 or diffusion.below_float32(x) for x in lrs):
+        raise ValueError(f"train.lr={t.lr!r} must be a non-empty list of finite numbers >= {diffusion.F32_TINY:.4g}"
+                         " (> 0, and not 0 in float32)")
     if len(set(lrs)) != len(lrs):
         raise ValueError(f"train.lr={tuple(lrs)!r} must not repeat a value (a repeat is a duplicate model)")
     for name in ("b1", "b2", "ema_decay"):
         value = t[name]
-        if not _is_real(value) or not 0.0 <= value < 1.0:
-            raise ValueError(f"train.{name}={value!r} must be in [0, 1)")
-    if not _is_real(t.adam_eps) or not 0 < t.adam_eps < 1:
-        raise ValueError(f"train.adam_eps={t.adam_eps!r} must be in (0, 1)")
+        if not _is_real(value) or not 0.0 <= value < 1.0 or diffusion.below_float32(value):
+            raise ValueError(f"train.{name}={value!r} must be 0 or in [{diffusion.F32_TINY:.4g}, 1) (float32)")
+    if not _is_real(t.adam_eps) or not 0 < t.adam_eps < 1 or diffusion.below_float32(t.adam_eps):
+        raise ValueError(f"train.adam_eps={t.adam_eps!r} must be in [{diffusion.F32_TINY:.4g}, 1) (> 0, and not 0"
+                         " in float32: Adam would divide 0 by 0 where a gradient is 0)")
     _int_at_least("train.warmup_steps", t.warmup_steps, 0)
     _int_at_least("train.num_steps", t.num_steps, 0)
     if not _is_real(t.num_epochs) or not np.isfinite(t.num_epochs) or t.num_epochs < 0:

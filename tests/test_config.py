@@ -67,7 +67,7 @@ BAD = [
     ("train.batch_size", 0, "train.batch_size=0"),
     ("train.lr", (0.0,), "train.lr"),
     ("train.lr", (1e-3, -1.0), "train.lr"),
-    ("train.b2", 1.0, "train.b2=1.0 must be in \\[0, 1\\)"),
+    ("train.b2", 1.0, "train.b2=1.0 must be 0 or in \\[1.175e-38, 1\\)"),
     ("train.ema_decay", -0.1, "train.ema_decay"),
     ("train.seeds", (), "train.seeds"),
     ("train.seeds", (1, 1), "train.seeds.*repeat"),
@@ -80,6 +80,15 @@ BAD = [
     ("eval.loss_rows", 0, "eval.loss_rows=0"),
     ("eval.models_per_batch", -1, "eval.models_per_batch=-1"),
     ("train.adam_eps", 0.0, "train.adam_eps"),
+    # positive values that are 0 in the float32 they feed (issue 26's sweep of bad values: accepted)
+    ("train.adam_eps", 1e-300, r"train.adam_eps=1e-300 must be in \[1.175e-38, 1\)"),
+    ("train.lr", (1e-3, 1e-300), r"train.lr=.* >= 1.175e-38"),
+    ("train.b1", 1e-300, r"train.b1=1e-300 must be 0 or in \[1.175e-38, 1\)"),
+    ("train.ema_decay", 1e-300, r"train.ema_decay=1e-300 must be 0 or"),
+    ("process.beta1", 1e-300, r"process.beta1=1e-300 must be >= 1.175e-38"),
+    ("process.eps", 1e-300, r"process.eps=1e-300 must be in \[1.175e-38, 0.5\)"),  # unused by 'uniform', checked
+    ("process.power", 1e-300, r"process.power=1e-300 must be a finite number >= 1.175e-38"),
+    ("network.mlp_ratio", 1e-300, r"network mlp_ratio=1e-300 .*round\(mlp_ratio \* width\) >= 1"),  # bpUNet's too
     ("run.keep_last", 0, "run.keep_last=0"),
     ("run.checkpoint_every", -1, "run.checkpoint_every=-1"),
     ("run.max_models_per_program", -2, "run.max_models_per_program=-2"),

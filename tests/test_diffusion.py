@@ -146,13 +146,13 @@ PROCESSES = [pytest.param(small_uniform, id="uniform"),
     ("uniform", {"T": 0}, r"process.T=0 must be an integer >= 1"),
     ("uniform", {"beta1": 0.1, "beta2": 0.1}, r"process.beta2=0.1 must be > beta1=0.1"),
     ("uniform", {"beta2": 1.0}, r"process.beta2=1.0 must be < 1"),
-    ("uniform", {"beta1": 0.0}, r"process.beta1=0.0 must be > 0"),
+    ("uniform", {"beta1": 0.0}, r"process.beta1=0.0 must be >= 1.175e-38 \(> 0"),
     ("uniform", {"sampler_steps": 0}, r"process.sampler_steps=0 must be an integer >= 1"),
     ("uniform", {"T": 8, "sampler_steps": 9}, r"process.sampler_steps=9 must be <= T=8"),
     ("masked", {"schedule": "sqrt"}, r"process.schedule='sqrt' must be one of"),
     ("masked", {"sampler_steps": 0}, r"process.sampler_steps=0 must be an integer >= 1"),
-    ("masked", {"eps": 0.5}, r"process.eps=0.5 must be in \(0, 0.5\)"),
-    ("masked", {"schedule": "poly", "power": 0.0}, r"process.power=0.0 must be a finite number > 0"),
+    ("masked", {"eps": 0.5}, r"process.eps=0.5 must be in \[1.175e-38, 0.5\)"),
+    ("masked", {"schedule": "poly", "power": 0.0}, r"process.power=0.0 must be a finite number >= 1.175e-38"),
 ])
 def test_bad_config_raises_naming_parameter(name, overrides, match):
     with pytest.raises(ValueError, match=match):

@@ -64,13 +64,21 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value)
 
 
+F32_TINY = float(np.finfo(np.float32).tiny)  # the least normal float32; a positive value below it rounds to 0 or loses its digits
+
+
+def below_float32(value: Any) -> bool:
+    """True for a positive number too small for the float32 it is computed in (1e-300 becomes 0)."""
+    return 0 < abs(value) < F32_TINY
+
+
 def _check_uniform(config: Any) -> None:
     beta1, beta2 = _get(config, "beta1"), _get(config, "beta2")
     for name, value in (("beta1", beta1), ("beta2", beta2)):
         if not _is_real(value):
             raise ValueError(f"process.{name}={value!r} must be a finite number")
-    if beta1 <= 0:
-        raise ValueError(f"process.beta1={beta1} must be > 0")
+    if beta1 <= 0 or below_float32(beta1):
+        raise ValueError(f"process.beta1={beta1} must be >= {F32_TINY:.4g} (> 0, and not 0 in float32)")
     if beta2 <= beta1:
         raise ValueError(f"process.beta2={beta2} must be > beta1={beta1}")
     if beta2 >= 1:
@@ -81,10 +89,11 @@ def _check_masked(config: Any) -> None:
     schedule, power, eps = _get(config, "schedule"), _get(config, "power"), _get(config, "eps")
     if schedule not in SCHEDULES:
         raise ValueError(f"process.schedule={schedule!r} must be one of {SCHEDULES}")
-    if not _is_real(eps) or not 0 < eps < 0.5:
-        raise ValueError(f"process.eps={eps!r} must be in (0, 0.5)")
-    if not _is_real(power) or power <= 0:
-        raise ValueError(f"process.power={power!r} must be a finite number > 0 (the 'poly' schedule's exponent)")
+    if not _is_real(eps) or not 0 < eps < 0.5 or below_float32(eps):
+        raise ValueError(f"process.eps={eps!r} must be in [{F32_TINY:.4g}, 0.5) (> 0, and not 0 in float32)")
+    if not _is_real(power) or power <= 0 or below_float32(power):
+        raise ValueError(f"process.power={power!r} must be a finite number >= {F32_TINY:.4g} (the 'poly' schedule's"
+                         " exponent: > 0, and not 0 in float32)")
 
 
 def validate(process_config: Any) -> None:

@@ -151,15 +151,17 @@ def _transformer_fields(cfg: Any) -> None:
     ratio = cfg.get("mlp_ratio")
     if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not np.isfinite(ratio) or ratio <= 0:
         raise ValueError(f"network mlp_ratio={ratio!r} must be a finite number > 0")
+    width = cfg.get("width")
+    if isinstance(width, int) and width >= 1 and round(ratio * width) < 1:
+        raise ValueError(f"network mlp_ratio={ratio!r} must be > 0 with round(mlp_ratio * width) >= 1"
+                         f" (width={width}: the transformer's MLP would have no unit)")
 
 
 def _validate_transformer(cfg: Any) -> None:
     _transformer_fields(cfg)
-    width, heads, ratio = cfg.get("width"), cfg.get("heads"), cfg.get("mlp_ratio")
+    width, heads = cfg.get("width"), cfg.get("heads")
     if width % heads:
         raise ValueError(f"network heads={heads} must divide width={width}")
-    if round(ratio * width) < 1:
-        raise ValueError(f"network mlp_ratio={ratio!r} must be > 0 with round(mlp_ratio * width) >= 1")
 
 
 def _check_process(process: Any, v: int) -> None:
