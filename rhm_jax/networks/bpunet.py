@@ -41,6 +41,10 @@ readout puts its output's cotangent behind ``fence``, so the elementwise backwar
 layer is not evaluated inside a transpose; the readout's cotangent (the loss gradient) is left
 as it is, because behind a fence XLA orders the readout's products differently and every
 gradient moved in the last bits.
+In a bf16 network (``network.dtype='bfloat16'``) the row-major rule casts each product's float32
+cotangent to bf16 before its two backward products (``_as_operands``; issue 25), so all three
+products of every layer run on the bf16 path. JAX's own rule ('jax', also what 'auto' picks off the
+CPU) is left as JAX writes it: in bf16 the two rules give close, not equal, gradients (tested).
 """
 from __future__ import annotations
 
