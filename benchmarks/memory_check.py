@@ -12,7 +12,8 @@ compilation) and ``--calls`` further calls of ``train.steps_per_call`` steps -> 
 (``evaluator.sample`` then ``evaluator.score``, as ``subgrids.evaluation_rows``: its compilation
 and run). The child reads its own ``VmHWM`` (peak resident set, /proc/self/status) once jax and the
 library are imported and the CPU backend has started (the baseline: what every process of the
-library holds before it plans anything), and again after each phase; measured = final VmHWM less
+library holds before it plans anything), and again after each phase (build: ``program.build`` and
+the part; init: the initial state; then each jitted function's compilation apart from its call); measured = final VmHWM less
 the baseline. The estimate (``memory.estimate(settings, rows)``, its parts and ``total(M)``) is
 computed in the same child, before anything compiles, as the planner does. ratio = estimate /
 measured: below 1, a grid planned by the estimate could exceed the memory.
@@ -23,7 +24,8 @@ evaluation sizes (1024 samples, 1024 loss rows, 10 windows, one model per evalua
 setting names others. The sampler runs ``process.sampler_steps=10`` steps instead of the exact
 T=200: it is a ``lax.scan`` whose live tensors do not depend on its length, and 200 steps at W=1024
 would take minutes per model. Settings: bpUNet W = 64, 256, 1024 with M = 1, 4, 8 (W=1024: M = 1, 4),
-a larger evaluation (eval.num_samples=8192) at W = 64 and 256, and the transformer (W=64, depth 4).
+a larger evaluation (eval.num_samples=8192) at W = 64 and 256, the transformer (W=64, depth 4), and
+the build and initial state alone of W=1024 M=8 (its training and evaluation would take minutes).
 
 Machine load changes timings, not memory; but concurrent processes do not change a child's VmHWM,
 so ``cpu-shared`` runs give the same numbers (only slower). Peak RSS counts the host: on a GPU the
@@ -44,9 +46,10 @@ SETTINGS = (
     + [dict(network="bpunet", W=1024, M=M) for M in (1, 4)]
     + [dict(network="bpunet", W=64, M=1, num_samples=8192), dict(network="bpunet", W=256, M=1, num_samples=8192)]
     + [dict(network="transformer", W=64, M=M) for M in (1, 4)]
+    + [dict(network="bpunet", W=1024, M=8, init_only=1)]
 )
 _MIB = 2**20
-PHASES = ("setup", "train_compile", "train", "sample_compile", "sample", "score_compile", "score")
+PHASES = ("build", "init", "train_compile", "train", "sample_compile", "sample", "score_compile", "score")
 
 
 def vm_status() -> dict:
@@ -92,11 +95,18 @@ def child(setting: dict, steps_per_call: int, calls: int) -> dict:
     need = memory.estimate(planned.settings, planned.rows)
     built = program.build(planned.settings, planned.rows)
     part = subgrids.make_part(built, list(range(len(built.grid_rows))))
+    marks["build"], seconds["build"] = vm_status()["VmHWM"], time.perf_counter() - start
+    start = time.perf_counter()
     state = built.place.init_state(built.settings.train, built.setup.network, part.grid)
     if built.place.mesh is None:
         state = jax.device_put(state, jax.devices()[0])
     jax.block_until_ready(state)
-    marks["setup"], seconds["setup"] = vm_status()["VmHWM"], time.perf_counter() - start
+    marks["init"], seconds["init"] = vm_status()["VmHWM"], time.perf_counter() - start
+    if setting.get("init_only"):  # a grid too slow to train and evaluate here: its build and init alone
+        M = len(built.grid_rows)
+        return dict(setting=setting, M=M, estimate=need._asdict(), estimate_total=need.total(M), marks=marks,
+                    seconds=seconds, final_rss=vm_status()["VmRSS"], measured=marks["init"] - marks["baseline"])
+
     def phase(name, fn):
         start = time.perf_counter()
         out = fn()
@@ -145,12 +155,13 @@ def run_child(setting: dict, args: argparse.Namespace) -> dict:
 
 def label(setting: dict) -> str:
     extra = f" N={setting['num_samples']}" if "num_samples" in setting else ""
+    extra += " (build+init)" if setting.get("init_only") else ""
     return f"{setting['network']} W={setting['W']} M={setting['M']}{extra}"
 
 
 def table(rows: list[dict]) -> str:
     """The result table (MiB; ratio = estimate total / measured peak over the baseline)."""
-    head = (f"{'setting':<30} {'state':>7} {'step':>7} {'eval':>7} {'data':>6} {'compile':>7} {'est.total':>9}"
+    head = (f"{'setting':<30} {'state':>7} {'step':>7} {'eval':>7} {'data':>6} {'init':>7} {'compile':>7} {'est.total':>9}"
             f" {'baseline':>8} {'measured':>8} {'ratio':>6} {'ratio-c':>7}  peak phase   (MiB; wall s)")
     lines = [head]
     for r in rows:
@@ -158,26 +169,26 @@ def table(rows: list[dict]) -> str:
             lines.append(f"{label(r['setting']):<30} ERROR {r['error']}")
             continue
         e, marks = r["estimate"], r["marks"]
-        phases = [p for p in PHASES]
+        phases = [p for p in PHASES if p in marks]
         growth = {p: marks[p] - marks[q] for p, q in zip(phases, ["baseline"] + phases[:-1])}
         peak_phase = max(growth, key=growth.get)
         without = r["estimate_total"] - e["compilation"]
         lines.append(
             f"{label(r['setting']):<30} {e['state'] / _MIB:>7.1f} {e['step'] / _MIB:>7.1f}"
             f" {e['per_batch'] * e['evaluation'] / _MIB:>7.1f} {e['datasets'] / _MIB:>6.2f}"
-            f" {e['compilation'] / _MIB:>7.0f} {r['estimate_total'] / _MIB:>9.1f} {marks['baseline'] / _MIB:>8.0f}"
+            f" {e.get('init', 0) / _MIB:>7.1f} {e['compilation'] / _MIB:>7.0f} {r['estimate_total'] / _MIB:>9.1f} {marks['baseline'] / _MIB:>8.0f}"
             f" {r['measured'] / _MIB:>8.1f} {r['estimate_total'] / r['measured']:>6.2f}"
             f" {without / r['measured']:>7.2f}  {peak_phase:<13} ({r['wall_s']:.0f})")
     lines.append("ratio = est.total / measured; ratio-c = (est.total - compile) / measured; peak phase: the"
                  " phase that raised VmHWM most")
     lines.append("")
     lines.append("VmHWM raised by each phase (MiB), in order:")
-    lines.append(f"{'setting':<30} " + " ".join(f"{p:>14}" for p in PHASES))
+    lines.append(f"{'setting':<30} " + " ".join(f"{p:>13}" for p in PHASES))
     for r in rows:
         if "error" not in r:
             marks = r["marks"]
             lines.append(f"{label(r['setting']):<30} " + " ".join(
-                f"{(marks[p] - marks[q]) / _MIB:>14.1f}" for p, q in zip(PHASES, ("baseline",) + PHASES[:-1])))
+                f"{(marks[p] - marks[q]) / _MIB:>13.1f}" for p, q in zip(PHASES, ("baseline",) + PHASES[:-1]) if p in marks))
     return "\n".join(lines)
 
 
