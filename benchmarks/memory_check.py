@@ -13,7 +13,8 @@ compilation) and ``--calls`` further calls of ``train.steps_per_call`` steps -> 
 and run). The child reads its own ``VmHWM`` (peak resident set, /proc/self/status) once jax and the
 library are imported and the CPU backend has started (the baseline: what every process of the
 library holds before it plans anything), and again after each phase (build: ``program.build`` and
-the part; init: the initial state; then each jitted function's compilation apart from its call); measured = final VmHWM less
+the part; init: the initial state; then each jitted function's compilation apart from its call);
+measured = final VmHWM less
 the baseline. The estimate (``memory.estimate(settings, rows)``, its parts and ``total(M)``) is
 computed in the same child, before anything compiles, as the planner does. ratio = estimate /
 measured: below 1, a grid planned by the estimate could exceed the memory.
@@ -161,7 +162,8 @@ def label(setting: dict) -> str:
 
 def table(rows: list[dict]) -> str:
     """The result table (MiB; ratio = estimate total / measured peak over the baseline)."""
-    head = (f"{'setting':<30} {'state':>7} {'step':>7} {'eval':>7} {'data':>6} {'init':>7} {'compile':>7} {'est.total':>9}"
+    head = (f"{'setting':<30} {'state':>7} {'step':>7} {'eval':>7} {'data':>6} {'init':>7} {'compile':>7}"
+            f" {'est.total':>9}"
             f" {'baseline':>8} {'measured':>8} {'ratio':>6} {'ratio-c':>7}  peak phase   (MiB; wall s)")
     lines = [head]
     for r in rows:
@@ -176,7 +178,8 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"{label(r['setting']):<30} {e['state'] / _MIB:>7.1f} {e['step'] / _MIB:>7.1f}"
             f" {e['per_batch'] * e['evaluation'] / _MIB:>7.1f} {e['datasets'] / _MIB:>6.2f}"
-            f" {e.get('init', 0) / _MIB:>7.1f} {e['compilation'] / _MIB:>7.0f} {r['estimate_total'] / _MIB:>9.1f} {marks['baseline'] / _MIB:>8.0f}"
+            f" {e.get('init', 0) / _MIB:>7.1f} {e['compilation'] / _MIB:>7.0f} {r['estimate_total'] / _MIB:>9.1f}"
+            f" {marks['baseline'] / _MIB:>8.0f}"
             f" {r['measured'] / _MIB:>8.1f} {r['estimate_total'] / r['measured']:>6.2f}"
             f" {without / r['measured']:>7.2f}  {peak_phase:<13} ({r['wall_s']:.0f})")
     lines.append("ratio = est.total / measured; ratio-c = (est.total - compile) / measured; peak phase: the"
@@ -187,8 +190,9 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         if "error" not in r:
             marks = r["marks"]
+            previous = ("baseline",) + PHASES[:-1]
             lines.append(f"{label(r['setting']):<30} " + " ".join(
-                f"{(marks[p] - marks[q]) / _MIB:>13.1f}" for p, q in zip(PHASES, ("baseline",) + PHASES[:-1]) if p in marks))
+                f"{(marks[p] - marks[q]) / _MIB:>13.1f}" for p, q in zip(PHASES, previous) if p in marks))
     return "\n".join(lines)
 
 
@@ -215,7 +219,8 @@ def main() -> None:
     import platform
 
     print(f"memory_check: {len(settings)} settings, steps_per_call={args.steps_per_call}, calls={args.calls};"
-          f" {platform.node()} {os.cpu_count()} CPUs; load {os.getloadavg()[0]:.2f}; {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
+          f" {platform.node()} {os.cpu_count()} CPUs; load {os.getloadavg()[0]:.2f};"
+          f" {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
           flush=True)
     rows = []
     for setting in settings:

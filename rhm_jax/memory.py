@@ -13,7 +13,7 @@ program, Q pool rows (its largest P), T test rows, k models evaluated at once.
   2026-12-08): the process's peak grew by 3.1-3.2 x the state per model at W = 256 and 1024, i.e.
   2.1-2.2 x beyond the state, and that memory was reused by the later phases (no later phase raised
   the peak of a W=1024 grid): so a model counts ``state + max(step, init)``. Without it the sum
-  fell below the measured peak for W=1024 grids of more than about 14 models;
+  fell below the measured peak from W=1024 grids of about 8 models on;
 - ``evaluation``: one model of an evaluation batch: a copy of its parameters and the sampler's
   live (max(N, R), D, W) tensors (``_EVAL_FACTOR`` of them, the guess the evaluator used before);
 - ``datasets``: the program's pools, tests and copy lookups, on the device once for all its models;
@@ -23,7 +23,8 @@ program, Q pool rows (its largest P), T test rows, k models evaluated at once.
   GiB for the transformer (W=64), above the 0.5 GiB the estimate counted before 2026-12-08.
 A sub-grid of M models needs ``datasets + compilation + M (state + max(step, init)) + k evaluation``.
 Checked against the peak resident memory of real sub-grids (bpUNet W = 64-1024, M = 1-8,
-transformer W=64; docs/results/memory/): the estimate was 1.2-3 x the measured peak; on a GPU
+transformer W=64; docs/results/memory/, 2026-12-08, the 2-core AMD EPYC CPU): the estimate is 1.5-3.5
+x the measured peak (before: 0.85-2.8, below it for the transformer and large W=1024 grids); on a GPU
 (``bytes_limit``) it has not been measured.
 
 ``available()`` is what a run may plan to use: a GPU's ``bytes_limit`` (jax memory_stats); on the
