@@ -8,12 +8,24 @@ program, Q pool rows (its largest P), T test rows, k models evaluated at once.
 - ``step``: what one model's training step adds: its gradient and the update (2 x its parameters)
   and the activations kept for the backward pass, B x D x W floats per layer (``_TRAIN_FACTOR``
   of them per bpUNet layer, a generous guess);
+- ``init``: what one model adds while its state is initialized (``train.init_state``, one jitted
+  program for the grid): ``_INIT_FACTOR`` x its state. Measured (benchmarks/memory_check.py, CPU,
+  2026-12-08): the process's peak grew by 3.1-3.2 x the state per model at W = 256 and 1024, i.e.
+  2.1-2.2 x beyond the state, and that memory was reused by the later phases (no later phase raised
+  the peak of a W=1024 grid): so a model counts ``state + max(step, init)``. Without it the sum
+  fell below the measured peak from W=1024 grids of about 8 models on;
 - ``evaluation``: one model of an evaluation batch: a copy of its parameters and the sampler's
   live (max(N, R), D, W) tensors (``_EVAL_FACTOR`` of them, the guess the evaluator used before);
 - ``datasets``: the program's pools, tests and copy lookups, on the device once for all its models;
-- ``compilation``: XLA's compiler on the host (``COMPILE_BYTES``; 0 on an accelerator, whose memory
-  the compiler does not use).
-A sub-grid of M models needs ``datasets + compilation + M (state + step) + k evaluation``.
+- ``compilation``: XLA's compiler and the per-program host buffers around it (the references and
+  lookups, eager operations) on the host (``COMPILE_BYTES``; 0 on an accelerator, whose memory the
+  compiler does not use). Measured: these fixed parts were 0.45-0.5 GiB for bpUNet and up to 0.74
+  GiB for the transformer (W=64), above the 0.5 GiB the estimate counted before 2026-12-08.
+A sub-grid of M models needs ``datasets + compilation + M (state + max(step, init)) + k evaluation``.
+Checked against the peak resident memory of real sub-grids (bpUNet W = 64-1024, M = 1-8,
+transformer W=64; docs/results/memory/, 2026-12-08, the 2-core AMD EPYC CPU): the estimate is 1.5-3.5
+x the measured peak (before: 0.85-2.8, below it for the transformer and large W=1024 grids); on a GPU
+(``bytes_limit``) it has not been measured.
 
 ``available()`` is what a run may plan to use: a GPU's ``bytes_limit`` (jax memory_stats); on the
 CPU the least of /proc/meminfo's MemAvailable, the cgroup's limit less its usage (v2 or v1), the
@@ -35,8 +47,9 @@ import numpy as np
 from rhm_jax import networks, settings, train
 
 MEMORY_FRACTION = 0.8  # of the available memory that one program may plan to use
-COMPILE_BYTES = 512 * 2**20  # XLA's CPU compiler for one program, a generous guess
+COMPILE_BYTES = 2**30  # XLA's CPU compiler and a program's fixed host buffers (measured up to 0.74 GiB)
 _TRAIN_FACTOR = 8  # B x D x W float32 activations kept per layer for the backward pass
+_INIT_FACTOR = 3  # bytes beyond the state while a model is initialized, per byte of state (measured 2.2)
 _EVAL_FACTOR = 24  # live (max(N, R), D, W) float32 tensors while sampling and scoring
 _GIB = 2**30
 
@@ -50,14 +63,21 @@ class Estimate(NamedTuple):
     datasets: int
     compilation: int
     per_batch: int  # k, models evaluated at once
+    init: int = 0  # bytes beyond the state while one model's state is initialized
+
+    @property
+    def per_model(self) -> int:
+        """Bytes one more model of the sub-grid adds: its state, and its training step or its init."""
+        return self.state + max(self.step, self.init)
 
     def total(self, M: int) -> int:
         """Bytes of a sub-grid of M models."""
-        return self.datasets + self.compilation + M * (self.state + self.step) + self.per_batch * self.evaluation
+        return self.datasets + self.compilation + M * self.per_model + self.per_batch * self.evaluation
 
     def describe(self) -> str:
         """One model's parts in GiB, for messages."""
-        return (f"state {self.state / _GIB:.3g}, training step {self.step / _GIB:.3g}, evaluation"
+        return (f"state {self.state / _GIB:.3g}, training step {self.step / _GIB:.3g}, init"
+                f" {self.init / _GIB:.3g}, evaluation"
                 f" {self.per_batch} x {self.evaluation / _GIB:.3g}, datasets {self.datasets / _GIB:.3g},"
                 f" compilation {self.compilation / _GIB:.3g} GiB")
 
@@ -96,7 +116,8 @@ def estimate(typed: settings.Settings, rows: Sequence[dict], on_host: bool | Non
     pools = len(train.datasets_of(rows)) * (max(int(r["P"]) for r in rows) + typed.num_test) * g.d * 4
     on_host = jax.default_backend() == "cpu" if on_host is None else on_host
     return Estimate(state=state, step=2 * params + activations, evaluation=evaluation, datasets=4 * pools,
-                    compilation=COMPILE_BYTES if on_host else 0, per_batch=max(1, e.models_per_batch))
+                    compilation=COMPILE_BYTES if on_host else 0, per_batch=max(1, e.models_per_batch),
+                    init=_INIT_FACTOR * state)
 
 
 # ----------------------------------------------------------------------------- what is available
@@ -182,7 +203,7 @@ def models_that_fit(need: Estimate, limit: int | None) -> int | None:
     if limit is None:
         return None
     room = MEMORY_FRACTION * limit - need.total(0)
-    return max(0, int(room // max(1, need.state + need.step)))
+    return max(0, int(room // max(1, need.per_model)))
 
 
 def refusal(need: Estimate, limit: int, source: str, what: str = "a program") -> str:
