@@ -50,10 +50,11 @@ Families:
 Needs root (mount) for the disk and read-only families; without it those attacks say so and count
 as broken. Time: 85 attacks took 8.3 min with --jobs 3 on the project's 2-core CPU (a persistent
 compilation cache is shared by all processes); all 112 took 24.6 min with --jobs 2 beside the test
-suite, 15.2 min on 8 Dec 2026 beside two helpers' work. Counts at b5e2516 (all 112 attacks, 8 Dec
+suite, 15.2 and 12.9 min on 8 Dec 2026 beside other work. Counts at b5e2516 (all 112 attacks, 8 Dec
 2026): 106 held, 4 not promised, 2 broken (a damaged checkpoint's unretrieved asyncio tracebacks,
 fixed since; SIGHUP ignored under the campaign's own nohup, which every attacked process now
-resets); both re-run held (docs/results/faults/README.md).
+resets); both re-run held; at e8e1a0c: 108 held, 4 not promised, 0 broken
+(docs/results/faults/README.md).
 """
 from __future__ import annotations
 
