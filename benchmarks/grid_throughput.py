@@ -264,8 +264,8 @@ def serve(layout: str, width: int, models: list[int], K: int, dtype: str, backwa
         print("@@ " + json.dumps(obj), flush=True)
 
     try:
-        runs = {M: compile_training(make_config(width, M, K, 1024, dtype, backward), split=not layout.startswith("shipped"))
-                for M in models}
+        split = not layout.startswith("shipped")
+        runs = {M: compile_training(make_config(width, M, K, 1024, dtype, backward), split=split) for M in models}
     except Exception as err:  # noqa: BLE001 (reported to the parent, which records the failure)
         say(dict(error=f"{type(err).__name__}: {str(err)[:300]}"))
         return
@@ -343,8 +343,8 @@ def main() -> None:
     parser.add_argument("--compare-jax-rule", action="store_true", help="the same as --backward rowmajor,jax")
     parser.add_argument("--quick", action="store_true", help="W=256, M=1,2, 3 s per setting, K=5 (a smoke run)")
     parser.add_argument("--layouts", default=None,
-                        help=f"comma-separated process layouts to time interleaved, each in a worker process: {LAYOUTS},"
-                             f" each optionally with +OPTION (any of {sorted(OPTIONS)})")
+                        help=f"comma-separated process layouts to time interleaved, each in a worker process:"
+                             f" {LAYOUTS}, each optionally with +OPTION (any of {sorted(OPTIONS)})")
     parser.add_argument("--json", default=None, help="write all measurements to this JSON file")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # a layout's child process
     args = parser.parse_args()

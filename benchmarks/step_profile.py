@@ -81,8 +81,8 @@ def _dot_flops(lines: list[str]) -> float:
             shapes[m.group(1)] = [int(d) for d in m.group(2).split(",") if d]
     flops = 0.0
     for line in lines:
-        m = re.match(r"\s*(?:ROOT )?%[\w.\-]+ = \w+\[([\d,]*)\]\S* dot\(%([\w.\-]+), %([\w.\-]+)\).*lhs_contracting_dims=\{([\d,]*)\}",
-                     line)
+        m = re.match(r"\s*(?:ROOT )?%[\w.\-]+ = \w+\[([\d,]*)\]\S* dot\(%([\w.\-]+), %([\w.\-]+)\)"
+                     r".*lhs_contracting_dims=\{([\d,]*)\}", line)
         if m:
             out = [int(d) for d in m.group(1).split(",") if d]
             lhs = shapes.get(m.group(2), [])

@@ -64,7 +64,8 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value)
 
 
-F32_TINY = float(np.finfo(np.float32).tiny)  # the least normal float32; a positive value below it rounds to 0 or loses its digits
+# the least normal float32: a positive value below it rounds to 0 or loses its digits
+F32_TINY = float(np.finfo(np.float32).tiny)
 
 
 def below_float32(value: Any) -> bool:
