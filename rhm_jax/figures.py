@@ -166,10 +166,12 @@ def plot_validity_vs_p(df: pd.DataFrame, summary: pd.DataFrame, out: str, at: st
         if extra is not None and len(extra):
             styles += [(f"{name}: P*", dict(marker=markers[i % len(markers)], ls="none", mec="k"))
                        for i, name in enumerate(sorted(extra["label"].unique()))]
-        _key(ax, colors, styles, loc="best", framealpha=0.6)
+        # below each panel: with few P values no corner of the panel is free of lines (issue 26's
+        # online figure had the legends over level 1's points and the P* lines)
+        below = dict(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+        _key(ax, colors, styles, **below)
         _key(ax_raw, colors, [("chance V_l^unif (uniform tokens)", dict(ls="-.")),
-                              ("normalized = 1/2", dict(ls=(0, (1, 3)))), ("P* (normalized)", dict(ls="--"))],
-             loc="best", framealpha=0.6)
+                              ("normalized = 1/2", dict(ls=(0, (1, 3)))), ("P* (normalized)", dict(ls="--"))], **below)
         ax.set_ylabel(NORM_LABEL, fontsize=8)
         ax_raw.set_ylabel("level-l nodes valid (raw fraction)", fontsize=8)
         which = "non-copied samples" if samples == "noncopy" else "all samples"
