@@ -1603,12 +1603,18 @@ def empty_workdir_name(c: Campaign, d: str) -> Outcome:
     return out
 
 
-@attack("path", "name")
-def foreign_directory(c: Campaign, d: str) -> Outcome:
+def foreign_workdir(d: str) -> tuple[str, dict]:
+    """A directory that is not a work directory (one file of the user's in it), and its inventory."""
     workdir = os.path.join(d, "mine")
     os.makedirs(workdir)
-    open(os.path.join(workdir, "notes.txt"), "w").write("keep")
-    before = inventory(workdir)
+    with open(os.path.join(workdir, "notes.txt"), "w") as f:
+        f.write("keep")
+    return workdir, inventory(workdir)
+
+
+@attack("path", "name")
+def foreign_directory(c: Campaign, d: str) -> Outcome:
+    workdir, before = foreign_workdir(d)
     out = c.refused(workdir, c.local(workdir), before, r"holds no config.json")
     out.ok &= sorted(os.listdir(workdir)) == ["notes.txt"]
     return out
@@ -1684,10 +1690,7 @@ def force_on_the_current_directory(c: Campaign, d: str) -> Outcome:
 
 @attack("path", "force")
 def force_on_a_foreign_directory(c: Campaign, d: str) -> Outcome:
-    workdir = os.path.join(d, "mine")
-    os.makedirs(workdir)
-    open(os.path.join(workdir, "notes.txt"), "w").write("keep")
-    before = inventory(workdir)
+    workdir, before = foreign_workdir(d)
     out = c.refused(workdir, c.local(workdir, "--force"), before, r"not an rhm_jax work directory")
     out.ok &= sorted(os.listdir(d)) == ["mine"]
     return out
