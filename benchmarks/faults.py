@@ -614,6 +614,14 @@ class Campaign:
         out.state = "same" if same_state else "differ"
         return same_rows and same_state
 
+    def runs_to_reference(self, workdir: str, compared: str | None = None) -> Outcome:
+        """``launch.local`` on ``workdir``: held if it exits 0 with the reference's rows and states
+        (read in ``compared``, default ``workdir``)."""
+        result = self.local(workdir)
+        out = Outcome(codes=[result.code], line=result.line)
+        out.ok = result.code == 0 and self.compare(compared or workdir, out)
+        return out
+
     def compare_array(self, root: str, out: Outcome) -> bool:
         """Each slice's rows and newest checkpoints against the array reference's."""
         same = True
@@ -1177,9 +1185,7 @@ def silently_changed_row_value(c: Campaign, d: str) -> Outcome:
     rows[5]["validity_l1"] = 0.123
     with open(path, "w") as f:
         f.write("".join(json.dumps(r) + "\n" for r in rows))
-    result = c.local(workdir)
-    out = Outcome(codes=[result.code], line=result.line)
-    out.ok = result.code == 0 and c.compare(workdir, out)
+    out = c.runs_to_reference(workdir)
     out.note = "the change is kept silently" if out.rows != "same" else ""
     return out
 
@@ -1251,9 +1257,7 @@ def only_a_stale_config_tmp(c: Campaign, d: str) -> Outcome:
     os.makedirs(workdir)
     with open(os.path.join(workdir, "config.json.tmp"), "w") as f:
         f.write('{"config": {"gram')
-    result = c.local(workdir)
-    out = Outcome(codes=[result.code], line=result.line)
-    out.ok = result.code == 0 and c.compare(workdir, out)
+    out = c.runs_to_reference(workdir)
     return out
 
 
@@ -1651,9 +1655,7 @@ def workdir_through_a_symlink(c: Campaign, d: str) -> Outcome:
     target = c.copy(c.mid, d, "real")
     link = os.path.join(d, "link")
     os.symlink(target, link)
-    result = c.local(link)
-    out = Outcome(codes=[result.code], line=result.line)
-    out.ok = result.code == 0 and c.compare(target, out)
+    out = c.runs_to_reference(link, target)
     return out
 
 
@@ -1663,18 +1665,14 @@ def checkpoints_on_a_symlink(c: Campaign, d: str) -> Outcome:
     elsewhere = os.path.join(d, "elsewhere")
     shutil.move(os.path.join(workdir, "checkpoints"), elsewhere)
     os.symlink(elsewhere, os.path.join(workdir, "checkpoints"))
-    result = c.local(workdir)
-    out = Outcome(codes=[result.code], line=result.line)
-    out.ok = result.code == 0 and c.compare(workdir, out)
+    out = c.runs_to_reference(workdir)
     return out
 
 
 @attack("path", "kill", "a work directory named with spaces, quotes and non-ASCII, three levels new: same rows")
 def odd_workdir_name(c: Campaign, d: str) -> Outcome:
     workdir = os.path.join(d, "a b", "é'ü\"x", "run ✓")
-    result = c.local(workdir)
-    out = Outcome(codes=[result.code], line=result.line)
-    out.ok = result.code == 0 and c.compare(workdir, out)
+    out = c.runs_to_reference(workdir)
     return out
 
 
