@@ -378,6 +378,21 @@ def test_evaluate_scores_the_debiased_ema(tables):
 # ----------------------------------------------------------------------------- end to end
 
 
+def _tiny_grid(config):
+    """The v=4, m=2, s=2, L=2 grammar of grammar seed 0 with P=24 and 8 test rows, and the config's
+    process, network, grid (rows), settings and initial state."""
+    from rhm_jax import config as config_lib, diffusion, networks
+
+    config_lib.validate(config)
+    g = grammar.sample_rules(0, 4, 4, 2, 2, 2)
+    pool, test = data.sample_dataset(0, g, 24, 8)
+    process = diffusion.make(config.process, g.v, g.d)
+    network = networks.make(config.network, g.v, g.s, g.L, process)
+    grid, rows = plan.make_grid(config)
+    typed = settings.of(config)
+    return g, pool, test, process, network, grid, rows, typed, train.init_state(typed.train, network, grid)
+
+
 @pytest.mark.slow
 def test_tiny_grid_learns_the_lowest_level():
     """v=4, m=2, s=2, L=2 (uniform tokens: level-1 validity 0.5), P=24, bpUNet W=32, 800 steps.
@@ -385,7 +400,7 @@ def test_tiny_grid_learns_the_lowest_level():
     Measured on the 2-core CPU: validity_l1 about 0.96 for both seeds (0.95 at 400 steps); the
     run costs about 20 s of CPU, nearly all of it compilation.
     """
-    from rhm_jax import config as config_lib, diffusion, networks
+    from rhm_jax import config as config_lib
 
     config = config_lib.base_config()
     config.grammar.update(dict(v=4, n=4, m=2, s=2, L=2, seed=0))
@@ -394,14 +409,7 @@ def test_tiny_grid_learns_the_lowest_level():
     config.network.width = 32
     config.train.update(dict(batch_size=16, lr=(3e-2,), num_steps=800, seeds=(0, 1), steps_per_call=400))
     config.eval.update(dict(num_samples=256, num_windows=2))
-    config_lib.validate(config)
-    g = grammar.sample_rules(config.grammar.seed, 4, 4, 2, 2, 2)
-    pool, test = data.sample_dataset(0, g, 24, 8)
-    process = diffusion.make(config.process, g.v, g.d)
-    network = networks.make(config.network, g.v, g.s, g.L, process)
-    grid, rows = plan.make_grid(config)
-    typed = settings.of(config)
-    state = train.init_state(typed.train, network, grid)
+    g, pool, test, process, network, grid, rows, typed, state = _tiny_grid(config)
     chunk = train.jit_chunk(train.make_train_chunk(typed.train, process, network))
     pool_GxQxD = jnp.asarray(pool)[None]
     for _ in range(2):
@@ -417,7 +425,7 @@ def test_tiny_grid_learns_the_lowest_level():
 def test_sampling_and_scoring_as_two_programs_equal_one_program():
     """The evaluator's two halves (timed apart by a run) give the values of one program doing both, bit
     for bit: a bpUNet on the uniform process, untrained, two models of two datasets."""
-    from rhm_jax import config as config_lib, diffusion, networks
+    from rhm_jax import config as config_lib
 
     config = config_lib.base_config()
     config.grammar.update(dict(v=4, n=4, m=2, s=2, L=2, seed=0))
@@ -426,14 +434,7 @@ def test_sampling_and_scoring_as_two_programs_equal_one_program():
     config.network.width = 16
     config.train.update(dict(batch_size=8, lr=(1e-2,), num_steps=4, seeds=(0, 1)))
     config.eval.update(dict(num_samples=32, num_windows=2, loss_rows=8))
-    config_lib.validate(config)
-    g = grammar.sample_rules(0, 4, 4, 2, 2, 2)
-    pool, test = data.sample_dataset(0, g, 24, 8)
-    process = diffusion.make(config.process, g.v, g.d)
-    network = networks.make(config.network, g.v, g.s, g.L, process)
-    grid, _ = plan.make_grid(config)
-    typed = settings.of(config)
-    state = train.init_state(typed.train, network, grid)
+    g, pool, test, process, network, grid, _, typed, state = _tiny_grid(config)
     refs = evaluate.references(typed.eval, grammar.stack([g]), pool[None], test[None])
     halves = evaluate.make_evaluator(typed, process, network)
     tokens = halves.sample(state, grid, jax.random.key(2), refs)
