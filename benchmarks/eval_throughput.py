@@ -13,6 +13,12 @@ steps it takes, so it runs ``--sampler-steps`` of them (default 20, ``process.sa
 instead of a run's 200: ten times shorter calls, the same rate. Reported per (W, M, layout):
 - layout: ``eval.models_per_batch``; 'k=1' is the default 0 (one model at a time in a ``lax.map``,
   every value independent of the grid, bit for bit), 'k=M' all M models in one vmapped batch;
+  'split' (``--split``, M >= 2, a process with several host devices, e.g. ``XLA_FLAGS=
+  --xla_force_host_platform_device_count=2``): the evaluator placed as the runner places it under
+  ``RHM_CPU_DEVICES=cores`` (``sharding.Placement``: the models over min(devices, M) devices, each
+  device one model at a time), so that the default and the split layouts of one process share one
+  stretch of load; the forward-alone and parse-alone columns are not measured for it (they time
+  one device);
 - sample-steps/s: M * N * S / (median seconds of one call of ``Evaluator.sample``), after a
   warm-up call; per model the same over M;
 - GFLOP/s and fraction of peak: the FORWARD passes only, XLA's count for one compiled forward of
@@ -52,7 +58,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grid_throughput  # noqa: E402  (the settings, data and peak of SPEC section 6)
 
-from rhm_jax import evaluate, settings, train  # noqa: E402
+from rhm_jax import evaluate, settings, sharding  # noqa: E402
 
 RUN_SAMPLER_STEPS = 200  # a run's sampler (uniform process, T = 200)
 
@@ -71,14 +77,25 @@ def _flops(compiled) -> float:
     return float(cost.get("flops", float("nan")))
 
 
-def compile_evaluation(width: int, M: int, per_batch: int, samples: int, sampler_steps: int, dtype: str) -> dict:
-    """Build and compile both halves of the evaluator of one setting, warm them up; what ``timed`` needs."""
+def compile_evaluation(width: int, M: int, per_batch: int, samples: int, sampler_steps: int, dtype: str,
+                       split: bool = False) -> dict:
+    """Build and compile both halves of the evaluator of one setting, warm them up; what ``timed`` needs.
+
+    ``split``: placed as the runner places a grid on several host devices (``sharding.use_mesh``,
+    padded to a multiple of the devices); the forward-alone and parse-alone programs are then not
+    built (``forward``/``parse`` None: they would time one device).
+    """
     config = eval_config(width, M, per_batch, samples, sampler_steps, dtype)
     rules, pool, test, process, network, grid = grid_throughput.build(config)
     typed = settings.of(config)
-    halves = evaluate.make_evaluator(typed, process, network)
-    refs = evaluate.references(typed.eval, rules, pool, test)
-    state = train.init_state(typed.train, network, grid)
+    place = sharding.Placement(sharding.use_mesh(settings.ShardSettings(True), num_models=M) if split else None)
+    if split and place.mesh is None:
+        raise ValueError(f"--split needs M >= 2 and several host devices (this process has "
+                         f"{jax.local_device_count()}): set XLA_FLAGS=--xla_force_host_platform_device_count=2")
+    halves = place.evaluator(evaluate.make_evaluator(typed, process, network))
+    refs = place.pool(evaluate.references(typed.eval, rules, pool, test))
+    grid = place.grid(grid)
+    state = place.init_state(typed.train, network, grid)
     key = jax.random.key(0)
     start = time.perf_counter()
     sample = halves.sample.lower(state, grid, key, refs).compile()
@@ -87,24 +104,31 @@ def compile_evaluation(width: int, M: int, per_batch: int, samples: int, sampler
     jax.block_until_ready(score(state, grid, tokens, refs))
     compile_s = time.perf_counter() - start
     k = evaluate.models_per_batch(typed.eval)
-    # the forward passes of one sampler step of one batch: k models x N samples
-    params_k = jax.tree_util.tree_map(lambda x: x[:1].repeat(k, 0), state.params)
+    # the forward passes of one sampler step of one batch: k models x N samples (of the real models
+    # only when split: padded dummies are not counted as work)
+    params_k = jax.tree_util.tree_map(lambda x: jnp.asarray(jax.device_get(x[:1])).repeat(k, 0), state.params)
     x_kxNxD = jnp.zeros((k, samples, tokens.shape[-1]), jnp.int32)
     t_kxN = jnp.full((k, samples), 0.5, jnp.float32)
     forward = jax.jit(jax.vmap(network.apply)).lower(params_k, x_kxNxD, t_kxN).compile()
     batches = -(-M // k)
-    jax.block_until_ready(forward(params_k, x_kxNxD, t_kxN))
-    # the samples' own scores alone (validity per level, copies, correlations, rule usage): one model
-    # at a time, as the default layout scores them; the rest of ``score`` is the losses
-    P = jnp.int32(int(config.data.num_train[0]))
-    parse = jax.jit(lambda tokens_MxNxD, refs: jax.lax.map(
-        lambda tokens_NxD: evaluate.score_in(refs, jnp.int32(0), tokens_NxD, P), tokens_MxNxD))
-    parse = parse.lower(tokens, refs).compile()
-    jax.block_until_ready(parse(tokens, refs))
+    forward_flops = _flops(forward)
+    parse = None
+    if split:
+        forward = None
+    else:
+        jax.block_until_ready(forward(params_k, x_kxNxD, t_kxN))
+        # the samples' own scores alone (validity per level, copies, correlations, rule usage): one
+        # model at a time, as the default layout scores them; the rest of ``score`` is the losses
+        P = jnp.int32(int(config.data.num_train[0]))
+        parse = jax.jit(lambda tokens_MxNxD, refs: jax.lax.map(
+            lambda tokens_NxD: evaluate.score_in(refs, jnp.int32(0), tokens_NxD, P), tokens_MxNxD))
+        parse = parse.lower(tokens, refs).compile()
+        jax.block_until_ready(parse(tokens, refs))
     return dict(sample=sample, score=score, state=state, grid=grid, refs=refs, tokens=tokens, M=M, k=k,
                 samples=samples, steps=sampler_steps, compile_s=compile_s, sampler_flops=_flops(sample),
-                forward_flops_per_call=_flops(forward) * sampler_steps * batches, batches=batches,
-                forward=forward, forward_args=(params_k, x_kxNxD, t_kxN), parse=parse, validity_l1=None)
+                forward_flops_per_call=forward_flops * sampler_steps * batches, batches=batches,
+                forward=forward, forward_args=(params_k, x_kxNxD, t_kxN), parse=parse, validity_l1=None,
+                devices=place.num_devices, layout="split" if split else f"k={k}")
 
 
 def time_sampler(run: dict, key: jax.Array) -> float:
@@ -118,19 +142,24 @@ def time_score(run: dict) -> float:
     """Seconds of one scoring call of all M models."""
     start = time.perf_counter()
     metrics = jax.block_until_ready(run["score"](run["state"], run["grid"], run["tokens"], run["refs"]))
-    run["validity_l1"] = float(np.mean(np.asarray(metrics["validity_l1"])))
+    run["validity_l1"] = float(np.mean(np.asarray(metrics["validity_l1"])[:run["M"]]))
     return time.perf_counter() - start
 
 
 def time_forward(run: dict) -> float:
-    """Seconds of the forward passes alone of one sampler call: one forward of a batch, times S x batches."""
+    """Seconds of the forward passes alone of one sampler call: one forward of a batch, times S x batches
+    (NaN for a split layout)."""
+    if run["forward"] is None:
+        return float("nan")
     start = time.perf_counter()
     jax.block_until_ready(run["forward"](*run["forward_args"]))
     return (time.perf_counter() - start) * run["steps"] * run["batches"]
 
 
 def time_parse(run: dict) -> float:
-    """Seconds of scoring the samples alone (no losses) of all M models."""
+    """Seconds of scoring the samples alone (no losses) of all M models (NaN for a split layout)."""
+    if run["parse"] is None:
+        return float("nan")
     start = time.perf_counter()
     jax.block_until_ready(run["parse"](run["tokens"], run["refs"]))
     return time.perf_counter() - start
@@ -169,6 +198,9 @@ def main() -> None:
     parser.add_argument("--min-calls", type=int, default=2, help="timed calls per setting at least (default 2)")
     parser.add_argument("--train-seconds", type=float, default=None, help="training timing per setting (default 4)")
     parser.add_argument("--no-train", action="store_true", help="skip training's model-steps/s")
+    parser.add_argument("--split", action="store_true",
+                        help="also the runner's layout over several host devices, for every M >= 2 (needs them: "
+                             "XLA_FLAGS=--xla_force_host_platform_device_count=2)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="network compute dtype")
     parser.add_argument("--json", default=None, help="write all measurements to this JSON file")
     args = parser.parse_args()
@@ -183,6 +215,9 @@ def main() -> None:
         raise ValueError("--widths, --models, --samples and --min-calls must be >= 1")
     if not 1 <= args.sampler_steps <= RUN_SAMPLER_STEPS:
         raise ValueError(f"--sampler-steps={args.sampler_steps} must be in 1..T={RUN_SAMPLER_STEPS}")
+    if args.split and (jax.local_device_count() < 2 or max(models) < 2):
+        raise ValueError(f"--split needs an M >= 2 in --models and several host devices (this process has "
+                         f"{jax.local_device_count()}): set XLA_FLAGS=--xla_force_host_platform_device_count=2")
     peak = grid_throughput.matmul_peak()
     print(f"device: {jax.devices()[0].device_kind} ({platform}, {os.cpu_count()} CPUs), jax {jax.__version__}; "
           f"fp32 matmul peak {peak / 1e9:.1f} GFLOP/s (4096^3, measured now); N={args.samples} samples, "
@@ -194,12 +229,14 @@ def main() -> None:
         load_before = grid_throughput.load()
         runs = {}
         for M in models:
-            for per_batch in dict.fromkeys([0, M] if M > 1 else [0]):
+            layouts = [(0, False)] + ([(M, False)] if M > 1 else []) + ([(0, True)] if args.split and M > 1 else [])
+            for per_batch, split in layouts:
+                name = "split" if split else f"k={per_batch or 1}"
                 try:  # unattended: a setting that fails (e.g. out of memory) is reported, the rest still run
-                    runs[(M, per_batch)] = compile_evaluation(width, M, per_batch, args.samples,
-                                                              args.sampler_steps, args.dtype)
+                    runs[(M, name)] = compile_evaluation(width, M, per_batch, args.samples,
+                                                         args.sampler_steps, args.dtype, split)
                 except Exception as err:  # noqa: BLE001
-                    failures.append(f"eval W={width} M={M} k={per_batch}: {type(err).__name__}: {str(err)[:300]}")
+                    failures.append(f"eval W={width} M={M} {name}: {type(err).__name__}: {str(err)[:300]}")
                     print("  FAILED", failures[-1], flush=True)
         if not runs:
             continue
@@ -217,10 +254,10 @@ def main() -> None:
             if train_runs:
                 trained = grid_throughput.time_training(train_runs, train_seconds * len(train_runs), 3)
         load_after = grid_throughput.load()
-        for (M, per_batch), run in runs.items():
-            sample_s, score_s, calls, forward_s, parse_s = measured[(M, per_batch)]
+        for (M, name), run in runs.items():
+            sample_s, score_s, calls, forward_s, parse_s = measured[(M, name)]
             sample_steps = M * run["samples"] * run["steps"]
-            row = dict(width=width, M=M, models_per_batch=per_batch, k=run["k"], samples=run["samples"],
+            row = dict(width=width, M=M, layout=name, devices=run["devices"], k=run["k"], samples=run["samples"],
                        sampler_steps=run["steps"], calls=calls, sample_s=sample_s, score_s=score_s,
                        sample_steps_per_s=sample_steps / sample_s,
                        sample_steps_per_s_per_model=sample_steps / sample_s / M,
@@ -239,28 +276,32 @@ def main() -> None:
                 row["train_peak_fraction"] = trained[M]["gflops"] * 1e9 / peak
             rows.append(row)
         for row in rows:
-            if row["width"] == width and row["models_per_batch"] == 0:
-                batched = [r for r in rows if r["width"] == width and r["M"] == row["M"] and r["models_per_batch"] == r["M"]]
-                row["default_vs_batched"] = row["sample_s"] / batched[0]["sample_s"] if batched else 1.0
+            if row["width"] == width and row["layout"] == "k=1":
+                same = {r["layout"]: r for r in rows if r["width"] == width and r["M"] == row["M"]}
+                batched = same.get(f"k={row['M']}", row)
+                row["default_vs_batched"] = row["sample_s"] / batched["sample_s"]
+                if "split" in same:  # how much faster the split layout samples than one device
+                    same["split"]["speedup_vs_default"] = row["sample_s"] / same["split"]["sample_s"]
         for row in (r for r in rows if r["width"] == width):
-            print(f"  W={width} M={row['M']} k={row['k']}: {row['sample_steps_per_s']:.4g} sample-steps/s, "
+            print(f"  W={width} M={row['M']} {row['layout']}: {row['sample_steps_per_s']:.4g} sample-steps/s, "
                   f"{row['forward_gflops']:.1f} GFLOP/s ({row['peak_fraction']:.2f} of peak), score "
                   f"{row['score_s_per_model']:.3g} s/model, load {row['load']}", flush=True)
 
     print(f"\nevaluation (sampler: forward GFLOP/s over the fp32 matmul peak {peak / 1e9:.1f} GFLOP/s; "
           f"N={args.samples}, S={args.sampler_steps} per call; k=1 is the default eval.models_per_batch=0)")
-    print(f"{'W':>5} {'M':>3} {'k':>3} {'sample-steps/s':>15} {'per model':>10} {'GFLOP/s':>8} {'of peak':>8} "
+    print(f"{'W':>5} {'M':>3} {'layout':>6} {'sample-steps/s':>15} {'per model':>10} {'GFLOP/s':>8} {'of peak':>8} "
           f"{'k=1 / k=M':>10} {'fwd share':>9} {'score s/model':>14} {'parse s/model':>14} {'eval s/model@200':>17} {'train m-steps/s':>16} "
           f"{'train of peak':>14} {'load':>12}")
     for r in rows:
         train_cells = (f"{r['train_model_steps_per_s']:>16.4g} {r['train_peak_fraction']:>14.2f}"
                        if "train_model_steps_per_s" in r else f"{'-':>16} {'-':>14}")
-        ratio = f"{r['default_vs_batched']:>10.2f}" if "default_vs_batched" in r else f"{'-':>10}"
-        print(f"{r['width']:>5} {r['M']:>3} {r['k']:>3} {r['sample_steps_per_s']:>15.4g} "
+        ratio = next((f"{r[key]:>10.2f}" for key in ("default_vs_batched", "speedup_vs_default") if key in r), f"{'-':>10}")
+        print(f"{r['width']:>5} {r['M']:>3} {r['layout']:>6} {r['sample_steps_per_s']:>15.4g} "
               f"{r['sample_steps_per_s_per_model']:>10.4g} {r['forward_gflops']:>8.1f} {r['peak_fraction']:>8.2f} "
               f"{ratio} {r['forward_share']:>9.2f} {r['score_s_per_model']:>14.3g} {r['parse_s_per_model']:>14.3g} {r['eval_s_per_model_at_200']:>17.3g} {train_cells} "
               f"{r['load']:>12}")
-    print("'k=1 / k=M': seconds of the default layout's sampler call over the batched one's, same (W, M), same rounds")
+    print("'k=1 / k=M': seconds of the default layout's sampler call over the batched one's, same (W, M), same rounds;"
+          " on a 'split' row: the default's seconds over the split layout's (its speed-up)")
     for failure in failures:
         print("FAILED:", failure)
     if args.json:
