@@ -16,7 +16,10 @@ Run time: measured 2026-12-07 21:27-22:38 UTC (`bash launch/reproduce.sh`, the w
           threads): 1 h 10 min 49 s (4,249 s). m=3 program (24 models) 35 min 43 s, m=2 program (21
           models) 34 min 31 s, the clustering learner 10 s, the report 22 s. The runner's first
           ETA after compilation said 1:12:15 left, the truth was 1:09:18. (A first run beside four
-          helpers' tests, load 5-9, took 1 h 41 min.)
+          helpers' tests, load 5-9, took 1 h 41 min.) Again 2026-12-08, one after the other alone
+          (main 8cf8326, load 1.6-2.0): 1 h 2 min 52 s (3,772 s; the same rows bit for bit) with one
+          host device, 55 min 15 s (3,315 s, 0.88 of it) with RHM_CPU_DEVICES=cores (a device per
+          core; rows then move by rounding, docs/results/cpu_speed/README.md).
 Measured: P*_l (best evaluation, normalized, isotonic, 95 % bootstrap interval) m=3: 43 [32, 64],
           252 [171, 334], 694 [582, 833]; m=2: 24 [16, 33], 64 [39, 69], 128 [92, 165]; no bound;
           c = 0.91, log10 spread 0.11; ratios 5.8, 2.8 (m=3) and 2.7, 2.0 (m=2). At m=3, P=1024:
