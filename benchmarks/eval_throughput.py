@@ -61,6 +61,8 @@ import grid_throughput  # noqa: E402  (the settings, data and peak of SPEC secti
 from rhm_jax import evaluate, settings, sharding  # noqa: E402
 
 RUN_SAMPLER_STEPS = 200  # a run's sampler (uniform process, T = 200)
+SPLIT_NEEDS = ("--split needs M >= 2 and several host devices (this process has {}): "
+               "set XLA_FLAGS=--xla_force_host_platform_device_count=2")
 
 
 def eval_config(width: int, models: int, per_batch: int, samples: int, sampler_steps: int, dtype: str):
@@ -90,8 +92,7 @@ def compile_evaluation(width: int, M: int, per_batch: int, samples: int, sampler
     typed = settings.of(config)
     place = sharding.Placement(sharding.use_mesh(settings.ShardSettings(True), num_models=M) if split else None)
     if split and place.mesh is None:
-        raise ValueError(f"--split needs M >= 2 and several host devices (this process has "
-                         f"{jax.local_device_count()}): set XLA_FLAGS=--xla_force_host_platform_device_count=2")
+        raise ValueError(SPLIT_NEEDS.format(jax.local_device_count()))
     halves = place.evaluator(evaluate.make_evaluator(typed, process, network))
     refs = place.pool(evaluate.references(typed.eval, rules, pool, test))
     grid = place.grid(grid)
@@ -216,8 +217,7 @@ def main() -> None:
     if not 1 <= args.sampler_steps <= RUN_SAMPLER_STEPS:
         raise ValueError(f"--sampler-steps={args.sampler_steps} must be in 1..T={RUN_SAMPLER_STEPS}")
     if args.split and (jax.local_device_count() < 2 or max(models) < 2):
-        raise ValueError(f"--split needs an M >= 2 in --models and several host devices (this process has "
-                         f"{jax.local_device_count()}): set XLA_FLAGS=--xla_force_host_platform_device_count=2")
+        raise ValueError(SPLIT_NEEDS.format(jax.local_device_count()))
     peak = grid_throughput.matmul_peak()
     print(f"device: {jax.devices()[0].device_kind} ({platform}, {os.cpu_count()} CPUs), jax {jax.__version__}; "
           f"fp32 matmul peak {peak / 1e9:.1f} GFLOP/s (4096^3, measured now); N={args.samples} samples, "
